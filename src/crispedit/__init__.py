@@ -1,0 +1,29 @@
+"""crispedit: AI image edits of 4K-and-larger images that survive 100% zoom.
+
+>>> import crispedit
+>>> result = crispedit.edit("photo.jpg", "mask.png", engine="classical")   # doctest: +SKIP
+>>> result.image.save("out.png")                                         # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+__all__ = ["edit", "EditResult", "CrispEditError", "__version__"]
+
+from crispedit.errors import CrispEditError
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy: the harness pulls in OpenCV; `import crispedit` stays cheap for the CLI's --help.
+    if name in ("edit", "EditResult"):
+        from crispedit import harness
+
+        return getattr(harness, name)
+    if name == "generate":
+        from crispedit import harness
+
+        if hasattr(harness, "generate"):
+            return harness.generate
+    raise AttributeError(f"module 'crispedit' has no attribute {name!r}")

@@ -1,0 +1,78 @@
+"""The engine protocol and the engine registry.
+
+An engine regenerates the masked part of an RGB crop. The harness (``crispedit.harness``) decides where and at
+what size it is called; engines never see the full-resolution image unless it is small.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, runtime_checkable
+
+from PIL import Image
+
+from crispedit.errors import InputError
+
+Region = tuple[int, int, int, int]
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What the harness needs from an engine.
+
+    ``working_size``: square side in px at which the engine composes (None: any size works).
+    ``inpaint``: ``image`` RGB, ``mask`` L (255 = regenerate), returns RGB of the same size. ``strength=1``
+    regenerates the masked area from scratch; ``strength<1`` refines the content already there (img2img
+    restricted to the mask). ``region=(x0, y0, x1, y1)`` is where the crop lies in the full-resolution input.
+    """
+
+    working_size: int | None
+
+    def inpaint(
+        self,
+        image: Image.Image,
+        mask: Image.Image,
+        prompt: str | None,
+        *,
+        seed: int | None = None,
+        strength: float = 1.0,
+        region: Region | None = None,
+    ) -> Image.Image: ...
+
+
+_FACTORIES: dict[str, Callable[..., Engine]] = {}
+
+
+def register_engine(name: str, factory: Callable[..., Engine]) -> None:
+    """Make ``factory(**options)`` available as ``engine=name``."""
+    _FACTORIES[name] = factory
+
+
+def engine_names() -> list[str]:
+    _load_builtin()
+    return sorted(_FACTORIES)
+
+
+def _load_builtin() -> None:
+    # Imported lazily so that `import crispedit` stays fast (sd15 pulls in torch).
+    if "classical" not in _FACTORIES:
+        from crispedit.engines import classical  # noqa: F401
+    if "sd15" not in _FACTORIES:
+        try:
+            from crispedit.engines import sd15  # noqa: F401
+        except ImportError:  # engine not built yet or its dependencies missing
+            pass
+
+
+def get_engine(engine: str | Engine, **options: Any) -> Engine:
+    """Return an engine instance from a registered name, or pass an engine object through."""
+    if not isinstance(engine, str):
+        if not (hasattr(engine, "inpaint") and hasattr(engine, "working_size")):
+            raise InputError(
+                f"engine object {type(engine).__name__} lacks 'inpaint' or 'working_size'",
+                "pass a registered engine name or an object implementing the Engine protocol",
+            )
+        return engine
+    _load_builtin()
+    if engine not in _FACTORIES:
+        raise InputError(f"unknown engine '{engine}'", f"choose one of: {', '.join(sorted(_FACTORIES))}")
+    return _FACTORIES[engine](**options)

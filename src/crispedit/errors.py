@@ -1,0 +1,25 @@
+"""User-facing errors: one line that names the problem and the fix.
+
+The CLI prints ``str(err)`` and exits with ``err.exit_code``; no traceback is shown for these.
+"""
+
+from __future__ import annotations
+
+
+class CrispEditError(Exception):
+    """A mistake in the user's input or environment, with a fix the user can apply."""
+
+    exit_code = 2
+
+    def __init__(self, problem: str, fix: str | None = None):
+        self.problem = problem
+        self.fix = fix
+        super().__init__(f"{problem} {('— ' + fix) if fix else ''}".strip())
+
+
+class InputError(CrispEditError):
+    """Bad image, mask, path or option given by the user."""
+
+
+class ModelError(CrispEditError):
+    """A model could not be found or loaded (missing weights, refused pickle, ...)."""

@@ -72,8 +72,9 @@ def parse_box(text: str, size: tuple[int, int]) -> Box:
     except ValueError:
         raise InputError(f"bad box '{text}'", "write it as X0,Y0,X1,Y1 in pixels, e.g. 100,200,900,800") from None
     w, h = size
-    x0, x1 = sorted((max(0, x0), min(w, x1)))
-    y0, y1 = sorted((max(0, y0), min(h, y1)))
+    x0, x1 = sorted((x0, x1))
+    y0, y1 = sorted((y0, y1))
+    x0, x1, y0, y1 = max(0, x0), min(w, x1), max(0, y0), min(h, y1)
     if x1 - x0 < 1 or y1 - y0 < 1:
         raise InputError(f"box '{text}' is empty inside the {w}x{h} image", "give X0<X1 and Y0<Y1 inside the image")
     return x0, y0, x1, y1

@@ -50,17 +50,19 @@ def context_margin(mask_box: Box, band: int, min_margin: int = 64) -> int:
 
 
 def _snap(lo: int, hi: int, limit: int, multiple: int = 8) -> tuple[int, int]:
-    """Grow [lo, hi) to a multiple of ``multiple`` in length, aligned, and keep it inside [0, limit)."""
+    """Grow [lo, hi) outward to aligned multiples of ``multiple`` inside [0, limit).
+
+    At the image edge the crop grows inward instead; when even that cannot make a multiple (the crop spans
+    the whole side), the whole side is used and the engine pads.
+    """
     lo = max(0, (lo // multiple) * multiple)
     hi = min(limit, -(-hi // multiple) * multiple)
     length = hi - lo
-    if length % multiple and limit >= multiple:
-        target = min(limit - limit % multiple if limit % multiple else limit, -(-length // multiple) * multiple)
-        if lo + target <= limit:
-            hi = lo + target
-        else:
-            hi = limit
-            lo = max(0, hi - target)
+    if length % multiple:
+        target = -(-length // multiple) * multiple
+        if target >= limit:
+            return 0, limit
+        lo = hi - target
     return lo, hi
 
 

@@ -1,0 +1,146 @@
+import cv2
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+from PIL import Image
+
+import crispedit
+from crispedit.errors import InputError
+from conftest import photo_like
+
+
+def dist_from(mask: np.ndarray) -> np.ndarray:
+    return cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 5)
+
+
+def outside_band(mask: np.ndarray, info: dict) -> np.ndarray:
+    """Pixels farther than each region's band from the mask (with 1 px slack for the distance approximation)."""
+    far = np.ones(mask.shape, bool)
+    for r in info["regions"]:
+        x0, y0, x1, y1 = r["box"]
+        sub = np.zeros(mask.shape, bool)
+        sub[y0:y1, x0:x1] = mask[y0:y1, x0:x1]
+        far &= dist_from(sub) > r["band"] + 1
+    return far
+
+
+class CountingEngine:
+    """A real (if simple) engine: fills the mask with a blurred copy, records calls."""
+
+    def __init__(self, working_size=None):
+        self.working_size = working_size
+        self.calls = []
+
+    def inpaint(self, image, mask, prompt, *, seed=None, strength=1.0, region=None):
+        self.calls.append((image.size, strength, region))
+        a = np.asarray(image).astype(np.float32)
+        blur = cv2.GaussianBlur(a, (0, 0), 3)
+        m = np.asarray(mask)[..., None] > 127
+        out = np.where(m, blur * (0.5 if strength >= 1 else 1.0) + 20, a)
+        return Image.fromarray(np.clip(out, 0, 255).astype(np.uint8))
+
+
+def test_edit_contract_classical(photo8):
+    m = np.zeros(photo8.shape[:2], bool)
+    m[80:140, 100:180] = True
+    res = crispedit.edit(photo8, m, seed=0)
+    assert res.image.size == (320, 240) and res.image.mode == "RGB"
+    assert res.array.dtype == np.uint8 and res.array.shape == photo8.shape
+    far = outside_band(m, res.info)
+    assert np.array_equal(res.array[far], photo8[far])
+    assert not np.array_equal(res.array[m], photo8[m])
+    for key in ("regions", "engine_calls", "timings", "options"):
+        assert key in res.info
+    assert res.info["engine_calls"][0]["size"] == list(res.info["regions"][0]["size"])
+
+
+def test_edit_is_deterministic_with_seed(photo8):
+    m = np.zeros(photo8.shape[:2], bool)
+    m[50:120, 60:200] = True
+    a = crispedit.edit(photo8, m, seed=3).array
+    b = crispedit.edit(photo8, m, seed=3).array
+    assert np.array_equal(a, b)
+
+
+def test_removal_is_not_a_smooth_patch():
+    img = (photo_like(300, 400, seed=1) * 255 + 0.5).astype(np.uint8)
+    m = np.zeros((300, 400), bool)
+    m[100:200, 120:260] = True
+    out = crispedit.edit(img, m, seed=0).array.astype(np.float32)
+    inner = np.zeros_like(m)
+    inner[115:185, 135:245] = True
+    ring = (dist_from(m) > 5) & (dist_from(m) < 40)
+
+    def hf(a, sel):
+        return (a - cv2.GaussianBlur(a, (0, 0), 1.0))[sel].std()
+    ratio = hf(out, inner) / hf(img.astype(np.float32), ring)
+    assert 0.7 < ratio < 1.4, ratio
+
+
+def test_large_crop_composes_at_working_size_then_refines_natively():
+    img = (photo_like(900, 1200, seed=2) * 255 + 0.5).astype(np.uint8)
+    m = np.zeros((900, 1200), bool)
+    cv2.ellipse(m.view(np.uint8), (600, 450), (300, 250), 0, 0, 360, 1, -1)
+    eng = CountingEngine(working_size=256)
+    res = crispedit.edit(img, m, engine=eng, seed=0)
+    full = [c for c in eng.calls if c[1] >= 1.0]
+    refine = [c for c in eng.calls if c[1] < 1.0]
+    assert len(full) == 1 and max(full[0][0]) <= 256 * 1.05
+    assert len(refine) >= 4 and all(max(s) <= 256 for s, _, _ in refine)
+    for size, _, region in refine:
+        assert (region[2] - region[0], region[3] - region[1]) == size
+    # engine work at native scale stays near the region's area
+    area = sum(s[0] * s[1] for s, _, _ in refine)
+    x0, y0, x1, y1 = res.info["regions"][0]["box"]
+    assert area <= 1.5 * (x1 - x0) * (y1 - y0)
+    fast = crispedit.edit(img, m, engine=CountingEngine(working_size=256), seed=0, detail="fast")
+    assert len(fast.info["engine_calls"]) == 1
+    far = outside_band(m, res.info)
+    assert np.array_equal(res.array[far], img[far])
+
+
+@st.composite
+def image_and_mask(draw):
+    h = draw(st.integers(24, 160))
+    w = draw(st.integers(24, 160))
+    layout = draw(st.sampled_from(["L", "LA", "RGB", "RGBA"]))
+    depth = draw(st.sampled_from([np.uint8, np.uint16]))
+    c = {"L": 1, "LA": 2, "RGB": 3, "RGBA": 4}[layout]
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    base = photo_like(h, w, seed=seed, channels=1 if c < 3 else 3)
+    if c in (2, 4):
+        base = np.concatenate([base, rng.random((h, w, 1), dtype=np.float32)], axis=2)
+    scale = 255 if depth == np.uint8 else 65535
+    arr = (base * scale + 0.5).astype(depth)
+    m = np.zeros((h, w), bool)
+    for _ in range(draw(st.integers(1, 3))):
+        y, x = rng.integers(0, h), rng.integers(0, w)
+        m[y:y + rng.integers(2, h // 2 + 3), x:x + rng.integers(2, w // 2 + 3)] = True
+    return arr, m
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(image_and_mask())
+def test_property_outside_band_identical_and_layout_kept(sample):
+    arr, m = sample
+    if m.all():
+        return
+    res = crispedit.edit(arr, m, seed=0)
+    assert res.array.shape == arr.shape and res.array.dtype == arr.dtype
+    assert res.image.size == (arr.shape[1], arr.shape[0])
+    far = outside_band(m, res.info)
+    assert np.array_equal(res.array[far], arr[far])
+    if arr.shape[2] in (2, 4):  # alpha untouched
+        assert np.array_equal(res.array[..., -1], arr[..., -1])
+
+
+def test_bad_inputs(photo8):
+    with pytest.raises(InputError, match="empty"):
+        crispedit.edit(photo8, np.zeros(photo8.shape[:2], bool))
+    with pytest.raises(InputError, match="mask is"):
+        crispedit.edit(photo8, np.ones((10, 10), bool))
+    with pytest.raises(InputError, match="whole image"):
+        crispedit.edit(photo8, np.ones(photo8.shape[:2], bool))
+    with pytest.raises(InputError, match="unknown engine"):
+        crispedit.edit(photo8, np.ones(photo8.shape[:2], bool), engine="nope")

@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from PIL import Image
+
+from crispedit.errors import InputError
+from crispedit.mask import (feather, grow, invert, load_mask, mask_from_box, mask_from_ellipse, parse_box, shrink,
+                            to_bool_mask, union)
+from crispedit.regions import blend_band, plan_regions, plan_tiles, tile_grid
+
+
+def test_binarise_variants():
+    a = np.array([[0, 1], [0, 0]], np.uint8)
+    assert to_bool_mask(a).sum() == 1  # 0/1 label image: nonzero is edit
+    b = np.array([[0, 255], [3, 127]], np.uint8)
+    assert to_bool_mask(b).tolist() == [[False, True], [False, False]]  # JPEG noise near black ignored
+    assert to_bool_mask(np.array([[0.0, 0.9]])).tolist() == [[False, True]]
+    assert to_bool_mask(np.zeros((2, 2, 3), np.uint8)).shape == (2, 2)
+
+
+def test_load_mask_size_mismatch_and_file(tmp_path):
+    p = tmp_path / "m.png"
+    Image.fromarray(np.full((10, 20), 255, np.uint8)).save(p)
+    assert load_mask(p, (20, 10)).all()
+    with pytest.raises(InputError, match="mask is 20x10 but the image is 30x10"):
+        load_mask(p, (30, 10))
+    with pytest.raises(InputError, match="not found"):
+        load_mask(tmp_path / "nope.png", (20, 10))
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(InputError, match="cannot read mask"):
+        load_mask(bad, (20, 10))
+
+
+def test_shapes_and_morphology():
+    m = mask_from_box((50, 40), (10, 5, 20, 15))
+    assert m.sum() == 100 and m[5, 10] and not m[15, 20]
+    e = mask_from_ellipse((50, 40), (10, 10, 30, 30))
+    assert 250 < e.sum() < 380
+    assert grow(m, 3).sum() > m.sum() and shrink(m, 2).sum() < m.sum()
+    assert (grow(m, 3) & m).sum() == m.sum()
+    f = feather(m, 4)
+    assert f[m].min() == 1.0 and f.max() == 1.0 and f[0, 0] == 0.0
+    assert (invert(m) ^ m).all() and union(m, e).sum() >= max(m.sum(), e.sum())
+    assert parse_box("1,2,30,40", (50, 50)) == (1, 2, 30, 40)
+    with pytest.raises(InputError):
+        parse_box("1,2,x,4", (50, 50))
+    with pytest.raises(InputError):
+        parse_box("60,60,70,70", (50, 50))
+
+
+def test_regions_merge_close_and_keep_far_apart():
+    m = np.zeros((2000, 3000), bool)
+    m[100:150, 100:150] = True
+    m[100:150, 200:250] = True  # close: merged
+    m[1700:1800, 2700:2800] = True  # far: own region
+    regions = plan_regions(m)
+    assert len(regions) == 2
+    assert regions[0].components == 2
+    for r in regions:
+        x0, y0, x1, y1 = r.box
+        assert 0 <= x0 < x1 <= 3000 and 0 <= y0 < y1 <= 2000
+        assert (x1 - x0) % 8 == 0 and (y1 - y0) % 8 == 0 and x0 % 8 == 0 or x1 == 3000
+        mx0, my0, mx1, my1 = r.mask_box
+        assert x0 <= mx0 and mx1 <= x1 and y0 <= my0 and my1 <= y1
+
+
+@settings(max_examples=40, deadline=None)
+@given(h=st.integers(20, 400), w=st.integers(20, 400), data=st.data())
+def test_regions_cover_mask_without_overlap(h, w, data):
+    rng = np.random.default_rng(data.draw(st.integers(0, 10**6)))
+    m = np.zeros((h, w), bool)
+    for _ in range(data.draw(st.integers(1, 5))):
+        y, x = rng.integers(0, h), rng.integers(0, w)
+        m[y:y + rng.integers(1, 60), x:x + rng.integers(1, 60)] = True
+    regions = plan_regions(m)
+    cover = np.zeros((h, w), np.int32)
+    for r in regions:
+        x0, y0, x1, y1 = r.box
+        cover[y0:y1, x0:x1] += 1
+        assert r.band <= max(32, 0.04 * np.hypot(r.mask_box[2] - r.mask_box[0], r.mask_box[3] - r.mask_box[1])) + 1
+    assert cover.max() == 1 or len(regions) == 1 or (cover[m] == 1).all()
+    assert (cover[m] >= 1).all()
+
+
+def test_band_and_tiles():
+    assert blend_band((0, 0, 100, 100)) == 32
+    assert blend_band((0, 0, 3000, 2000)) == int(0.04 * np.hypot(3000, 2000))
+    assert plan_tiles(100, 512, 64) == [0]
+    starts = plan_tiles(1000, 512, 64)
+    assert starts[0] == 0 and starts[-1] == 488 and all(b - a <= 448 for a, b in zip(starts, starts[1:]))
+    tiles = tile_grid(700, 1000, 512, 64)
+    cov = np.zeros((700, 1000), int)
+    for x0, y0, x1, y1 in tiles:
+        cov[y0:y1, x0:x1] += 1
+    assert cov.min() >= 1

@@ -1,0 +1,864 @@
+"""The node registry: every node type a workflow file may use.
+
+A node type declares typed **inputs** (links from other nodes' outputs), typed **outputs**, **parameters** with
+defaults, and a one-line **purpose**. Its run function is a thin wrapper over the library function that the CLI
+also calls (``crispedit.edit``, ``crispedit.generate``, ``crispedit.mask.*``, ``crispedit.compositing.*``,
+``crispedit.quality.*``, ``crispedit.imageio.*``): the workflow adds wiring, caching and explanations, never a
+second implementation. Library modules are imported inside the run functions, so ``import crispedit.workflow``
+stays cheap (no OpenCV, no torch).
+
+Link types (the values that travel along links):
+
+``image``   an image at full bit depth with its metadata (``crispedit.imageio.ImageData``)
+``mask``    bool array H x W, True = edit
+``weight``  float32 array H x W in [0, 1] (a soft mask, e.g. a feathered one)
+``result``  dict: what an edit did (regions, engine calls, timings, options) -- ``EditResult.info``
+``report``  dict: a quality report (verdict, reasons, metrics) -- ``QualityReport.to_dict()``
+``path``    a file the workflow wrote
+``text``    a string; ``number`` an int or float
+
+Register a node type of your own with :func:`register_node` (or the :func:`node` decorator)::
+
+    @node("Invert", "Swap edit and keep areas of a mask.", inputs=[Port("mask", "mask")],
+          outputs=[Port("mask", "mask")])
+    def _invert(ctx, mask):
+        return {"mask": ~mask}
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Optional, Union, get_args, get_origin
+
+from crispedit.errors import CrispEditError, InputError
+
+#: The link types and what travels on them (shown by ``crispedit nodes``).
+LINK_TYPES: dict[str, str] = {
+    "image": "an image at full bit depth with its ICC profile and EXIF (crispedit.imageio.ImageData)",
+    "mask": "bool array HxW, True = edit",
+    "weight": "float32 array HxW in [0, 1]: a soft mask (1 = edit)",
+    "result": "dict: what an edit did (regions, engine calls, timings, options)",
+    "report": "dict: a quality report (verdict, reasons, metrics)",
+    "path": "a file the workflow wrote",
+    "text": "a string",
+    "number": "an int or a float",
+}
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+
+
+@dataclass(frozen=True)
+class Port:
+    """An input or output of a node type.
+
+    ``types``: the link types accepted (inputs) or produced (outputs). ``optional``: an input that may stay
+    unlinked (the run function then gets None). ``multiple``: an input that takes a list of links.
+    """
+
+    name: str
+    types: Union[str, tuple[str, ...]]
+    doc: str = ""
+    optional: bool = False
+    multiple: bool = False
+
+    @property
+    def type_set(self) -> tuple[str, ...]:
+        return (self.types,) if isinstance(self.types, str) else tuple(self.types)
+
+    @property
+    def type_label(self) -> str:
+        label = "|".join(self.type_set)
+        return f"list of {label}" if self.multiple else label
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "type": self.type_label, "optional": self.optional, "multiple": self.multiple,
+                "doc": self.doc}
+
+
+@dataclass(frozen=True)
+class Param:
+    """A parameter: a value written in the workflow file (or given with ``--set node.param=value``).
+
+    ``annotation`` is a Python type (validated and coerced with pydantic). ``kind``: ``"input_file"`` and
+    ``"output_file"`` are paths resolved against the workflow file's folder (``--set`` values against the
+    current folder); input files are hashed by content for the cache. ``"model"`` is a Hugging Face id or a
+    local path (resolved like a path when it looks like one).
+    """
+
+    name: str
+    annotation: Any
+    default: Any = REQUIRED
+    doc: str = ""
+    kind: Optional[str] = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    @property
+    def type_label(self) -> str:
+        return type_label(self.annotation)
+
+    def adapter(self) -> Any:
+        return _adapter(self.annotation)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {"name": self.name, "type": self.type_label, "required": self.required, "doc": self.doc}
+        if not self.required:
+            d["default"] = self.default
+        if self.kind:
+            d["kind"] = self.kind
+        return d
+
+
+RunFn = Callable[..., dict[str, Any]]
+
+
+@dataclass
+class NodeType:
+    """A node type: its ports, parameters and the run function ``run(ctx, **inputs, **params) -> outputs``.
+
+    ``library``: the library function it wraps (documentation). ``store``: cache its outputs (False for nodes
+    cheaper to recompute than to load, e.g. LoadImage: its cache key is the file's content hash anyway).
+    ``side_effect``: writes files; its outputs are ``path`` values whose content is checked on a cache hit.
+    ``seeded``: has a ``seed`` parameter; with ``seed: null`` the node is random, so it and everything
+    downstream run every time. ``output_types(params)``: output types that depend on a parameter.
+    ``check(params) -> [(field, message)]``: extra validation. ``version``: bump to invalidate cached results.
+    """
+
+    name: str
+    purpose: str
+    run: RunFn
+    inputs: tuple[Port, ...] = ()
+    outputs: tuple[Port, ...] = ()
+    params: tuple[Param, ...] = ()
+    category: str = "other"
+    library: str = ""
+    store: bool = True
+    side_effect: bool = False
+    seeded: bool = False
+    version: int = 1
+    output_types: Optional[Callable[[dict[str, Any]], dict[str, str]]] = None
+    check: Optional[Callable[[dict[str, Any]], list[tuple[str, str]]]] = None
+
+    def __post_init__(self) -> None:
+        names = [p.name for p in self.inputs] + [p.name for p in self.params]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"node type {self.name}: names used twice as input/param: {sorted(dup)}")
+
+    def input(self, name: str) -> Optional[Port]:
+        return next((p for p in self.inputs if p.name == name), None)
+
+    def output(self, name: str) -> Optional[Port]:
+        return next((p for p in self.outputs if p.name == name), None)
+
+    def param(self, name: str) -> Optional[Param]:
+        return next((p for p in self.params if p.name == name), None)
+
+    def resolved_output_types(self, params: dict[str, Any]) -> dict[str, str]:
+        types = {p.name: p.type_set[0] for p in self.outputs}
+        if self.output_types is not None:
+            types.update(self.output_types(params))
+        return types
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": self.name, "purpose": self.purpose, "category": self.category, "library": self.library,
+            "inputs": [p.to_dict() for p in self.inputs], "outputs": [p.to_dict() for p in self.outputs],
+            "params": [p.to_dict() for p in self.params], "cached": self.store, "writes_files": self.side_effect,
+        }
+
+
+NODE_TYPES: dict[str, NodeType] = {}
+
+
+def register_node(nt: NodeType, *, replace: bool = False) -> NodeType:
+    """Add a node type to the registry (``replace=True`` to override one)."""
+    if nt.name in NODE_TYPES and not replace:
+        raise ValueError(f"node type {nt.name} is already registered")
+    NODE_TYPES[nt.name] = nt
+    return nt
+
+
+def unregister_node(name: str) -> None:
+    NODE_TYPES.pop(name, None)
+
+
+def node(name: str, purpose: str, *, inputs: Any = (), outputs: Any = (), params: Any = (), replace: bool = False,
+         **kw: Any) -> Callable[[RunFn], RunFn]:
+    """Decorator: register the decorated function as node type ``name`` (keywords as in :class:`NodeType`)."""
+
+    def deco(fn: RunFn) -> RunFn:
+        register_node(NodeType(name, purpose, fn, tuple(inputs), tuple(outputs), tuple(params), **kw),
+                      replace=replace)
+        return fn
+
+    return deco
+
+
+def did_you_mean(name: str, choices: Any) -> str:
+    """`` — did you mean 'x'?`` for a close match, else ``""``."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    if not close:
+        close = [c for c in choices if str(c).lower() == str(name).lower()][:1]
+    return f" — did you mean '{close[0]}'?" if close else ""
+
+
+def get_node_type(name: str) -> NodeType:
+    if name not in NODE_TYPES:
+        raise InputError(f"unknown node type '{name}'{did_you_mean(name, NODE_TYPES)}",
+                         "run `crispedit nodes` to list the node types")
+    return NODE_TYPES[name]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# parameter types: labels and pydantic adapters
+# ----------------------------------------------------------------------------------------------------------------
+
+_ADAPTERS: dict[str, Any] = {}
+
+
+def _adapter(annotation: Any) -> Any:
+    key = repr(annotation)
+    if key not in _ADAPTERS:
+        from pydantic import TypeAdapter
+
+        _ADAPTERS[key] = TypeAdapter(annotation)
+    return _ADAPTERS[key]
+
+
+def type_label(ann: Any) -> str:
+    """A plain-words label of a parameter type: ``integer``, ``number``, ``box | ellipse``, ..."""
+    if ann is Any:
+        return "any"
+    base = {int: "integer", float: "number", str: "text", bool: "true/false", dict: "mapping", list: "list"}
+    if ann in base:
+        return base[ann]
+    origin, args = get_origin(ann), get_args(ann)
+    if origin is Literal:
+        return " | ".join(str(a) for a in args)
+    if origin is Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        rest = [a for a in args if a is not type(None)]
+        label = " or ".join(type_label(a) for a in rest)
+        return f"{label} (or null)" if len(rest) < len(args) else label
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"list of {type_label(args[0])}"
+        return "[" + ", ".join(type_label(a) for a in args) + "]"
+    if origin is list:
+        return f"list of {type_label(args[0])}" if args else "list"
+    if origin is dict:
+        return "mapping"
+    return getattr(ann, "__name__", str(ann))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the run context
+# ----------------------------------------------------------------------------------------------------------------
+
+
+class NodeContext:
+    """What a run function may use besides its inputs and parameters (given by the runner).
+
+    ``progress(stage, done, total)``: report progress inside the node. ``engine(name, **options)``: an engine
+    instance shared by every node of the run (a model loads once). ``note(text)``: a remark shown after the run.
+    ``input_files``: every file the workflow reads (SaveImage refuses to overwrite them). ``workflow``: the
+    workflow being run (for reports). ``records``: timings of the nodes run so far.
+    """
+
+    def __init__(self, node: str = "", *, progress: Optional[Callable[[str, int, int], None]] = None,
+                 engines: Optional[dict] = None, notes: Optional[list] = None, input_files: tuple = (),
+                 workflow: Any = None, records: Optional[list] = None) -> None:
+        self.node = node
+        self._progress = progress
+        self._engines = engines if engines is not None else {}
+        self.notes: list[str] = notes if notes is not None else []
+        self.input_files = tuple(input_files)
+        self.workflow = workflow
+        self.records = records if records is not None else []
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        if self._progress is not None:
+            self._progress(stage, done, total)
+
+    def note(self, text: str) -> None:
+        self.notes.append(f"{self.node}: {text}" if self.node else text)
+
+    def engine(self, name: Any, **options: Any) -> Any:
+        if not isinstance(name, str):
+            return name
+        import json
+
+        key = (name, json.dumps(options, sort_keys=True, default=str))
+        if key not in self._engines:
+            from crispedit.engines.base import get_engine
+
+            extra = {"progress": self.progress} if name == "sd15" else {}
+            self._engines[key] = get_engine(name, **options, **extra)
+        return self._engines[key]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# image values: ImageData with other pixels, arrays <-> floats
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def with_array(data: Any, array: Any) -> Any:
+    """A copy of the image ``data`` (ImageData) carrying ``array`` as its pixels; metadata kept."""
+    h, w = array.shape[:2]
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        names = {f.name for f in dataclasses.fields(data) if f.init}
+        changes: dict[str, Any] = {"array": array} if "array" in names else {}
+        for k, v in (("width", w), ("height", h)):
+            if k in names:
+                changes[k] = v
+        if "array" in names:
+            return dataclasses.replace(data, **changes)
+    new = copy.copy(data)
+    new.array = array
+    for k, v in (("width", w), ("height", h)):
+        if k in getattr(new, "__dict__", {}):
+            setattr(new, k, v)
+    return new
+
+
+def image_from_array(array: Any, **meta: Any) -> Any:
+    """An ImageData holding ``array`` (HxWxC uint8/uint16), with metadata ``meta`` (icc_profile, exif, ...)."""
+    import numpy as np
+
+    from crispedit.imageio import ImageData
+
+    a = np.ascontiguousarray(array)
+    if a.ndim == 2:
+        a = a[..., None]
+    names = {f.name for f in dataclasses.fields(ImageData) if f.init}
+    kw = {k: v for k, v in meta.items() if k in names and k != "array" and v is not None}
+    if "source" in kw and isinstance(kw["source"], str):
+        from pathlib import Path
+
+        kw["source"] = Path(kw["source"])
+    if "dpi" in kw and isinstance(kw["dpi"], list):
+        kw["dpi"] = tuple(kw["dpi"])
+    return ImageData(array=a, **kw)
+
+
+def with_meta(data: Any, **meta: Any) -> Any:
+    """A copy of ``data`` with metadata fields (icc_profile, exif, format, notes, ...) replaced."""
+    if dataclasses.is_dataclass(data) and not isinstance(data, type):
+        names = {f.name for f in dataclasses.fields(data) if f.init}
+        return dataclasses.replace(data, **{k: v for k, v in meta.items() if k in names})
+    new = copy.copy(data)
+    for k, v in meta.items():
+        setattr(new, k, v)
+    return new
+
+
+def image_size(data: Any) -> tuple[int, int]:
+    """(width, height) of an image value."""
+    return int(data.array.shape[1]), int(data.array.shape[0])
+
+
+def _colour_float(data: Any) -> Any:
+    """The colour channels (gray or RGB; alpha left out) as float32 in [0, 1]."""
+    from crispedit.imageio import to_float
+
+    a = data.array
+    return to_float(a[..., :3] if a.shape[2] >= 3 else a[..., :1])
+
+
+def _from_float_like(data: Any, f: Any, region: Any = None) -> Any:
+    """Float colour back into a copy of ``data`` (its dtype; alpha kept); only ``region`` (bool) changes."""
+    from crispedit.imageio import from_float
+
+    new = from_float(f, data.array.dtype)
+    if new.ndim == 2:
+        new = new[..., None]
+    nc = new.shape[2]
+    out = data.array.copy()
+    if region is None:
+        out[..., :nc] = new
+    else:
+        out[..., :nc][region] = new[region]
+    return with_array(data, out)
+
+
+def _check_same_size(node: str, **images: Any) -> None:
+    sizes = {k: image_size(v) if hasattr(v, "array") else (v.shape[1], v.shape[0]) for k, v in images.items()
+             if v is not None}
+    if len(set(sizes.values())) > 1:
+        listed = ", ".join(f"{k} {w}x{h}" for k, (w, h) in sizes.items())
+        raise InputError(f"{node}: inputs differ in size ({listed})", "link images and masks of the same size")
+
+
+def _default_band(mask: Any) -> int:
+    """The harness's blend band for a mask: max(32 px, 4% of the mask's bounding-box diagonal)."""
+    import numpy as np
+
+    from crispedit.regions import blend_band
+
+    ys, xs = np.nonzero(mask)
+    if not len(ys):
+        return 32
+    return blend_band((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the node library
+# ----------------------------------------------------------------------------------------------------------------
+
+IMG = "image"
+
+_SD_PARAMS: tuple[Param, ...] = (
+    Param("model", Optional[str], None, "SD model: Hugging Face id, diffusers folder or .safetensors "
+          "(null: the engine's default)", kind="model"),
+    Param("steps", Optional[int], None, "denoising steps (null: engine default)"),
+    Param("guidance", Optional[float], None, "classifier-free guidance scale (null: engine default)"),
+    Param("scheduler", Optional[str], None, "dpmpp_2m_karras, ddim, euler_a or unipc (null: engine default)"),
+    Param("negative_prompt", Optional[str], None, "what to avoid"),
+    Param("device", Optional[str], None, "cpu, cuda or mps (null: automatic)"),
+    Param("dtype", Optional[str], None, "fp16, bf16 or fp32 (null: automatic)"),
+    Param("allow_pickle", bool, False, "allow .ckpt/.bin pickle weights (loading a pickle runs code)"),
+    Param("allow_download", bool, False, "allow downloading weights from the Hugging Face Hub"),
+    Param("engine_options", dict, {}, "more options for the engine's constructor"),
+)
+_SD_NAMES = ("model", "steps", "guidance", "scheduler", "negative_prompt", "device", "dtype", "allow_pickle",
+             "allow_download")
+
+
+def _make_engine(ctx: NodeContext, engine: str, opts: dict[str, Any]) -> Any:
+    """The engine instance, built like the CLI does: SD options only for engines other than classical."""
+    sd = {k: opts[k] for k in _SD_NAMES if opts.get(k) not in (None, False)}
+    extra = dict(opts.get("engine_options") or {})
+    if engine == "classical":
+        if sd:
+            ctx.note(f"ignored {', '.join(sorted(sd))}: the classical engine has no such options")
+        return ctx.engine(engine, **extra)
+    return ctx.engine(engine, **sd, **extra)
+
+
+def _result_outputs(ctx: NodeContext, template: Any, result: Any) -> dict[str, Any]:
+    array = getattr(result, "array", None)
+    if array is None:
+        import numpy as np
+
+        array = np.asarray(result.image)
+    if array.ndim == 2:
+        array = array[..., None]
+    image = with_array(template, array) if template is not None else image_from_array(array)
+    return {"image": image, "result": dict(result.info)}
+
+
+# --- inputs ------------------------------------------------------------------------------------------------------
+
+
+@node("LoadImage", "Read an image file (JPEG, PNG, WebP, TIFF) at full bit depth, EXIF-rotated, with ICC/EXIF.",
+      outputs=[Port("image", IMG, "the decoded image")],
+      params=[Param("path", str, REQUIRED, "image file (relative to the workflow file)", kind="input_file"),
+              Param("max_pixels", int, 300_000_000, "refuse larger images (decompression bombs)")],
+      category="input", library="crispedit.imageio.load_image", store=False)
+def _load_image(ctx: NodeContext, path: str, max_pixels: int) -> dict[str, Any]:
+    from crispedit.imageio import load_image
+
+    data = load_image(path, max_pixels=max_pixels)
+    for note in getattr(data, "notes", ()) or ():
+        ctx.note(str(note))
+    return {"image": data}
+
+
+@node("LoadMask", "Read a mask file (white = edit) and check it matches the image's size.",
+      inputs=[Port("image", IMG, "the image the mask belongs to (for its size)")],
+      outputs=[Port("mask", "mask", "bool mask, True = edit")],
+      params=[Param("path", str, REQUIRED, "mask file (relative to the workflow file)", kind="input_file")],
+      category="mask", library="crispedit.mask.load_mask", store=False)
+def _load_mask(ctx: NodeContext, image: Any, path: str) -> dict[str, Any]:
+    from crispedit.mask import load_mask
+
+    return {"mask": load_mask(path, image_size(image))}
+
+
+def _check_shape(params: dict[str, Any]) -> list[tuple[str, str]]:
+    box = params.get("box")
+    errs = []
+    if box is not None:
+        x0, y0, x1, y1 = box
+        if x1 <= x0 or y1 <= y0:
+            errs.append(("box", f"box {list(box)} is empty: give x0 < x1 and y0 < y1"))
+        if params.get("units") == "fraction" and not all(-1e-9 <= v <= 1 + 1e-9 for v in box):
+            errs.append(("box", f"box {list(box)} has fractions outside [0, 1] (units: fraction)"))
+    return errs
+
+
+def shape_box_px(box: Any, units: str, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A box in pixels from a box in ``units`` (``px`` or ``fraction`` of the image's width and height)."""
+    w, h = size
+    if units == "fraction":
+        return (int(round(box[0] * w)), int(round(box[1] * h)), int(round(box[2] * w)), int(round(box[3] * h)))
+    return tuple(int(round(v)) for v in box)  # type: ignore[return-value]
+
+
+@node("MaskFromShape", "Make a box or ellipse mask the size of the image (pixels or fractions of the size).",
+      inputs=[Port("image", IMG, "the image the mask is for (its size)")],
+      outputs=[Port("mask", "mask", "bool mask, True = edit")],
+      params=[Param("shape", Literal["box", "ellipse"], "box", "rectangle, or the ellipse inscribed in it"),
+              Param("box", tuple[float, float, float, float], REQUIRED, "x0, y0, x1, y1 (end-exclusive)"),
+              Param("units", Literal["px", "fraction"], "px",
+                    "px, or fraction of the image's width/height (works at any image size)")],
+      category="mask", library="crispedit.mask.mask_from_box / mask_from_ellipse", check=_check_shape)
+def _mask_from_shape(ctx: NodeContext, image: Any, shape: str, box: Any, units: str) -> dict[str, Any]:
+    from crispedit.mask import mask_from_box, mask_from_ellipse, parse_box
+
+    size = image_size(image)
+    px = parse_box(",".join(str(v) for v in shape_box_px(box, units, size)), size)
+    return {"mask": (mask_from_ellipse if shape == "ellipse" else mask_from_box)(size, px)}
+
+
+def _maskops_types(params: dict[str, Any]) -> dict[str, str]:
+    return {"mask": "weight" if params.get("op") == "feather" else "mask"}
+
+
+def _check_maskops(params: dict[str, Any]) -> list[tuple[str, str]]:
+    if params.get("op") in ("grow", "shrink", "feather") and (params.get("px") or 0) <= 0:
+        return [("px", f"op '{params['op']}' needs px > 0")]
+    return []
+
+
+@node("MaskOps", "Grow, shrink, feather, invert a mask, or unite it with another one.",
+      inputs=[Port("mask", "mask", "the mask"),
+              Port("other", "mask", "second mask (for op: union)", optional=True)],
+      outputs=[Port("mask", "mask", "the result (a weight, float in [0, 1], for op: feather)")],
+      params=[Param("op", Literal["grow", "shrink", "feather", "invert", "union"], REQUIRED, "the operation"),
+              Param("px", float, 0.0, "distance in pixels (grow, shrink, feather)")],
+      category="mask", library="crispedit.mask.grow / shrink / feather / invert / union",
+      output_types=_maskops_types, check=_check_maskops)
+def _mask_ops(ctx: NodeContext, mask: Any, other: Any, op: str, px: float) -> dict[str, Any]:
+    from crispedit import mask as M
+
+    if op == "union":
+        if other is None:
+            raise InputError("MaskOps op 'union' needs a second mask", "link the 'other' input")
+        return {"mask": M.union(mask, other)}
+    if op == "invert":
+        return {"mask": M.invert(mask)}
+    if op == "feather":
+        return {"mask": M.feather(mask, px)}
+    return {"mask": (M.grow if op == "grow" else M.shrink)(mask, int(round(px)))}
+
+
+# --- models ------------------------------------------------------------------------------------------------------
+
+
+@node("Inpaint", "Regenerate the masked area at full resolution (crops, engine at its working size, native "
+      "detail, tone, grain, multi-band blend) with any engine.",
+      inputs=[Port("image", IMG, "the photo"), Port("mask", "mask", "where to edit (True = edit)")],
+      outputs=[Port("image", IMG, "the edited image, same size and bit depth; outside the blend band "
+                    "bit-identical"),
+               Port("result", "result", "what the edit did (regions, engine calls, timings)")],
+      params=[Param("prompt", Optional[str], None, "what to paint (SD engines; ignored by classical)"),
+              Param("engine", str, "classical", "classical (no weights), sd15, or any registered engine"),
+              Param("seed", Optional[int], None, "seed for repeatable results (null: random, never cached)"),
+              *_SD_PARAMS,
+              Param("detail", Optional[Literal["native", "fast"]], None,
+                    "native: refine large edits at native scale; fast: skip (null: engine default)"),
+              Param("refine_strength", Optional[float], None, "strength of the native-scale refinement"),
+              Param("tone", bool, True, "local tone matching from a ring around the mask"),
+              Param("grain", bool, True, "grain matching from a ring around the mask"),
+              Param("options", dict, {}, "more options for crispedit.edit")],
+      category="model", library="crispedit.edit", seeded=True)
+def _inpaint(ctx: NodeContext, image: Any, mask: Any, prompt: Optional[str], engine: str, seed: Optional[int],
+             detail: Optional[str], refine_strength: Optional[float], tone: bool, grain: bool,
+             options: dict, **sd: Any) -> dict[str, Any]:
+    import crispedit
+
+    eng = _make_engine(ctx, engine, sd)
+    hopts = {k: v for k, v in dict(detail=detail, refine_strength=refine_strength).items() if v is not None}
+    result = crispedit.edit(image, mask, prompt=prompt, engine=eng, seed=seed, tone=tone, grain=grain,
+                            progress=ctx.progress, **hopts, **options)
+    return _result_outputs(ctx, image, result)
+
+
+def _check_strength(params: dict[str, Any]) -> list[tuple[str, str]]:
+    s = params.get("strength")
+    if s is not None and not 0.0 <= s <= 1.0:
+        return [("strength", f"strength {s} is outside [0, 1] (e.g. 0.35 keeps the composition)")]
+    return []
+
+
+@node("Img2Img", "Whole-image edit (restyle) at full resolution: img2img over the latent in overlapping tiles "
+      "with a tiled VAE.",
+      inputs=[Port("image", IMG, "the photo")],
+      outputs=[Port("image", IMG, "the restyled image, same size and bit depth"),
+               Port("result", "result", "what the edit did")],
+      params=[Param("prompt", str, REQUIRED, "the style or change to apply"),
+              Param("strength", float, 0.35, "0 = unchanged, 1 = repainted; 0.3-0.45 keeps the composition"),
+              Param("engine", str, "sd15", "an engine with a whole-image edit (sd15)"),
+              Param("seed", Optional[int], None, "seed (null: random, never cached)"),
+              *_SD_PARAMS,
+              Param("options", dict, {}, "more options for crispedit.edit (e.g. tile size and overlap)")],
+      category="model", library="crispedit.edit (mask=None)", seeded=True, check=_check_strength)
+def _img2img(ctx: NodeContext, image: Any, prompt: str, strength: float, engine: str, seed: Optional[int],
+             options: dict, **sd: Any) -> dict[str, Any]:
+    import crispedit
+
+    eng = _make_engine(ctx, engine, sd)
+    result = crispedit.edit(image, None, prompt=prompt, engine=eng, seed=seed, strength=strength,
+                            progress=ctx.progress, **options)
+    return _result_outputs(ctx, image, result)
+
+
+def _check_size(params: dict[str, Any]) -> list[tuple[str, str]]:
+    errs = []
+    for k in ("width", "height"):
+        v = params.get(k)
+        if v is not None and not 64 <= v <= 16384:
+            errs.append((k, f"{k} {v} is outside 64..16384 px"))
+    return errs
+
+
+@node("Txt2Img", "Generate an image from text at the model's native size, then upscale and refine it in tiles "
+      "to the target size (hires fix to 4K and 8K).",
+      outputs=[Port("image", IMG, "the generated image at width x height"),
+               Port("result", "result", "what the generation did")],
+      params=[Param("prompt", str, REQUIRED, "what to generate"),
+              Param("width", int, 3840, "target width in px (snapped to a multiple of 8)"),
+              Param("height", int, 2160, "target height in px (snapped to a multiple of 8)"),
+              Param("engine", str, "sd15", "an engine with txt2img (sd15)"),
+              Param("seed", Optional[int], None, "seed (null: random, never cached)"),
+              *_SD_PARAMS,
+              Param("options", dict, {}, "more options for crispedit.generate (e.g. tile size, refine strength)")],
+      category="model", library="crispedit.generate", seeded=True, check=_check_size)
+def _txt2img(ctx: NodeContext, prompt: str, width: int, height: int, engine: str, seed: Optional[int],
+             options: dict, **sd: Any) -> dict[str, Any]:
+    import crispedit
+
+    try:
+        generate = crispedit.generate
+    except AttributeError:
+        raise CrispEditError("text-to-image is not available in this crispedit build (crispedit.generate missing)",
+                             "update crispedit; Txt2Img needs the tiled-diffusion feature") from None
+    eng = _make_engine(ctx, engine, sd)
+    result = generate(prompt, width, height, engine=eng, seed=seed, progress=ctx.progress, **options)
+    return _result_outputs(ctx, None, result)
+
+
+# --- compositing -------------------------------------------------------------------------------------------------
+
+
+@node("Composite", "Blend an edited image into the original across a band with a Laplacian pyramid; pixels "
+      "farther than the band stay bit-identical.",
+      inputs=[Port("original", IMG), Port("edited", IMG, "same size as original"),
+              Port("mask", ("mask", "weight"), "where the edit is (a weight of 1 = fully edited)")],
+      outputs=[Port("image", IMG, "the composite")],
+      params=[Param("band", Optional[int], None, "blend band in px (null: max(32, 4% of the mask's diagonal))")],
+      category="compositing", library="crispedit.compositing.multiband_blend + blend_weight")
+def _composite(ctx: NodeContext, original: Any, edited: Any, mask: Any, band: Optional[int]) -> dict[str, Any]:
+    import numpy as np
+
+    from crispedit.compositing import blend_weight, multiband_blend
+    from crispedit.mask import grow
+
+    _check_same_size("Composite", original=original, edited=edited, mask=mask)
+    core = mask >= 1.0 if mask.dtype != bool else mask
+    band = int(band if band is not None else _default_band(core))
+    weight = blend_weight(core, band) if mask.dtype == bool else np.maximum(mask.astype(np.float32),
+                                                                            blend_weight(core, band))
+    f = multiband_blend(_colour_float(original), _colour_float(edited), weight, band=band)
+    return {"image": _from_float_like(original, f, grow(core, band))}
+
+
+def _ring(mask: Any, width: int) -> tuple[Any, Any]:
+    from crispedit.mask import grow
+
+    return grow(mask, 2 * width) & ~grow(mask, 2), grow(mask, width)
+
+
+@node("ToneMatch", "Correct the edit's local tone/colour drift from a ring of untouched pixels around the mask "
+      "(smooth, spatially varying; not one global histogram).",
+      inputs=[Port("edited", IMG), Port("original", IMG), Port("mask", "mask")],
+      outputs=[Port("image", IMG, "the edit with the drift removed (only mask + band change)")],
+      params=[Param("ring", Optional[int], None, "band/ring width in px (null: the blend band)"),
+              Param("scale", Optional[float], None, "spatial scale of the drift in px (null: the ring width)")],
+      category="compositing", library="crispedit.compositing.tone_match")
+def _tone_match(ctx: NodeContext, edited: Any, original: Any, mask: Any, ring: Optional[int],
+                scale: Optional[float]) -> dict[str, Any]:
+    from crispedit.compositing import tone_match
+
+    _check_same_size("ToneMatch", original=original, edited=edited, mask=mask)
+    width = int(ring if ring is not None else _default_band(mask))
+    known, target = _ring(mask, width)
+    f = tone_match(_colour_float(edited), _colour_float(original), known, target,
+                   scale=float(scale if scale is not None else width))
+    return {"image": _from_float_like(edited, f, target)}
+
+
+@node("GrainMatch", "Give a too-smooth edit the grain and fine detail of its surroundings (the photo's own "
+      "residual, measured on a ring outside the mask).",
+      inputs=[Port("edited", IMG), Port("original", IMG), Port("mask", "mask")],
+      outputs=[Port("image", IMG, "the edit with matched grain (only the mask changes)")],
+      params=[Param("ring", Optional[int], None, "ring width in px (null: the blend band)"),
+              Param("seed", Optional[int], None, "seed of the grain layout (null: random, never cached)")],
+      category="compositing", library="crispedit.compositing.match_grain", seeded=True)
+def _grain_match(ctx: NodeContext, edited: Any, original: Any, mask: Any, ring: Optional[int],
+                 seed: Optional[int]) -> dict[str, Any]:
+    from crispedit.compositing import match_grain
+
+    _check_same_size("GrainMatch", original=original, edited=edited, mask=mask)
+    width = int(ring if ring is not None else _default_band(mask))
+    known, _ = _ring(mask, width)
+    f = match_grain(_colour_float(edited), _colour_float(original), mask, known, seed=seed)
+    return {"image": _from_float_like(edited, f, mask)}
+
+
+# --- quality -----------------------------------------------------------------------------------------------------
+
+
+class QualityGateError(CrispEditError):
+    """QualityCheck with ``on_fail: stop`` found a defect."""
+
+    exit_code = 1
+
+
+def _report_dict(report: Any) -> dict[str, Any]:
+    return report.to_dict() if hasattr(report, "to_dict") else dict(report)
+
+
+@node("QualityCheck", "Zoom-level quality gate: outside identity, seam visibility, detail/noise and colour "
+      "consistency; a pass/fail verdict with reasons.",
+      inputs=[Port("original", IMG), Port("edited", IMG),
+              Port("mask", "mask", "the edit's mask (unlinked: found from the difference)", optional=True)],
+      outputs=[Port("report", "report", "metrics, verdict and reasons"), Port("verdict", "text", "pass or fail")],
+      params=[Param("on_fail", Literal["warn", "stop"], "warn",
+                    "warn: note the failure and go on; stop: end the run with exit code 1"),
+              Param("band", Optional[int], None, "blend band in px (null: max(32, 4% of the mask's diagonal))"),
+              Param("thresholds", dict, {}, "acceptance thresholds to change, e.g. {seam_max: 3.0} "
+                    "(names and defaults: docs/quality.md)"),
+              Param("seed", int, 0, "seed of the seam metric's null placements")],
+      category="quality", library="crispedit.quality.verdict.assess")
+def _quality_check(ctx: NodeContext, original: Any, edited: Any, mask: Any, on_fail: str, band: Optional[int],
+                   thresholds: dict, seed: int) -> dict[str, Any]:
+    from crispedit.quality.verdict import Thresholds, assess
+
+    kw: dict[str, Any] = {"band": band, "seed": seed}
+    if thresholds:
+        names = [f.name for f in dataclasses.fields(Thresholds)]
+        for k in thresholds:
+            if k not in names:
+                raise InputError(f"unknown quality threshold '{k}'{did_you_mean(k, names)}",
+                                 f"use one of: {', '.join(names)}")
+        kw["thresholds"] = Thresholds(**thresholds)
+    report = _report_dict(assess(original.array, edited.array, mask, **kw))
+    verdict = str(report.get("verdict", "unknown"))
+    if verdict != "pass":
+        reasons = "; ".join(map(str, report.get("reasons") or [])) or "no reason given"
+        if on_fail == "stop":
+            raise QualityGateError(f"quality check '{ctx.node}' failed: {reasons}",
+                                   "look at the report, change the mask/prompt/seed, or set on_fail: warn")
+        ctx.note(f"quality {verdict}: {reasons}")
+    return {"report": report, "verdict": verdict}
+
+
+def _selection_dict(sel: Any) -> dict[str, Any]:
+    if hasattr(sel, "to_dict"):
+        return sel.to_dict()
+    if isinstance(sel, dict):
+        return sel
+    if dataclasses.is_dataclass(sel):
+        return dataclasses.asdict(sel)
+    return {"selection": repr(sel)}
+
+
+@node("SelectBest", "SAGI-style candidate selection: score each candidate edit with the quality gate, reject "
+      "those it fails, keep the best by the documented rule, and say why.",
+      inputs=[Port("original", IMG), Port("candidates", IMG, "candidate edits of the original", multiple=True),
+              Port("mask", "mask", "the edit's mask", optional=True)],
+      outputs=[Port("image", IMG, "the kept candidate"),
+               Port("report", "report", "per candidate: scores, kept/rejected and why"),
+               Port("index", "number", "position of the kept candidate in the list")],
+      params=[Param("on_all_fail", Literal["best", "stop"], "best",
+                    "best: keep the least bad when every candidate fails; stop: end the run (exit 1)")],
+      category="quality", library="crispedit.quality.candidates.select_best")
+def _select_best(ctx: NodeContext, original: Any, candidates: list, mask: Any, on_all_fail: str) -> dict[str, Any]:
+    from crispedit.quality.candidates import select_best
+
+    if not candidates:
+        raise InputError("SelectBest got no candidates", "link at least one image to 'candidates'")
+    _check_same_size("SelectBest", original=original, mask=mask,
+                     **{f"candidate {i}": c for i, c in enumerate(candidates)})
+    sel = select_best(original.array, [c.array for c in candidates], mask)
+    report = _selection_dict(sel)
+    index = report.get("index", report.get("best", getattr(sel, "index", None)))
+    if index is None:
+        raise CrispEditError("select_best returned no index", "report this as a bug in crispedit")
+    index = int(index)
+    verdicts = [str(c.get("verdict")) for c in report.get("candidates", []) if isinstance(c, dict)]
+    if verdicts and "pass" not in verdicts:
+        if on_all_fail == "stop":
+            raise QualityGateError(f"SelectBest '{ctx.node}': every candidate failed the quality gate",
+                                   "add candidates (seeds, prompt variants), or set on_all_fail: best")
+        ctx.note("every candidate failed the quality gate; kept the least bad")
+    return {"image": candidates[index], "report": report, "index": index}
+
+
+# --- outputs -----------------------------------------------------------------------------------------------------
+
+
+@node("SaveImage", "Write the image (lossless by default for lossless inputs; ICC, EXIF, bit depth kept; "
+      "atomic write).",
+      inputs=[Port("image", IMG)],
+      outputs=[Port("path", "path", "the file written")],
+      params=[Param("path", str, REQUIRED, "output file (relative to the workflow file); .png .jpg .webp .tif",
+                    kind="output_file"),
+              Param("overwrite", bool, False, "allow writing over one of the workflow's input files"),
+              Param("mkdir", bool, True, "create the output folder when missing")],
+      category="output", library="crispedit.imageio.save_image", side_effect=True)
+def _save_image(ctx: NodeContext, image: Any, path: str, overwrite: bool, mkdir: bool) -> dict[str, Any]:
+    from pathlib import Path
+
+    from crispedit.imageio import save_image
+
+    out = Path(path)
+    if mkdir:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    elif not out.parent.is_dir():
+        raise InputError(f"output folder does not exist: {out.parent}", "create it first or set mkdir: true")
+    written = save_image(image, out, overwrite=overwrite, inputs=tuple(Path(p) for p in ctx.input_files))
+    return {"path": str(written)}
+
+
+@node("Report", "Write a self-contained HTML report: before/after, change heatmap, 1:1 crops at the worst "
+      "places of the seam, metrics, and this workflow's model cards and timings.",
+      inputs=[Port("original", IMG), Port("edited", IMG), Port("mask", "mask", optional=True),
+              Port("result", "result", "the edit's info (engine calls, timings)", optional=True)],
+      outputs=[Port("path", "path", "the report written")],
+      params=[Param("path", str, REQUIRED, "output .html file (relative to the workflow file)", kind="output_file"),
+              Param("mkdir", bool, True, "create the output folder when missing")],
+      category="output", library="crispedit.quality.report.write_report", side_effect=True)
+def _report(ctx: NodeContext, original: Any, edited: Any, mask: Any, result: Any, path: str,
+            mkdir: bool) -> dict[str, Any]:
+    from pathlib import Path
+
+    from crispedit.quality.report import write_report
+
+    out = Path(path)
+    if mkdir:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    info = dict(result or {})
+    if ctx.workflow is not None:
+        from crispedit.workflow.cards import cards_for_workflow
+
+        info["workflow"] = {
+            "name": getattr(ctx.workflow, "name", None),
+            "model_cards": [c.to_dict() for c in cards_for_workflow(ctx.workflow)],
+            "timings": {r.node: round(r.seconds, 4) for r in ctx.records},
+        }
+    written = write_report(original.array, edited.array, mask, path=out, info=info)
+    return {"path": str(written if written is not None else out)}

@@ -1,0 +1,545 @@
+"""Run a workflow: dependency order, progress per node, timings, and a content-addressed cache.
+
+Cache keys are computed for every node before anything runs, from the node type (and its version), its
+parameters, and the keys of the nodes linked into it (a Merkle chain); an input file enters the key through a
+blake2b hash of its bytes (no image decode). A node whose key has a stored entry is not run; a node that nobody
+needs (everything downstream is cached) is not even loaded. So re-running after changing only the output node
+does no model work, and changing a parameter re-runs exactly the nodes downstream of it.
+
+The cache lives in ``$CRISPEDIT_CACHE/workflow`` (default ``~/.cache/crispedit/workflow``): one folder per key
+with ``entry.json`` and one ``.npz`` per array output (images, masks); dicts, text and numbers are stored in the
+JSON. Nodes with ``seed: null`` are random: they and everything downstream run every time and are not stored.
+Nodes that write files (SaveImage, Report) count as cached only when their files are still there, unchanged.
+Entries are written atomically (a temporary folder renamed into place); the least recently used ones are removed
+when the cache grows beyond ``$CRISPEDIT_CACHE_MAX_GB`` (default 20).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+from crispedit.errors import CrispEditError, InputError
+from crispedit.workflow.nodes import NodeContext
+from crispedit.workflow.schema import Link, Workflow, WorkflowError, load_workflow
+
+JSON_TYPES = {"result", "report", "text", "number", "path"}
+ARRAY_TYPES = {"mask", "weight"}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# hashing
+# ----------------------------------------------------------------------------------------------------------------
+
+_FILE_HASHES: dict[tuple[str, int, int, int], str] = {}
+
+
+def file_hash(path: Union[str, Path]) -> str:
+    """blake2b of a file's bytes (memoised per process on path, size, mtime and inode)."""
+    p = Path(path)
+    st = p.stat()
+    memo = (str(p.resolve()), st.st_size, st.st_mtime_ns, st.st_ino)
+    if memo in _FILE_HASHES:
+        return _FILE_HASHES[memo]
+    h = hashlib.blake2b(digest_size=20)
+    with open(p, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    digest = h.hexdigest()
+    _FILE_HASHES[memo] = digest
+    return digest
+
+
+def _canon(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _version() -> str:
+    try:
+        from crispedit import __version__
+
+        return __version__
+    except ImportError:  # pragma: no cover
+        return "0"
+
+
+def node_key(wf: Workflow, name: str, keys: dict[str, str]) -> str:
+    """The cache key of a node: type, version, params (input files by content) and upstream keys."""
+    node = wf.nodes[name]
+    params = dict(node.params)
+    for p in node.type.params:
+        if p.kind == "input_file" and params.get(p.name):
+            params[p.name] = {"blake2b": file_hash(params[p.name])}
+
+    def ref(link: Optional[Link]) -> Optional[str]:
+        return None if link is None else f"{keys[link.node]}:{link.output}"
+
+    inputs = {k: ([ref(x) for x in v] if isinstance(v, list) else ref(v)) for k, v in node.links.items()}
+    payload = _canon({"crispedit": _version(), "type": node.type.name, "v": node.type.version, "params": params,
+                      "inputs": inputs})
+    return hashlib.blake2b(payload.encode(), digest_size=20).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# values <-> cache files
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _json_default(v: Any) -> Any:
+    import numpy as np
+
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if isinstance(v, np.bool_):
+        return bool(v)
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    if isinstance(v, (bytes, bytearray)):
+        return base64.b64encode(bytes(v)).decode()
+    if isinstance(v, (set, frozenset)):
+        return sorted(v, key=str)
+    if hasattr(v, "to_dict"):
+        return v.to_dict()
+    return str(v)
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` as plain JSON data (what it becomes after a trip through the cache)."""
+    return json.loads(json.dumps(value, default=_json_default))
+
+
+def _b64(v: Any) -> Optional[str]:
+    if v is None:
+        return None
+    if not isinstance(v, (bytes, bytearray)):
+        try:
+            v = bytes(v)
+        except Exception:
+            return None
+    return base64.b64encode(bytes(v)).decode()
+
+
+def _image_meta(data: Any) -> dict[str, Any]:
+    notes = getattr(data, "notes", None)
+    source = getattr(data, "source", None)
+    dpi = getattr(data, "dpi", None)
+    return {"icc_profile": _b64(getattr(data, "icc_profile", None)), "exif": _b64(getattr(data, "exif", None)),
+            "format": getattr(data, "format", None), "notes": list(notes) if notes else [],
+            "source": str(source) if source else None, "dpi": list(dpi) if dpi else None}
+
+
+class CacheStore:
+    """The content-addressed store: ``root/ab/abcdef.../entry.json`` + ``<output>.npz``."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+
+    def folder(self, key: str) -> Path:
+        return self.root / key[:2] / key
+
+    def lookup(self, key: str) -> Optional[dict[str, Any]]:
+        entry_file = self.folder(key) / "entry.json"
+        try:
+            entry = json.loads(entry_file.read_text())
+        except (OSError, ValueError):
+            return None
+        for path, meta in (entry.get("files") or {}).items():
+            if not _file_intact(path, meta):
+                return None
+        try:
+            os.utime(entry_file)  # least-recently-used bookkeeping
+        except OSError:
+            pass
+        return entry
+
+    def load(self, key: str, entry: dict[str, Any], output: str) -> Any:
+        spec = entry["outputs"][output]
+        kind = spec["type"]
+        if "value" in spec:
+            return spec["value"]
+        import numpy as np
+
+        with np.load(self.folder(key) / spec["file"], allow_pickle=False) as z:
+            array = z["array"]
+        if kind == "image":
+            from crispedit.workflow.nodes import image_from_array
+
+            meta = spec.get("meta") or {}
+            return image_from_array(
+                array, icc_profile=_unb64(meta.get("icc_profile")), exif=_unb64(meta.get("exif")),
+                format=meta.get("format"), notes=list(meta.get("notes") or []), source=meta.get("source"),
+                dpi=meta.get("dpi"))
+        return array
+
+    def save(self, key: str, node_type: str, outputs: dict[str, Any], types: dict[str, str],
+             files: dict[str, dict[str, Any]]) -> int:
+        """Write an entry atomically; returns the bytes written (0 if it already existed)."""
+        import numpy as np
+
+        final = self.folder(key)
+        if (final / "entry.json").exists():
+            shutil.rmtree(final, ignore_errors=True)  # a stale side-effect entry is replaced
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:8]}-", dir=final.parent))
+        size = 0
+        spec: dict[str, Any] = {}
+        try:
+            for name, value in outputs.items():
+                kind = types.get(name, "text")
+                if kind == "image":
+                    np.savez(tmp / f"{name}.npz", array=value.array)
+                    spec[name] = {"type": kind, "file": f"{name}.npz", "meta": _image_meta(value)}
+                elif kind in ARRAY_TYPES or isinstance(value, np.ndarray):
+                    np.savez_compressed(tmp / f"{name}.npz", array=np.asarray(value))
+                    spec[name] = {"type": kind, "file": f"{name}.npz"}
+                else:
+                    spec[name] = {"type": kind, "value": jsonable(value)}
+            entry = {"node_type": node_type, "created": time.time(), "outputs": spec, "files": files}
+            (tmp / "entry.json").write_text(json.dumps(entry))
+            size = sum(f.stat().st_size for f in tmp.iterdir())
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another run stored it meanwhile
+                shutil.rmtree(tmp, ignore_errors=True)
+                return 0
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return size
+
+    def prune(self, max_bytes: int) -> int:
+        """Remove least recently used entries until the store holds at most ``max_bytes``; returns bytes freed."""
+        entries = []
+        total = 0
+        if not self.root.is_dir():
+            return 0
+        for sub in os.scandir(self.root):
+            if not sub.is_dir():
+                continue
+            for ent in os.scandir(sub.path):
+                if not ent.is_dir() or ent.name.startswith("."):
+                    continue
+                size = sum(f.stat().st_size for f in os.scandir(ent.path) if f.is_file())
+                try:
+                    used = os.stat(os.path.join(ent.path, "entry.json")).st_mtime
+                except OSError:
+                    used = 0.0
+                entries.append((used, size, ent.path))
+                total += size
+        freed = 0
+        for used, size, path in sorted(entries):
+            if total - freed <= max_bytes:
+                break
+            shutil.rmtree(path, ignore_errors=True)
+            freed += size
+        return freed
+
+
+def _unb64(v: Optional[str]) -> Optional[bytes]:
+    return None if v is None else base64.b64decode(v)
+
+
+def _file_meta(path: str) -> dict[str, Any]:
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "blake2b": file_hash(path)}
+
+
+def _file_intact(path: str, meta: dict[str, Any]) -> bool:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    if st.st_size != meta.get("size"):
+        return False
+    if st.st_mtime_ns == meta.get("mtime_ns"):
+        return True
+    return file_hash(path) == meta.get("blake2b")
+
+
+def cache_dir() -> Path:
+    """``$CRISPEDIT_CACHE/workflow``, else ``~/.cache/crispedit/workflow``."""
+    root = os.environ.get("CRISPEDIT_CACHE")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "crispedit"
+    return base / "workflow"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the run
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NodeEvent:
+    """A progress event: ``status`` is start, step (inside a node), done, cached or skipped."""
+
+    node: str
+    type: str
+    index: int
+    total: int
+    status: str
+    seconds: float = 0.0
+    stage: Optional[str] = None
+    done: int = 0
+    steps: int = 0
+
+
+@dataclass
+class NodeRecord:
+    """What happened to one node: ``ran``, ``cached`` (stored result reused) or ``skipped`` (not needed)."""
+
+    node: str
+    type: str
+    status: str
+    seconds: float = 0.0
+    key: Optional[str] = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"node": self.node, "type": self.type, "status": self.status, "seconds": round(self.seconds, 4),
+                "key": self.key[:16] if self.key else None}
+
+
+def summarize(value: Any, kind: str) -> Any:
+    """A JSON summary of a value: sizes for images and masks, the data for dicts, text, numbers and paths."""
+    if kind == "image" and hasattr(value, "array"):
+        a = value.array
+        return {"width": int(a.shape[1]), "height": int(a.shape[0]), "channels": int(a.shape[2]) if a.ndim > 2
+                else 1, "dtype": str(a.dtype)}
+    if kind in ARRAY_TYPES and hasattr(value, "shape"):
+        import numpy as np
+
+        return {"width": int(value.shape[1]), "height": int(value.shape[0]), "dtype": str(value.dtype),
+                "edit_pixels": int(np.count_nonzero(value >= 0.5 if value.dtype != bool else value))}
+    if kind == "image" and isinstance(value, list):
+        return [summarize(v, kind) for v in value]
+    return jsonable(value)
+
+
+@dataclass
+class RunResult:
+    """The outcome of :func:`run_workflow`: per-node records, notes, timings and access to outputs."""
+
+    workflow: Workflow
+    records: list[NodeRecord]
+    notes: list[str]
+    seconds: float
+    keys: dict[str, str]
+    cache: Optional[CacheStore]
+    _values: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+    _entries: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
+
+    @property
+    def node_seconds(self) -> float:
+        return sum(r.seconds for r in self.records if r.status == "ran")
+
+    @property
+    def overhead_seconds(self) -> float:
+        """Wall time of the run minus the time spent inside node run functions."""
+        return max(0.0, self.seconds - self.node_seconds)
+
+    def status(self, node: str) -> str:
+        return next(r.status for r in self.records if r.node == node)
+
+    def ran(self) -> list[str]:
+        return [r.node for r in self.records if r.status == "ran"]
+
+    def output(self, node: str, name: Optional[str] = None) -> Any:
+        """An output value (the node's first output by default); loaded from the cache when not in memory."""
+        wnode = self.workflow.nodes[node]
+        name = name or next(iter(wnode.output_types))
+        if node in self._values and name in self._values[node]:
+            return self._values[node][name]
+        if self.cache is not None:
+            entry = self._entries.get(node) or self.cache.lookup(self.keys[node])
+            if entry is not None and name in entry.get("outputs", {}):
+                return self.cache.load(self.keys[node], entry, name)
+        raise KeyError(f"output {node}.{name} was not kept (run with keep={{'{node}'}})")
+
+    def to_dict(self) -> dict[str, Any]:
+        outputs: dict[str, Any] = {}
+        for n in self.workflow.order:
+            types = self.workflow.nodes[n].output_types
+            vals = self._values.get(n)
+            if vals is None and n in self._entries:
+                vals = {k: v["value"] for k, v in self._entries[n]["outputs"].items() if "value" in v}
+            if vals:
+                outputs[n] = {k: summarize(v, types.get(k, "text")) for k, v in vals.items()}
+        return {
+            "workflow": self.workflow.name, "file": str(self.workflow.path) if self.workflow.path else None,
+            "seconds": round(self.seconds, 4), "node_seconds": round(self.node_seconds, 4),
+            "overhead_seconds": round(self.overhead_seconds, 4),
+            "cache": str(self.cache.root) if self.cache else None,
+            "nodes": [r.to_dict() for r in self.records], "outputs": outputs, "notes": list(self.notes),
+        }
+
+
+def _preflight(wf: Workflow) -> None:
+    errors = []
+    for n in wf.order:
+        node = wf.nodes[n]
+        for p in node.type.params:
+            v = node.params.get(p.name)
+            if p.kind == "input_file" and v and not Path(v).is_file():
+                errors.append(f"node '{n}', param '{p.name}': file not found: {v} (relative paths are read from "
+                              "the workflow file's folder; --set paths from the current folder)")
+            if p.kind == "output_file" and v and not node.params.get("mkdir", True) and not Path(v).parent.is_dir():
+                errors.append(f"node '{n}', param '{p.name}': output folder does not exist: {Path(v).parent}")
+    if errors:
+        raise WorkflowError(errors, str(wf.path) if wf.path else "workflow")
+
+
+def _with_node(exc: CrispEditError, name: str, type_: str) -> CrispEditError:
+    if isinstance(exc, WorkflowError):
+        return exc
+    try:
+        new = type(exc)(f"node '{name}' ({type_}): {exc.problem}", exc.fix)
+    except TypeError:
+        new = InputError(f"node '{name}' ({type_}): {exc.problem}", exc.fix)
+    new.exit_code = exc.exit_code
+    return new
+
+
+def run_workflow(src: Union[str, Path, dict, Workflow], *, overrides: list[str] = (),  # type: ignore[assignment]
+                 cache: bool = True, cache_root: Optional[Path] = None,
+                 progress: Optional[Callable[[NodeEvent], None]] = None,
+                 keep: Optional[set[str]] = None, base_dir: Optional[Path] = None) -> RunResult:
+    """Validate and run a workflow; returns a :class:`RunResult`.
+
+    Parameters
+    ----------
+    src : a workflow file, a dict (paths relative to ``base_dir``) or a loaded Workflow.
+    overrides : ``node.param=value`` items (the CLI's ``--set``).
+    cache : read and write the cache (``--no-cache`` sets False: everything runs, nothing is stored).
+    cache_root : cache folder (default :func:`cache_dir`).
+    progress : ``callback(NodeEvent)`` for each node start/done/cached/skipped and steps inside nodes.
+    keep : nodes whose output values stay in memory (default: the sinks); others are freed after last use.
+
+    Examples
+    --------
+    >>> res = run_workflow("examples/4k-object-removal.yaml", overrides=["photo.path=small.jpg"])  # doctest: +SKIP
+    >>> [r.status for r in res.records]                                                            # doctest: +SKIP
+    ['ran', 'ran', 'ran', 'ran', 'ran', 'ran']
+    """
+    t0 = time.perf_counter()
+    wf = load_workflow(src, overrides=list(overrides), base_dir=base_dir)
+    _preflight(wf)
+    store = CacheStore(cache_root or cache_dir()) if cache else None
+    order = wf.order
+    total = len(order)
+
+    def emit(ev: NodeEvent) -> None:
+        if progress is not None:
+            progress(ev)
+
+    # 1. keys (cheap: params + file hashes), volatility, cache hits
+    keys: dict[str, str] = {}
+    volatile: dict[str, bool] = {}
+    for n in order:
+        node = wf.nodes[n]
+        vol = any(volatile[u] for u in node.upstream()) or (
+            node.type.seeded and "seed" in node.params and node.params["seed"] is None)
+        volatile[n] = vol
+        keys[n] = os.urandom(20).hex() if vol else node_key(wf, n, keys)
+    hits: dict[str, dict[str, Any]] = {}
+    if store is not None:
+        for n in order:
+            if wf.nodes[n].type.store and not volatile[n]:
+                entry = store.lookup(keys[n])
+                if entry is not None:
+                    hits[n] = entry
+
+    # 2. what must run: wanted nodes (sinks, file writers) not cached, and what they need that is not cached
+    sinks = set(wf.sinks())
+    wanted = [n for n in order if n in sinks or wf.nodes[n].type.side_effect]
+    to_run: set[str] = set()
+    stack = [n for n in wanted if n not in hits]
+    while stack:
+        n = stack.pop()
+        if n in to_run:
+            continue
+        to_run.add(n)
+        stack.extend(u for u in wf.nodes[n].upstream() if u not in hits)
+    remaining = {n: sum(1 for c in wf.consumers(n) if c in to_run) for n in order}
+    keep = set(sinks if keep is None else keep)
+
+    values: dict[str, dict[str, Any]] = {}
+    loaded: dict[tuple[str, str], Any] = {}
+    records: list[NodeRecord] = []
+    notes: list[str] = []
+    engines: dict = {}
+    input_files = tuple(wf.input_files())
+    written = 0
+
+    def value_of(link: Link) -> Any:
+        if link.node in values:
+            return values[link.node][link.output]
+        k = (link.node, link.output)
+        if k not in loaded:
+            loaded[k] = store.load(keys[link.node], hits[link.node], link.output)  # type: ignore[union-attr]
+        return loaded[k]
+
+    for i, n in enumerate(order):
+        node = wf.nodes[n]
+        tname = node.type.name
+        if n not in to_run:
+            status = "cached" if n in hits else "skipped"
+            records.append(NodeRecord(n, tname, status, 0.0, keys[n]))
+            emit(NodeEvent(n, tname, i, total, status))
+            continue
+        kwargs: dict[str, Any] = {}
+        for iname, link in node.links.items():
+            if isinstance(link, list):
+                kwargs[iname] = [value_of(lk) for lk in link]
+            else:
+                kwargs[iname] = None if link is None else value_of(link)
+        kwargs.update(node.params)
+
+        def step(stage: str, done: int, steps: int, _n: str = n, _t: str = tname, _i: int = i) -> None:
+            emit(NodeEvent(_n, _t, _i, total, "step", stage=stage, done=done, steps=steps))
+
+        ctx = NodeContext(n, progress=step, engines=engines, notes=notes, input_files=input_files, workflow=wf,
+                          records=records)
+        emit(NodeEvent(n, tname, i, total, "start"))
+        t = time.perf_counter()
+        try:
+            out = node.type.run(ctx, **kwargs)
+        except CrispEditError as exc:
+            raise _with_node(exc, n, tname) from exc
+        except Exception as exc:
+            exc.add_note(f"in workflow node '{n}' ({tname})")
+            raise
+        dt = time.perf_counter() - t
+        if not isinstance(out, dict) or set(out) != set(node.output_types):
+            raise TypeError(f"node type {tname} returned {sorted(out) if isinstance(out, dict) else type(out)}, "
+                            f"declared outputs {sorted(node.output_types)}")
+        out = {k: (jsonable(v) if node.output_types[k] in JSON_TYPES else v) for k, v in out.items()}
+        values[n] = out
+        records.append(NodeRecord(n, tname, "ran", dt, keys[n]))
+        emit(NodeEvent(n, tname, i, total, "done", seconds=dt))
+        if store is not None and node.type.store and not volatile[n]:
+            files = {}
+            if node.type.side_effect:
+                files = {str(v): _file_meta(str(v)) for k, v in out.items()
+                         if node.output_types[k] == "path" and v and Path(str(v)).is_file()}
+            written += store.save(keys[n], tname, out, node.output_types, files)
+        for u in node.upstream():
+            remaining[u] -= 1
+            if remaining[u] <= 0 and u not in keep:
+                values.pop(u, None)
+                for k in [k for k in loaded if k[0] == u]:
+                    loaded.pop(k, None)
+    if store is not None and written > (1 << 20):
+        max_gb = float(os.environ.get("CRISPEDIT_CACHE_MAX_GB", "20"))
+        store.prune(int(max_gb * (1 << 30)))
+    kept = {n: v for n, v in values.items() if n in keep}
+    return RunResult(wf, records, notes, time.perf_counter() - t0, keys, store, kept,
+                     {n: e for n, e in hits.items()})

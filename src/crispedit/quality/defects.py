@@ -1,0 +1,177 @@
+"""Test images and planted defects, for the gate's tests and threshold measurements (``bench/``).
+
+``photo_like`` makes a photo-like texture (1/f filtered noise, gradients, soft and hard shapes, film grain);
+the defect functions plant one known flaw of a chosen strength inside a mask:
+
+- :func:`paste_seam`: content from elsewhere pasted with a hard edge (``strength`` = opacity 0..1);
+- :func:`tone_step`: brightness offset in 8-bit levels (``strength``), hard or feathered;
+- :func:`blurred_patch`: Gaussian blur of sigma ``strength`` px, feathered (the 512-px-upscale look);
+- :func:`noise_free_patch`: grain removed by fraction ``strength`` (0..1), feathered;
+- :func:`clean_edit`: the original plus a little noise of the image's own grain level (should pass).
+
+>>> import numpy as np
+>>> img = photo_like(256, 256, seed=1)
+>>> img.shape, img.dtype
+((256, 256, 3), dtype('uint8'))
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+__all__ = [
+    "photo_like",
+    "ellipse_mask",
+    "feather_weight",
+    "paste_seam",
+    "tone_step",
+    "blurred_patch",
+    "noise_free_patch",
+    "clean_edit",
+    "DEFECTS",
+]
+
+
+def _to_float(a: np.ndarray) -> tuple[np.ndarray, float]:
+    scale = 65535.0 if a.dtype == np.uint16 else 255.0
+    return a.astype(np.float32) / scale, scale
+
+
+def _back(f: np.ndarray, scale: float, dtype: np.dtype) -> np.ndarray:
+    return np.clip(np.round(f * scale), 0, scale).astype(dtype)
+
+
+def photo_like(
+    h: int, w: int, *, seed: int = 0, grain: float = 2.5, return_parts: bool = False
+) -> np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A photo-like RGB uint8 image: 1/f filtered noise over gradients, a few shapes, Gaussian grain of
+    ``grain`` 8-bit levels. With ``return_parts``: (image, clean float32 [0,1], grain float32)."""
+    rng = np.random.default_rng(seed)
+    img = np.zeros((h, w, 3), np.float32)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = rng.uniform(0.25, 0.6, 3).astype(np.float32)
+    gdir = rng.normal(size=(3, 2)).astype(np.float32) * 0.15
+    for c in range(3):
+        img[:, :, c] = base[c] + gdir[c, 0] * (xx / w - 0.5) + gdir[c, 1] * (yy / h - 0.5)
+    mix = rng.normal(size=(3, 3)).astype(np.float32) * 0.3 + np.eye(3, dtype=np.float32)
+    for sigma, amp in ((48.0, 0.10), (12.0, 0.05), (3.0, 0.03), (1.0, 0.015)):
+        n = rng.normal(size=(h, w, 3)).astype(np.float32)
+        n = cv2.GaussianBlur(n, (0, 0), sigma)
+        n /= n.std() + 1e-8
+        img += amp * (n @ mix.T) / 1.5
+    # shapes: soft and hard-edged ellipses and bars
+    for _ in range(max(3, (h * w) // 40000)):
+        layer = np.zeros((h, w), np.float32)
+        cx, cy = rng.uniform(0, w), rng.uniform(0, h)
+        ax, ay = rng.uniform(0.03, 0.15) * w, rng.uniform(0.03, 0.15) * h
+        cv2.ellipse(layer, (int(cx), int(cy)), (int(ax), int(ay)), rng.uniform(0, 180), 0, 360, 1.0, -1, cv2.LINE_AA)
+        if rng.uniform() < 0.5:
+            layer = cv2.GaussianBlur(layer, (0, 0), rng.uniform(2, 10))
+        col = rng.uniform(-0.15, 0.15, 3).astype(np.float32)
+        img += layer[:, :, None] * col
+    clean = np.clip(img, 0.02, 0.98)
+    g = rng.normal(size=(h, w, 3)).astype(np.float32) * (grain / 255.0)
+    g = 0.7 * g + 0.3 * g.mean(axis=2, keepdims=True)  # partly luminance grain, as in camera noise
+    out = _back(clean + g, 255.0, np.uint8)
+    if return_parts:
+        return out, clean, g
+    return out
+
+
+def ellipse_mask(h: int, w: int, cx: float, cy: float, rx: float, ry: float, angle: float = 0.0) -> np.ndarray:
+    """A filled ellipse as a bool mask."""
+    m = np.zeros((h, w), np.uint8)
+    cv2.ellipse(m, (int(round(cx)), int(round(cy))), (int(round(rx)), int(round(ry))), angle, 0, 360, 1, -1)
+    return m.astype(bool)
+
+
+def feather_weight(mask: np.ndarray, band: int) -> np.ndarray:
+    """Soft weight centred on the mask edge: a Gaussian blur of sigma ``band/4`` (reaches ~band/2 outside)."""
+    if band <= 0:
+        return mask.astype(np.float32)
+    return cv2.GaussianBlur(mask.astype(np.float32), (0, 0), band / 4.0)
+
+
+def _blend(orig: np.ndarray, new_f: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    f, scale = _to_float(orig)
+    w = weight[:, :, None] if f.ndim == 3 else weight
+    out = _back(f + w * (new_f - f), scale, orig.dtype)
+    # keep the untouched pixels bit-identical (rounding of f + 0 * x is exact anyway, but be explicit)
+    untouched = weight <= 0
+    out[untouched] = orig[untouched]
+    return out
+
+
+def paste_seam(orig: np.ndarray, mask: np.ndarray, strength: float, *, offset: tuple[int, int] | None = None) -> np.ndarray:
+    """Paste content shifted by ``offset`` (default: half the image) into the mask with a hard edge, at
+    opacity ``strength``."""
+    f, _ = _to_float(orig)
+    h, w = mask.shape
+    if offset is None:
+        offset = (w // 2, h // 3)
+    shifted = np.roll(f, shift=(offset[1], offset[0]), axis=(0, 1))
+    return _blend(orig, shifted, mask.astype(np.float32) * float(strength))
+
+
+def tone_step(orig: np.ndarray, mask: np.ndarray, strength: float, *, feather: int = 0) -> np.ndarray:
+    """Add ``strength`` 8-bit levels (slightly warm: R +100%, G +90%, B +70%) inside the mask."""
+    f, _ = _to_float(orig)
+    delta = np.array([1.0, 0.9, 0.7], np.float32)[: f.shape[2] if f.ndim == 3 else 1] * (strength / 255.0)
+    return _blend(orig, f + delta, feather_weight(mask, feather))
+
+
+def blurred_patch(orig: np.ndarray, mask: np.ndarray, strength: float, *, feather: int = 32) -> np.ndarray:
+    """Blur the masked area with a Gaussian of sigma ``strength`` px (feathered edge)."""
+    f, _ = _to_float(orig)
+    b = cv2.GaussianBlur(f, (0, 0), float(strength)) if strength > 0 else f
+    return _blend(orig, b, feather_weight(mask, feather))
+
+
+def noise_free_patch(
+    orig: np.ndarray,
+    mask: np.ndarray,
+    strength: float,
+    *,
+    feather: int = 32,
+    clean: np.ndarray | None = None,
+) -> np.ndarray:
+    """Remove a fraction ``strength`` of the grain inside the mask. ``clean`` (float [0,1]) is the noise-free
+    image when known (``photo_like(..., return_parts=True)``); otherwise non-local-means denoising is used."""
+    f, scale = _to_float(orig)
+    if clean is None:
+        x0, y0, x1, y1 = _bbox(mask, pad=feather + 8)
+        crop = orig[y0:y1, x0:x1]
+        c8 = crop if crop.dtype == np.uint8 else (crop // 257).astype(np.uint8)
+        if c8.ndim == 3 and c8.shape[2] >= 3:
+            den = cv2.fastNlMeansDenoisingColored(np.ascontiguousarray(c8[:, :, :3]), None, 6, 6, 7, 21)
+        else:
+            den = cv2.fastNlMeansDenoising(np.ascontiguousarray(c8.reshape(c8.shape[:2])), None, 6, 7, 21)
+            den = den.reshape(crop.shape)
+        clean = f.copy()
+        clean[y0:y1, x0:x1, :3] = den.astype(np.float32) / 255.0
+    new = f + float(strength) * (clean - f)
+    return _blend(orig, new, feather_weight(mask, feather))
+
+
+def clean_edit(orig: np.ndarray, mask: np.ndarray, *, seed: int = 0, extra_noise: float = 0.8, feather: int = 32) -> np.ndarray:
+    """The original plus fresh Gaussian noise of ``extra_noise`` 8-bit levels: an edit that should pass."""
+    f, _ = _to_float(orig)
+    rng = np.random.default_rng(seed)
+    n = rng.normal(size=f.shape).astype(np.float32) * (extra_noise / 255.0)
+    return _blend(orig, f + n, feather_weight(mask, feather))
+
+
+def _bbox(mask: np.ndarray, pad: int) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    return max(0, xs.min() - pad), max(0, ys.min() - pad), min(w, xs.max() + pad + 1), min(h, ys.max() + pad + 1)
+
+
+#: name -> (function, strengths from mild to strong, the metric that should rise with strength)
+DEFECTS = {
+    "paste_seam": (paste_seam, (0.15, 0.3, 0.6, 1.0), "seam_score"),
+    "tone_step": (tone_step, (3.0, 6.0, 12.0, 24.0), "seam_score"),
+    "blurred_patch": (blurred_patch, (0.8, 1.5, 3.0, 6.0), "detail_deficit"),
+    "noise_free_patch": (noise_free_patch, (0.3, 0.6, 0.8, 1.0), "noise_deficit"),
+}

@@ -1,0 +1,1006 @@
+"""Zoom metrics: plain numpy/OpenCV functions on arrays.
+
+Every function takes arrays as loaded by :mod:`crispedit.imageio` (H x W or H x W x C, uint8 or uint16) or the
+float32 images derived from them, and returns plain numbers or small arrays. Definitions and thresholds are in
+``docs/quality.md``; :func:`crispedit.quality.verdict.assess` combines them into a verdict.
+
+The seam metric is the heart of the gate. For a contour point ``p`` with outward normal ``n`` and a scale ``d``
+(a low-pass of about ``d/2`` px), the contrast *across* the contour is ``c = |S(p + d n) - S(p - d n)|`` and the
+contrast *beside* it is ``r = (|S(p + 3d n) - S(p + d n)| + |S(p - d n) - S(p - 3d n)|) / 2`` (``S``: the
+low-passed image in CIE Lab). On natural, stationary image content ``E[c] = E[r]`` whatever the texture, so
+``log(mean c / mean r)`` is about 0 on an unedited contour and grows with a step, a paste seam or a halo. The same
+statistic on the contour *translated* onto untouched parts of the image gives a null distribution, and the
+seam score is a z-score against it.
+
+>>> import numpy as np
+>>> from crispedit.quality.metrics import ciede2000
+>>> round(float(ciede2000(np.array([50.0, 2.6772, -79.7751]), np.array([50.0, 0.0, -82.7485]))), 4)  # Sharma pair 1
+2.0425
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from crispedit.errors import InputError
+
+__all__ = [
+    "as_float",
+    "colour_channels",
+    "rgb_to_lab",
+    "ciede2000",
+    "changed_mask",
+    "default_band",
+    "outside_identity",
+    "noise_sigma",
+    "detail_energy",
+    "SeamResult",
+    "seam_visibility",
+    "detail_noise_consistency",
+    "colour_consistency",
+    "brisque_score",
+    "brisque_available",
+]
+
+# Sampling distances (px at full resolution) of the seam metric's scales; scales above the band are dropped.
+SEAM_SCALES = (2, 8, 32)
+# Floors for the null distribution's spread (log-ratio units), so a flat sky does not make every wiggle a seam.
+_NULL_STD_FLOOR = 0.04
+_SEG_STD_FLOOR = 0.10
+_COH_STD_FLOOR = 0.02
+_SEG_COH_STD_FLOOR = 0.05
+# (median, spread) of the null statistics when no placement fits (ratio, coherence), whole contour / segment
+_FALLBACK_NULL = ((0.0, 0.08), (0.05, 0.04))
+_FALLBACK_SEG = ((0.0, 0.2), (0.2, 0.12))
+_EPS_LAB = 0.25  # Lab units added to contrasts: below the noise of an 8-bit image after the low-pass
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# conversions
+# ----------------------------------------------------------------------------------------------------------------
+def _scale_of(arr: np.ndarray) -> float:
+    if arr.dtype == np.uint8:
+        return 255.0
+    if arr.dtype == np.uint16:
+        return 65535.0
+    if np.issubdtype(arr.dtype, np.floating):
+        return 1.0
+    raise InputError(f"unsupported pixel type {arr.dtype}", "give uint8 or uint16 images (or float in [0, 1])")
+
+
+def as_float(arr: np.ndarray) -> np.ndarray:
+    """``arr`` as float32 in [0, 1], always H x W x C.
+
+    >>> as_float(np.full((2, 2), 255, np.uint8)).shape
+    (2, 2, 1)
+    """
+    scale = _scale_of(arr)
+    out = np.asarray(arr, dtype=np.float32)
+    if scale != 1.0:
+        out = out * np.float32(1.0 / scale)
+    if out.ndim == 2:
+        out = out[:, :, None]
+    return out
+
+
+def colour_channels(arr: np.ndarray) -> np.ndarray:
+    """The colour part of an image as float32 RGB in [0, 1] (grey replicated, alpha dropped)."""
+    f = as_float(arr)
+    c = f.shape[2]
+    if c >= 3:
+        return np.ascontiguousarray(f[:, :, :3])
+    return np.ascontiguousarray(np.repeat(f[:, :, :1], 3, axis=2))
+
+
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB float32 in [0, 1] -> CIE Lab (D65; L in 0..100), via OpenCV on float32."""
+    return cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.float32), cv2.COLOR_RGB2Lab)
+
+
+def ciede2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
+    """CIEDE2000 colour difference, vectorised over the leading axes (kL = kC = kH = 1).
+
+    Follows Sharma, Wu & Dalal (2005), "The CIEDE2000 color-difference formula: implementation notes".
+    """
+    lab1 = np.asarray(lab1, dtype=np.float64)
+    lab2 = np.asarray(lab2, dtype=np.float64)
+    L1, a1, b1 = lab1[..., 0], lab1[..., 1], lab1[..., 2]
+    L2, a2, b2 = lab2[..., 0], lab2[..., 1], lab2[..., 2]
+    C1 = np.hypot(a1, b1)
+    C2 = np.hypot(a2, b2)
+    Cm = 0.5 * (C1 + C2)
+    Cm7 = Cm**7
+    G = 0.5 * (1.0 - np.sqrt(Cm7 / (Cm7 + 25.0**7)))
+    a1p = (1.0 + G) * a1
+    a2p = (1.0 + G) * a2
+    C1p = np.hypot(a1p, b1)
+    C2p = np.hypot(a2p, b2)
+    h1p = np.degrees(np.arctan2(b1, a1p)) % 360.0
+    h2p = np.degrees(np.arctan2(b2, a2p)) % 360.0
+    h1p = np.where(C1p == 0, 0.0, h1p)
+    h2p = np.where(C2p == 0, 0.0, h2p)
+
+    dLp = L2 - L1
+    dCp = C2p - C1p
+    dh = h2p - h1p
+    dh = np.where(dh > 180.0, dh - 360.0, dh)
+    dh = np.where(dh < -180.0, dh + 360.0, dh)
+    dh = np.where((C1p * C2p) == 0, 0.0, dh)
+    dHp = 2.0 * np.sqrt(C1p * C2p) * np.sin(np.radians(dh) / 2.0)
+
+    Lpm = 0.5 * (L1 + L2)
+    Cpm = 0.5 * (C1p + C2p)
+    hsum = h1p + h2p
+    habs = np.abs(h1p - h2p)
+    hpm = np.where(habs <= 180.0, 0.5 * hsum, np.where(hsum < 360.0, 0.5 * (hsum + 360.0), 0.5 * (hsum - 360.0)))
+    hpm = np.where((C1p * C2p) == 0, hsum, hpm)
+
+    T = (
+        1.0
+        - 0.17 * np.cos(np.radians(hpm - 30.0))
+        + 0.24 * np.cos(np.radians(2.0 * hpm))
+        + 0.32 * np.cos(np.radians(3.0 * hpm + 6.0))
+        - 0.20 * np.cos(np.radians(4.0 * hpm - 63.0))
+    )
+    dtheta = 30.0 * np.exp(-(((hpm - 275.0) / 25.0) ** 2))
+    Cpm7 = Cpm**7
+    Rc = 2.0 * np.sqrt(Cpm7 / (Cpm7 + 25.0**7))
+    Sl = 1.0 + (0.015 * (Lpm - 50.0) ** 2) / np.sqrt(20.0 + (Lpm - 50.0) ** 2)
+    Sc = 1.0 + 0.045 * Cpm
+    Sh = 1.0 + 0.015 * Cpm * T
+    Rt = -np.sin(np.radians(2.0 * dtheta)) * Rc
+    tL = dLp / Sl
+    tC = dCp / Sc
+    tH = dHp / Sh
+    return np.sqrt(tL**2 + tC**2 + tH**2 + Rt * tC * tH)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# masks, bands, outside identity
+# ----------------------------------------------------------------------------------------------------------------
+def _max_abs_diff(original: np.ndarray, edited: np.ndarray) -> np.ndarray:
+    """Per-pixel max over channels of |edited - original|, in the images' own units (uint8/uint16/float)."""
+    d = cv2.absdiff(original, edited)
+    if d.ndim == 3:
+        out = d[:, :, 0].copy()
+        for c in range(1, d.shape[2]):
+            np.maximum(out, d[:, :, c], out=out)
+        return out
+    return d
+
+
+def check_pair(original: np.ndarray, edited: np.ndarray) -> None:
+    """Raise :class:`InputError` unless the two images can be compared pixel for pixel."""
+    if original.shape[:2] != edited.shape[:2]:
+        raise InputError(
+            f"original is {original.shape[1]}x{original.shape[0]} but edited is {edited.shape[1]}x{edited.shape[0]}",
+            "compare the edit with the image it was made from, at the same size",
+        )
+    if original.ndim != edited.ndim or (original.ndim == 3 and original.shape[2] != edited.shape[2]):
+        raise InputError(
+            f"original has shape {original.shape} but edited has {edited.shape}",
+            "compare images with the same channels (e.g. both RGB)",
+        )
+    if original.dtype != edited.dtype:
+        raise InputError(
+            f"original is {original.dtype} but edited is {edited.dtype}",
+            "compare images of the same bit depth (an edit keeps the input's depth)",
+        )
+
+
+def changed_mask(
+    original: np.ndarray,
+    edited: np.ndarray,
+    *,
+    threshold: float | None = None,
+    min_area: int | None = None,
+) -> np.ndarray:
+    """The changed area found from the difference: bool H x W.
+
+    ``|edited - original| > threshold`` (default: 2/255 of full scale, so one-LSB rounding in a feather tail and
+    lone quantisation flips are ignored), opened with a 3x3 cross (isolated pixels go), closed with a 15 px disc
+    (a textured edit whose difference dips below the threshold stays one region), holes filled, and components
+    smaller than ``min_area`` (default 64 px) dropped.
+    """
+    check_pair(original, edited)
+    scale = _scale_of(original)
+    if threshold is None:
+        threshold = 2.0 / 255.0 * scale
+    d = _max_abs_diff(original, edited)
+    m = (d > threshold).astype(np.uint8)
+    if not m.any():
+        return m.astype(bool)
+    ys, xs = np.nonzero(m)
+    pad = 24
+    y0, y1 = max(0, ys.min() - pad), min(m.shape[0], ys.max() + pad + 1)
+    x0, x1 = max(0, xs.min() - pad), min(m.shape[1], xs.max() + pad + 1)
+    sub = m[y0:y1, x0:x1]
+    sub = cv2.morphologyEx(sub, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3)))
+    sub = cv2.morphologyEx(sub, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (15, 15)))
+    sub = _fill_holes(sub)
+    if min_area is None:
+        min_area = 64
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(sub, connectivity=8)
+    keep = np.zeros(n, dtype=np.uint8)
+    keep[1:] = (stats[1:, cv2.CC_STAT_AREA] >= min_area).astype(np.uint8)
+    out = np.zeros(m.shape, dtype=bool)
+    out[y0:y1, x0:x1] = keep[labels].astype(bool)
+    return out
+
+
+def _fill_holes(m: np.ndarray) -> np.ndarray:
+    padded = np.pad(m, 1)
+    inv = (padded == 0).astype(np.uint8)
+    ff = inv.copy()
+    fmask = np.zeros((ff.shape[0] + 2, ff.shape[1] + 2), np.uint8)
+    cv2.floodFill(ff, fmask, (0, 0), 2)
+    holes = ff[1:-1, 1:-1] == 1
+    out = m.copy()
+    out[holes] = 1
+    return out
+
+
+def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) of the True pixels (exclusive ends), or None."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))
+    return int(cols[0]), int(rows[0]), int(cols[-1] + 1), int(rows[-1] + 1)
+
+
+def default_band(mask: np.ndarray) -> int:
+    """Blend band in px: ``max(32, 4% of the diagonal of the mask's bounding box)``."""
+    bb = mask_bbox(mask)
+    if bb is None:
+        return 32
+    diag = math.hypot(bb[2] - bb[0], bb[3] - bb[1])
+    return int(max(32, round(0.04 * diag)))
+
+
+def _crop_box(shape: tuple[int, ...], bb: tuple[int, int, int, int], margin: int) -> tuple[int, int, int, int]:
+    h, w = shape[:2]
+    return max(0, bb[0] - margin), max(0, bb[1] - margin), min(w, bb[2] + margin), min(h, bb[3] + margin)
+
+
+def _dist_outside(mask_crop: np.ndarray) -> np.ndarray:
+    """Euclidean distance (px) of each pixel to the nearest True pixel of ``mask_crop``."""
+    return cv2.distanceTransform((~mask_crop).astype(np.uint8), cv2.DIST_L2, 5)
+
+
+def outside_identity(
+    original: np.ndarray, edited: np.ndarray, mask: np.ndarray, band: int, *, diff: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Changed pixels beyond the blend band: the bit-identity promise.
+
+    Returns ``outside_changed_pixels`` (pixels farther than ``band`` px from the mask where any channel differs,
+    alpha included), ``outside_max_diff`` (largest absolute difference there, in the image's own units) and
+    ``outside_max_diff_norm`` (the same divided by full scale).
+    """
+    check_pair(original, edited)
+    d = _max_abs_diff(original, edited) if diff is None else diff
+    changed = d > 0
+    n_total = int(np.count_nonzero(changed))
+    if n_total == 0:
+        return {"outside_changed_pixels": 0, "outside_max_diff": 0.0, "outside_max_diff_norm": 0.0}
+    bb = mask_bbox(mask)
+    if bb is None:
+        far = changed
+    else:
+        x0, y0, x1, y1 = _crop_box(d.shape, bb, band + 2)
+        far = changed.copy()
+        inner = far[y0:y1, x0:x1]
+        dist = _dist_outside(mask[y0:y1, x0:x1])
+        inner &= dist > band
+    n = int(np.count_nonzero(far))
+    mx = float(d[far].max()) if n else 0.0
+    return {
+        "outside_changed_pixels": n,
+        "outside_max_diff": mx,
+        "outside_max_diff_norm": mx / _scale_of(original),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# detail and noise
+# ----------------------------------------------------------------------------------------------------------------
+_IMMERKAER = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], dtype=np.float32)
+
+
+def _luma(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.shape[2] == 3 else rgb[:, :, 0]
+
+
+def noise_sigma(gray: np.ndarray, region: np.ndarray | None = None) -> float:
+    """Robust noise sigma of a float image in [0, 1] over ``region`` (bool), in the image's units.
+
+    Immerkær's (1996) Laplacian-difference operator removes smooth structure; its response to white noise of
+    sigma s has sigma 6 s. Edges are excluded (pixels whose Sobel magnitude is above the region's median), and
+    the sigma of what remains is taken robustly as 1.4826 x median absolute response / 6.
+    """
+    resp = cv2.filter2D(gray, cv2.CV_32F, _IMMERKAER, borderType=cv2.BORDER_REFLECT)
+    gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
+    mag = cv2.magnitude(gx, gy)
+    if region is None:
+        region = np.ones(gray.shape, dtype=bool)
+    region = region.copy()
+    region[:1, :] = region[-1:, :] = False
+    region[:, :1] = region[:, -1:] = False
+    if not region.any():
+        return float("nan")
+    m = mag[region]
+    r = np.abs(resp[region])
+    flat = m <= np.median(m)
+    if np.count_nonzero(flat) >= 16:
+        r = r[flat]
+    return float(1.4826 * np.median(r) / 6.0)
+
+
+def detail_energy(gray: np.ndarray, region: np.ndarray) -> float:
+    """High-frequency energy: mean absolute 3x3 Laplacian of ``gray`` over ``region``."""
+    lap = cv2.Laplacian(gray, cv2.CV_32F, ksize=1, borderType=cv2.BORDER_REFLECT)
+    if not region.any():
+        return float("nan")
+    return float(np.mean(np.abs(lap[region])))
+
+
+def inner_and_ring(mask: np.ndarray, band: int, ring_offset: int, ring_width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Inside = mask eroded by the band (less if that leaves too little); ring = a band of ``ring_width`` px
+    starting ``ring_offset`` px outside the mask. Both bool, same shape as ``mask`` (give a crop)."""
+    area = int(np.count_nonzero(mask))
+    depth = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    inner = mask
+    for e in (band, band // 2, band // 4, 2):
+        cand = depth > e
+        if np.count_nonzero(cand) >= max(400, 0.05 * area):
+            inner = cand
+            break
+    dist = _dist_outside(mask)
+    ring = (dist > ring_offset) & (dist <= ring_offset + ring_width)
+    return inner, ring
+
+
+def _subsample(region: np.ndarray, max_px: int = 300_000) -> np.ndarray:
+    """``region`` thinned on a regular grid to at most about ``max_px`` True pixels (for medians)."""
+    n = int(np.count_nonzero(region))
+    if n <= max_px:
+        return region
+    k = int(math.ceil(math.sqrt(n / max_px)))
+    out = np.zeros_like(region)
+    out[::k, ::k] = region[::k, ::k]
+    return out
+
+
+def detail_noise_consistency(
+    original_rgb: np.ndarray | None,
+    edited_rgb: np.ndarray,
+    mask: np.ndarray,
+    band: int,
+    *,
+    ring_offset: int | None = None,
+) -> dict[str, float]:
+    """Detail and noise inside the (eroded) mask vs. a ring outside the blend band, on a crop (float RGB).
+
+    ``detail_ratio`` = mean |Laplacian| inside / ring; ``noise_ratio`` = robust noise sigma inside / ring. Both
+    are about 1 for an edit with the surroundings' sharpness and grain, < 1 for a blurred or over-smoothed
+    patch, > 1 for over-sharpening or extra noise. With ``original_rgb``, ``detail_ratio_original`` and
+    ``noise_ratio_original`` compare the edit's inside with the original's inside (what was there before).
+    """
+    if ring_offset is None:
+        ring_offset = band
+    ring_width = max(24, band)
+    gray = _luma(edited_rgb)
+    inner, ring = inner_and_ring(mask, band, ring_offset, ring_width)
+    nan = float("nan")
+    if not inner.any() or not ring.any():
+        return {"detail_ratio": nan, "noise_ratio": nan, "detail_ratio_original": nan, "noise_ratio_original": nan}
+    inner_s, ring_s = _subsample(inner), _subsample(ring)
+    floor = 0.05 / 255.0
+    d_in, d_out = detail_energy(gray, inner_s), detail_energy(gray, ring_s)
+    n_in, n_out = noise_sigma(gray, inner_s), noise_sigma(gray, ring_s)
+    out = {
+        "detail_ratio": (d_in + floor) / (d_out + floor),
+        "noise_ratio": (n_in + floor) / (n_out + floor),
+        "detail_inside": d_in,
+        "detail_ring": d_out,
+        "noise_sigma_inside": n_in,
+        "noise_sigma_ring": n_out,
+    }
+    if original_rgb is not None:
+        g0 = _luma(original_rgb)
+        d0, n0 = detail_energy(g0, inner_s), noise_sigma(g0, inner_s)
+        out["detail_ratio_original"] = (d_in + floor) / (d0 + floor)
+        out["noise_ratio_original"] = (n_in + floor) / (n0 + floor)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# contour sampling
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class Contour:
+    """Points along the mask contour (full-image x, y), outward unit normals and segment ids."""
+
+    points: np.ndarray  # (N, 2) float32, x, y
+    normals: np.ndarray  # (N, 2) float32
+    segments: np.ndarray  # (N,) int
+    n_segments: int
+
+
+def sample_contour(mask: np.ndarray, origin: tuple[int, int], *, step: float = 2.0, segment_px: int = 64) -> Contour:
+    """Points every ``step`` px along all contours (outer and holes) of ``mask`` (a crop placed at ``origin``)."""
+    m8 = mask.astype(np.uint8)
+    contours, _ = cv2.findContours(m8, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    # outward normal = minus the gradient of a blurred mask
+    blur = cv2.GaussianBlur(m8.astype(np.float32), (0, 0), 3.0)
+    gx = cv2.Sobel(blur, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(blur, cv2.CV_32F, 0, 1, ksize=3)
+    h, w = mask.shape
+    pts_all, seg_all = [], []
+    seg_id = 0
+    per_seg = max(2, int(round(segment_px / step)))
+    for c in contours:
+        c = c[:, 0, :].astype(np.float32)
+        if len(c) < 8:
+            continue
+        # arc-length resampling
+        closed = np.vstack([c, c[:1]])
+        dl = np.hypot(*np.diff(closed, axis=0).T)
+        s = np.concatenate([[0.0], np.cumsum(dl)])
+        total = s[-1]
+        n = max(4, int(total // step))
+        t = np.linspace(0.0, total, n, endpoint=False)
+        px = np.interp(t, s, closed[:, 0])
+        py = np.interp(t, s, closed[:, 1])
+        # drop points on the crop border that are also the image border (no outside there): handled by caller
+        pts_all.append(np.stack([px, py], axis=1))
+        nseg = max(1, int(round(n / per_seg)))
+        seg_all.append(seg_id + np.minimum((np.arange(n) * nseg) // n, nseg - 1))
+        seg_id += nseg
+    if not pts_all:
+        z = np.zeros((0, 2), np.float32)
+        return Contour(z, z, np.zeros(0, int), 0)
+    pts = np.concatenate(pts_all).astype(np.float32)
+    seg = np.concatenate(seg_all).astype(int)
+    xi = np.clip(np.round(pts[:, 0]).astype(int), 0, w - 1)
+    yi = np.clip(np.round(pts[:, 1]).astype(int), 0, h - 1)
+    nx, ny = -gx[yi, xi], -gy[yi, xi]
+    norm = np.hypot(nx, ny)
+    ok = norm > 1e-6
+    nx = np.where(ok, nx / np.maximum(norm, 1e-12), 0.0)
+    ny = np.where(ok, ny / np.maximum(norm, 1e-12), 0.0)
+    pts = pts[ok]
+    seg = seg[ok]
+    normals = np.stack([nx[ok], ny[ok]], axis=1).astype(np.float32)
+    pts = pts + np.array(origin, np.float32)
+    # renumber segments densely
+    uniq, seg = np.unique(seg, return_inverse=True)
+    return Contour(pts, normals, seg, int(len(uniq)))
+
+
+def _sample(img: np.ndarray, xy: np.ndarray, q: float) -> np.ndarray:
+    """Bilinear samples of ``img`` (a 1/q-scale image) at full-resolution positions ``xy`` (N, 2)."""
+    xs = ((xy[:, 0] + 0.5) / q - 0.5).astype(np.float32).reshape(-1, 1)
+    ys = ((xy[:, 1] + 0.5) / q - 0.5).astype(np.float32).reshape(-1, 1)
+    out = cv2.remap(img, xs, ys, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    return out.reshape(len(xy), -1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# seam visibility
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class SeamResult:
+    """What :func:`seam_visibility` measured."""
+
+    seam_score: float
+    scale_z: dict[str, float]
+    scale_stat: dict[str, float]
+    null_placements: int
+    worst_places: list[tuple[int, int, float]]
+    segment_scores: np.ndarray = field(repr=False)
+    contour_points: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class _Pyramid:
+    """The edited image low-passed per seam scale, computed lazily.
+
+    The finest scale (``d = 2``) is the full-resolution luminance (x100, Lab-L-like units) blurred with
+    sigma 1 px: one channel keeps a 4K image fast. Coarser scales are the image shrunk by ``d/2`` (area
+    averaging on the stored integers), converted to CIE Lab and blurred with sigma 1 px.
+    """
+
+    def __init__(self, image: np.ndarray):
+        self.image = image if image.ndim == 3 else image[:, :, None]
+        self.levels: dict[int, tuple[np.ndarray, float]] = {}
+
+    def _colour(self, a: np.ndarray) -> np.ndarray:
+        return colour_channels(a)
+
+    def level(self, d: int) -> tuple[np.ndarray, float]:
+        if d not in self.levels:
+            q = max(1, d // 2)
+            img = self.image
+            h, w = img.shape[:2]
+            if q == 1:
+                c = img.shape[2]
+                if c >= 3:
+                    g = cv2.cvtColor(np.ascontiguousarray(img[:, :, :3]), cv2.COLOR_RGB2GRAY)
+                else:
+                    g = np.ascontiguousarray(img[:, :, 0])
+                g = g.astype(np.float32) * np.float32(100.0 / _scale_of(img))
+                lab = cv2.GaussianBlur(g, (0, 0), 1.0, borderType=cv2.BORDER_REFLECT)[:, :, None]
+                qx = 1.0
+            else:
+                src = np.ascontiguousarray(img[:, :, : min(3, img.shape[2])])
+                small = cv2.resize(src, (max(1, round(w / q)), max(1, round(h / q))), interpolation=cv2.INTER_AREA)
+                qx = w / small.shape[1]
+                lab = rgb_to_lab(self._colour(small))
+                lab = cv2.GaussianBlur(lab, (0, 0), 1.0, borderType=cv2.BORDER_REFLECT)
+            if lab.ndim == 2:
+                lab = lab[:, :, None]
+            self.levels[d] = (lab, qx)
+        return self.levels[d]
+
+
+def _contrast_stats(
+    lab: np.ndarray, q: float, pts: np.ndarray, nrm: np.ndarray, d: float, seg: np.ndarray, nseg: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The two seam statistics of one scale, over the whole contour and per segment.
+
+    ``ratio``: ``log((mean c + eps) / (mean r + eps))`` with the across (``c``) and beside (``r``) contrasts of
+    the module docstring: any discontinuity (paste seam, halo, hard step). ``coherence``:
+    ``|mean (S(p - d n) - S(p + d n))| / (mean |S(p - d n) - S(p + d n)| + eps)``, the part of the contrast across
+    the contour that has the same sign (Lab direction) all along it: a tone or colour step, even a faint or
+    feathered one, while natural texture averages out. Returns (global[2], per_segment[2, nseg]).
+    """
+    offs = np.array([-3.0, -1.0, 1.0, 3.0], np.float32) * d
+    xy = (pts[None, :, :] + offs[:, None, None] * nrm[None, :, :]).reshape(-1, 2)
+    s = _sample(lab, xy, q).reshape(4, len(pts), -1).astype(np.float64)
+    if s.shape[2] > 3:  # cv2.remap keeps at most 4 channels; never more than Lab here
+        s = s[:, :, :3]
+    delta = s[1] - s[2]  # inner minus outer
+    c = np.linalg.norm(delta, axis=1)
+    r = 0.5 * (np.linalg.norm(s[3] - s[2], axis=1) + np.linalg.norm(s[1] - s[0], axis=1))
+    g = np.empty(2)
+    g[0] = np.log((c.mean() + _EPS_LAB) / (r.mean() + _EPS_LAB))
+    g[1] = np.linalg.norm(delta.mean(axis=0)) / (c.mean() + _EPS_LAB)
+    cnt = np.bincount(seg, minlength=nseg).astype(np.float64)
+    den = np.maximum(cnt, 1)
+    cs = np.bincount(seg, weights=c, minlength=nseg) / den
+    rs = np.bincount(seg, weights=r, minlength=nseg) / den
+    dm = np.stack([np.bincount(seg, weights=delta[:, i], minlength=nseg) for i in range(delta.shape[1])], 1)
+    dm /= den[:, None]
+    per = np.empty((2, nseg))
+    per[0] = np.log((cs + _EPS_LAB) / (rs + _EPS_LAB))
+    per[1] = np.linalg.norm(dm, axis=1) / (cs + _EPS_LAB)
+    per[:, cnt < 3] = np.nan
+    return g, per
+
+
+def _forbidden_distance(mask: np.ndarray, band: int, extra: np.ndarray | None, f: int) -> tuple[np.ndarray, int]:
+    """Distance (full-res px, computed at 1/f scale) from the edited zone (mask + band, plus ``extra``)."""
+    h, w = mask.shape
+    hs, ws = max(1, h // f), max(1, w // f)
+    zone = mask if extra is None else (mask | extra)
+    small = cv2.resize(zone.astype(np.uint8), (ws, hs), interpolation=cv2.INTER_AREA) > 0
+    dist = cv2.distanceTransform((~small).astype(np.uint8), cv2.DIST_L2, 5) * f - band - f
+    return dist, f
+
+
+def _choose_placements(
+    contour: Contour,
+    dist: np.ndarray,
+    f: int,
+    shape: tuple[int, int],
+    reach: float,
+    n_wanted: int,
+    rng: np.random.Generator,
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Offsets that move the contour onto untouched image parts; returns (offset, valid point mask) pairs."""
+    h, w = shape
+    pts = contour.points
+    x0, y0 = pts.min(axis=0)
+    x1, y1 = pts.max(axis=0)
+    bw, bh = x1 - x0, y1 - y0
+    # allow the shape to stick half out of the image when it is big
+    lo_x, hi_x = -x0 - 0.5 * bw, (w - 1) - x1 + 0.5 * bw
+    lo_y, hi_y = -y0 - 0.5 * bh, (h - 1) - y1 + 0.5 * bh
+    sub = pts[:: max(1, len(pts) // 200)]
+    cand = np.stack([rng.uniform(lo_x, hi_x, 600), rng.uniform(lo_y, hi_y, 600)], axis=1).astype(np.float32)
+    hs, ws = dist.shape
+
+    def valid_of(p: np.ndarray) -> np.ndarray:
+        inside = (p[:, 0] >= reach) & (p[:, 0] < w - 1 - reach) & (p[:, 1] >= reach) & (p[:, 1] < h - 1 - reach)
+        xi = np.clip((p[:, 0] / f).astype(int), 0, ws - 1)
+        yi = np.clip((p[:, 1] / f).astype(int), 0, hs - 1)
+        return inside & (dist[yi, xi] > reach)
+
+    fracs = np.array([valid_of(sub + o).mean() for o in cand])
+    min_sep = 0.15 * math.hypot(bw, bh) + 8
+    chosen: list[tuple[np.ndarray, np.ndarray]] = []
+    for need in (0.8, 0.5, 0.3):
+        order = np.argsort(-fracs + rng.uniform(0, 0.05, len(fracs)))
+        for i in order:
+            if fracs[i] < need or len(chosen) >= n_wanted:
+                continue
+            o = cand[i]
+            if any(np.hypot(*(o - c[0])) < min_sep for c in chosen):
+                continue
+            v = valid_of(pts + o)
+            if v.sum() >= max(20, 0.3 * len(pts)):
+                chosen.append((o, v))
+        if len(chosen) >= max(8, n_wanted // 2):
+            break
+    return chosen
+
+
+def seam_visibility(
+    edited: np.ndarray,
+    mask: np.ndarray,
+    band: int,
+    *,
+    forbidden: np.ndarray | None = None,
+    n_null: int = 24,
+    seed: int = 0,
+    scales: tuple[int, ...] = SEAM_SCALES,
+    segment_px: int | None = None,
+    n_worst: int = 6,
+) -> SeamResult:
+    """Seam visibility of the mask contour on ``edited`` (the full edited image, as loaded).
+
+    For each scale ``d`` in ``scales`` (px, kept if ``d <= band``; the image is low-passed by about ``d/2``),
+    the statistic ``log(mean c / mean r)`` (module docstring) is computed on the contour and on ``n_null``
+    translated copies that fall on untouched pixels (farther than ``band + 3d`` from the mask and from
+    ``forbidden``). ``z_d = (stat - median(null)) / max(std(null), floor)``; the seam score is
+    ``max_d z_d`` minus the median of the same maximum over the null placements, so an unedited contour scores
+    about 0 and a visible seam scores high. Per-segment scores (segments of ``segment_px`` px, default
+    ``max(48, 2 band)``) are standardised the same way against the null placements' segments, and the
+    ``n_worst`` highest, at least a segment apart, are the worst places.
+    """
+    h, w = mask.shape
+    scales = tuple(d for d in scales if d <= max(2, band)) or (2,)
+    bb = mask_bbox(mask)
+    if bb is None:
+        return SeamResult(0.0, {}, {}, 0, [], np.zeros(0), 0, ["empty mask"])
+    if segment_px is None:
+        segment_px = max(48, 2 * band)
+    reach = 3 * max(scales) + 2
+    x0, y0, x1, y1 = _crop_box(mask.shape, bb, 4)
+    contour = sample_contour(mask[y0:y1, x0:x1], (x0, y0), step=2.0, segment_px=segment_px)
+    # contour points on the image border have no outside: drop them
+    p = contour.points
+    keep = (p[:, 0] > 1) & (p[:, 0] < w - 2) & (p[:, 1] > 1) & (p[:, 1] < h - 2)
+    if not keep.all():
+        uniq, seg = np.unique(contour.segments[keep], return_inverse=True)
+        contour = Contour(contour.points[keep], contour.normals[keep], seg, len(uniq))
+    if len(contour.points) < 8:
+        return SeamResult(0.0, {}, {}, 0, [], np.zeros(0), len(contour.points), ["no contour inside the image"])
+    rng = np.random.default_rng(seed)
+    f = max(2, int(min(h, w) // 256))
+    dist, f = _forbidden_distance(mask, band, forbidden, f)
+    placements = _choose_placements(contour, dist, f, (h, w), reach, n_null, rng)
+    notes = []
+    pyr = _Pyramid(edited)
+    zs: dict[str, float] = {}
+    stats: dict[str, float] = {}
+    n_stat = 2 * len(scales)
+    null_z = np.full((len(placements), n_stat), np.nan)
+    seg_z = np.full((n_stat, contour.n_segments), np.nan)
+    floors = (_NULL_STD_FLOOR, _COH_STD_FLOOR)
+    seg_floors = (_SEG_STD_FLOOR, _SEG_COH_STD_FLOOR)
+    for k, d in enumerate(scales):
+        lab, q = pyr.level(d)
+        g, per = _contrast_stats(lab, q, contour.points, contour.normals, float(d), contour.segments,
+                                 contour.n_segments)
+        null_g = np.full((len(placements), 2), np.nan)
+        null_per = []
+        for j, (o, v) in enumerate(placements):
+            gn, pn = _contrast_stats(lab, q, contour.points[v] + o, contour.normals[v], float(d),
+                                     contour.segments[v], contour.n_segments)
+            null_g[j] = gn
+            null_per.append(pn)
+        for i, name in enumerate(("ratio", "coherence")):
+            key = f"{name}_d{d}"
+            stats[key] = float(g[i])
+            if placements:
+                ns = null_g[:, i]
+                med = float(np.median(ns))
+                sd = max(float(np.std(ns)), 1.4826 * float(np.median(np.abs(ns - med))), floors[i])
+                allseg = np.concatenate([pn[i] for pn in null_per])
+                allseg = allseg[np.isfinite(allseg)]
+                smed = float(np.median(allseg)) if allseg.size else 0.0
+                ssd = max(float(np.std(allseg)) if allseg.size else 0.0, seg_floors[i])
+                null_z[:, 2 * k + i] = (ns - med) / sd
+            else:  # no untouched room: fall back to the spreads measured on photos (docs/quality.md)
+                med, sd = _FALLBACK_NULL[i]
+                smed, ssd = _FALLBACK_SEG[i]
+            zs[key] = (float(g[i]) - med) / sd
+            seg_z[2 * k + i] = (per[i] - smed) / ssd
+    if len(placements) < 8:
+        notes.append(f"only {len(placements)} null placements on untouched pixels; seam score is approximate")
+    zmax = max(zs.values())
+    null_max = float(np.median(np.nanmax(null_z, axis=1))) if placements else 1.0
+    seam_score = float(zmax - null_max)
+    seg_scores = np.nanmax(np.where(np.isfinite(seg_z), seg_z, -np.inf), axis=0)
+    seg_scores[~np.isfinite(seg_scores)] = np.nan
+    # worst places: highest segment scores, centres at least one segment apart
+    centres = np.zeros((contour.n_segments, 2))
+    cnt = np.bincount(contour.segments, minlength=contour.n_segments)
+    for ax in range(2):
+        centres[:, ax] = np.bincount(contour.segments, weights=contour.points[:, ax], minlength=contour.n_segments)
+    centres /= np.maximum(cnt, 1)[:, None]
+    worst: list[tuple[int, int, float]] = []
+    order = np.argsort(-np.nan_to_num(seg_scores, nan=-np.inf))
+    for i in order:
+        if len(worst) >= n_worst or not np.isfinite(seg_scores[i]):
+            break
+        cx, cy = centres[i]
+        if any(math.hypot(cx - a, cy - b) < segment_px for a, b, _ in worst):
+            continue
+        worst.append((int(round(cx)), int(round(cy)), round(float(seg_scores[i]), 3)))
+    return SeamResult(
+        seam_score=seam_score,
+        scale_z=zs,
+        scale_stat=stats,
+        null_placements=len(placements),
+        worst_places=worst,
+        segment_scores=seg_scores,
+        contour_points=len(contour.points),
+        notes=notes,
+    )
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# colour
+# ----------------------------------------------------------------------------------------------------------------
+def _lowpass_lab(crop: np.ndarray, sigma: float) -> tuple[np.ndarray, float]:
+    """Lab of ``crop`` (as loaded) low-passed with a Gaussian of ``sigma`` px, at 1/q size; returns (lab, q)."""
+    q = max(1, int(sigma // 3))
+    src = np.ascontiguousarray(crop if crop.ndim == 2 else crop[:, :, : min(3, crop.shape[2])])
+    if q > 1:
+        small = cv2.resize(src, (max(1, src.shape[1] // q), max(1, src.shape[0] // q)), interpolation=cv2.INTER_AREA)
+        qx = src.shape[1] / small.shape[1]
+    else:
+        small, qx = src, 1.0
+    lab = cv2.GaussianBlur(rgb_to_lab(colour_channels(small)), (0, 0), sigma / qx, borderType=cv2.BORDER_REFLECT)
+    return lab, qx
+
+
+def colour_consistency(
+    original: np.ndarray | None,
+    edited: np.ndarray,
+    mask: np.ndarray,
+    band: int,
+    *,
+    sigma: float = 6.0,
+    segment_px: int | None = None,
+) -> dict[str, float]:
+    """ΔE2000 of the low-passed images (Gaussian, ``sigma`` px) on the inner vs. outer side of the contour.
+
+    ``original`` and ``edited`` are the full images as loaded. Colours are sampled ``D`` px inside and ``D`` px
+    outside the contour (``D = max(8, band)``, both sides clear of a centred blend band):
+
+    - ``colour_delta_e``: CIEDE2000 between the mean inner and the mean outer colour of the edit along the whole
+      contour. A tone or colour shift of the edit adds up, while natural structure crossing the contour has
+      both signs and cancels (a linear gradient cancels exactly on a closed contour); but a contour that
+      separates an object from its background measures the object's colour too.
+    - ``colour_delta_e_original``: the same inner side compared with the original's inner side (the outer side
+      is identical in both): the per-segment Lab shifts (edit - original) are reduced to their median, robust to
+      segments where removed content touched the inner side, and ΔE2000 is taken between the original's mean
+      inner colour and that colour plus the median shift.
+    - ``colour_delta_e_p90``: 90th percentile of the per-segment inner-vs-outer ΔE of the edit (informational).
+    """
+    h, w = mask.shape
+    bb = mask_bbox(mask)
+    nan = {"colour_delta_e": float("nan"), "colour_delta_e_original": float("nan"), "colour_delta_e_p90": float("nan")}
+    if bb is None:
+        return nan
+    if segment_px is None:
+        segment_px = max(48, 2 * band)
+    D = float(max(8, band))
+    x0, y0, x1, y1 = _crop_box(mask.shape, bb, int(D) + 16)
+    contour = sample_contour(mask[y0:y1, x0:x1], (x0, y0), step=3.0, segment_px=segment_px)
+    p = contour.points
+    if len(p) < 4:
+        return nan
+    lab, qx = _lowpass_lab(edited[y0:y1, x0:x1], sigma)
+    local = p - np.array([x0, y0], np.float32)
+    pin = local - D * contour.normals
+    pout = local + D * contour.normals
+    cw, ch = x1 - x0, y1 - y0
+    ok = (
+        (pout[:, 0] >= 0) & (pout[:, 0] < cw) & (pout[:, 1] >= 0) & (pout[:, 1] < ch)
+        & (pin[:, 0] >= 0) & (pin[:, 0] < cw) & (pin[:, 1] >= 0) & (pin[:, 1] < ch)
+        & (p[:, 0] > 1) & (p[:, 0] < w - 2) & (p[:, 1] > 1) & (p[:, 1] < h - 2)
+    )
+    if ok.sum() < 4:
+        return nan
+    inner = _sample(lab, pin[ok], qx).astype(np.float64)
+    outer = _sample(lab, pout[ok], qx).astype(np.float64)
+    seg = contour.segments[ok]
+    nseg = contour.n_segments
+    cnt = np.bincount(seg, minlength=nseg)
+    good = cnt >= 3
+
+    def seg_mean(v: np.ndarray) -> np.ndarray:
+        m = np.stack([np.bincount(seg, weights=v[:, i], minlength=nseg) for i in range(3)], 1)[good]
+        return m / cnt[good, None]
+
+    mi, mo = seg_mean(inner), seg_mean(outer)
+    wseg = cnt[good].astype(np.float64)
+    out = {
+        "colour_delta_e": float(ciede2000(np.average(mi, 0, wseg), np.average(mo, 0, wseg))),
+        "colour_delta_e_p90": float(np.percentile(ciede2000(mi, mo), 90)),
+        "colour_delta_e_original": float("nan"),
+    }
+    if original is not None:
+        lab0, _ = _lowpass_lab(original[y0:y1, x0:x1], sigma)
+        m0 = seg_mean(_sample(lab0, pin[ok], qx).astype(np.float64))
+        shift = np.median(mi - m0, axis=0)
+        ref = np.average(m0, 0, wseg)
+        out["colour_delta_e_original"] = float(ciede2000(ref, ref + shift))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# BRISQUE (no-reference quality), features computed here, model shipped by the `brisque` wheel
+# ----------------------------------------------------------------------------------------------------------------
+_BRISQUE_MODEL: dict[str, Any] | None = None
+_BRISQUE_TRIED = False
+
+
+def _brisque_model_dir() -> Path | None:
+    env = os.environ.get("CRISPEDIT_BRISQUE_MODEL")
+    if env and (Path(env) / "svm.txt").exists():
+        return Path(env)
+    try:
+        spec = importlib.util.find_spec("brisque")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        d = Path(loc) / "models"
+        if (d / "svm.txt").exists() and (d / "normalize.pickle").exists():
+            return d
+    return None
+
+
+def _load_brisque() -> dict[str, Any] | None:
+    """Read the libsvm epsilon-SVR model (RBF) and the feature scaling of the `brisque` wheel, without
+    importing that package (it needs libsvm and scikit-image; we only need its two model files)."""
+    global _BRISQUE_MODEL, _BRISQUE_TRIED
+    if _BRISQUE_TRIED:
+        return _BRISQUE_MODEL
+    _BRISQUE_TRIED = True
+    d = _brisque_model_dir()
+    if d is None:
+        return None
+    try:
+        header: dict[str, str] = {}
+        coefs, svs = [], []
+        with open(d / "svm.txt") as fh:
+            for line in fh:
+                line = line.strip()
+                if line == "SV":
+                    break
+                k, _, v = line.partition(" ")
+                header[k] = v
+            for line in fh:
+                parts = line.split()
+                if not parts:
+                    continue
+                coefs.append(float(parts[0]))
+                row = np.zeros(36)
+                for tok in parts[1:]:
+                    i, _, v = tok.partition(":")
+                    row[int(i) - 1] = float(v)
+                svs.append(row)
+        with open(d / "normalize.pickle", "rb") as fh:  # the package's own two-list dict
+            scale = pickle.load(fh)
+        if header.get("kernel_type") != "rbf" or header.get("svm_type") != "epsilon_svr":
+            return None
+        _BRISQUE_MODEL = {
+            "gamma": float(header["gamma"]),
+            "rho": float(header["rho"].split()[0]),
+            "coef": np.array(coefs),
+            "sv": np.array(svs),
+            "min": np.array(scale["min_"], float),
+            "max": np.array(scale["max_"], float),
+            "source": str(d),
+        }
+    except Exception:  # noqa: BLE001 - a broken optional model only disables the metric
+        _BRISQUE_MODEL = None
+    return _BRISQUE_MODEL
+
+
+def brisque_available() -> bool:
+    """True when the BRISQUE model files can be found (``pip install --no-deps brisque``)."""
+    return _load_brisque() is not None
+
+
+_GAMMA_GRID = np.arange(0.2, 10.0, 0.001)
+
+
+def _rho_grid() -> np.ndarray:
+    from scipy.special import gammaln
+
+    g = _GAMMA_GRID
+    return np.exp(2 * gammaln(2 / g) - gammaln(1 / g) - gammaln(3 / g))
+
+
+_RHO = None
+
+
+def _aggd(x: np.ndarray) -> tuple[float, float, float, float]:
+    """Asymmetric generalised Gaussian fit by moment matching (Lasmar et al. 2009), as in BRISQUE."""
+    global _RHO
+    from scipy.special import gammaln
+
+    if _RHO is None:
+        _RHO = _rho_grid()
+    x = x.ravel().astype(np.float64)
+    left, right = x[x < 0], x[x >= 0]
+    sl = math.sqrt(np.mean(left**2)) if left.size else 1e-6
+    sr = math.sqrt(np.mean(right**2)) if right.size else 1e-6
+    gam = sl / max(sr, 1e-12)
+    r_hat = np.mean(np.abs(x)) ** 2 / max(np.mean(x**2), 1e-12)
+    R_hat = r_hat * (gam**3 + 1) * (gam + 1) / (gam**2 + 1) ** 2
+    alpha = float(_GAMMA_GRID[np.argmin((_RHO - R_hat) ** 2)])
+    const = math.exp(0.5 * (gammaln(1 / alpha) - gammaln(3 / alpha)))
+    mean = (sr - sl) * const * math.exp(gammaln(2 / alpha) - gammaln(1 / alpha))
+    return alpha, mean, sl, sr
+
+
+def _brisque_features(gray: np.ndarray) -> np.ndarray:
+    """36 BRISQUE features (Mittal, Moorthy & Bovik 2012) of a grey image in [0, 1], two scales."""
+    feats = []
+    img = gray.astype(np.float64)
+    for _ in range(2):
+        mu = cv2.GaussianBlur(img, (7, 7), 7 / 6, borderType=cv2.BORDER_REPLICATE)
+        var = cv2.GaussianBlur(img * img, (7, 7), 7 / 6, borderType=cv2.BORDER_REPLICATE) - mu * mu
+        mscn = (img - mu) / (np.sqrt(np.abs(var)) + 1.0 / 255.0)
+        a, _, sl, sr = _aggd(mscn)
+        feats += [a, (sl**2 + sr**2) / 2]
+        for sh in (
+            mscn[:, :-1] * mscn[:, 1:],
+            mscn[:-1, :] * mscn[1:, :],
+            mscn[:-1, :-1] * mscn[1:, 1:],
+            mscn[1:, :-1] * mscn[:-1, 1:],
+        ):
+            a, m, sl, sr = _aggd(sh)
+            feats += [a, m, sl**2, sr**2]
+        img = cv2.resize(img, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_CUBIC)
+    return np.array(feats)
+
+
+def brisque_score(rgb_or_gray: np.ndarray) -> float | None:
+    """BRISQUE score (lower = more natural, roughly 0..100) of a patch, or None without the model.
+
+    The features are computed here; the fitted SVR (LIVE database) is read from the files the ``brisque`` wheel
+    ships (Apache-2.0), found without importing that package.
+    """
+    model = _load_brisque()
+    if model is None:
+        return None
+    f = as_float(rgb_or_gray)
+    if f.ndim == 3:
+        f = _luma(np.ascontiguousarray(f[:, :, :3])) if f.shape[2] >= 3 else f[:, :, 0]
+    if min(f.shape) < 32:
+        return None
+    x = _brisque_features(f)
+    xs = -1 + 2.0 * (x - model["min"]) / (model["max"] - model["min"])
+    d2 = np.sum((model["sv"] - xs[None, :]) ** 2, axis=1)
+    return float(np.dot(model["coef"], np.exp(-model["gamma"] * d2)) - model["rho"])

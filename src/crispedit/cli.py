@@ -150,6 +150,57 @@ def _edit(image: Path, output: Path, mask: Optional[Path], box: Optional[str], e
                   f"engine call(s), {total:.1f}s)")
 
 
+@app.command()
+def generate(
+    prompt: str = typer.Option(..., "--prompt", "-p", help="What to generate."),
+    output: Path = typer.Option(..., "-o", "--output", help="Where to write the image."),
+    size: str = typer.Option("3840x2160", "--size", help="WIDTHxHEIGHT in px (snapped to multiples of 8)."),
+    engine: str = typer.Option("sd15", "--engine", "-e", help="Engine with txt2img (sd15)."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    json_out: bool = typer.Option(False, "--json", help="Print the result info as JSON on stdout."),
+    model: Optional[str] = typer.Option(None, "--model", help="SD model: HF id, diffusers folder or .safetensors."),
+    steps: Optional[int] = typer.Option(None, "--steps"),
+    guidance: Optional[float] = typer.Option(None, "--guidance"),
+    scheduler: Optional[str] = typer.Option(None, "--scheduler"),
+    negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt"),
+    hires_strength: Optional[float] = typer.Option(None, "--hires-strength", help="Refinement strength per upscale stage."),
+    device: Optional[str] = typer.Option(None, "--device"),
+    dtype: Optional[str] = typer.Option(None, "--dtype"),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle"),
+    allow_download: bool = typer.Option(False, "--allow-download"),
+) -> None:
+    """Generate an image at any size: compose at the model's size, then upscale and refine in tiles."""
+    try:
+        from crispedit import harness
+        from crispedit.engines.base import get_engine
+        from crispedit.imageio import save_image
+
+        try:
+            w, h = (int(v) for v in size.lower().split("x"))
+        except ValueError:
+            raise InputError(f"bad size '{size}'", "write it as WIDTHxHEIGHT, e.g. 3840x2160") from None
+        if hires_strength is not None and not 0.0 <= hires_strength <= 1.0:
+            raise InputError(f"--hires-strength {hires_strength} is outside [0, 1]", "use e.g. 0.35")
+        (w, h), note = harness.snap_size(w, h)
+        if note:
+            err.print(f"note: {note}")
+        check_output(output, [], False)
+        progress = StageProgress()
+        eng = get_engine(engine, **_engine_options(
+            model=model, steps=steps, guidance=guidance, scheduler=scheduler, negative_prompt=negative_prompt,
+            device=device, dtype=dtype, allow_pickle=allow_pickle, allow_download=allow_download,
+            progress=progress))
+        result = harness.generate(prompt, w, h, engine=eng, seed=seed, hires_strength=hires_strength)
+        written = save_image(result.source, output, result.array)
+        result.info["output"] = str(written)
+        if json_out:
+            typer.echo(json.dumps(result.info, indent=2, default=str))
+        else:
+            err.print(f"wrote {written} ({w}x{h})")
+    except CrispEditError as exc:
+        _fail(exc)
+
+
 def _quality_summary(original: Any, result: Any, mask: Any) -> None:
     """Run the quality gate after an edit when the quality module is there; one summary line."""
     try:

@@ -111,6 +111,10 @@ class Param:
     def adapter(self) -> Any:
         return _adapter(self.annotation)
 
+    def validate(self, value: Any) -> Any:
+        """The value coerced to the parameter's type; ValueError with a plain message when it does not fit."""
+        return validate_value(self.annotation, value)
+
     def to_dict(self) -> dict[str, Any]:
         d = {"name": self.name, "type": self.type_label, "required": self.required, "doc": self.doc}
         if not self.required:
@@ -235,6 +239,85 @@ def _adapter(annotation: Any) -> Any:
 
         _ADAPTERS[key] = TypeAdapter(annotation)
     return _ADAPTERS[key]
+
+
+_MISSING = object()
+_TRUE = {"true", "yes", "on", "1", "t", "y"}
+_FALSE = {"false", "no", "off", "0", "f", "n"}
+
+
+def _fast(ann: Any, v: Any) -> Any:
+    """Lax validation of the simple types without pydantic (fast on first use); _MISSING = does not fit;
+    NotImplemented = not a simple type."""
+    if ann is Any:
+        return v
+    if ann is bool:
+        if isinstance(v, bool):
+            return v
+        if isinstance(v, int) and v in (0, 1):
+            return bool(v)
+        if isinstance(v, str) and v.strip().lower() in _TRUE | _FALSE:
+            return v.strip().lower() in _TRUE
+        return _MISSING
+    if ann is int:
+        if isinstance(v, bool):
+            return _MISSING
+        if isinstance(v, int):
+            return v
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        if isinstance(v, str):
+            try:
+                return int(v.strip())
+            except ValueError:
+                return _MISSING
+        return _MISSING
+    if ann is float:
+        if isinstance(v, bool):
+            return _MISSING
+        if isinstance(v, (int, float)):
+            return float(v)
+        if isinstance(v, str):
+            try:
+                return float(v.strip())
+            except ValueError:
+                return _MISSING
+        return _MISSING
+    if ann is str:
+        return v if isinstance(v, str) else _MISSING
+    if ann is dict:
+        return v if isinstance(v, dict) else _MISSING
+    origin, args = get_origin(ann), get_args(ann)
+    if origin is Literal:
+        return v if any(v == a and type(v) is type(a) for a in args) else _MISSING
+    if origin is Union and type(None) in args:
+        if v is None:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        for a in rest:
+            r = _fast(a, v)
+            if r is NotImplemented:
+                return NotImplemented
+            if r is not _MISSING:
+                return r
+        return _MISSING
+    return NotImplemented
+
+
+def validate_value(ann: Any, value: Any) -> Any:
+    """``value`` coerced to ``ann`` (lax: "3" -> 3 for an integer); ValueError naming what was expected."""
+    r = _fast(ann, value)
+    if r is NotImplemented:
+        from pydantic import ValidationError
+
+        try:
+            return _adapter(ann).validate_python(value)
+        except ValidationError as exc:
+            e = exc.errors()[0] if exc.errors() else {}
+            raise ValueError(f"expected {type_label(ann)}, got {value!r} ({e.get('msg', 'invalid')})") from None
+    if r is _MISSING:
+        raise ValueError(f"expected {type_label(ann)}, got {value!r}")
+    return r
 
 
 def type_label(ann: Any) -> str:
@@ -598,14 +681,14 @@ def _check_strength(params: dict[str, Any]) -> list[tuple[str, str]]:
       inputs=[Port("image", IMG, "the photo")],
       outputs=[Port("image", IMG, "the restyled image, same size and bit depth"),
                Port("result", "result", "what the edit did")],
-      params=[Param("prompt", str, REQUIRED, "the style or change to apply"),
+      params=[Param("prompt", Optional[str], None, "the style or change to apply"),
               Param("strength", float, 0.35, "0 = unchanged, 1 = repainted; 0.3-0.45 keeps the composition"),
               Param("engine", str, "sd15", "an engine with a whole-image edit (sd15)"),
               Param("seed", Optional[int], None, "seed (null: random, never cached)"),
               *_SD_PARAMS,
               Param("options", dict, {}, "more options for crispedit.edit (e.g. tile size and overlap)")],
       category="model", library="crispedit.edit (mask=None)", seeded=True, check=_check_strength)
-def _img2img(ctx: NodeContext, image: Any, prompt: str, strength: float, engine: str, seed: Optional[int],
+def _img2img(ctx: NodeContext, image: Any, prompt: Optional[str], strength: float, engine: str, seed: Optional[int],
              options: dict, **sd: Any) -> dict[str, Any]:
     import crispedit
 

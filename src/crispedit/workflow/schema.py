@@ -177,9 +177,7 @@ def read_workflow_file(path: Union[str, Path]) -> dict[str, Any]:
         if p.suffix.lower() == ".json":
             data = json.loads(text)
         else:
-            import yaml
-
-            data = yaml.safe_load(text)
+            data = _yaml_load(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{p}: not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
                          "fix the JSON syntax") from None
@@ -202,7 +200,8 @@ def dump_workflow(workflow: Union[dict[str, Any], Workflow], path: Union[str, Pa
     else:
         import yaml
 
-        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=110)
+        text = yaml.dump(data, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False,
+                         allow_unicode=True, width=110)
     tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, p)
@@ -220,21 +219,23 @@ def parse_set(item: str) -> tuple[str, str, str]:
 
 def coerce_value(param: Param, text: str) -> Any:
     """A ``--set`` value for ``param``: parsed as YAML (numbers, true/false, null, [lists]), else the raw text."""
-    import yaml
-    from pydantic import ValidationError as VE
-
-    adapter = param.adapter()
     try:
-        parsed = yaml.safe_load(text) if text.strip() else ""
+        parsed = _yaml_load(text) if text.strip() else ""
     except Exception:
         parsed = text
-    last: Optional[Exception] = None
-    for candidate in (parsed, text):
+    try:
+        return param.validate(parsed)
+    except ValueError as exc:
         try:
-            return adapter.validate_python(candidate)
-        except VE as exc:
-            last = exc
-    raise ValueError(_first_error(last, param))
+            return param.validate(text)
+        except ValueError:
+            raise exc from None
+
+
+def _yaml_load(text: str) -> Any:
+    import yaml
+
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str], cwd: Optional[Path] = None) -> dict[str, Any]:
@@ -317,16 +318,6 @@ def load_workflow(src: Union[str, Path, dict[str, Any], Workflow], *, overrides:
 # ----------------------------------------------------------------------------------------------------------------
 # validation
 # ----------------------------------------------------------------------------------------------------------------
-
-
-def _first_error(exc: Optional[Exception], param: Optional[Param] = None) -> str:
-    label = f"expected {param.type_label}" if param is not None else "invalid value"
-    if isinstance(exc, ValidationError) and exc.errors():
-        e = exc.errors()[0]
-        loc = ".".join(str(x) for x in e.get("loc", ()) if x not in ("function-after",))
-        detail = e.get("msg", "")
-        return f"{label}, got {e.get('input')!r}" + (f" ({loc}: {detail})" if loc else f" ({detail})")
-    return label
 
 
 def _where(node: Optional[str], kind: str, name: Optional[str]) -> str:
@@ -432,9 +423,9 @@ def validate_workflow(raw: dict[str, Any], *, base_dir: Path, path: Optional[Pat
                 bad = True
                 continue
             try:
-                v = param.adapter().validate_python(value)
-            except ValidationError as exc:
-                errors.append(f"node '{name}', param '{pname}': {_first_error(exc, param)}")
+                v = param.validate(value)
+            except ValueError as exc:
+                errors.append(f"node '{name}', param '{pname}': {exc}")
                 bad = True
                 continue
             params[pname] = _resolve_path(v, param, base_dir)

@@ -19,7 +19,7 @@ from crispedit.imageio import load_image
 from crispedit.mask import load_mask, mask_from_ellipse, union
 
 # Two dandelion heads in the demo photo (x0, y0, x1, y1 in px of the 5312x2988 original).
-DEMO_ELLIPSES = [(3960, 1960, 4740, 2600), (2680, 1780, 3260, 2280)]
+DEMO_ELLIPSES = [(3920, 1920, 4780, 2640), (2680, 1780, 3260, 2280)]
 
 
 def demo_mask(size: tuple[int, int]) -> np.ndarray:

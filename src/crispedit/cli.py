@@ -113,7 +113,9 @@ def _edit(image: Path, output: Path, mask: Optional[Path], box: Optional[str], e
         raise InputError(f"--strength {strength} is outside [0, 1]", "use a value such as 0.35")
     check_output(output, [image] + ([mask] if mask else []), overwrite)
     progress = StageProgress()
+    t_decode = time.perf_counter()
     data = load_image(image, max_pixels=max_pixels)
+    t_decode = time.perf_counter() - t_decode
     for note in data.notes:
         err.print(f"note: {note}")
     size = (data.width, data.height)
@@ -138,7 +140,8 @@ def _edit(image: Path, output: Path, mask: Optional[Path], box: Optional[str], e
     t = time.perf_counter()
     inputs = [image] + ([mask] if mask is not None else [])
     written = save_image(data, output, result.array, overwrite=overwrite, inputs=inputs)
-    result.info.setdefault("timings", {})["encode"] = round(time.perf_counter() - t, 4)
+    result.info["timings"]["decode"] = round(t_decode, 4)
+    result.info["timings"]["encode"] = round(time.perf_counter() - t, 4)
     result.info["output"] = str(written)
     if not no_check and m is not None:
         _quality_summary(data.array, result, m)

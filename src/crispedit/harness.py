@@ -22,6 +22,7 @@ from crispedit.engines.base import Engine, get_engine
 from crispedit.errors import InputError
 from crispedit.imageio import ImageData, from_float, load_image, to_float, to_pil
 from crispedit.mask import grow, load_mask
+from crispedit.membrane import seam_correct
 from crispedit.regions import Region, plan_regions, tile_grid
 
 Progress = Callable[[str, int, int], None]
@@ -32,6 +33,7 @@ HARNESS_OPTIONS = {
     "refine_strength",  # strength of the native-scale refinement calls
     "tone",  # bool: local tone matching
     "grain",  # bool: grain matching
+    "seam",  # bool: gradient-domain correction of the step along the engine mask's border
     "engine_grow",  # px the engine mask is grown beyond the user's mask (None: from the band)
     "min_margin",  # minimum context margin in px
     "max_pixels",  # decompression-bomb limit for inputs
@@ -265,6 +267,8 @@ def _edit_region(data: ImageData, out: np.ndarray, m: np.ndarray, region: Region
     target = grow(em, band)
     if hopts.get("tone", True) and ring.any():
         gen = compositing.tone_match(gen, orig, ring, target, scale=float(band))
+    if hopts.get("seam", True):
+        gen = seam_correct(gen, orig, em, rim=max(4, band // 4), sigma=max(4.0, band / 4))
     if hopts.get("grain", True) and ring.any():
         gen = compositing.match_grain(gen, orig, em, ring, seed=seed)
     weight = compositing.blend_weight(cm, band)

@@ -1,8 +1,10 @@
 """The classical engine: OpenCV inpainting, no weights (the embedded default).
 
-Telea's fast-marching method (or Navier-Stokes) fills the hole from its border. Large holes are filled on a
-downscaled copy first, so the fill is a smooth continuation of the surroundings instead of long smeared
-streaks; the harness then matches grain so the patch carries the photo's texture at 1:1.
+Telea's fast-marching method (or Navier-Stokes) fills small holes from their border. On wide holes it draws
+radial streaks, so large holes are filled on a small copy (hole side ~``coarse_side`` px) by OpenCV's shift-map
+patch inpainting (He & Sun 2012, opencv-contrib xphoto), which continues the surrounding structure, or by a
+smooth push-pull membrane when xphoto is missing. The fill is upscaled; the harness then removes the step at
+the boundary and matches tone and grain, so the patch carries the photo's texture at 1:1.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from PIL import Image
 
 from crispedit.engines.base import Region, register_engine
 from crispedit.errors import InputError
+from crispedit.membrane import push_pull_fill
 
 _METHODS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
 
@@ -23,11 +26,12 @@ class ClassicalEngine:
     working_size: int | None = None
     name = "classical"
 
-    def __init__(self, method: str = "telea", radius: int = 5, coarse_side: int = 192):
+    def __init__(self, method: str = "telea", radius: int = 5, small_hole: int = 160, coarse_side: int = 96):
         if method not in _METHODS:
             raise InputError(f"unknown classical method '{method}'", f"choose one of: {', '.join(_METHODS)}")
         self.method = method
         self.radius = radius
+        self.small_hole = small_hole
         self.coarse_side = coarse_side
         self.calls: list[dict] = []
 
@@ -44,21 +48,29 @@ class ClassicalEngine:
         flag = _METHODS[self.method]
         ys, xs = np.nonzero(m)
         hole = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
-        if hole <= self.coarse_side:
+        if hole <= self.small_hole:
             return cv2.inpaint(rgb, m, self.radius, flag)
-        # Coarse-to-fine: fill a small copy, upscale it into the hole, then let a thin native pass knit the rim.
+        inside = m > 0
         h, w = m.shape
         s = self.coarse_side / hole
-        sw, sh = max(8, round(w * s)), max(8, round(h * s))
+        sw, sh = max(16, round(w * s)), max(16, round(h * s))
         small = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
-        small_m = (cv2.resize(m, (sw, sh), interpolation=cv2.INTER_AREA) > 0).astype(np.uint8) * 255
-        small_fill = cv2.inpaint(small, small_m, self.radius, flag)
-        up = cv2.resize(small_fill, (w, h), interpolation=cv2.INTER_CUBIC)
+        small_hole = cv2.resize(m, (sw, sh), interpolation=cv2.INTER_AREA) > 0
+        up = cv2.resize(_coarse_fill(small, small_hole), (w, h), interpolation=cv2.INTER_CUBIC)
         out = rgb.copy()
-        inside = m > 0
         out[inside] = up[inside]
-        rim = cv2.dilate(m, np.ones((3, 3), np.uint8)) - cv2.erode(m, np.ones((5, 5), np.uint8), iterations=2)
-        return cv2.inpaint(out, (rim > 0).astype(np.uint8) * 255 & m, self.radius, flag)
+        return out
+
+
+def _coarse_fill(small: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """Fill ``hole`` in a small RGB image: shift-map patches when opencv-contrib is there, else push-pull."""
+    xphoto = getattr(cv2, "xphoto", None)
+    if xphoto is not None:
+        dst = np.zeros_like(small)
+        xphoto.inpaint(small, (~hole).astype(np.uint8) * 255, dst, xphoto.INPAINT_SHIFTMAP)
+        return dst
+    filled = push_pull_fill(small.astype(np.float32), ~hole)
+    return np.clip(filled + 0.5, 0, 255).astype(np.uint8)
 
 
 register_engine("classical", ClassicalEngine)

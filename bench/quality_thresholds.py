@@ -46,10 +46,12 @@ def masks_for(h: int, w: int, n: int, seed: int) -> list[tuple[str, np.ndarray]]
 
 def cases(img, m, clean=None, quick=False):
     yield "unedited", 0, img
-    yield "clean_edit", 0.8, D.clean_edit(img, m)
+    yield "clean_edit", 0, D.clean_edit(img, m)
     for name, (fn, strengths, _) in D.DEFECTS.items():
-        if quick and name == "noise_free_patch" and clean is None:
-            continue
+        if name == "noise_free_patch" and clean is None:
+            if quick:
+                continue
+            clean = D.denoise_around(img, m, pad=48)
         for s in strengths:
             kw = {"clean": clean} if (name == "noise_free_patch" and clean is not None) else {}
             yield name, s, fn(img, m, s, **kw)
@@ -73,7 +75,7 @@ def main(argv=None) -> int:
         items.append((Path(p).stem, load(p), None))
     rows = []
     print(f"{'image':28s} {'mask':8s} {'case':20s} {'str':>5s} {'verdict':7s} {'seam':>7s} {'local':>6s} "
-          f"{'detail':>6s} {'noise':>6s} {'dE':>5s} {'brisq_in':>8s} {'brisq_out':>9s} {'t_s':>5s}")
+          f"{'detail':>6s} {'noise':>6s} {'dE':>5s} {'dEo':>5s} {'brisq_in':>8s} {'brisq_out':>9s} {'t_s':>5s}")
     for name, img, clean in items:
         h, w = img.shape[:2]
         for mname, m in masks_for(h, w, args.masks, seed=hash(name) % 1000):
@@ -90,14 +92,15 @@ def main(argv=None) -> int:
 
                 print(f"{name[:28]:28s} {mname:8s} {case:20s} {s:5g} {r.verdict:7s} {g('seam_score')} "
                       f"{g('seam_local_max', '{:6.2f}')} {g('detail_ratio', '{:6.2f}')} {g('noise_ratio', '{:6.2f}')} "
-                      f"{g('colour_delta_e', '{:5.2f}')} {g('brisque_inside', '{:8.1f}')} {g('brisque_outside', '{:9.1f}')} "
+                      f"{g('colour_delta_e', '{:5.2f}')} {g('colour_delta_e_original', '{:5.2f}')} {g('brisque_inside', '{:8.1f}')} {g('brisque_outside', '{:9.1f}')} "
                       f"{dt:5.2f}", flush=True)
     # ---- summary ------------------------------------------------------------------------------------------
     print("\nsummary (min / median / max over images and masks); fail = share failed by the default thresholds")
     groups = defaultdict(list)
     for name, mname, case, s, d, dt in rows:
         groups[(case, s)].append(d)
-    keys = ["seam_score", "seam_local_max", "detail_ratio", "noise_ratio", "colour_delta_e", "brisque_delta"]
+    keys = ["seam_score", "seam_local_max", "detail_ratio", "noise_ratio", "colour_delta_e", "colour_delta_e_original",
+            "brisque_delta"]
     print(f"{'case':20s} {'str':>5s} " + " ".join(f"{k:>22s}" for k in keys) + "   fail")
     for (case, s), ds in groups.items():
         cols = []

@@ -7,7 +7,7 @@ the defect functions plant one known flaw of a chosen strength inside a mask:
 - :func:`tone_step`: brightness offset in 8-bit levels (``strength``), hard or feathered;
 - :func:`blurred_patch`: Gaussian blur of sigma ``strength`` px, feathered (the 512-px-upscale look);
 - :func:`noise_free_patch`: grain removed by fraction ``strength`` (0..1), feathered;
-- :func:`clean_edit`: the original plus a little noise of the image's own grain level (should pass).
+- :func:`clean_edit`: the original plus a little fresh noise (a third of the image's own grain; should pass).
 
 >>> import numpy as np
 >>> img = photo_like(256, 256, seed=1)
@@ -29,6 +29,7 @@ __all__ = [
     "blurred_patch",
     "noise_free_patch",
     "clean_edit",
+    "denoise_around",
     "DEFECTS",
 ]
 
@@ -140,23 +141,48 @@ def noise_free_patch(
     image when known (``photo_like(..., return_parts=True)``); otherwise non-local-means denoising is used."""
     f, scale = _to_float(orig)
     if clean is None:
-        x0, y0, x1, y1 = _bbox(mask, pad=feather + 8)
-        crop = orig[y0:y1, x0:x1]
-        c8 = crop if crop.dtype == np.uint8 else (crop // 257).astype(np.uint8)
-        if c8.ndim == 3 and c8.shape[2] >= 3:
-            den = cv2.fastNlMeansDenoisingColored(np.ascontiguousarray(c8[:, :, :3]), None, 6, 6, 7, 21)
-        else:
-            den = cv2.fastNlMeansDenoising(np.ascontiguousarray(c8.reshape(c8.shape[:2])), None, 6, 7, 21)
-            den = den.reshape(crop.shape)
-        clean = f.copy()
-        clean[y0:y1, x0:x1, :3] = den.astype(np.float32) / 255.0
+        clean = denoise_around(orig, mask, pad=feather + 8)
     new = f + float(strength) * (clean - f)
     return _blend(orig, new, feather_weight(mask, feather))
 
 
-def clean_edit(orig: np.ndarray, mask: np.ndarray, *, seed: int = 0, extra_noise: float = 0.8, feather: int = 32) -> np.ndarray:
-    """The original plus fresh Gaussian noise of ``extra_noise`` 8-bit levels: an edit that should pass."""
+def denoise_around(orig: np.ndarray, mask: np.ndarray, *, pad: int = 40) -> np.ndarray:
+    """Float [0, 1] copy of ``orig`` with the mask's bounding box (+ ``pad``) denoised by non-local means."""
     f, _ = _to_float(orig)
+    x0, y0, x1, y1 = _bbox(mask, pad=pad)
+    crop = orig[y0:y1, x0:x1]
+    c8 = crop if crop.dtype == np.uint8 else (crop // 257).astype(np.uint8)
+    if c8.ndim == 3 and c8.shape[2] >= 3:
+        den = cv2.fastNlMeansDenoisingColored(np.ascontiguousarray(c8[:, :, :3]), None, 6, 6, 7, 21)
+    else:
+        den = cv2.fastNlMeansDenoising(np.ascontiguousarray(c8.reshape(c8.shape[:2])), None, 6, 7, 21)
+        den = den.reshape(crop.shape[:2] + ((1,) if crop.ndim == 3 else ()))
+    clean = f.copy()
+    if clean.ndim == 3:
+        clean[y0:y1, x0:x1, : den.shape[2] if den.ndim == 3 else 1] = (
+            den.astype(np.float32).reshape(y1 - y0, x1 - x0, -1) / 255.0
+        )
+    else:
+        clean[y0:y1, x0:x1] = den.astype(np.float32) / 255.0
+    return clean
+
+
+def clean_edit(
+    orig: np.ndarray, mask: np.ndarray, *, seed: int = 0, extra_noise: float | None = None, feather: int = 32
+) -> np.ndarray:
+    """The original plus fresh Gaussian noise: an edit that should pass.
+
+    ``extra_noise`` is in 8-bit levels; default: 0.35 x the image's own noise sigma around the mask (so the
+    grain inside rises by about 6%, as when an edit regenerates grain of the right level).
+    """
+    f, _ = _to_float(orig)
+    if extra_noise is None:
+        from crispedit.quality.metrics import noise_sigma
+
+        x0, y0, x1, y1 = _bbox(mask, pad=64)
+        g = f[y0:y1, x0:x1]
+        g = g.mean(axis=2) if g.ndim == 3 else g
+        extra_noise = max(0.1, 0.35 * 255.0 * noise_sigma(np.ascontiguousarray(g, dtype=np.float32)))
     rng = np.random.default_rng(seed)
     n = rng.normal(size=f.shape).astype(np.float32) * (extra_noise / 255.0)
     return _blend(orig, f + n, feather_weight(mask, feather))

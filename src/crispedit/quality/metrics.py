@@ -60,6 +60,7 @@ _COH_STD_FLOOR = 0.02
 _SEG_COH_STD_FLOOR = 0.05
 # (median, spread) of the null statistics when no placement fits (ratio, coherence), whole contour / segment
 _FALLBACK_NULL = ((0.0, 0.08), (0.05, 0.04))
+_NULL_MIN = 4  # fewer null placements than this at a scale: the scale is not used
 _FALLBACK_SEG = ((0.0, 0.2), (0.2, 0.12))
 _EPS_LAB = 0.25  # Lab units added to contrasts: below the noise of an 8-bit image after the low-pass
 
@@ -202,28 +203,30 @@ def changed_mask(
     edited: np.ndarray,
     *,
     threshold: float | None = None,
+    density: float = 0.35,
     min_area: int | None = None,
 ) -> np.ndarray:
     """The changed area found from the difference: bool H x W.
 
-    ``|edited - original| > threshold`` (default: 2/255 of full scale, so one-LSB rounding in a feather tail and
-    lone quantisation flips are ignored), opened with a 3x3 cross (isolated pixels go), closed with a 15 px disc
-    (a textured edit whose difference dips below the threshold stays one region), holes filled, and components
-    smaller than ``min_area`` (default 64 px) dropped.
+    Pixels with ``|edited - original| > threshold`` (default 0: any change) are counted in a 9 x 9 window; where
+    more than ``density`` of the window changed, the pixel is in the edit. So a low-amplitude edit (fresh grain
+    of a level or two, where many single pixels happen not to change) still comes out as one solid region, while
+    lone flipped pixels do not. The result is opened with a 3x3 cross, closed with a 15 px disc, its holes are
+    filled and components smaller than ``min_area`` (default 64 px) are dropped.
     """
     check_pair(original, edited)
-    scale = _scale_of(original)
     if threshold is None:
-        threshold = 2.0 / 255.0 * scale
+        threshold = 0.0
     d = _max_abs_diff(original, edited)
-    m = (d > threshold).astype(np.uint8)
-    if not m.any():
-        return m.astype(bool)
-    ys, xs = np.nonzero(m)
+    nz = d > threshold
+    if not nz.any():
+        return nz
+    ys, xs = np.nonzero(nz)
     pad = 24
-    y0, y1 = max(0, ys.min() - pad), min(m.shape[0], ys.max() + pad + 1)
-    x0, x1 = max(0, xs.min() - pad), min(m.shape[1], xs.max() + pad + 1)
-    sub = m[y0:y1, x0:x1]
+    y0, y1 = max(0, ys.min() - pad), min(nz.shape[0], ys.max() + pad + 1)
+    x0, x1 = max(0, xs.min() - pad), min(nz.shape[1], xs.max() + pad + 1)
+    frac = cv2.boxFilter(nz[y0:y1, x0:x1].astype(np.float32), -1, (9, 9), borderType=cv2.BORDER_CONSTANT)
+    sub = (frac > density).astype(np.uint8)
     sub = cv2.morphologyEx(sub, cv2.MORPH_OPEN, cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3)))
     sub = cv2.morphologyEx(sub, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (15, 15)))
     sub = _fill_holes(sub)
@@ -232,7 +235,7 @@ def changed_mask(
     n, labels, stats, _ = cv2.connectedComponentsWithStats(sub, connectivity=8)
     keep = np.zeros(n, dtype=np.uint8)
     keep[1:] = (stats[1:, cv2.CC_STAT_AREA] >= min_area).astype(np.uint8)
-    out = np.zeros(m.shape, dtype=bool)
+    out = np.zeros(nz.shape, dtype=bool)
     out[y0:y1, x0:x1] = keep[labels].astype(bool)
     return out
 
@@ -676,7 +679,6 @@ def seam_visibility(
         return SeamResult(0.0, {}, {}, 0, [], np.zeros(0), 0, ["empty mask"])
     if segment_px is None:
         segment_px = max(48, 2 * band)
-    reach = 3 * max(scales) + 2
     x0, y0, x1, y1 = _crop_box(mask.shape, bb, 4)
     contour = sample_contour(mask[y0:y1, x0:x1], (x0, y0), step=2.0, segment_px=segment_px)
     # contour points on the image border have no outside: drop them
@@ -687,20 +689,36 @@ def seam_visibility(
         contour = Contour(contour.points[keep], contour.normals[keep], seg, len(uniq))
     if len(contour.points) < 8:
         return SeamResult(0.0, {}, {}, 0, [], np.zeros(0), len(contour.points), ["no contour inside the image"])
-    rng = np.random.default_rng(seed)
     f = max(2, int(min(h, w) // 256))
-    dist, f = _forbidden_distance(mask, band, forbidden, f)
-    placements = _choose_placements(contour, dist, f, (h, w), reach, n_null, rng)
-    notes = []
+    dist, f = _forbidden_distance(mask, 0, forbidden, f)
+    notes: list[str] = []
+    # null placements per scale: the sampled footprint (3d) plus the low-pass reach (1.5d) must stay clear of
+    # every edited pixel
+    placements_by_scale = {}
+    for d in scales:
+        rng = np.random.default_rng(seed)
+        pl = _choose_placements(contour, dist, f, (h, w), 4.5 * d + 2, n_null, rng)
+        if len(pl) >= _NULL_MIN:
+            placements_by_scale[d] = pl
+    if not placements_by_scale:
+        notes.append("no room on untouched pixels for null placements; seam score uses fallback spreads")
+        placements_by_scale = {scales[0]: []}
+    else:
+        dropped = [d for d in scales if d not in placements_by_scale]
+        if dropped:
+            notes.append(f"scales {dropped} px skipped: no room for their null placements")
+    used = tuple(placements_by_scale)
     pyr = _Pyramid(edited)
     zs: dict[str, float] = {}
     stats: dict[str, float] = {}
-    n_stat = 2 * len(scales)
-    null_z = np.full((len(placements), n_stat), np.nan)
+    n_stat = 2 * len(used)
+    n_pl = max(len(v) for v in placements_by_scale.values())
+    null_z = np.full((n_pl, n_stat), np.nan)
     seg_z = np.full((n_stat, contour.n_segments), np.nan)
     floors = (_NULL_STD_FLOOR, _COH_STD_FLOOR)
     seg_floors = (_SEG_STD_FLOOR, _SEG_COH_STD_FLOOR)
-    for k, d in enumerate(scales):
+    for k, d in enumerate(used):
+        placements = placements_by_scale[d]
         lab, q = pyr.level(d)
         g, per = _contrast_stats(lab, q, contour.points, contour.normals, float(d), contour.segments,
                                  contour.n_segments)
@@ -722,17 +740,20 @@ def seam_visibility(
                 allseg = allseg[np.isfinite(allseg)]
                 smed = float(np.median(allseg)) if allseg.size else 0.0
                 ssd = max(float(np.std(allseg)) if allseg.size else 0.0, seg_floors[i])
-                null_z[:, 2 * k + i] = (ns - med) / sd
+                null_z[: len(ns), 2 * k + i] = (ns - med) / sd
             else:  # no untouched room: fall back to the spreads measured on photos (docs/quality.md)
                 med, sd = _FALLBACK_NULL[i]
                 smed, ssd = _FALLBACK_SEG[i]
             zs[key] = (float(g[i]) - med) / sd
             seg_z[2 * k + i] = (per[i] - smed) / ssd
-    if len(placements) < 8:
-        notes.append(f"only {len(placements)} null placements on untouched pixels; seam score is approximate")
+    n_min = min(len(v) for v in placements_by_scale.values())
+    if n_min < 8:
+        notes.append(f"only {n_min} null placements on untouched pixels; seam score is approximate")
     zmax = max(zs.values())
-    null_max = float(np.median(np.nanmax(null_z, axis=1))) if placements else 1.0
+    # the same maximum for the null contours (row j mixes the j-th placement of each scale)
+    null_max = float(np.nanmedian(np.nanmax(null_z, axis=1))) if np.isfinite(null_z).any() else 1.0
     seam_score = float(zmax - null_max)
+    placements = placements_by_scale[used[0]]
     seg_scores = np.nanmax(np.where(np.isfinite(seg_z), seg_z, -np.inf), axis=0)
     seg_scores[~np.isfinite(seg_scores)] = np.nan
     # worst places: highest segment scores, centres at least one segment apart

@@ -1,0 +1,532 @@
+"""Stable Diffusion 1.5 through diffusers: inpaint, refine (img2img inside a mask), img2img and txt2img.
+
+The engine uses the components of a diffusers pipeline (UNet, VAE, CLIP text encoder, tokenizer, scheduler) and
+runs its own sampling loop, split into small steps so that the tiling code can swap the expensive ones::
+
+    cond = engine._encode_prompt(prompt)                 # CLIP, classifier-free guidance pair
+    lat = engine._vae_encode(image_tensor)               # pixels [-1, 1] -> scaled latents      (tileable)
+    eps = engine._predict_noise(latents_in, t, cond)     # one guided UNet evaluation            (tileable)
+    lat = engine._denoise(lat, timesteps, cond, ...)     # the scheduler loop, mask handling
+    img = engine._vae_decode(lat)                        # scaled latents -> pixels [-1, 1]      (tileable)
+
+Both SD1.5 checkpoint kinds work:
+
+- the 9-channel inpainting UNet gets ``[latents, mask, masked-image latents]`` at every step;
+- a plain 4-channel UNet (any SD1.5 fine-tune) inpaints by RePaint-style blending: after every step the
+  latents outside the mask are replaced by the original latents noised to the next timestep.
+
+``strength`` follows diffusers' img2img convention: sampling starts at ``steps * strength`` steps before the
+end from the VAE latents of the given image noised to that level, so ``strength < 1`` refines the content
+already there (restricted to the mask for ``inpaint``) and ``strength = 1`` regenerates from pure noise.
+
+torch and diffusers are imported lazily: importing this module (which registers ``"sd15"``) stays cheap.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from crispedit.engines.base import Region, register_engine
+from crispedit.engines.model_source import DEFAULT_MODEL, ModelSource, load_pipeline, quiet_libraries, resolve_model
+from crispedit.errors import InputError, ModelError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+SCHEDULERS = ("dpmpp_2m_karras", "ddim", "euler_a", "unipc")
+DTYPES = {"fp16": "float16", "float16": "float16", "half": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16",
+          "fp32": "float32", "float32": "float32", "float": "float32"}
+Progress = Callable[[str, int, int], None]
+
+# Loaded pipelines shared by all engine instances of the process: (model key, device, dtype) -> pipeline.
+_PIPELINES: dict[tuple[str, str, str], Any] = {}
+_PIPELINES_LOCK = threading.Lock()
+
+
+def clear_pipeline_cache() -> None:
+    """Forget the pipelines loaded in this process (frees their memory once no engine holds them)."""
+    with _PIPELINES_LOCK:
+        _PIPELINES.clear()
+
+
+def resolve_device_dtype(device: Any = None, dtype: Any = None) -> tuple["torch.device", "torch.dtype"]:
+    """Pick the device (CUDA > MPS > CPU) and dtype (fp16 on CUDA/MPS, fp32 on CPU); validate overrides."""
+    import torch
+
+    if device is None:
+        if torch.cuda.is_available():
+            dev = torch.device("cuda")
+        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            dev = torch.device("mps")
+        else:
+            dev = torch.device("cpu")
+    else:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise InputError(f"unknown device '{device}'", "use cpu, cuda, cuda:N or mps") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise InputError("device 'cuda' was asked for but no CUDA GPU is available", "use --device cpu")
+        if dev.type == "mps" and not (getattr(torch.backends, "mps", None) is not None
+                                      and torch.backends.mps.is_available()):
+            raise InputError("device 'mps' was asked for but MPS is not available", "use --device cpu")
+        if dev.type not in ("cpu", "cuda", "mps"):
+            raise InputError(f"unsupported device '{device}'", "use cpu, cuda, cuda:N or mps")
+    if dtype is None:
+        dt = torch.float16 if dev.type in ("cuda", "mps") else torch.float32
+    elif isinstance(dtype, torch.dtype):
+        dt = dtype
+    else:
+        name = DTYPES.get(str(dtype).lower().removeprefix("torch."))
+        if name is None:
+            raise InputError(f"unknown dtype '{dtype}'", "use fp16, bf16 or fp32")
+        dt = getattr(torch, name)
+    if dt not in (torch.float16, torch.bfloat16, torch.float32):
+        raise InputError(f"unsupported dtype '{dtype}'", "use fp16, bf16 or fp32")
+    return dev, dt
+
+
+def _ceil_to(n: int, m: int) -> int:
+    return int(math.ceil(n / m) * m)
+
+
+class SD15Engine:
+    """Stable Diffusion 1.5 engine (the ``"sd15"`` engine of the registry).
+
+    Parameters
+    ----------
+    model : Hugging Face id (default ``stable-diffusion-v1-5/stable-diffusion-inpainting``, read from the local
+        HF cache unless ``allow_download``), a diffusers folder, or a single original-layout ``.safetensors``.
+    steps, guidance, scheduler, negative_prompt : sampling settings; ``scheduler`` is one of
+        ``dpmpp_2m_karras`` (DPM++ 2M Karras, default), ``ddim``, ``euler_a``, ``unipc``.
+    device, dtype : ``cpu``/``cuda``/``mps`` and ``fp16``/``bf16``/``fp32``; default CUDA fp16 > MPS fp16 > CPU fp32.
+    allow_pickle : accept ``.ckpt``/``.bin``/``.pt``/``.pth`` checkpoints (loading a pickle can run code).
+    allow_download : let diffusers download a hub model that is not cached.
+    progress : ``progress("denoise", step, total)`` after every sampling step.
+    config : diffusers config folder (or HF id) for a single-file model; found automatically when omitted.
+
+    Attributes
+    ----------
+    working_size : 512, the side SD1.5 composes at.
+    default_detail : ``"native"`` on CUDA, ``"fast"`` on CPU/MPS. The harness's native-detail pass refines a
+        large edit at native scale in overlapping 512-px tiles, one engine call per tile: seconds on a GPU, but
+        minutes per call on a CPU, so a CPU edit would take tens of minutes; ``--detail native`` still forces it.
+    device, dtype : the torch device and dtype the model runs in.
+    calls : one dict per engine call (``kind``, ``size`` (w, h), ``strength``, ``steps``, ``seconds``, ``seed``,
+        ``scheduler``, ``region``), for the harness's info.
+
+    The weights are read on the first call (or :meth:`load`) and shared with other engines of the same model,
+    device and dtype in this process. Same seed and settings give the same bytes on the same device.
+    """
+
+    name = "sd15"
+    working_size: int | None = 512
+
+    def __init__(
+        self,
+        model: str | None = None,
+        *,
+        steps: int = 25,
+        guidance: float = 7.5,
+        scheduler: str = "dpmpp_2m_karras",
+        negative_prompt: str | None = None,
+        device: Any = None,
+        dtype: Any = None,
+        allow_pickle: bool = False,
+        allow_download: bool = False,
+        progress: Progress | None = None,
+        config: str | None = None,
+    ):
+        self._configure(steps=steps, guidance=guidance, scheduler=scheduler, negative_prompt=negative_prompt,
+                        device=device, dtype=dtype, allow_pickle=allow_pickle, allow_download=allow_download,
+                        progress=progress)
+        self.model = str(model) if model is not None else DEFAULT_MODEL
+        self._source: ModelSource | None = resolve_model(model, allow_pickle=self.allow_pickle,
+                                                         allow_download=self.allow_download, config=config)
+        self._pipe: Any = None
+
+    def _configure(self, *, steps: int = 25, guidance: float = 7.5, scheduler: str = "dpmpp_2m_karras",
+                   negative_prompt: str | None = None, device: Any = None, dtype: Any = None,
+                   allow_pickle: bool = False, allow_download: bool = False, progress: Progress | None = None
+                   ) -> None:
+        try:
+            self.steps = int(steps)
+        except (TypeError, ValueError):
+            raise InputError(f"steps must be a whole number, got {steps!r}", "use e.g. --steps 25") from None
+        if self.steps < 1 or self.steps > 1000:
+            raise InputError(f"steps {steps} is outside 1..1000", "use e.g. --steps 25")
+        try:
+            self.guidance = float(guidance)
+        except (TypeError, ValueError):
+            raise InputError(f"guidance must be a number, got {guidance!r}", "use e.g. --guidance 7.5") from None
+        if not (0.0 <= self.guidance <= 50.0):
+            raise InputError(f"guidance {guidance} is outside 0..50", "use e.g. --guidance 7.5")
+        name = str(scheduler).lower().replace("-", "_").replace("+", "p")
+        if name not in SCHEDULERS:
+            raise InputError(f"unknown scheduler '{scheduler}'", f"choose one of: {', '.join(SCHEDULERS)}")
+        self.scheduler = name
+        self.negative_prompt = negative_prompt or ""
+        self.allow_pickle = bool(allow_pickle)
+        self.allow_download = bool(allow_download)
+        self.progress = progress
+        self.device, self.dtype = resolve_device_dtype(device, dtype)
+        self.default_detail = "native" if self.device.type == "cuda" else "fast"
+        self.calls: list[dict[str, Any]] = []
+        self._prompt_cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
+
+    @classmethod
+    def from_pipeline(cls, pipe: Any, **options: Any) -> "SD15Engine":
+        """An engine around an already built diffusers SD pipeline (e.g. random full-size weights in a benchmark).
+
+        ``options``: the constructor's keywords except ``model``/``config``/``allow_*``; the pipeline is moved to
+        the engine's device and dtype (and not put into the process-wide cache).
+        """
+        self = cls.__new__(cls)
+        self._configure(**options)
+        self.model = f"<{type(pipe).__name__}>"
+        self._source = None
+        self._pipe = self._prepare(pipe)
+        return self
+
+    # --- loading -------------------------------------------------------------------------------------------
+
+    def load(self) -> "SD15Engine":
+        """Read the weights now (otherwise done on the first call)."""
+        self._load()
+        return self
+
+    @property
+    def pipeline(self) -> Any:
+        """The diffusers pipeline whose components the engine runs (loaded on first access)."""
+        return self._load()
+
+    @property
+    def unet_in_channels(self) -> int:
+        return int(self._load().unet.config.in_channels)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self._load().vae.config.block_out_channels) - 1)
+
+    def _load(self) -> Any:
+        if self._pipe is not None:
+            return self._pipe
+        assert self._source is not None
+        key = (self._source.key, str(self.device), str(self.dtype))
+        with _PIPELINES_LOCK:
+            pipe = _PIPELINES.get(key)
+            if pipe is None:
+                pipe = load_pipeline(self._source, dtype=self.dtype, allow_download=self.allow_download,
+                                     allow_pickle=self.allow_pickle)
+                pipe = self._prepare(pipe)
+                _PIPELINES[key] = pipe
+        self._pipe = pipe
+        return pipe
+
+    def _prepare(self, pipe: Any) -> Any:
+        import torch
+
+        for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+            if getattr(pipe, name, None) is None:
+                raise ModelError(f"the pipeline has no {name}", "load a full SD1.5 model")
+        in_ch = int(pipe.unet.config.in_channels)
+        if in_ch not in (4, 9):
+            raise ModelError(f"the UNet takes {in_ch} input channels; only 9 (inpainting) and 4 are supported",
+                             "use an SD1.5 or SD1.5-inpainting model")
+        try:
+            with quiet_libraries():
+                if all(m.dtype == self.dtype for m in (pipe.unet, pipe.vae, pipe.text_encoder)):
+                    pipe.to(self.device)
+                else:
+                    pipe.to(self.device, self.dtype)
+        except RuntimeError as exc:  # e.g. CUDA out of memory
+            raise ModelError(f"could not move the model to {self.device} ({' '.join(str(exc).split())[:160]})",
+                             "free GPU memory or use --device cpu") from None
+        if hasattr(pipe, "safety_checker"):
+            pipe.safety_checker = None
+        pipe.set_progress_bar_config(disable=True)
+        for m in (pipe.unet, pipe.vae, pipe.text_encoder):
+            m.eval()
+            m.requires_grad_(False)
+        # SDPA attention: diffusers' default processor on torch 2; set it explicitly in case a loader changed it.
+        try:
+            from diffusers.models.attention_processor import AttnProcessor2_0
+
+            if hasattr(torch.nn.functional, "scaled_dot_product_attention"):
+                pipe.unet.set_attn_processor(AttnProcessor2_0())
+                pipe.vae.set_attn_processor(AttnProcessor2_0())
+        except Exception:  # pragma: no cover - processor API differences across diffusers versions
+            pass
+        return pipe
+
+    # --- building blocks (kept as single methods so tiled versions can replace them) -----------------------
+
+    def _make_scheduler(self) -> Any:
+        """A fresh scheduler of the chosen kind (schedulers keep per-run state)."""
+        from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
+                               UniPCMultistepScheduler)
+
+        base = dict(self._load().scheduler.config)
+        if self.scheduler == "dpmpp_2m_karras":
+            return DPMSolverMultistepScheduler.from_config(base, algorithm_type="dpmsolver++", solver_order=2,
+                                                           use_karras_sigmas=True)
+        if self.scheduler == "ddim":
+            return DDIMScheduler.from_config(base, clip_sample=False, set_alpha_to_one=False)
+        if self.scheduler == "euler_a":
+            return EulerAncestralDiscreteScheduler.from_config(base)
+        return UniPCMultistepScheduler.from_config(base)
+
+    def _encode_prompt(self, prompt: str | None) -> "torch.Tensor":
+        """CLIP embeddings: ``[uncond, cond]`` (2, 77, D) with guidance > 1, else ``[cond]``; cached per prompt."""
+        import torch
+
+        prompt = prompt or ""
+        key = (prompt, self.negative_prompt if self.guidance > 1.0 else "")
+        hit = self._prompt_cache.get(key)
+        if hit is not None:
+            self._prompt_cache.move_to_end(key)
+            return hit
+        pipe = self._load()
+        texts = [key[1], prompt] if self.guidance > 1.0 else [prompt]
+        tok = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
+                             truncation=True, return_tensors="pt")
+        with torch.inference_mode():
+            emb = pipe.text_encoder(tok.input_ids.to(self.device))[0].to(self.dtype)
+        self._prompt_cache[key] = emb
+        while len(self._prompt_cache) > 8:
+            self._prompt_cache.popitem(last=False)
+        return emb
+
+    def _vae_encode(self, image_tensor: "torch.Tensor") -> "torch.Tensor":
+        """Pixels (B, 3, H, W) in [-1, 1] -> scaled latents (B, 4, H/8, W/8), float32 (distribution mean)."""
+        vae = self._load().vae
+        x = image_tensor.to(self.device, vae.dtype)
+        lat = vae.encode(x).latent_dist.mode().float()
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        return (lat - shift) * float(vae.config.scaling_factor)
+
+    def _vae_decode(self, latents: "torch.Tensor") -> "torch.Tensor":
+        """Scaled latents (B, 4, h, w) -> pixels (B, 3, 8h, 8w) in [-1, 1], float32."""
+        vae = self._load().vae
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        z = (latents / float(vae.config.scaling_factor) + shift).to(self.device, vae.dtype)
+        return vae.decode(z).sample.float().clamp(-1.0, 1.0)
+
+    def _predict_noise(self, latents_in: "torch.Tensor", t: Any, cond: "torch.Tensor") -> "torch.Tensor":
+        """One UNet evaluation with classifier-free guidance. ``latents_in``: the full UNet input (B, C_in, h, w)
+        (for the 9-channel UNet already ``[latents, mask, masked-image latents]``); returns eps (B, 4, h, w) fp32."""
+        import torch
+
+        unet = self._load().unet
+        b = latents_in.shape[0]
+        x = latents_in.to(self.device, unet.dtype)
+        if cond.shape[0] == 2:
+            uncond, c = cond[:1], cond[1:]
+            hidden = torch.cat([uncond.expand(b, -1, -1), c.expand(b, -1, -1)])
+            eps = unet(torch.cat([x, x]), t, encoder_hidden_states=hidden, return_dict=False)[0].float()
+            eps_u, eps_c = eps.chunk(2)
+            return eps_u + self.guidance * (eps_c - eps_u)
+        return unet(x, t, encoder_hidden_states=cond.expand(b, -1, -1), return_dict=False)[0].float()
+
+    def _denoise(
+        self,
+        latents: "torch.Tensor",
+        timesteps: "torch.Tensor",
+        cond: "torch.Tensor",
+        *,
+        mask_latents: "torch.Tensor | None" = None,
+        known_latents: "torch.Tensor | None" = None,
+        masked_image_latents: "torch.Tensor | None" = None,
+        scheduler: Any = None,
+        generator: "torch.Generator | None" = None,
+        noise: "torch.Tensor | None" = None,
+    ) -> "torch.Tensor":
+        """The sampling loop over ``timesteps`` (already cut to the strength).
+
+        ``masked_image_latents`` given: the 9-channel UNet input ``[latents, mask_latents, masked_image_latents]``.
+        ``known_latents`` given: RePaint-style blending for a 4-channel UNet, after each step the latents where
+        ``mask_latents == 0`` become ``known_latents`` noised to the next timestep (with ``noise``), clean after
+        the last step. ``scheduler`` must have had ``set_timesteps`` called (default: a fresh one, full schedule).
+        """
+        import torch
+
+        if scheduler is None:
+            scheduler = self._make_scheduler()
+            scheduler.set_timesteps(self.steps, device=self.device)
+        if known_latents is not None:
+            if mask_latents is None:
+                raise ValueError("known_latents needs mask_latents")
+            if noise is None:
+                noise = torch.randn(known_latents.shape, generator=generator, dtype=torch.float32).to(self.device)
+        step_kwargs: dict[str, Any] = {}
+        if generator is not None and "generator" in inspect.signature(scheduler.step).parameters:
+            step_kwargs["generator"] = generator
+        total = len(timesteps)
+        latents = latents.float()
+        for i, t in enumerate(timesteps):
+            x = scheduler.scale_model_input(latents, t)
+            if masked_image_latents is not None:
+                x = torch.cat([x, mask_latents.to(x), masked_image_latents.to(x)], dim=1)
+            eps = self._predict_noise(x, t, cond)
+            latents = scheduler.step(eps, t, latents, return_dict=False, **step_kwargs)[0].float()
+            if known_latents is not None:
+                if i + 1 < total:
+                    known_t = scheduler.add_noise(known_latents, noise, timesteps[i + 1:i + 2])
+                else:
+                    known_t = known_latents
+                latents = mask_latents * latents + (1.0 - mask_latents) * known_t
+            if self.progress is not None:
+                self.progress("denoise", i + 1, total)
+        return latents
+
+    # --- helpers ---------------------------------------------------------------------------------------------
+
+    def _timesteps(self, scheduler: Any, strength: float) -> "torch.Tensor":
+        """diffusers' img2img schedule: the last ``steps * strength`` steps (at least one)."""
+        scheduler.set_timesteps(self.steps, device=self.device)
+        init = min(max(int(self.steps * strength), 1), self.steps)
+        start = (self.steps - init) * scheduler.order
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(start)
+        return scheduler.timesteps[start:]
+
+    @staticmethod
+    def _image_tensor(image: Image.Image, pw: int, ph: int) -> "torch.Tensor":
+        """PIL RGB -> (1, 3, ph, pw) float32 in [-1, 1], padded right/bottom by edge replication."""
+        import torch
+
+        a = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
+        h, w = a.shape[:2]
+        if (ph, pw) != (h, w):
+            a = np.pad(a, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+        return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None]
+
+    @staticmethod
+    def _mask_tensor(mask: Image.Image, pw: int, ph: int) -> "torch.Tensor":
+        """PIL L -> (1, 1, ph, pw) float32 {0, 1} (>= 128 is regenerated), padded with 0 (keep)."""
+        import torch
+
+        m = (np.asarray(mask.convert("L")) >= 128).astype(np.float32)
+        h, w = m.shape
+        if (ph, pw) != (h, w):
+            m = np.pad(m, ((0, ph - h), (0, pw - w)))
+        return torch.from_numpy(m)[None, None]
+
+    @staticmethod
+    def _to_pil(pixels: "torch.Tensor", w: int, h: int) -> Image.Image:
+        a = ((pixels[0].float().cpu().numpy().transpose(1, 2, 0) + 1.0) * 127.5).round().clip(0, 255)
+        return Image.fromarray(a.astype(np.uint8)[:h, :w], "RGB")
+
+    # --- the engine protocol -------------------------------------------------------------------------------------
+
+    def inpaint(
+        self,
+        image: Image.Image,
+        mask: Image.Image,
+        prompt: str | None,
+        *,
+        seed: int | None = None,
+        strength: float = 1.0,
+        region: Region | None = None,
+    ) -> Image.Image:
+        """Regenerate the masked area (mask L, >= 128 = regenerate) of an RGB crop; returns RGB of the same size.
+
+        ``strength=1`` starts from noise; ``strength<1`` refines what is in the masked area (img2img inside the
+        mask). Pixels outside the mask come back through the VAE (slightly changed); the caller composites.
+        """
+        if mask.size != image.size:
+            raise InputError(f"mask size {mask.size} differs from image size {image.size}",
+                             "give the engine a mask of the crop's size")
+        return self._run("inpaint", image, mask, prompt, seed, strength, region)
+
+    def img2img(self, image: Image.Image, prompt: str | None, *, strength: float, seed: int | None = None
+                ) -> Image.Image:
+        """Re-imagine the whole image: noise it to ``strength`` and denoise (0 keeps it, 1 ignores it)."""
+        return self._run("img2img", image, None, prompt, seed, strength, None)
+
+    def txt2img(self, prompt: str | None, *, width: int = 512, height: int = 512, seed: int | None = None
+                ) -> Image.Image:
+        """Generate a ``width`` x ``height`` image from the prompt."""
+        if int(width) < 8 or int(height) < 8:
+            raise InputError(f"size {width}x{height} is too small", "use at least 8x8 (SD1.5 works best at 512)")
+        return self._run("txt2img", Image.new("RGB", (int(width), int(height))), None, prompt, seed, 1.0, None)
+
+    def _run(self, kind: str, image: Image.Image, mask: Image.Image | None, prompt: str | None,
+             seed: int | None, strength: float, region: Region | None) -> Image.Image:
+        import torch
+
+        t0 = time.perf_counter()
+        try:
+            strength = float(strength)
+        except (TypeError, ValueError):
+            raise InputError(f"strength must be a number, got {strength!r}", "use a value in [0, 1]") from None
+        if not 0.0 <= strength <= 1.0:
+            raise InputError(f"strength {strength} is outside [0, 1]", "use a value in [0, 1]")
+        image = image.convert("RGB")
+        w, h = image.size
+        seed = int(seed) if seed is not None else secrets.randbits(31)
+        record = {"kind": kind, "size": (w, h), "strength": strength, "steps": 0, "seconds": 0.0, "seed": seed,
+                  "scheduler": self.scheduler, "region": tuple(region) if region is not None else None}
+        m_px = None
+        pipe = self._load()
+        f = self.vae_scale_factor
+        pw, ph = _ceil_to(w, f), _ceil_to(h, f)
+        if mask is not None:
+            m_px = self._mask_tensor(mask, pw, ph)
+        if strength == 0.0 or (m_px is not None and not bool(m_px.any())):
+            record["seconds"] = round(time.perf_counter() - t0, 4)
+            self.calls.append(record)
+            return image.copy()
+
+        nine = int(pipe.unet.config.in_channels) == 9
+        gen = torch.Generator("cpu").manual_seed(seed)
+        with torch.inference_mode():
+            scheduler = self._make_scheduler()
+            timesteps = self._timesteps(scheduler, strength)
+            cond = self._encode_prompt(prompt)
+            shape = (1, int(pipe.vae.config.latent_channels), ph // f, pw // f)
+            noise = torch.randn(shape, generator=gen, dtype=torch.float32).to(self.device)
+            img_t = self._image_tensor(image, pw, ph) if kind != "txt2img" else None
+            need_known = kind == "inpaint" and not nine
+            image_latents = self._vae_encode(img_t) if (strength < 1.0 or need_known) and img_t is not None else None
+            if strength < 1.0 and image_latents is not None:
+                latents = scheduler.add_noise(image_latents, noise, timesteps[:1])
+            else:
+                latents = noise * float(scheduler.init_noise_sigma)
+            mask_lat = None
+            if m_px is not None:  # a latent is regenerated when any pixel of its 8x8 block is
+                mask_lat = torch.nn.functional.max_pool2d(m_px, kernel_size=f).to(self.device)
+            masked_image_latents = None
+            if nine:
+                if kind == "inpaint":
+                    masked = img_t * (m_px < 0.5)
+                else:  # img2img / txt2img with an inpainting UNet: everything is "masked", nothing is known
+                    masked = torch.zeros((1, 3, ph, pw))
+                    mask_lat = torch.ones((1, 1, ph // f, pw // f), device=self.device)
+                masked_image_latents = self._vae_encode(masked)
+                latents = self._denoise(latents, timesteps, cond, mask_latents=mask_lat,
+                                        masked_image_latents=masked_image_latents, scheduler=scheduler,
+                                        generator=gen, noise=noise)
+            elif need_known:
+                latents = self._denoise(latents, timesteps, cond, mask_latents=mask_lat, known_latents=image_latents,
+                                        scheduler=scheduler, generator=gen, noise=noise)
+            else:
+                latents = self._denoise(latents, timesteps, cond, scheduler=scheduler, generator=gen, noise=noise)
+            pixels = self._vae_decode(latents)
+        out = self._to_pil(pixels, w, h)
+        record["steps"] = len(timesteps)
+        record["seconds"] = round(time.perf_counter() - t0, 4)
+        self.calls.append(record)
+        return out
+
+
+register_engine("sd15", SD15Engine)

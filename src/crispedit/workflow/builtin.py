@@ -152,7 +152,9 @@ def edit_workflow(image: PathLike = None, output: PathLike = None, *, mask: Path
                                "params": {"path": _path(report, relative_to), "mkdir": False}}
         if masked:
             rep["inputs"]["mask"] = "mask"
-        if nodes["edit"]["type"] != "SelectBest":
+        if nodes["edit"]["type"] == "SelectBest":
+            rep["inputs"]["selection"] = "edit.report"
+        else:
             rep["inputs"]["result"] = "edit.result"
         nodes["report"] = rep
     what = "whole-image edit" if not masked else ("object removal" if engine == "classical" else "inpainting")
@@ -230,7 +232,9 @@ def _run_builtin(wf: dict[str, Any], *, cache: bool, progress: Optional[Callable
         index = int(res.output(edit_node, "index"))
         cand = res.workflow.nodes[edit_node].links["candidates"][index].node  # type: ignore[index]
         info = dict(res.output(cand, "result"))
-        info["candidates"] = res.output(edit_node, "report")
+        sel = res.output(edit_node, "report")
+        info["candidates"] = sel.get("candidates", [])
+        info["selection"] = {k: v for k, v in sel.items() if k != "candidates"}
     info["output"] = res.output("save", "path")
     if "check" in res.workflow.nodes:
         info["quality"] = res.output("check", "report")

@@ -50,8 +50,14 @@ def header_info(path: Union[str, Path]) -> dict[str, Any]:
         with Image.open(p) as im:
             w, h = im.size
             orientation = 1
-            try:
-                orientation = int(im.getexif().get(0x0112, 1) or 1)
+            try:  # from the header only: getexif() would decode a PNG to reach a trailing eXIf chunk
+                raw = im.info.get("exif")
+                if raw:
+                    exif = Image.Exif()
+                    exif.load(raw)
+                    orientation = int(exif.get(0x0112, 1) or 1)
+                elif hasattr(im, "tag_v2"):
+                    orientation = int(im.tag_v2.get(0x0112, 1) or 1)
             except Exception:
                 pass
             if orientation in (5, 6, 7, 8):

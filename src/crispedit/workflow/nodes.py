@@ -849,46 +849,67 @@ def _quality_check(ctx: NodeContext, original: Any, edited: Any, mask: Any, on_f
     return {"report": report, "verdict": verdict}
 
 
-def _selection_dict(sel: Any) -> dict[str, Any]:
-    if hasattr(sel, "to_dict"):
-        return sel.to_dict()
-    if isinstance(sel, dict):
-        return sel
-    if dataclasses.is_dataclass(sel):
-        return dataclasses.asdict(sel)
-    return {"selection": repr(sel)}
+def _candidate_meta(ctx: NodeContext, i: int) -> dict[str, Any]:
+    """Where candidate ``i`` came from: its node and that node's seed, prompt and engine."""
+    meta: dict[str, Any] = {}
+    wf = ctx.workflow
+    try:
+        link = wf.nodes[ctx.node].links["candidates"][i]
+        up = wf.nodes[link.node]
+        meta["node"] = link.node
+        for k in ("seed", "prompt", "engine"):
+            if k in up.params:
+                meta[k] = up.params[k]
+    except (AttributeError, KeyError, IndexError, TypeError):
+        pass
+    return meta
 
 
-@node("SelectBest", "SAGI-style candidate selection: score each candidate edit with the quality gate, reject "
-      "those it fails, keep the best by the documented rule, and say why.",
+@node("SelectBest", "SAGI-style candidate selection: judge each candidate edit, reject those the judge fails, "
+      "keep the highest score (ties: the earlier), and say why.",
       inputs=[Port("original", IMG), Port("candidates", IMG, "candidate edits of the original", multiple=True),
-              Port("mask", "mask", "the edit's mask", optional=True)],
+              Port("mask", "mask", "the edit's mask (unlinked: found from the difference)", optional=True)],
       outputs=[Port("image", IMG, "the kept candidate"),
-               Port("report", "report", "per candidate: scores, kept/rejected and why"),
+               Port("report", "report", "per candidate: score, passed, status (kept/passed/rejected) and why"),
                Port("index", "number", "position of the kept candidate in the list")],
-      params=[Param("on_all_fail", Literal["best", "stop"], "best",
-                    "best: keep the least bad when every candidate fails; stop: end the run (exit 1)")],
-      category="quality", library="crispedit.quality.candidates.select_best")
-def _select_best(ctx: NodeContext, original: Any, candidates: list, mask: Any, on_all_fail: str) -> dict[str, Any]:
-    from crispedit.quality.candidates import select_best
+      params=[Param("judge", Literal["metric", "vlm"], "metric",
+                    "metric: the quality gate; vlm: a vision-language model asked SAGI's question"),
+              Param("judge_model", Optional[str], None, "local transformers model folder for judge: vlm",
+                    kind="model"),
+              Param("thresholds", dict, {}, "acceptance thresholds for the metric judge (docs/quality.md)"),
+              Param("on_all_fail", Literal["best", "stop"], "best",
+                    "best: keep the highest score when every candidate fails; stop: end the run (exit 1)")],
+      category="quality", library="crispedit.quality.candidates.select_best",
+      check=lambda p: [("judge_model", "judge: vlm needs judge_model (a local model folder)")]
+      if p.get("judge") == "vlm" and not p.get("judge_model") else [])
+def _select_best(ctx: NodeContext, original: Any, candidates: list, mask: Any, judge: str,
+                 judge_model: Optional[str], thresholds: dict, on_all_fail: str) -> dict[str, Any]:
+    from crispedit.quality import candidates as C
+    from crispedit.quality.verdict import Thresholds
 
     if not candidates:
         raise InputError("SelectBest got no candidates", "link at least one image to 'candidates'")
     _check_same_size("SelectBest", original=original, mask=mask,
                      **{f"candidate {i}": c for i, c in enumerate(candidates)})
-    sel = select_best(original.array, [c.array for c in candidates], mask)
-    report = _selection_dict(sel)
-    index = report.get("index", report.get("best", getattr(sel, "index", None)))
-    if index is None:
-        raise CrispEditError("select_best returned no index", "report this as a bug in crispedit")
-    index = int(index)
-    verdicts = [str(c.get("verdict")) for c in report.get("candidates", []) if isinstance(c, dict)]
-    if verdicts and "pass" not in verdicts:
+    if judge == "vlm":
+        j: Any = C.VLMJudge(judge_model)
+    else:
+        names = [f.name for f in dataclasses.fields(Thresholds)]
+        for k in thresholds:
+            if k not in names:
+                raise InputError(f"unknown quality threshold '{k}'{did_you_mean(k, names)}",
+                                 f"use one of: {', '.join(names)}")
+        j = C.MetricJudge(Thresholds(**thresholds) if thresholds else None)
+    pairs = [(c.array, _candidate_meta(ctx, i)) for i, c in enumerate(candidates)]
+    best, records = C.select_best(original.array, pairs, mask, j)
+    passed = [r for r in records if r.get("passed")]
+    if not passed:
         if on_all_fail == "stop":
-            raise QualityGateError(f"SelectBest '{ctx.node}': every candidate failed the quality gate",
+            raise QualityGateError(f"SelectBest '{ctx.node}': every candidate failed the judge",
                                    "add candidates (seeds, prompt variants), or set on_all_fail: best")
-        ctx.note("every candidate failed the quality gate; kept the least bad")
-    return {"image": candidates[index], "report": report, "index": index}
+        ctx.note("every candidate failed the judge; kept the highest score")
+    report = {"index": int(best), "judge": judge, "passed": len(passed), "candidates": records}
+    return {"image": candidates[int(best)], "report": report, "index": int(best)}
 
 
 # --- outputs -----------------------------------------------------------------------------------------------------
@@ -920,13 +941,15 @@ def _save_image(ctx: NodeContext, image: Any, path: str, overwrite: bool, mkdir:
 @node("Report", "Write a self-contained HTML report: before/after, change heatmap, 1:1 crops at the worst "
       "places of the seam, metrics, and this workflow's model cards and timings.",
       inputs=[Port("original", IMG), Port("edited", IMG), Port("mask", "mask", optional=True),
-              Port("result", "result", "the edit's info (engine calls, timings)", optional=True)],
+              Port("result", "result", "the edit's info (engine calls, timings)", optional=True),
+              Port("selection", "report", "a SelectBest report: the candidates table", optional=True)],
       outputs=[Port("path", "path", "the report written")],
       params=[Param("path", str, REQUIRED, "output .html file (relative to the workflow file)", kind="output_file"),
+              Param("title", str, "crispedit quality report", "the report's title"),
               Param("mkdir", bool, True, "create the output folder when missing")],
       category="output", library="crispedit.quality.report.write_report", side_effect=True)
-def _report(ctx: NodeContext, original: Any, edited: Any, mask: Any, result: Any, path: str,
-            mkdir: bool) -> dict[str, Any]:
+def _report(ctx: NodeContext, original: Any, edited: Any, mask: Any, result: Any, selection: Any, path: str,
+            title: str, mkdir: bool) -> dict[str, Any]:
     from pathlib import Path
 
     from crispedit.quality.report import write_report
@@ -934,14 +957,18 @@ def _report(ctx: NodeContext, original: Any, edited: Any, mask: Any, result: Any
     out = Path(path)
     if mkdir:
         out.parent.mkdir(parents=True, exist_ok=True)
+    elif not out.parent.is_dir():
+        raise InputError(f"output folder does not exist: {out.parent}", "create it first or set mkdir: true")
     info = dict(result or {})
+    if selection and selection.get("candidates"):
+        info["candidates"] = selection["candidates"]
     if ctx.workflow is not None:
         from crispedit.workflow.cards import cards_for_workflow
 
-        info["workflow"] = {
-            "name": getattr(ctx.workflow, "name", None),
-            "model_cards": [c.to_dict() for c in cards_for_workflow(ctx.workflow)],
-            "timings": {r.node: round(r.seconds, 4) for r in ctx.records},
-        }
-    written = write_report(original.array, edited.array, mask, path=out, info=info)
+        info["model_cards"] = [c.to_dict() for c in cards_for_workflow(ctx.workflow)]
+        timings = dict(info.get("timings") or {})
+        timings.update({f"node {r.node} ({r.status})": round(r.seconds, 4) for r in ctx.records})
+        info["timings"] = timings
+        info["workflow"] = getattr(ctx.workflow, "name", None)
+    written = write_report(original.array, edited.array, mask, out, info=info, title=title)
     return {"path": str(written if written is not None else out)}

@@ -323,6 +323,35 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY) if rgb.shape[2] == 3 else rgb[:, :, 0]
 
 
+class _HF:
+    """High-frequency maps of one grey image (float32 [0, 1]): Laplacian, Immerkær response, gradient magnitude."""
+
+    def __init__(self, gray: np.ndarray):
+        self.lap = cv2.Laplacian(gray, cv2.CV_32F, ksize=1, borderType=cv2.BORDER_REFLECT)
+        self.resp = cv2.filter2D(gray, cv2.CV_32F, _IMMERKAER, borderType=cv2.BORDER_REFLECT)
+        gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
+        gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
+        self.mag = cv2.magnitude(gx, gy)
+
+    def noise(self, region: np.ndarray) -> float:
+        region = region.copy()
+        region[:1, :] = region[-1:, :] = False
+        region[:, :1] = region[:, -1:] = False
+        if not region.any():
+            return float("nan")
+        m = self.mag[region]
+        r = np.abs(self.resp[region])
+        flat = m <= np.median(m)
+        if np.count_nonzero(flat) >= 16:
+            r = r[flat]
+        return float(1.4826 * np.median(r) / 6.0)
+
+    def detail(self, region: np.ndarray) -> float:
+        if not region.any():
+            return float("nan")
+        return float(np.mean(np.abs(self.lap[region])))
+
+
 def noise_sigma(gray: np.ndarray, region: np.ndarray | None = None) -> float:
     """Robust noise sigma of a float image in [0, 1] over ``region`` (bool), in the image's units.
 
@@ -330,31 +359,23 @@ def noise_sigma(gray: np.ndarray, region: np.ndarray | None = None) -> float:
     sigma s has sigma 6 s. Edges are excluded (pixels whose Sobel magnitude is above the region's median), and
     the sigma of what remains is taken robustly as 1.4826 x median absolute response / 6.
     """
-    resp = cv2.filter2D(gray, cv2.CV_32F, _IMMERKAER, borderType=cv2.BORDER_REFLECT)
-    gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
-    mag = cv2.magnitude(gx, gy)
     if region is None:
         region = np.ones(gray.shape, dtype=bool)
-    region = region.copy()
-    region[:1, :] = region[-1:, :] = False
-    region[:, :1] = region[:, -1:] = False
-    if not region.any():
-        return float("nan")
-    m = mag[region]
-    r = np.abs(resp[region])
-    flat = m <= np.median(m)
-    if np.count_nonzero(flat) >= 16:
-        r = r[flat]
-    return float(1.4826 * np.median(r) / 6.0)
+    return _HF(np.asarray(gray, np.float32)).noise(region)
 
 
 def detail_energy(gray: np.ndarray, region: np.ndarray) -> float:
     """High-frequency energy: mean absolute 3x3 Laplacian of ``gray`` over ``region``."""
-    lap = cv2.Laplacian(gray, cv2.CV_32F, ksize=1, borderType=cv2.BORDER_REFLECT)
-    if not region.any():
-        return float("nan")
-    return float(np.mean(np.abs(lap[region])))
+    return _HF(np.asarray(gray, np.float32)).detail(region)
+
+
+def grey_float(a: np.ndarray) -> np.ndarray:
+    """Luminance (Rec. 601 weights, as OpenCV) of an image as loaded, float32 in [0, 1]."""
+    if a.ndim == 3 and a.shape[2] >= 3:
+        g = cv2.cvtColor(np.ascontiguousarray(a[:, :, :3]), cv2.COLOR_RGB2GRAY)
+    else:
+        g = a if a.ndim == 2 else a[:, :, 0]
+    return np.asarray(g, np.float32) * np.float32(1.0 / _scale_of(a))
 
 
 def inner_and_ring(mask: np.ndarray, band: int, ring_offset: int, ring_width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -385,32 +406,33 @@ def _subsample(region: np.ndarray, max_px: int = 300_000) -> np.ndarray:
 
 
 def detail_noise_consistency(
-    original_rgb: np.ndarray | None,
-    edited_rgb: np.ndarray,
+    original: np.ndarray | None,
+    edited: np.ndarray,
     mask: np.ndarray,
     band: int,
     *,
     ring_offset: int | None = None,
 ) -> dict[str, float]:
-    """Detail and noise inside the (eroded) mask vs. a ring outside the blend band, on a crop (float RGB).
+    """Detail and noise inside the (eroded) mask vs. a ring outside the blend band, on a crop (as loaded).
 
-    ``detail_ratio`` = mean |Laplacian| inside / ring; ``noise_ratio`` = robust noise sigma inside / ring. Both
-    are about 1 for an edit with the surroundings' sharpness and grain, < 1 for a blurred or over-smoothed
-    patch, > 1 for over-sharpening or extra noise. With ``original_rgb``, ``detail_ratio_original`` and
-    ``noise_ratio_original`` compare the edit's inside with the original's inside (what was there before).
+    ``detail_ratio`` = mean |Laplacian| inside / ring; ``noise_ratio`` = robust noise sigma inside / ring
+    (:func:`noise_sigma`), both on the luminance. Both are about 1 for an edit with the surroundings'
+    sharpness and grain, < 1 for a blurred or over-smoothed patch, > 1 for over-sharpening or extra noise.
+    With ``original``, ``detail_ratio_original`` and ``noise_ratio_original`` compare the edit's inside with
+    the original's inside (what was there before).
     """
     if ring_offset is None:
         ring_offset = band
     ring_width = max(24, band)
-    gray = _luma(edited_rgb)
     inner, ring = inner_and_ring(mask, band, ring_offset, ring_width)
     nan = float("nan")
     if not inner.any() or not ring.any():
         return {"detail_ratio": nan, "noise_ratio": nan, "detail_ratio_original": nan, "noise_ratio_original": nan}
     inner_s, ring_s = _subsample(inner), _subsample(ring)
     floor = 0.05 / 255.0
-    d_in, d_out = detail_energy(gray, inner_s), detail_energy(gray, ring_s)
-    n_in, n_out = noise_sigma(gray, inner_s), noise_sigma(gray, ring_s)
+    hf = _HF(grey_float(edited))
+    d_in, d_out = hf.detail(inner_s), hf.detail(ring_s)
+    n_in, n_out = hf.noise(inner_s), hf.noise(ring_s)
     out = {
         "detail_ratio": (d_in + floor) / (d_out + floor),
         "noise_ratio": (n_in + floor) / (n_out + floor),
@@ -419,9 +441,9 @@ def detail_noise_consistency(
         "noise_sigma_inside": n_in,
         "noise_sigma_ring": n_out,
     }
-    if original_rgb is not None:
-        g0 = _luma(original_rgb)
-        d0, n0 = detail_energy(g0, inner_s), noise_sigma(g0, inner_s)
+    if original is not None:
+        hf0 = _HF(grey_float(original))
+        d0, n0 = hf0.detail(inner_s), hf0.noise(inner_s)
         out["detail_ratio_original"] = (d_in + floor) / (d0 + floor)
         out["noise_ratio_original"] = (n_in + floor) / (n0 + floor)
     return out
@@ -527,9 +549,21 @@ class _Pyramid:
     def __init__(self, image: np.ndarray):
         self.image = image if image.ndim == 3 else image[:, :, None]
         self.levels: dict[int, tuple[np.ndarray, float]] = {}
+        self.smalls: dict[int, np.ndarray] = {}
 
     def _colour(self, a: np.ndarray) -> np.ndarray:
         return colour_channels(a)
+
+    def _small(self, q: int) -> np.ndarray:
+        """The colour image shrunk by ``q`` (area averaging), built from the nearest smaller factor."""
+        if q not in self.smalls:
+            src_q = max((k for k in self.smalls if q % k == 0), default=1)
+            src = self.smalls.get(src_q)
+            if src is None:
+                src = np.ascontiguousarray(self.image[:, :, : min(3, self.image.shape[2])])
+            h, w = self.image.shape[:2]
+            self.smalls[q] = cv2.resize(src, (max(1, round(w / q)), max(1, round(h / q))), interpolation=cv2.INTER_AREA)
+        return self.smalls[q]
 
     def level(self, d: int) -> tuple[np.ndarray, float]:
         if d not in self.levels:
@@ -546,8 +580,7 @@ class _Pyramid:
                 lab = cv2.GaussianBlur(g, (0, 0), 1.0, borderType=cv2.BORDER_REFLECT)[:, :, None]
                 qx = 1.0
             else:
-                src = np.ascontiguousarray(img[:, :, : min(3, img.shape[2])])
-                small = cv2.resize(src, (max(1, round(w / q)), max(1, round(h / q))), interpolation=cv2.INTER_AREA)
+                small = self._small(q)
                 qx = w / small.shape[1]
                 lab = rgb_to_lab(self._colour(small))
                 lab = cv2.GaussianBlur(lab, (0, 0), 1.0, borderType=cv2.BORDER_REFLECT)
@@ -630,7 +663,8 @@ def _choose_placements(
         yi = np.clip((p[:, 1] / f).astype(int), 0, hs - 1)
         return inside & (dist[yi, xi] > reach)
 
-    fracs = np.array([valid_of(sub + o).mean() for o in cand])
+    allp = (sub[None, :, :] + cand[:, None, :]).reshape(-1, 2)
+    fracs = valid_of(allp).reshape(len(cand), len(sub)).mean(axis=1)
     min_sep = 0.15 * math.hypot(bw, bh) + 8
     chosen: list[tuple[np.ndarray, np.ndarray]] = []
     for need in (0.8, 0.5, 0.3):

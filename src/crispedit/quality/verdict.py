@@ -296,8 +296,8 @@ def assess(
         # with a mask found from the difference, the blend band is already inside it: the ring starts at 2 px
         ring_offset = 2 if source == "difference" else band
         dn = M.detail_noise_consistency(
-            M.colour_channels(original[y0:y1, x0:x1]),
-            M.colour_channels(edited[y0:y1, x0:x1]),
+            original[y0:y1, x0:x1],
+            edited[y0:y1, x0:x1],
             mask[y0:y1, x0:x1],
             band,
             ring_offset=ring_offset,

@@ -7,7 +7,7 @@ references are those of the project guide (section 2) plus the original papers o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Optional
 
 

@@ -77,9 +77,11 @@ def run_cmd(
     written = [str(v) for n in result.workflow.order for k, v in (record["outputs"].get(n) or {}).items()
                if result.workflow.nodes[n].output_types.get(k) == "path"]
     err.print(f"done in {result.seconds:.2f}s: {len(ran)} node(s) ran, {cached} cached or not needed "
-              f"(runner overhead {result.overhead_seconds * 1000:.1f} ms)")
+              f"(runner {result.overhead_seconds * 1000:.0f} ms, first-use imports included)")
+    fresh = {str(v) for n in ran for k, v in (record["outputs"].get(n) or {}).items()
+             if result.workflow.nodes[n].output_types.get(k) == "path"}
     for path in written:
-        err.print(f"wrote {path}")
+        err.print(f"{'wrote' if path in fresh else 'up to date'}: {path}")
     if json_out:
         typer.echo(json.dumps(record, indent=2, default=str))
 

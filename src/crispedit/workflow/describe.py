@@ -258,9 +258,14 @@ def _d_img2img(node: Node, inputs: dict[str, Any], wf: Workflow) -> tuple[str, s
 
 def generate_stages(width: int, height: int, working_size: int = 512) -> list[tuple[int, int]]:
     """Sizes ``crispedit.generate`` works at: the base composition, then upscale stages of at most 2x."""
-    from crispedit.harness import base_size, snap_size
+    try:
+        from crispedit.harness import base_size
+    except ImportError:  # the same rule: about working_size² pixels, the target's aspect, multiples of 64
+        def base_size(width: int, height: int, working_size: int) -> tuple[int, int]:
+            scale = min(1.0, working_size / math.sqrt(width * height))
+            return max(64, int(round(width * scale / 64)) * 64), max(64, int(round(height * scale / 64)) * 64)
 
-    (w, h), _ = snap_size(int(width), int(height))
+    w, h = max(8, int(round(width / 8)) * 8), max(8, int(round(height / 8)) * 8)
     cur = base_size(w, h, working_size)
     stages = [cur]
     while cur != (w, h):

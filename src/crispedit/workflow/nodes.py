@@ -30,7 +30,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional, Union, get_args, get_origin
 
 from crispedit.errors import CrispEditError, InputError

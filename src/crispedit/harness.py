@@ -246,21 +246,28 @@ def _edit_region(data: ImageData, out: np.ndarray, m: np.ndarray, region: Region
     if ws is None or max(h, w) <= 1.25 * ws:
         gen = _call(eng, rgb8, em, prompt, seed, 1.0, region.box, info, timer)
     else:
-        # Compose at the working size: a diffusion model composes badly far above it.
+        # Compose at the working size (a diffusion model composes badly far above it), then climb back to
+        # native scale in 2x stages, refining each in tiles: every stage restores the octave of detail that
+        # its upscale could not carry, so no band of frequencies is left blurred.
         s = ws / max(h, w)
         sw, sh = max(8, int(round(w * s / 8)) * 8), max(8, int(round(h * s / 8)) * 8)
         small = cv2.resize(rgb8, (sw, sh), interpolation=cv2.INTER_AREA)
         small_m = cv2.resize(em.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_AREA) > 0
-        g_small = _call(eng, small, small_m, prompt, seed, 1.0, region.box, info, timer)
-        t = time.perf_counter()
-        up = np.clip(cv2.resize(g_small, (w, h), interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
-        soft = compositing.blend_weight(em, max(4, band // 4))[..., None]
-        coarse = np.asarray(rgb8, np.float32) / 255.0 * (1 - soft) + up * soft
-        t = timer.add("composite", t)
-        if detail == "native":
-            gen = _refine_native(eng, coarse, em, prompt, seed, region, hopts, info, timer, progress)
-        else:
-            gen = coarse
+        gen = _call(eng, small, small_m, prompt, seed, 1.0, region.box, info, timer)
+        gen = _undrift(gen, small, small_m, band * s, hopts)
+        for f in _stage_scales(max(h, w) / ws) if detail == "native" else [1.0]:
+            t = time.perf_counter()
+            fw, fh = (w, h) if f == 1.0 else (int(round(w * f / 8)) * 8, int(round(h * f / 8)) * 8)
+            base = rgb8 if f == 1.0 else cv2.resize(rgb8, (fw, fh), interpolation=cv2.INTER_AREA)
+            em_f = em if f == 1.0 else cv2.resize(em.astype(np.uint8), (fw, fh), interpolation=cv2.INTER_AREA) > 0
+            up = np.clip(cv2.resize(gen, (fw, fh), interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
+            soft = compositing.blend_weight(em_f, max(4, int(band * f) // 4))[..., None]
+            gen = base.astype(np.float32) / 255.0 * (1 - soft) + up * soft
+            timer.add("composite", t)
+            if detail == "native":
+                gen = _refine_tiles(eng, gen, em_f, prompt, seed, region, f, hopts, info, timer, progress)
+                if f < 1.0:
+                    gen = _undrift(gen, base, em_f, band * f, hopts)
     t = time.perf_counter()
     gen = _to_layout(gen, data)
     ring = grow(em, 2 * band) & ~grow(em, 2)
@@ -278,10 +285,34 @@ def _edit_region(data: ImageData, out: np.ndarray, m: np.ndarray, region: Region
     timer.add("composite", t)
 
 
-def _refine_native(eng: Engine, coarse: np.ndarray, em: np.ndarray, prompt: str | None, seed: int | None,
-                   region: Region, hopts: dict, info: dict, timer: _Timer,
-                   progress: Progress | None) -> np.ndarray:
-    """Refine a composed crop at native scale in overlapping tiles (low-strength, Gaussian-like blending)."""
+def _undrift(gen: np.ndarray, base8: np.ndarray, em: np.ndarray, band: float, hopts: dict) -> np.ndarray:
+    """Take one engine pass's tone drift out (measured on the ring around ``em``) before the next pass builds on it."""
+    if not hopts.get("tone", True):
+        return gen
+    b = max(4, int(band))
+    ring = grow(em, 2 * b) & ~grow(em, 2)
+    if not ring.any():
+        return gen
+    return compositing.tone_match(gen, base8.astype(np.float32) / 255.0, ring, grow(em, b), scale=float(b))
+
+
+def _stage_scales(ratio: float) -> list[float]:
+    """Scales (fractions of native) of the refinement stages for a crop ``ratio`` x the working size.
+
+    Stages double in size up to native: ratio 3 -> [0.5, 1.0]; ratio 6 -> [0.25, 0.5, 1.0].
+    """
+    n = max(1, int(np.ceil(np.log2(ratio))))
+    return [1.0 / 2 ** (n - j) for j in range(1, n + 1)]
+
+
+def _refine_tiles(eng: Engine, coarse: np.ndarray, em: np.ndarray, prompt: str | None, seed: int | None,
+                  region: Region, scale: float, hopts: dict, info: dict, timer: _Timer,
+                  progress: Progress | None) -> np.ndarray:
+    """Refine a composed crop (at ``scale`` x native) in overlapping tiles of the working size.
+
+    Low-strength calls keep the composition and add detail; tiles are blended with raised-cosine weights and
+    only tiles that touch the mask are run.
+    """
     ws = int(eng.working_size)
     h, w = em.shape
     overlap = max(16, ws // 8)
@@ -293,10 +324,14 @@ def _refine_native(eng: Engine, coarse: np.ndarray, em: np.ndarray, prompt: str 
     x0, y0 = region.box[:2]
     for i, (tx0, ty0, tx1, ty1) in enumerate(tiles):
         if progress:
-            progress("refine", i, len(tiles))
+            progress(f"refine x{scale:g}", i, len(tiles))
         tile_seed = None if seed is None else seed + 1 + i
+        rw, rh = region.size
+        sx, sy = w / rw, h / rh  # exact per-axis scale of this stage (its size is rounded to multiples of 8)
+        full_res = (x0 + int(round(tx0 / sx)), y0 + int(round(ty0 / sy)), x0 + int(round(tx1 / sx)),
+                    y0 + int(round(ty1 / sy)))
         res = _call(eng, np.ascontiguousarray(coarse8[ty0:ty1, tx0:tx1]), em[ty0:ty1, tx0:tx1], prompt, tile_seed,
-                    strength, (x0 + tx0, y0 + ty0, x0 + tx1, y0 + ty1), info, timer)
+                    strength, full_res, info, timer)
         win = _tile_window(ty1 - ty0, tx1 - tx0, overlap)[..., None]
         acc[ty0:ty1, tx0:tx1] += res * win
         wsum[ty0:ty1, tx0:tx1] += win
@@ -304,67 +339,3 @@ def _refine_native(eng: Engine, coarse: np.ndarray, em: np.ndarray, prompt: str 
     gen = coarse.copy()
     gen[covered] = acc[covered] / wsum[covered]
     return gen
-
-
-#: Largest side `generate` accepts; beyond this even tiled sampling takes hours.
-MAX_GENERATE_SIDE = 16384
-
-
-def snap_size(width: int, height: int, multiple: int = 8) -> tuple[tuple[int, int], str | None]:
-    """Round a requested size to multiples of ``multiple``; return the size and a note if it changed."""
-    if width <= 0 or height <= 0:
-        raise InputError(f"size {width}x{height} is not positive", "use e.g. --size 3840x2160")
-    if max(width, height) > MAX_GENERATE_SIDE or width * height > 300_000_000:
-        raise InputError(f"size {width}x{height} is too large", f"keep each side <= {MAX_GENERATE_SIDE} px")
-    w = max(multiple, int(round(width / multiple)) * multiple)
-    h = max(multiple, int(round(height / multiple)) * multiple)
-    note = None if (w, h) == (width, height) else f"size {width}x{height} snapped to {w}x{h} (multiples of {multiple})"
-    return (w, h), note
-
-
-def base_size(width: int, height: int, working_size: int) -> tuple[int, int]:
-    """The model's native composition size with the target's aspect: about working_size² pixels, multiples of 64."""
-    scale = min(1.0, working_size / np.sqrt(width * height))
-    return max(64, int(round(width * scale / 64)) * 64), max(64, int(round(height * scale / 64)) * 64)
-
-
-def generate(prompt: str, width: int, height: int, engine: str | Engine = "sd15", seed: int | None = None,
-             **options: Any) -> EditResult:
-    """Text-to-image at any size: compose at the model's size, then upscale and refine in ≤2x stages.
-
-    Each stage upscales (Lanczos) and runs a low-strength img2img over the whole image, which the engine tiles
-    (``hires_strength``, default 0.35), so 4K and 8K outputs carry detail made at native scale.
-    """
-    timer = _Timer()
-    hopts, eopts = _split_options({k: v for k, v in options.items() if k != "hires_strength"})
-    hires = float(options.get("hires_strength") or 0.35)
-    (w, h), note = snap_size(int(width), int(height))
-    eng = get_engine(engine, **eopts)
-    if not hasattr(eng, "txt2img") or not hasattr(eng, "img2img"):
-        raise InputError(f"engine '{getattr(eng, 'name', engine)}' cannot generate images", "use --engine sd15")
-    ws = int(eng.working_size or 512)
-    bw, bh = base_size(w, h, ws)
-    info: dict[str, Any] = {"mode": "generate", "prompt": prompt, "seed": seed, "size": [w, h],
-                            "notes": [note] if note else [], "engine": getattr(eng, "name", type(eng).__name__),
-                            "engine_calls": [], "options": {k: v for k, v in {**hopts, **eopts}.items()
-                                                            if k != "progress"}}
-    t = time.perf_counter()
-    img = eng.txt2img(prompt, width=bw, height=bh, seed=seed)
-    info["engine_calls"].append({"kind": "txt2img", "size": [bw, bh], "strength": 1.0})
-    cur_w, cur_h = bw, bh
-    stage = 0
-    while (cur_w, cur_h) != (w, h):
-        stage += 1
-        f = min(2.0, max(w / cur_w, h / cur_h))
-        nw, nh = (w, h) if f < 2.0 else (int(round(cur_w * f / 8)) * 8, int(round(cur_h * f / 8)) * 8)
-        if f <= 1.0:
-            nw, nh = w, h
-        img = img.resize((nw, nh), Image.LANCZOS)
-        img = eng.img2img(img, prompt, strength=hires, seed=None if seed is None else seed + stage)
-        info["engine_calls"].append({"kind": "img2img", "size": [nw, nh], "strength": hires})
-        cur_w, cur_h = nw, nh
-    timer.add("engine", t)
-    arr = np.asarray(img.convert("RGB")).copy()
-    info["timings"] = {k: round(v, 4) for k, v in timer.t.items()}
-    data = ImageData(array=arr, icc_profile=None, exif=None, format=None, source=None, notes=[], dpi=None)
-    return EditResult(image=img.convert("RGB"), array=arr, info=info, source=data)

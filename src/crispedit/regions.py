@@ -127,7 +127,21 @@ def plan_tiles(length: int, tile: int, overlap: int) -> list[int]:
     return starts
 
 
-def tile_grid(h: int, w: int, tile: int, overlap: int) -> list[Box]:
-    """Tiles (x0, y0, x1, y1) of at most ``tile`` px covering an h x w area with ``overlap`` px overlap."""
-    return [(x, y, min(w, x + tile), min(h, y + tile))
-            for y in plan_tiles(h, tile, overlap) for x in plan_tiles(w, tile, overlap)]
+def _balanced(length: int, tile: int, overlap: int, multiple: int) -> list[tuple[int, int]]:
+    """Fewest tiles of at most ``tile`` px with at least ``overlap`` px overlap, all the same (smaller) size."""
+    if length <= tile:
+        return [(0, length)]
+    n = -(-(length - overlap) // (tile - overlap))
+    size = min(tile, -(-(-(-(length + (n - 1) * overlap) // n)) // multiple) * multiple)
+    starts = np.linspace(0, length - size, n).round().astype(int)
+    return [(int(a), int(a) + size) for a in starts]
+
+
+def tile_grid(h: int, w: int, tile: int, overlap: int, multiple: int = 8) -> list[Box]:
+    """Tiles (x0, y0, x1, y1) covering an h x w area with at least ``overlap`` px overlap.
+
+    Tiles are balanced: the fewest that fit, shrunk to a common size (a multiple of ``multiple``) and spread
+    evenly, so the overlap does not pile up at the far edge; this keeps engine work close to the area.
+    """
+    return [(x0, y0, x1, y1) for y0, y1 in _balanced(h, tile, overlap, multiple)
+            for x0, x1 in _balanced(w, tile, overlap, multiple)]

@@ -1,0 +1,387 @@
+"""Tests for crispedit.compositing (generated images only, offline)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from crispedit.compositing import (
+    blend_weight,
+    distance_from,
+    highpass,
+    match_grain,
+    multiband_blend,
+    noise_sigma,
+    restore_detail,
+    tone_match,
+)
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def disk(h: int, w: int, cy: float, cx: float, r: float) -> np.ndarray:
+    yy, xx = np.mgrid[:h, :w]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 < r**2
+
+
+def smooth_image(h: int, w: int, seed: int, c: int = 3, sigma: float = 12.0) -> np.ndarray:
+    """A smooth random 'photo' in [0.2, 0.8] (no clipping in the tests)."""
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur(rng.random((h, w, c)).astype(np.float32), (0, 0), sigma)
+    img -= img.min()
+    img /= max(float(img.max()), 1e-6)
+    return (0.2 + 0.6 * img).astype(np.float32)
+
+
+def grad_mag(img: np.ndarray) -> np.ndarray:
+    gy, gx = np.gradient(img.astype(np.float64), axis=(0, 1))
+    return np.sqrt(gx**2 + gy**2).max(axis=2)
+
+
+# --------------------------------------------------------------------------------------------------
+# blend_weight
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("band", [1, 4, 17, 40])
+def test_blend_weight_support_and_values(band):
+    mask = disk(120, 140, 60, 70, 25)
+    w = blend_weight(mask, band)
+    d = distance_from(mask)
+    assert w.dtype == np.float32 and w.shape == mask.shape
+    assert np.all(w[mask] == 1.0)
+    assert np.all(w[d >= band] == 0.0)
+    assert np.all(w[(d > 0) & (d < band)] > 0.0)
+    assert np.all(w[(d > 0)] < 1.0)
+    assert w.min() >= 0.0 and w.max() <= 1.0
+
+
+def test_blend_weight_monotone_in_distance():
+    rng = np.random.default_rng(3)
+    mask = cv2.dilate((rng.random((90, 110)) > 0.995).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    w = blend_weight(mask, 20).astype(np.float64)
+    d = distance_from(mask).astype(np.float64)
+    order = np.argsort(d, axis=None, kind="stable")
+    ws = w.reshape(-1)[order]
+    assert np.all(np.diff(ws) <= 1e-7), (np.diff(ws).max(), int(np.argmax(np.diff(ws))))
+    # along a ray from a single-pixel mask: strictly decreasing until 0
+    m1 = np.zeros((1, 64), bool)
+    m1[0, 0] = True
+    ray = blend_weight(m1, 30)[0]
+    assert np.all(np.diff(ray[:31]) < 0) and np.all(ray[30:] == 0)
+
+
+def test_blend_weight_edge_cases():
+    empty = np.zeros((10, 12), bool)
+    assert not blend_weight(empty, 5).any()
+    m = disk(10, 12, 5, 6, 3)
+    assert np.array_equal(blend_weight(m, 0), m.astype(np.float32))
+
+
+# --------------------------------------------------------------------------------------------------
+# multiband_blend
+# --------------------------------------------------------------------------------------------------
+
+
+@st.composite
+def blend_case(draw):
+    h = draw(st.integers(6, 90))
+    w = draw(st.integers(6, 90))
+    c = draw(st.sampled_from([1, 3, 4]))
+    band = draw(st.integers(4, 40))
+    seed = draw(st.integers(0, 2**31 - 1))
+    kind = draw(st.sampled_from(["blobs", "rect", "noise", "full", "pixel"]))
+    return h, w, c, band, seed, kind
+
+
+def random_mask(h: int, w: int, kind: str, rng: np.random.Generator) -> np.ndarray:
+    if kind == "rect":
+        y0, x0 = rng.integers(0, h), rng.integers(0, w)
+        m = np.zeros((h, w), bool)
+        m[y0:y0 + rng.integers(1, h + 1), x0:x0 + rng.integers(1, w + 1)] = True
+        return m
+    if kind == "noise":
+        return rng.random((h, w)) > rng.uniform(0.5, 0.99)
+    if kind == "full":
+        return np.ones((h, w), bool)
+    if kind == "pixel":
+        m = np.zeros((h, w), bool)
+        m[rng.integers(0, h), rng.integers(0, w)] = True
+        return m
+    seeds = (rng.random((h, w)) > 0.98).astype(np.uint8)
+    k = int(rng.integers(1, 8)) * 2 + 1
+    return cv2.dilate(seeds, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))) > 0
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(blend_case())
+def test_multiband_identity_outside_band(case):
+    h, w, c, band, seed, kind = case
+    rng = np.random.default_rng(seed)
+    mask = random_mask(h, w, kind, rng)
+    original = rng.random((h, w, c)).astype(np.float32)
+    edited = rng.random((h, w, c)).astype(np.float32)
+    weight = blend_weight(mask, band)
+    out = multiband_blend(original, edited, weight, band=band)
+    assert out.dtype == np.float32 and out.shape == original.shape
+    assert np.all(np.isfinite(out))
+    far = distance_from(mask) >= band
+    # bit-identical, not merely close
+    assert np.array_equal(out[far].view(np.uint32), original[far].view(np.uint32))
+    if mask.any():
+        np.testing.assert_allclose(out[mask], edited[mask], atol=1e-5)
+
+
+def test_multiband_core_gets_exactly_the_edit_and_no_ghost():
+    """A removed dark object must not bleed back into the filled mask (all levels weight 1)."""
+    h = w = 160
+    mask = disk(h, w, 80, 80, 30)
+    original = np.full((h, w, 3), 0.7, np.float32)
+    original[disk(h, w, 80, 80, 28)] = 0.05  # the object being removed
+    edited = np.full((h, w, 3), 0.7, np.float32)
+    for band in (8, 24, 48):
+        out = multiband_blend(original, edited, blend_weight(mask, band), band=band)
+        assert np.abs(out[mask] - 0.7).max() < 1e-5
+
+
+@pytest.mark.parametrize("band", [6, 16, 32])
+def test_multiband_no_step_at_band_edge(band):
+    h, w = 200, 220
+    mask = disk(h, w, 100, 110, 45)
+    original = smooth_image(h, w, 1)
+    edited = np.clip(smooth_image(h, w, 2) + 0.15, 0, 1)
+    out = multiband_blend(original, edited, blend_weight(mask, band), band=band)
+    d = distance_from(mask)
+    g = grad_mag(out)
+    line = (d > band - 1.5) & (d <= band + 1.5)
+    inside = (d > 0) & (d < band - 1.5)
+    assert g[line].max() <= g[inside].max()
+    # the blend has (almost) vanished before the hard copy line: no step there
+    near = (d > band - 1) & (d < band)
+    assert np.abs(out[near] - original[near]).max() < 0.02 * np.abs(edited - original).max()
+    if band >= 16:
+        # wide bands: at the line the output is the original up to a negligible tail
+        assert g[line].max() <= grad_mag(original)[line].max() + 2e-3
+
+
+def test_multiband_fine_detail_switches_faster_than_tone():
+    """Multi-band: high frequencies cross over a narrower transition than low frequencies."""
+    h, w = 64, 400
+    band = 64
+    mask = np.zeros((h, w), bool)
+    mask[:, :150] = True
+    weight = blend_weight(mask, band)
+    original = np.zeros((h, w, 1), np.float32)
+    tone = multiband_blend(original, np.ones_like(original), weight, band=band)[32, :, 0]
+    checker = ((np.indices((h, w)).sum(axis=0) % 2) * 2.0 - 1.0).astype(np.float32)[:, :, None]
+    detail = multiband_blend(original, checker, weight, band=band)
+    amp = np.abs(detail[30:34, :, 0]).mean(axis=0)
+
+    def width(profile):
+        x = np.arange(w)
+        hi = x[profile > 0.9].max()
+        lo = x[profile > 0.1].max()
+        return lo - hi
+
+    assert width(amp) < width(tone)
+    assert np.all(amp[150 + band:] == 0) and np.all(tone[150 + band:] == 0)
+
+
+def test_multiband_shapes_and_no_core():
+    rng = np.random.default_rng(0)
+    o = rng.random((40, 50)).astype(np.float32)
+    e = rng.random((40, 50)).astype(np.float32)
+    m = disk(40, 50, 20, 25, 8)
+    out = multiband_blend(o, e, blend_weight(m, 6), band=6)
+    assert out.shape == (40, 50) and out.dtype == np.float32
+    # no weight == 1 anywhere: nothing changes
+    out0 = multiband_blend(o, e, np.full((40, 50), 0.5, np.float32), band=6)
+    assert np.array_equal(out0, o)
+
+
+# --------------------------------------------------------------------------------------------------
+# tone_match
+# --------------------------------------------------------------------------------------------------
+
+
+def tone_case(h: int = 300, w: int = 360):
+    original = smooth_image(h, w, 7, sigma=6)
+    rng = np.random.default_rng(8)
+    original = np.clip(original + 0.01 * rng.standard_normal(original.shape), 0, 1).astype(np.float32)
+    mask = disk(h, w, 150, 180, 70)
+    d = distance_from(mask)
+    known = (d > 0) & (d <= 48)
+    target = d <= 24
+    return original, mask, known, target
+
+
+def test_tone_match_removes_smooth_drift():
+    original, mask, known, target = tone_case()
+    h, w = mask.shape
+    x = np.arange(w, dtype=np.float32)[None, :, None] / w
+    edited = original + 0.05 + 0.03 * x
+    before = np.abs(edited - original)[target].mean()
+    out = tone_match(edited, original, known, target, scale=48)
+    after = np.abs(out - original)[target].mean()
+    assert after < before / 10, (before, after)
+    # untouched outside target
+    assert np.array_equal(out[~target], edited[~target])
+
+
+def test_tone_match_colour_drift_per_channel():
+    original, mask, known, target = tone_case()
+    h, w = mask.shape
+    yy = np.arange(h, dtype=np.float32)[:, None] / h
+    edited = original.copy()
+    edited[..., 0] += 0.04
+    edited[..., 1] -= 0.03 * yy
+    edited[..., 2] += 0.02 + 0.02 * yy
+    before = np.abs(edited - original)[target].mean()
+    out = tone_match(edited, original, known, target, scale=48)
+    after = np.abs(out - original)[target].mean()
+    assert after < before / 10, (before, after)
+
+
+def test_tone_match_no_drift_is_a_no_op():
+    original, mask, known, target = tone_case()
+    edited = original.copy()
+    edited[mask] = 0.9  # new content inside the mask; the ring is untouched
+    out = tone_match(edited, original, known, target, scale=48)
+    assert np.array_equal(out, edited)
+
+
+def test_tone_match_large_crop_uses_coarse_grid():
+    original, mask, known, target = tone_case(600, 500)
+    edited = original + 0.06
+    out = tone_match(edited, original, known, target, scale=16, max_grid=64)
+    after = np.abs(out - original)[target].mean()
+    assert after < 0.006 / 2
+
+
+# --------------------------------------------------------------------------------------------------
+# highpass / noise_sigma
+# --------------------------------------------------------------------------------------------------
+
+
+def test_noise_sigma_estimates_white_noise_and_ignores_edges():
+    rng = np.random.default_rng(0)
+    img = np.full((256, 256, 3), 0.3, np.float32)
+    img[:, 128:] = 0.8  # a strong edge
+    img += (0.02 * rng.standard_normal(img.shape)).astype(np.float32)
+    est = noise_sigma(img)
+    assert est.shape == (3,)
+    np.testing.assert_allclose(est, 0.02, rtol=0.1)
+    assert np.abs(highpass(np.full((8, 8), 0.5, np.float32))).max() == 0
+    assert np.array_equal(noise_sigma(img, np.zeros((256, 256), bool)), np.zeros(3))
+
+
+# --------------------------------------------------------------------------------------------------
+# match_grain
+# --------------------------------------------------------------------------------------------------
+
+
+def grain_case(h: int = 256, w: int = 256, sigma: float = 0.03, correlated: bool = False, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    base = smooth_image(h, w, seed + 100, sigma=20)
+    if correlated:
+        noise = np.repeat(rng.standard_normal((h, w, 1)), 3, axis=2)
+    else:
+        noise = rng.standard_normal((h, w, 3))
+    original = np.clip(base + sigma * noise, 0, 1).astype(np.float32)
+    mask = disk(h, w, h / 2, w / 2, min(h, w) * 0.28)
+    d = distance_from(mask)
+    ring = (d > 0) & (d <= 40)
+    edited = original.copy()
+    edited[mask] = base[mask]  # a perfectly smooth (engine-like) patch
+    return original, edited, mask, ring
+
+
+def test_match_grain_restores_noise_level_and_leaves_outside():
+    original, edited, mask, ring = grain_case()
+    inner = ~(distance_from(~mask) < 6)
+    before = noise_sigma(edited, inner)
+    target = noise_sigma(original, ring)
+    assert np.all(before < 0.3 * target)
+    out = match_grain(edited, original, mask, ring, seed=1)
+    after = noise_sigma(out, inner)
+    np.testing.assert_allclose(after, target, rtol=0.2)
+    # also the coarser band
+    np.testing.assert_allclose(noise_sigma(out, inner, sigma=3.0), noise_sigma(original, ring, sigma=3.0),
+                               rtol=0.2)
+    assert np.array_equal(out[~mask], edited[~mask])
+    assert out.dtype == np.float32
+
+
+def test_match_grain_deterministic_with_seed():
+    original, edited, mask, ring = grain_case(160, 180)
+    a = match_grain(edited, original, mask, ring, seed=5)
+    b = match_grain(edited, original, mask, ring, seed=5)
+    c = match_grain(edited, original, mask, ring, seed=6)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_match_grain_keeps_colour_correlation_of_the_photo():
+    original, edited, mask, ring = grain_case(correlated=True)
+    out = match_grain(edited, original, mask, ring, seed=2)
+    added = (out - edited)[mask]
+    corr = np.corrcoef(added.T)
+    assert corr[0, 1] > 0.8 and corr[0, 2] > 0.8
+
+
+def test_match_grain_fallback_when_no_clean_patch_fits():
+    # the mask covers almost everything: only a 3-px ring remains, no source window fits
+    original, _, _, _ = grain_case(128, 128)
+    mask = np.zeros((128, 128), bool)
+    mask[3:-3, 3:-3] = True
+    ring = ~mask
+    edited = original.copy()
+    edited[mask] = cv2.GaussianBlur(original, (0, 0), 4)[mask]
+    out = match_grain(edited, original, mask, ring, seed=0)
+    inner = np.zeros_like(mask)
+    inner[12:-12, 12:-12] = True
+    np.testing.assert_allclose(noise_sigma(out, inner), noise_sigma(original, ring), rtol=0.25)
+    assert np.array_equal(out[~mask], edited[~mask])
+
+
+def test_match_grain_no_op_when_already_grainy_or_empty():
+    original, _, mask, ring = grain_case(128, 128)
+    out = match_grain(original, original, mask, ring, seed=0)
+    assert np.array_equal(out, original)
+    out2 = match_grain(original, original, np.zeros_like(mask), ring, seed=0)
+    assert np.array_equal(out2, original)
+
+
+# --------------------------------------------------------------------------------------------------
+# restore_detail
+# --------------------------------------------------------------------------------------------------
+
+
+def test_restore_detail_swaps_high_frequencies_inside_mask():
+    original, edited, mask, _ = grain_case(128, 128)
+    hi = highpass(original, 2.0)
+    out = restore_detail(edited, hi, mask, sigma=2.0)
+    assert np.array_equal(out[~mask], edited[~mask])
+    inner = ~(distance_from(~mask) < 8)
+    np.testing.assert_allclose(noise_sigma(out, inner), noise_sigma(original, inner), rtol=0.1)
+    added = restore_detail(edited, hi, mask, sigma=2.0, replace=False)
+    np.testing.assert_allclose(added[mask], np.clip(edited + hi, 0, 1)[mask], atol=1e-6)
+
+
+def test_grayscale_and_single_channel_inputs_keep_their_shape():
+    original, edited, mask, ring = grain_case(96, 112)
+    d = distance_from(mask)
+    for o, e in ((original[..., 0], edited[..., 0]), (original[..., :1], edited[..., :1]),
+                 (np.concatenate([original, original[..., :1]], 2),
+                  np.concatenate([edited, edited[..., :1]], 2))):
+        assert multiband_blend(o, e, blend_weight(mask, 8), band=8).shape == o.shape
+        assert tone_match(e, o, ring, d <= 8, scale=16).shape == o.shape
+        g = match_grain(e, o, mask, ring, seed=0)
+        assert g.shape == o.shape and g.dtype == np.float32
+        assert restore_detail(e, highpass(o, 1.0), mask, sigma=1.0).shape == o.shape
+        assert noise_sigma(o, ring).shape == ((1,) if o.ndim == 2 else (o.shape[2],))

@@ -60,6 +60,8 @@ _COH_STD_FLOOR = 0.02
 _SEG_COH_STD_FLOOR = 0.05
 # (median, spread) of the null statistics when no placement fits (ratio, coherence), whole contour / segment
 _FALLBACK_NULL = ((0.0, 0.08), (0.05, 0.04))
+_DETAIL_FLOOR = 0.25 / 255.0  # mean |Laplacian| added to both sides of the detail ratio
+_NOISE_FLOOR = 0.4 / 255.0  # noise sigma added to both sides of the noise ratio
 _NULL_MIN = 4  # fewer null placements than this at a scale: the scale is not used
 _FALLBACK_SEG = ((0.0, 0.2), (0.2, 0.12))
 _EPS_LAB = 0.25  # Lab units added to contrasts: below the noise of an 8-bit image after the low-pass
@@ -429,13 +431,15 @@ def detail_noise_consistency(
     if not inner.any() or not ring.any():
         return {"detail_ratio": nan, "noise_ratio": nan, "detail_ratio_original": nan, "noise_ratio_original": nan}
     inner_s, ring_s = _subsample(inner), _subsample(ring)
-    floor = 0.05 / 255.0
+    # below about half an 8-bit level, grain and detail are invisible: floors keep the ratios of a flat sky
+    # (JPEG-smoothed, sigma ~0) from exploding
+    floor_d, floor_n = _DETAIL_FLOOR, _NOISE_FLOOR
     hf = _HF(grey_float(edited))
     d_in, d_out = hf.detail(inner_s), hf.detail(ring_s)
     n_in, n_out = hf.noise(inner_s), hf.noise(ring_s)
     out = {
-        "detail_ratio": (d_in + floor) / (d_out + floor),
-        "noise_ratio": (n_in + floor) / (n_out + floor),
+        "detail_ratio": (d_in + floor_d) / (d_out + floor_d),
+        "noise_ratio": (n_in + floor_n) / (n_out + floor_n),
         "detail_inside": d_in,
         "detail_ring": d_out,
         "noise_sigma_inside": n_in,
@@ -444,8 +448,8 @@ def detail_noise_consistency(
     if original is not None:
         hf0 = _HF(grey_float(original))
         d0, n0 = hf0.detail(inner_s), hf0.noise(inner_s)
-        out["detail_ratio_original"] = (d_in + floor) / (d0 + floor)
-        out["noise_ratio_original"] = (n_in + floor) / (n0 + floor)
+        out["detail_ratio_original"] = (d_in + floor_d) / (d0 + floor_d)
+        out["noise_ratio_original"] = (n_in + floor_n) / (n0 + floor_n)
     return out
 
 
@@ -774,12 +778,18 @@ def seam_visibility(
                 allseg = allseg[np.isfinite(allseg)]
                 smed = float(np.median(allseg)) if allseg.size else 0.0
                 ssd = max(float(np.std(allseg)) if allseg.size else 0.0, seg_floors[i])
-                null_z[: len(ns), 2 * k + i] = (ns - med) / sd
+                zn = (ns - med) / sd
+                null_z[: len(ns), 2 * k + i] = np.abs(zn) if name == "ratio" else zn
             else:  # no untouched room: fall back to the spreads measured on photos (docs/quality.md)
                 med, sd = _FALLBACK_NULL[i]
                 smed, ssd = _FALLBACK_SEG[i]
-            zs[key] = (float(g[i]) - med) / sd
-            seg_z[2 * k + i] = (per[i] - smed) / ssd
+            # ratio: too much contrast across the contour (step, paste seam) and too little (a smeared band, a
+            # halo beside the contour) are both visible, so its |z| counts; coherence is one-sided by nature
+            z = (float(g[i]) - med) / sd
+            zs[key] = abs(z) if name == "ratio" else z
+            sz = (per[i] - smed) / ssd
+            seg_z[2 * k + i] = np.abs(sz) if name == "ratio" else sz
+            stats[f"{key}_signed_z"] = z
     n_min = min(len(v) for v in placements_by_scale.values())
     if n_min < 8:
         notes.append(f"only {n_min} null placements on untouched pixels; seam score is approximate")

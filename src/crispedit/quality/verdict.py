@@ -284,7 +284,8 @@ def assess(
         timings["seam"] = time.perf_counter() - t
         metrics["seam_score"] = seam.seam_score
         metrics["seam_local_max"] = max((s for _, _, s in seam.worst_places), default=nan)
-        metrics["seam_z"] = dict(seam.scale_z)
+        # per-statistic z-scores, signed (a negative contrast-ratio z = a smoother-than-natural band)
+        metrics["seam_z"] = {k: seam.scale_stat.get(k + "_signed_z", v) for k, v in seam.scale_z.items()}
         metrics["seam_null_placements"] = seam.null_placements
         notes += seam.notes
         worst = seam.worst_places

@@ -781,3 +781,19 @@ def test_every_node_type_declares_purpose_types_and_defaults():
             assert p.doc, (t.name, p.name)
             if not p.required:
                 p.validate(p.default)  # every default fits its own type
+
+
+def test_quality_check_stop_fails_the_run_with_exit_1(small_photo, tmp_path, counting_engine):
+    from crispedit.workflow.nodes import QualityGateError
+
+    raw = base_wf(small_photo, tmp_path / "o.png", engine="counting-test")
+    raw["nodes"]["edit"]["params"].update({"grain": False, "tone": False})  # a flat, grain-free patch
+    raw["nodes"]["check"] = {"type": "QualityCheck", "inputs": {"original": "photo", "edited": "edit.image",
+                                                                "mask": "area"}, "params": {"on_fail": "stop"}}
+    with pytest.raises(QualityGateError, match=r"node 'check' \(QualityCheck\): quality check 'check' failed") as e:
+        run_workflow(raw)
+    assert e.value.exit_code == 1
+    res = run_workflow(raw, overrides=["check.on_fail=warn"], keep={"check"})
+    assert res.output("check", "verdict") == "fail" and any("quality fail" in n for n in res.notes)
+    with pytest.raises(InputError, match="unknown quality threshold 'seam'.*did you mean 'seam_max'"):
+        run_workflow(raw, overrides=["check.thresholds={seam: 3}"])

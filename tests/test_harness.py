@@ -145,3 +145,29 @@ def test_bad_inputs(photo8):
         crispedit.edit(photo8, np.ones(photo8.shape[:2], bool))
     with pytest.raises(InputError, match="unknown engine"):
         crispedit.edit(photo8, np.ones(photo8.shape[:2], bool), engine="nope")
+
+
+class ResizingEngine(CountingEngine):
+    """txt2img draws a gradient; img2img sharpens a little: enough to check the hires staging."""
+
+    def txt2img(self, prompt, *, width=512, height=512, seed=None):
+        self.calls.append(((width, height), 1.0, None))
+        yy, xx = np.mgrid[0:height, 0:width]
+        return Image.fromarray(np.stack([xx * 255 // width, yy * 255 // height, xx * 0 + 128], 2).astype(np.uint8))
+
+    def img2img(self, image, prompt, *, strength, seed=None):
+        self.calls.append((image.size, strength, None))
+        return image
+
+
+def test_generate_composes_small_then_refines_in_2x_stages():
+    eng = ResizingEngine(working_size=512)
+    res = crispedit.generate("a test", 3000, 1700, engine=eng, seed=0)
+    assert res.image.size == (3000, 1704)  # snapped to multiples of 8
+    sizes = [c[0] for c in eng.calls]
+    assert max(sizes[0]) <= 768 and sizes[-1] == (3000, 1704)
+    for a, b in zip(sizes, sizes[1:]):
+        assert b[0] <= 2 * a[0] + 8
+    assert all(c[1] < 1 for c in eng.calls[1:])
+    with pytest.raises(InputError, match="too large"):
+        crispedit.generate("x", 100000, 100, engine=eng)

@@ -346,7 +346,12 @@ class _HF:
         flat = m <= np.median(m)
         if np.count_nonzero(flat) >= 16:
             r = r[flat]
-        return float(1.4826 * np.median(r) / 6.0)
+        # trimmed mean of |response| below its 90th percentile (continuous even on 8-bit data, unlike a
+        # median); for Gaussian noise it equals 0.6574 x the response's sigma
+        q = np.percentile(r, 90)
+        kept = r[r <= q]
+        t = float(kept.mean()) if kept.size else 0.0
+        return t / 0.6574 / 6.0
 
     def detail(self, region: np.ndarray) -> float:
         if not region.any():
@@ -359,7 +364,8 @@ def noise_sigma(gray: np.ndarray, region: np.ndarray | None = None) -> float:
 
     Immerkær's (1996) Laplacian-difference operator removes smooth structure; its response to white noise of
     sigma s has sigma 6 s. Edges are excluded (pixels whose Sobel magnitude is above the region's median), and
-    the sigma of what remains is taken robustly as 1.4826 x median absolute response / 6.
+    the sigma of what remains is taken robustly: the mean absolute response below its 90th percentile, divided
+    by 0.6574 (that trimmed mean for a Gaussian) and by 6.
     """
     if region is None:
         region = np.ones(gray.shape, dtype=bool)

@@ -89,7 +89,9 @@ def main() -> int:
     print(f"regions    {len(outside)}; blend bands {[r['band'] for r in outside]} px")
     print(f"changed    {int(changed.sum())} px ({100 * changed.mean():.2f}% of the image; mask "
           f"{100 * mask.mean():.2f}%)")
-    print("timings    " + ", ".join(f"{k} {v:.2f}s" for k, v in info["timings"].items()))
+    print("harness    " + ", ".join(f"{k} {v:.2f}s" for k, v in info["timings"].items() if k != "decode"))
+    nodes = info.get("workflow", {}).get("nodes", [])
+    print("workflow   " + " -> ".join(f"{n['node']} ({n['type']}) {n['seconds']:.2f}s" for n in nodes))
     q = info.get("quality")
     if q:
         print(f"quality    {q['verdict']}: seam {q['seam_score']:.2f}, detail ratio {q['detail_ratio']:.2f}, "

@@ -89,68 +89,57 @@ def edit(
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt/.bin pickle weights (runs code!)."),
     allow_download: bool = typer.Option(False, "--allow-download", help="Allow downloading weights from the Hub."),
     no_check: bool = typer.Option(False, "--no-check", help="Skip the quality gate after the edit."),
+    candidates: Optional[int] = typer.Option(None, "--candidates", help="Make N edits, keep the best the gate passes."),
+    prompt_variants: Optional[Path] = typer.Option(None, "--prompt-variants", help="Text file, one prompt per line."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Also write a zoomable HTML report here."),
+    save_workflow: Optional[Path] = typer.Option(None, "--save-workflow", help="Write the equivalent workflow file."),
 ) -> None:
-    """Edit IMAGE where MASK is white and write a full-resolution result."""
+    """Edit IMAGE where MASK is white and write a full-resolution result.
+
+    Runs as the built-in edit workflow (the same nodes `crispedit run` executes); --save-workflow writes it.
+    """
     try:
         _edit(**locals())
     except CrispEditError as exc:
         _fail(exc)
 
 
-def _edit(image: Path, output: Path, mask: Optional[Path], box: Optional[str], ellipse: Optional[str],
-          prompt: Optional[str], engine: str, seed: Optional[int], json_out: bool, overwrite: bool, max_pixels: int,
-          model: Optional[str], steps: Optional[int], guidance: Optional[float], scheduler: Optional[str],
-          negative_prompt: Optional[str], strength: Optional[float], detail: Optional[str], device: Optional[str],
-          dtype: Optional[str], allow_pickle: bool, allow_download: bool, no_check: bool) -> None:
-    from crispedit import harness
-    from crispedit.engines.base import get_engine
-    from crispedit.imageio import load_image, save_image
-    from crispedit.mask import load_mask, mask_from_box, mask_from_ellipse, parse_box
+def _edit(json_out: bool, save_workflow: Optional[Path], candidates: Optional[int],
+          prompt_variants: Optional[Path], **args: Any) -> None:
+    from crispedit.workflow import builtin
 
-    if sum(x is not None for x in (mask, box, ellipse)) > 1:
-        raise InputError("give only one of --mask, --box, --ellipse", "pick the one that describes the edit")
-    if strength is not None and not 0.0 <= strength <= 1.0:
-        raise InputError(f"--strength {strength} is outside [0, 1]", "use a value such as 0.35")
-    check_output(output, [image] + ([mask] if mask else []), overwrite)
-    progress = StageProgress()
-    t_decode = time.perf_counter()
-    data = load_image(image, max_pixels=max_pixels)
-    t_decode = time.perf_counter() - t_decode
-    for note in data.notes:
+    if candidates is not None and candidates < 1:
+        raise InputError(f"--candidates {candidates} must be at least 1", "use e.g. --candidates 4")
+    if prompt_variants is not None and not prompt_variants.is_file():
+        raise InputError(f"prompt variants file not found: {prompt_variants}", "give a text file, one prompt per line")
+    if args["strength"] is not None and not 0.0 <= args["strength"] <= 1.0:
+        raise InputError(f"--strength {args['strength']} is outside [0, 1]", "use a value such as 0.35")
+    inputs = [args["image"]] + ([args["mask"]] if args["mask"] else [])
+    check_output(args["output"], inputs, args["overwrite"])
+    if args["report"] is not None:
+        check_output(args["report"].with_suffix(".png"), inputs, False)
+    wf_args = dict(args, candidates=candidates, prompt_variants=prompt_variants)
+    if save_workflow is not None:
+        path = builtin.save_edit_workflow(save_workflow, **wf_args)
+        err.print(f"workflow written to {path}")
+    info = builtin.run_edit(cache=False, progress=StageProgress(), **wf_args)
+    _finish(info, json_out)
+
+
+def _finish(info: dict, json_out: bool) -> None:
+    """Print notes, the quality summary and either the JSON info or one closing line."""
+    for note in info.get("notes", []):
         err.print(f"note: {note}")
-    size = (data.width, data.height)
-    m: Any = None
-    if mask is not None:
-        m = load_mask(mask, size)
-    elif box is not None:
-        m = mask_from_box(size, parse_box(box, size))
-    elif ellipse is not None:
-        m = mask_from_ellipse(size, parse_box(ellipse, size))
-    if m is None and engine == "classical":
-        raise InputError("no mask given: the classical engine only edits masked areas",
-                         "pass --mask FILE, --box or --ellipse (whole-image edits need --engine sd15 --strength)")
-    eng = get_engine(engine, **_engine_options(
-        model=model, steps=steps, guidance=guidance, scheduler=scheduler, negative_prompt=negative_prompt,
-        device=device, dtype=dtype, allow_pickle=allow_pickle, allow_download=allow_download, progress=progress)
-        if engine != "classical" else {})
-    result = harness.edit(data, m, prompt=prompt, engine=eng, seed=seed, detail=detail, strength=strength,
-                          progress=progress)
-    if m is None and strength is None:
-        err.print("note: whole-image edit with the default strength 0.35 (set --strength to change)")
-    t = time.perf_counter()
-    inputs = [image] + ([mask] if mask is not None else [])
-    written = save_image(data, output, result.array, overwrite=overwrite, inputs=inputs)
-    result.info["timings"]["decode"] = round(t_decode, 4)
-    result.info["timings"]["encode"] = round(time.perf_counter() - t, 4)
-    result.info["output"] = str(written)
-    if not no_check and m is not None:
-        _quality_summary(data.array, result, m)
+    q = info.get("quality")
+    if q:
+        reasons = "; ".join(q.get("reasons") or []) or "no defect found"
+        err.print(f"quality: {q.get('verdict')} ({reasons})")
     if json_out:
-        typer.echo(json.dumps(result.info, indent=2, default=str))
+        typer.echo(json.dumps(info, indent=2, default=str))
     else:
-        total = sum(result.info["timings"].values())
-        err.print(f"wrote {written} ({data.width}x{data.height}, {len(result.info.get('engine_calls', []))} "
-                  f"engine call(s), {total:.1f}s)")
+        total = sum(v for v in info.get("timings", {}).values() if isinstance(v, (int, float)))
+        err.print(f"wrote {info.get('output')} ({len(info.get('engine_calls', []))} engine call(s), "
+                  f"{total:.1f}s)")
 
 
 @app.command()
@@ -171,15 +160,15 @@ def generate(
     dtype: Optional[str] = typer.Option(None, "--dtype"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle"),
     allow_download: bool = typer.Option(False, "--allow-download"),
+    save_workflow: Optional[Path] = typer.Option(None, "--save-workflow", help="Write the equivalent workflow file."),
 ) -> None:
     """Generate an image at any size: compose at the model's size, then upscale and refine in tiles."""
     try:
         from crispedit import harness
-        from crispedit.engines.base import get_engine
-        from crispedit.imageio import save_image
+        from crispedit.workflow import builtin
 
         try:
-            w, h = (int(v) for v in size.lower().split("x"))
+            w, h = (int(v) for v in size.lower().replace("×", "x").split("x"))
         except ValueError:
             raise InputError(f"bad size '{size}'", "write it as WIDTHxHEIGHT, e.g. 3840x2160") from None
         if hires_strength is not None and not 0.0 <= hires_strength <= 1.0:
@@ -188,32 +177,16 @@ def generate(
         if note:
             err.print(f"note: {note}")
         check_output(output, [], False)
-        progress = StageProgress()
-        eng = get_engine(engine, **_engine_options(
-            model=model, steps=steps, guidance=guidance, scheduler=scheduler, negative_prompt=negative_prompt,
-            device=device, dtype=dtype, allow_pickle=allow_pickle, allow_download=allow_download,
-            progress=progress))
-        result = harness.generate(prompt, w, h, engine=eng, seed=seed, hires_strength=hires_strength)
-        written = save_image(result.source, output, result.array)
-        result.info["output"] = str(written)
-        if json_out:
-            typer.echo(json.dumps(result.info, indent=2, default=str))
-        else:
-            err.print(f"wrote {written} ({w}x{h})")
+        args = dict(prompt=prompt, output=output, size=f"{w}x{h}", engine=engine, seed=seed, model=model,
+                    steps=steps, guidance=guidance, scheduler=scheduler, negative_prompt=negative_prompt,
+                    hires_strength=hires_strength, device=device, dtype=dtype, allow_pickle=allow_pickle,
+                    allow_download=allow_download)
+        if save_workflow is not None:
+            err.print(f"workflow written to {builtin.save_generate_workflow(save_workflow, **args)}")
+        info = builtin.run_generate(cache=False, progress=StageProgress(), **args)
+        _finish(info, json_out)
     except CrispEditError as exc:
         _fail(exc)
-
-
-def _quality_summary(original: Any, result: Any, mask: Any) -> None:
-    """Run the quality gate after an edit when the quality module is there; one summary line."""
-    try:
-        from crispedit.quality.verdict import assess
-    except ImportError:
-        return
-    report = assess(original, result.array, mask)
-    result.info["quality"] = report.to_dict()
-    reasons = "; ".join(report.reasons) if report.reasons else "no defect found"
-    err.print(f"quality: {report.verdict} ({reasons})")
 
 
 def _register_optional(name: str, module: str, attr: str, **kw: Any) -> None:

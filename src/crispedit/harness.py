@@ -94,7 +94,7 @@ def edit(image: Any, mask: Any = None, prompt: str | None = None, engine: str | 
     progress: Progress | None = hopts.get("progress")
     data = image if isinstance(image, ImageData) else load_image(
         image, max_pixels=hopts.get("max_pixels") or 300_000_000)
-    t = timer.add("decode", t0)
+    t = timer.add("decode", t0) if not isinstance(image, ImageData) else t0
     size = (data.width, data.height)
     m = None if mask is None else load_mask(mask, size)
     if m is not None and not m.any():

@@ -423,7 +423,10 @@ class SD15Engine:
 
     @staticmethod
     def _to_pil(pixels: "torch.Tensor", w: int, h: int) -> Image.Image:
-        a = ((pixels[0].float().cpu().numpy().transpose(1, 2, 0) + 1.0) * 127.5).round().clip(0, 255)
+        import torch
+
+        px = torch.nan_to_num(pixels[0].float(), nan=0.0, posinf=1.0, neginf=-1.0)  # fp16 overflow: no crash
+        a = ((px.cpu().numpy().transpose(1, 2, 0) + 1.0) * 127.5).round().clip(0, 255)
         return Image.fromarray(a.astype(np.uint8)[:h, :w], "RGB")
 
     # --- the engine protocol -------------------------------------------------------------------------------------

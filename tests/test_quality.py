@@ -252,7 +252,7 @@ def test_assess_is_fast_on_4k():
     rep = assess(big, edited, mask)
     dt = time.perf_counter() - t
     assert rep.verdict == "fail"
-    assert dt < 6.0, dt  # about 1 s on an idle 2-core machine; generous for a busy CI
+    assert dt < 8.0, dt  # about 1 s on an idle 2-core machine; generous for a busy CI
 
 
 # ---------------------------------------------------------------------------------------------------- candidates

@@ -686,7 +686,7 @@ def _choose_placements(
             if any(np.hypot(*(o - c[0])) < min_sep for c in chosen):
                 continue
             v = valid_of(pts + o)
-            if v.sum() >= max(20, 0.3 * len(pts)):
+            if v.sum() >= max(min(20, len(pts)), 0.3 * len(pts)):
                 chosen.append((o, v))
         if len(chosen) >= max(8, n_wanted // 2):
             break
@@ -797,7 +797,7 @@ def seam_visibility(
             seg_z[2 * k + i] = np.abs(sz) if name == "ratio" else sz
             stats[f"{key}_signed_z"] = z
     n_min = min(len(v) for v in placements_by_scale.values())
-    if n_min < 8:
+    if 0 < n_min < 8:
         notes.append(f"only {n_min} null placements on untouched pixels; seam score is approximate")
     zmax = max(zs.values())
     # the same maximum for the null contours (row j mixes the j-th placement of each scale)
@@ -836,6 +836,17 @@ def seam_visibility(
 # ----------------------------------------------------------------------------------------------------------------
 # colour
 # ----------------------------------------------------------------------------------------------------------------
+def _max_inradius(mask: np.ndarray, bb: tuple[int, int, int, int]) -> float:
+    """Largest distance (px) from a mask pixel to the outside: half the mask's thickest width."""
+    sub = mask[bb[1] : bb[3], bb[0] : bb[2]]
+    k = max(1, min(sub.shape) // 256)
+    if k > 1:
+        sub = cv2.resize(sub.astype(np.uint8), (max(1, sub.shape[1] // k), max(1, sub.shape[0] // k)),
+                         interpolation=cv2.INTER_NEAREST)
+    dt = cv2.distanceTransform(np.pad(sub.astype(np.uint8), 1), cv2.DIST_L2, 5)
+    return float(dt.max()) * k
+
+
 def _lowpass_lab(crop: np.ndarray, sigma: float) -> tuple[np.ndarray, float]:
     """Lab of ``crop`` (as loaded) low-passed with a Gaussian of ``sigma`` px, at 1/q size; returns (lab, q)."""
     q = max(1, int(sigma // 3))
@@ -861,7 +872,8 @@ def colour_consistency(
     """ΔE2000 of the low-passed images (Gaussian, ``sigma`` px) on the inner vs. outer side of the contour.
 
     ``original`` and ``edited`` are the full images as loaded. Colours are sampled ``D`` px inside and ``D`` px
-    outside the contour (``D = max(8, band)``, both sides clear of a centred blend band):
+    outside the contour (``D = max(8, band)``, both sides clear of a centred blend band; at most 0.6 x the
+    mask's largest inradius, so a thin mask is not sampled on its far side):
 
     - ``colour_delta_e``: CIEDE2000 between the mean inner and the mean outer colour of the edit along the whole
       contour. A tone or colour shift of the edit adds up, while natural structure crossing the contour has
@@ -880,7 +892,8 @@ def colour_consistency(
         return nan
     if segment_px is None:
         segment_px = max(48, 2 * band)
-    D = float(max(8, band))
+    # sample depth: clear of a centred blend band, but not past the middle of a thin mask
+    D = float(max(3.0, min(max(8, band), 0.6 * _max_inradius(mask, bb))))
     x0, y0, x1, y1 = _crop_box(mask.shape, bb, int(D) + 16)
     contour = sample_contour(mask[y0:y1, x0:x1], (x0, y0), step=3.0, segment_px=segment_px)
     p = contour.points

@@ -33,7 +33,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from photos import get_photo_info  # noqa: E402
-from zoom import DOC, ROOT, blob_shape, load_rgb, machine_line, update_doc  # noqa: E402
+from zoom import DOC, ROOT, blob_shape, load_rgb, machine_line, source_state, update_doc  # noqa: E402
 
 STAGES = ("decode", "load_engine", "plan", "engine", "composite", "encode")
 TARGET_RATIO = 2.0
@@ -180,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         child(*args.child)
         return 0
+    commit = source_state()  # git children are tiny; ru_maxrss of children is a maximum, the 8K edit sets it
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="crispedit-speed-") as d:
         tmp = Path(d)
@@ -190,8 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if args.write:
         argv_s = " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--write")
-        body = (f"## Speed and memory\n\n`python bench/speed.py {argv_s}`".rstrip() +
-                f" ({time.perf_counter() - t0:.0f} s). {machine_line()}\n\n{text}\n")
+        body = (f"## Speed and memory\n\n`{('python bench/speed.py ' + argv_s).strip()}`" +
+                f" ({time.perf_counter() - t0:.0f} s). {machine_line(commit)}\n\n{text}\n")
         update_doc("speed", body)
         print(f"\nwrote {DOC.relative_to(ROOT)}", file=sys.stderr)
     return 0

@@ -354,7 +354,19 @@ def summary(cases: list[Case]) -> str:
     return "\n".join(lines)
 
 
-def machine_line() -> str:
+def source_state() -> str:
+    """The commit being measured, with "+ local changes" when src/ differs from it (take it before a run)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True).stdout.strip() or "?"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True,
+                               text=True).stdout.strip()
+    except OSError:
+        return "?"
+    return head + (" + local changes in src/" if dirty else "")
+
+
+def machine_line(commit: str | None = None) -> str:
     mem = "?"
     try:
         with open("/proc/meminfo") as fh:
@@ -363,11 +375,7 @@ def machine_line() -> str:
                     mem = f"{int(line.split()[1]) / 1024**2:.0f} GiB RAM"
     except OSError:
         pass
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                text=True).stdout.strip() or "?"
-    except OSError:
-        commit = "?"
+    commit = source_state() if commit is None else commit
     date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {mem}; Python {platform.python_version()}; "
             f"date {date}; commit {commit}.")
@@ -390,10 +398,10 @@ def update_doc(key: str, body: str, path: Path = DOC) -> None:
     path.write_text(text)
 
 
-def doc_section(cases: list[Case], command: str, seconds: float) -> str:
+def doc_section(cases: list[Case], command: str, seconds: float, commit: str | None = None) -> str:
     return f"""## Zoom benchmark (oracle engine)
 
-`{command}` ({seconds:.0f} s). {machine_line()}
+`{command}` ({seconds:.0f} s). {machine_line(commit)}
 
 Oracle engine (`bench/oracle.py`): knows the true photo; full-strength calls return the truth of their region at
 the call's size with SD-like blur (sigma 0.8 px), a smooth +2-4 % tone drift with a slight colour cast over the
@@ -431,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
             options[k] = json.loads(v)
         except json.JSONDecodeError:
             options[k] = v
+    commit = source_state()
     t = time.perf_counter()
     cases = run(photos, radii, anchor=not args.no_anchor, ours=not args.anchor_only, options=options)
     seconds = time.perf_counter() - t
@@ -442,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps([asdict(c) for c in cases], indent=1))
     if args.write:
         command = "python bench/zoom.py " + " ".join(a for a in (argv if argv is not None else sys.argv[1:]) if a != "--write")
-        update_doc("zoom", doc_section(cases, command.strip(), seconds))
+        update_doc("zoom", doc_section(cases, command.strip(), seconds, commit))
         print(f"\nwrote {DOC.relative_to(ROOT)}", file=sys.stderr)
     return 0
 

@@ -803,7 +803,9 @@ def match_grain(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring
         bank, size = found
         n, win = bank.shape[0], bank.shape[1]
         bank_sig = _robust_sigma(bank.reshape(-1, nb * c)[_subsample(np.arange(bank[..., 0].size))])
-        bank /= np.maximum(bank_sig, 1e-12).astype(np.float32)
+        # a bank of near-flat windows (clipped highlights, a clear sky) has a robust level near 0: floor it
+        # against the ring's so normalising cannot blow its few stray values up into salt-and-pepper noise
+        bank /= np.maximum(bank_sig, np.maximum(0.25 * ring_sig, 1e-6)).astype(np.float32)
         # a few hundred windowed patches cut at random offsets, later laid out at random
         npatch = 384
         k = rng.integers(0, n, size=npatch)

@@ -243,24 +243,33 @@ def _edit_region(data: ImageData, out: np.ndarray, m: np.ndarray, region: Region
     ws = eng.working_size
     t = timer.add("composite", t)
 
-    if ws is None or max(h, w) <= 1.25 * ws:
+    if ws is None:
         gen = _call(eng, rgb8, em, prompt, seed, 1.0, region.box, info, timer)
     else:
-        # Compose at the working size (a diffusion model composes badly far above it), then climb back to
-        # native scale in 2x stages, refining each in tiles: every stage restores the octave of detail that
-        # its upscale could not carry, so no band of frequencies is left blurred.
-        s = ws / max(h, w)
-        sw, sh = max(8, int(round(w * s / 8)) * 8), max(8, int(round(h * s / 8)) * 8)
-        small = cv2.resize(rgb8, (sw, sh), interpolation=cv2.INTER_AREA)
-        small_m = cv2.resize(em.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_AREA) > 0
-        gen = _call(eng, small, small_m, prompt, seed, 1.0, region.box, info, timer)
-        gen = _undrift(gen, small, small_m, band * s, hopts)
-        for f in _stage_scales(max(h, w) / ws) if detail == "native" else [1.0]:
+        if max(h, w) <= 1.25 * ws:
+            # Small enough to compose at native scale; "native" detail still refines once, at low strength,
+            # to restore what the engine's own decoder softened.
+            gen = _call(eng, rgb8, em, prompt, seed, 1.0, region.box, info, timer)
+            gen = _undrift(gen, rgb8, em, band, hopts)
+            scales = [1.0] if detail == "native" else []
+        else:
+            # Compose at the working size (a diffusion model composes badly far above it), then climb back to
+            # native scale in 2x stages, refining each in tiles: every stage restores the octave of detail that
+            # its upscale could not carry, so no band of frequencies is left blurred.
+            s = ws / max(h, w)
+            sw, sh = max(8, int(round(w * s / 8)) * 8), max(8, int(round(h * s / 8)) * 8)
+            small = cv2.resize(rgb8, (sw, sh), interpolation=cv2.INTER_AREA)
+            small_m = cv2.resize(em.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_AREA) > 0
+            gen = _call(eng, small, small_m, prompt, seed, 1.0, region.box, info, timer)
+            gen = _undrift(gen, small, small_m, band * s, hopts)
+            scales = _stage_scales(max(h, w) / ws) if detail == "native" else [1.0]
+        for f in scales:
             t = time.perf_counter()
             fw, fh = (w, h) if f == 1.0 else (int(round(w * f / 8)) * 8, int(round(h * f / 8)) * 8)
             base = rgb8 if f == 1.0 else cv2.resize(rgb8, (fw, fh), interpolation=cv2.INTER_AREA)
             em_f = em if f == 1.0 else cv2.resize(em.astype(np.uint8), (fw, fh), interpolation=cv2.INTER_AREA) > 0
-            up = np.clip(cv2.resize(gen, (fw, fh), interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
+            up = gen if gen.shape[:2] == (fh, fw) else np.clip(
+                cv2.resize(gen, (fw, fh), interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
             soft = compositing.blend_weight(em_f, max(4, int(band * f) // 4))[..., None]
             gen = base.astype(np.float32) / 255.0 * (1 - soft) + up * soft
             timer.add("composite", t)
@@ -294,6 +303,14 @@ def _undrift(gen: np.ndarray, base8: np.ndarray, em: np.ndarray, band: float, ho
     if not ring.any():
         return gen
     return compositing.tone_match(gen, base8.astype(np.float32) / 255.0, ring, grow(em, b), scale=float(b))
+
+
+#: Gaussian sigma (px at the stage's scale) below which a refinement tile's output is trusted.
+LOCK_SIGMA = 4.0
+
+
+def _lowpass(img: np.ndarray, sigma: float) -> np.ndarray:
+    return cv2.GaussianBlur(img, (0, 0), sigma, borderType=cv2.BORDER_REFLECT).reshape(img.shape)
 
 
 def _stage_scales(ratio: float) -> list[float]:
@@ -332,6 +349,10 @@ def _refine_tiles(eng: Engine, coarse: np.ndarray, em: np.ndarray, prompt: str |
                     y0 + int(round(ty1 / sy)))
         res = _call(eng, np.ascontiguousarray(coarse8[ty0:ty1, tx0:tx1]), em[ty0:ty1, tx0:tx1], prompt, tile_seed,
                     strength, full_res, info, timer)
+        # a refinement adds detail; its low frequencies must stay those it was handed (this removes each
+        # tile's own tone drift, which no ring could measure for tiles deep inside a large mask)
+        tile_in = coarse[ty0:ty1, tx0:tx1]
+        res = res - _lowpass(res, LOCK_SIGMA) + _lowpass(tile_in, LOCK_SIGMA)
         win = _tile_window(ty1 - ty0, tx1 - tx0, overlap)[..., None]
         acc[ty0:ty1, tx0:tx1] += res * win
         wsum[ty0:ty1, tx0:tx1] += win

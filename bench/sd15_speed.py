@@ -245,7 +245,8 @@ def compare_padding_mask_crop(components: dict[str, Any], *, image: np.ndarray |
     changed = np.any(out != rgb, axis=2)
     ys, xs = np.nonzero(changed)
     return {"diffusers_s": t_diffusers, "crispedit_s": t_ours, "ratio": t_ours / t_diffusers,
-            "size": (w, h), "radius": radius, "steps": steps, "diffusers_size": ref.size, "crispedit_size": res.image.size,
+            "size": (w, h), "radius": radius, "steps": steps, "diffusers_size": ref.size,
+            "crispedit_size": res.image.size,
             "changed_bbox": (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else None,
             "changed_px": int(changed.sum()), "engine_calls": res.info.get("engine_calls")}
 
@@ -295,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         (f"VAE decode {args.size}x{args.size}", f"{r['vae_decode_s']:.2f} s"),
         (f"inpaint call {args.size}x{args.size}, {args.steps} steps (text + 1 VAE encode + steps + decode)",
          f"{r['call_s']:.2f} s"),
-        (f"estimated 25-step inpaint call at {args.size}", f"{r['call_s'] + (25 - args.steps) * r['unet_step_s']:.0f} s"),
+        (f"estimated 25-step inpaint call at {args.size}",
+         f"{r['call_s'] + (25 - args.steps) * r['unet_step_s']:.0f} s"),
         ("random init of the components (not part of a call)", f"{t_build:.1f} s"),
     ]
     if args.compare:

@@ -149,7 +149,8 @@ class SD15Engine:
         self._configure(steps=steps, guidance=guidance, scheduler=scheduler, negative_prompt=negative_prompt,
                         device=device, dtype=dtype, allow_pickle=allow_pickle, allow_download=allow_download,
                         progress=progress)
-        self.model = str(model) if model is not None else DEFAULT_MODEL
+        model = str(model) if model not in (None, "") else None
+        self.model = model or DEFAULT_MODEL
         self._source: ModelSource | None = resolve_model(model, allow_pickle=self.allow_pickle,
                                                          allow_download=self.allow_download, config=config)
         self._pipe: Any = None
@@ -170,7 +171,7 @@ class SD15Engine:
             raise InputError(f"guidance must be a number, got {guidance!r}", "use e.g. --guidance 7.5") from None
         if not (0.0 <= self.guidance <= 50.0):
             raise InputError(f"guidance {guidance} is outside 0..50", "use e.g. --guidance 7.5")
-        name = str(scheduler).lower().replace("-", "_").replace("+", "p")
+        name = str(scheduler).strip().lower().replace("-", "_").replace(" ", "_").replace("+", "p")
         if name not in SCHEDULERS:
             raise InputError(f"unknown scheduler '{scheduler}'", f"choose one of: {', '.join(SCHEDULERS)}")
         self.scheduler = name
@@ -187,8 +188,8 @@ class SD15Engine:
     def from_pipeline(cls, pipe: Any, **options: Any) -> "SD15Engine":
         """An engine around an already built diffusers SD pipeline (e.g. random full-size weights in a benchmark).
 
-        ``options``: the constructor's keywords except ``model``/``config``/``allow_*``; the pipeline is moved to
-        the engine's device and dtype (and not put into the process-wide cache).
+        ``options``: the constructor's keywords except ``model`` and ``config``; the pipeline is moved to the
+        engine's device and dtype (and not put into the process-wide cache).
         """
         self = cls.__new__(cls)
         self._configure(**options)

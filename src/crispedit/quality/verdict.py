@@ -35,7 +35,7 @@ class Thresholds:
 
     #: pixels beyond the blend band that may differ (the promise is 0: bit-identical)
     outside_changed_max: int = 0
-    #: seam score above which the seam is visible (z-like; unedited photos measure -1.5..2.5)
+    #: seam score above which the seam is visible (z-like; unedited photos measure -0.96 .. 2.17)
     seam_max: float = 4.0
     #: worst local (per-segment) seam score above which one place along the seam is visible
     seam_local_max: float = 8.0

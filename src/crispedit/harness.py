@@ -236,7 +236,6 @@ def _edit_region(data: ImageData, out: np.ndarray, m: np.ndarray, region: Region
     cm = m[y0:y1, x0:x1]
     h, w = cm.shape
     t = time.perf_counter()
-    orig = _colour_float(crop)
     rgb8 = _engine_rgb(crop)
     eg = hopts.get("engine_grow")
     em = grow(cm, int(eg if eg is not None else max(2, band // 8)))
@@ -278,20 +277,34 @@ def _edit_region(data: ImageData, out: np.ndarray, m: np.ndarray, region: Region
                 if f < 1.0:
                     gen = _undrift(gen, base, em_f, band * f, hopts)
     t = time.perf_counter()
-    gen = _to_layout(gen, data)
-    ring = grow(em, 2 * band) & ~grow(em, 2)
-    target = grow(em, band)
+    # Everything after the engine works on the box that holds the engine mask, its ring and the blend band.
+    py0, py1, px0, px1 = _pad_box(em, 2 * band + 8)
+    sub = (slice(py0, py1), slice(px0, px1))
+    gen = _to_layout(gen[sub], data)
+    orig = _colour_float(crop[sub])
+    em_p, cm_p = em[sub], cm[sub]
+    dist = cv2.distanceTransform((~em_p).astype(np.uint8), cv2.DIST_L2, 5)
+    ring = (dist > 2) & (dist <= 2 * band)
+    target = dist <= band
     if hopts.get("tone", True) and ring.any():
         gen = compositing.tone_match(gen, orig, ring, target, scale=float(band))
     if hopts.get("seam", True):
-        gen = seam_correct(gen, orig, em, rim=max(4, band // 4), sigma=max(4.0, band / 4))
+        gen = seam_correct(gen, orig, em_p, rim=max(4, band // 4), sigma=max(4.0, band / 4))
     if hopts.get("grain", True) and ring.any():
-        gen = compositing.match_grain(gen, orig, em, ring, seed=seed)
-    weight = compositing.blend_weight(cm, band)
+        gen = compositing.match_grain(gen, orig, em_p, ring, seed=seed)
+    weight = compositing.blend_weight(cm_p, band)
     blended = compositing.multiband_blend(orig, gen, weight, band=band)
     keep = weight <= 0.0
-    out[y0:y1, x0:x1] = _assemble(crop, blended, keep)
+    out[y0 + py0:y0 + py1, x0 + px0:x0 + px1] = _assemble(crop[sub], blended, keep)
     timer.add("composite", t)
+
+
+def _pad_box(mask: np.ndarray, pad: int) -> tuple[int, int, int, int]:
+    """Bounding box (y0, y1, x0, x1) of ``mask`` grown by ``pad`` px, clipped to the array."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    h, w = mask.shape
+    return (max(0, int(rows[0]) - pad), min(h, int(rows[-1]) + 1 + pad),
+            max(0, int(cols[0]) - pad), min(w, int(cols[-1]) + 1 + pad))
 
 
 def _undrift(gen: np.ndarray, base8: np.ndarray, em: np.ndarray, band: float, hopts: dict) -> np.ndarray:

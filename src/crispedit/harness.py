@@ -110,6 +110,8 @@ def edit(image: Any, mask: Any = None, prompt: str | None = None, engine: str | 
         "options": {k: v for k, v in {**hopts, **eopts}.items() if k != "progress"},
     }
     if whole:
+        if m is not None:
+            info.setdefault("notes", []).append("the mask covers the whole image: running a whole-image edit")
         out = _whole_image(data, eng, prompt, seed, hopts, info, timer)
     else:
         out = _masked_edit(data, m, eng, prompt, seed, hopts, info, timer, progress)

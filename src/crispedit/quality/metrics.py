@@ -883,6 +883,7 @@ def colour_consistency(
       is identical in both): the per-segment Lab shifts (edit - original) are reduced to their median, robust to
       segments where removed content touched the inner side, and ΔE2000 is taken between the original's mean
       inner colour and that colour plus the median shift.
+    - ``colour_delta_e_before``: ``colour_delta_e`` of the original (how different its inner side already was).
     - ``colour_delta_e_p90``: 90th percentile of the per-segment inner-vs-outer ΔE of the edit (informational).
     """
     h, w = mask.shape
@@ -932,9 +933,11 @@ def colour_consistency(
     if original is not None:
         lab0, _ = _lowpass_lab(original[y0:y1, x0:x1], sigma)
         m0 = seg_mean(_sample(lab0, pin[ok], qx).astype(np.float64))
+        mo0 = seg_mean(_sample(lab0, pout[ok], qx).astype(np.float64))
         shift = np.median(mi - m0, axis=0)
         ref = np.average(m0, 0, wseg)
         out["colour_delta_e_original"] = float(ciede2000(ref, ref + shift))
+        out["colour_delta_e_before"] = float(ciede2000(ref, np.average(mo0, 0, wseg)))
     return out
 
 

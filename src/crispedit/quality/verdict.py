@@ -372,10 +372,15 @@ def assess(
         else:
             checks[key] = "n/a"
     if finite("colour_delta_e"):
+        # the inner side must keep the original's colour (colour_delta_e_original) ... unless something of
+        # another colour was there before (colour_delta_e_before above the threshold: a removed object), when
+        # agreeing with the outer side (colour_delta_e) is what counts
         v = metrics["colour_delta_e"]
         alt = metrics.get("colour_delta_e_original")
+        before = metrics.get("colour_delta_e_before")
         alt_ok = isinstance(alt, float) and math.isfinite(alt) and alt <= th.colour_delta_e_max
-        ok = v <= th.colour_delta_e_max or alt_ok
+        had_object = not (isinstance(before, float) and math.isfinite(before)) or before > th.colour_delta_e_max
+        ok = alt_ok or (had_object and v <= th.colour_delta_e_max)
         checks["colour_delta_e"] = "pass" if ok else "fail"
         if not ok:
             reasons.append(f"colour shift across the boundary: ΔE2000 {v:.1f} > {th.colour_delta_e_max:g}")

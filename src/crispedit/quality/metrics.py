@@ -640,7 +640,8 @@ def _forbidden_distance(mask: np.ndarray, band: int, extra: np.ndarray | None, f
     h, w = mask.shape
     hs, ws = max(1, h // f), max(1, w // f)
     zone = mask if extra is None else (mask | extra)
-    small = cv2.resize(zone.astype(np.uint8), (ws, hs), interpolation=cv2.INTER_AREA) > 0
+    # x255 so that a single changed pixel in an f x f block still averages above 0
+    small = cv2.resize(zone.astype(np.uint8) * 255, (ws, hs), interpolation=cv2.INTER_AREA) > 0
     dist = cv2.distanceTransform((~small).astype(np.uint8), cv2.DIST_L2, 5) * f - band - f
     return dist, f
 
@@ -708,13 +709,15 @@ def seam_visibility(
     """Seam visibility of the mask contour on ``edited`` (the full edited image, as loaded).
 
     For each scale ``d`` in ``scales`` (px, kept if ``d <= band``; the image is low-passed by about ``d/2``),
-    the statistic ``log(mean c / mean r)`` (module docstring) is computed on the contour and on ``n_null``
-    translated copies that fall on untouched pixels (farther than ``band + 3d`` from the mask and from
-    ``forbidden``). ``z_d = (stat - median(null)) / max(std(null), floor)``; the seam score is
-    ``max_d z_d`` minus the median of the same maximum over the null placements, so an unedited contour scores
-    about 0 and a visible seam scores high. Per-segment scores (segments of ``segment_px`` px, default
-    ``max(48, 2 band)``) are standardised the same way against the null placements' segments, and the
-    ``n_worst`` highest, at least a segment apart, are the worst places.
+    two statistics (:func:`_contrast_stats`: the contrast ratio across/beside the contour and the coherence of
+    the step across it) are computed on the contour and on up to ``n_null`` translated copies that fall on
+    untouched pixels (every sample, plus the low-pass reach, at least ``4.5 d + 2`` px from the mask and from
+    ``forbidden``, the changed pixels). Each becomes ``z = (stat - median(null)) / max(std, 1.4826 MAD, floor)``
+    (``|z|`` for the ratio, which is visible both ways); the seam score is the largest z minus the median of
+    the same maximum over the null placements, so an unedited contour scores about 0 and a visible seam scores
+    high. Per-segment scores (segments of ``segment_px`` px, default ``max(48, 2 band)``) are standardised
+    against all segments of the null placements, and the ``n_worst`` highest, at least a segment apart, are
+    the worst places. A scale with fewer than 4 placements is skipped; with none at all, fixed spreads are used.
     """
     h, w = mask.shape
     scales = tuple(d for d in scales if d <= max(2, band)) or (2,)

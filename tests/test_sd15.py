@@ -67,12 +67,12 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def engine9(tiny_models) -> SD15Engine:
-    return SD15Engine(str(tiny_models["folder9"]), steps=STEPS).load()
+    return SD15Engine(str(tiny_models["folder9"]), steps=STEPS, device="cpu").load()
 
 
 @pytest.fixture(scope="session")
 def engine4(tiny_models) -> SD15Engine:
-    return SD15Engine(str(tiny_models["folder4"]), steps=STEPS).load()
+    return SD15Engine(str(tiny_models["folder4"]), steps=STEPS, device="cpu").load()
 
 
 @pytest.fixture(scope="session")
@@ -128,12 +128,15 @@ def test_registered_and_built_through_get_engine(tiny_models):
     eng = get_engine("sd15", model=str(tiny_models["folder9"]), steps=2)
     assert isinstance(eng, SD15Engine)
     assert eng.working_size == 512
-    assert eng.default_detail == "fast"  # CPU: native refinement would multiply minutes-long calls
-    assert eng.device.type == "cpu" and eng.dtype == torch.float32
+    # CPU: native refinement would multiply minutes-long calls; CUDA: seconds, so native by default
+    assert eng.default_detail == ("native" if eng.device.type == "cuda" else "fast")
+    cpu = SD15Engine(str(tiny_models["folder9"]), device="cpu")
+    assert cpu.default_detail == "fast" and cpu.device.type == "cpu" and cpu.dtype == torch.float32
 
 
 def test_device_and_dtype_resolution():
-    assert resolve_device_dtype() == (torch.device("cpu"), torch.float32)
+    if not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        assert resolve_device_dtype() == (torch.device("cpu"), torch.float32)
     assert resolve_device_dtype("cpu", "fp16")[1] == torch.float16
     assert resolve_device_dtype("cpu", "bf16")[1] == torch.bfloat16
     assert resolve_device_dtype(None, "fp32")[1] == torch.float32
@@ -281,13 +284,13 @@ def test_scheduler_choices(tiny_models, crop):
     image, mask = crop
     outs = {}
     for name in SCHEDULERS:
-        eng = SD15Engine(str(tiny_models["folder9"]), steps=3, scheduler=name)
+        eng = SD15Engine(str(tiny_models["folder9"]), steps=3, scheduler=name, device="cpu")
         outs[name] = eng.inpaint(image, mask, "a bench", seed=1)
         assert outs[name].size == (W, H)
     assert len({o.tobytes() for o in outs.values()}) == len(SCHEDULERS)
     from diffusers import DPMSolverMultistepScheduler
 
-    s = SD15Engine(str(tiny_models["folder9"]))._make_scheduler()
+    s = SD15Engine(str(tiny_models["folder9"]), device="cpu")._make_scheduler()
     assert isinstance(s, DPMSolverMultistepScheduler) and s.config.use_karras_sigmas
     with pytest.raises(InputError, match="dpmpp_2m_karras, ddim, euler_a, unipc"):
         SD15Engine(str(tiny_models["folder9"]), scheduler="plms")
@@ -296,7 +299,7 @@ def test_scheduler_choices(tiny_models, crop):
 def test_progress_is_called_per_step(tiny_models, crop):
     image, mask = crop
     seen = []
-    eng = SD15Engine(str(tiny_models["folder9"]), steps=3, progress=lambda *a: seen.append(a))
+    eng = SD15Engine(str(tiny_models["folder9"]), steps=3, device="cpu", progress=lambda *a: seen.append(a))
     eng.inpaint(image, mask, "a bench", seed=1)
     assert seen == [("denoise", 1, 3), ("denoise", 2, 3), ("denoise", 3, 3)]
 
@@ -304,9 +307,10 @@ def test_progress_is_called_per_step(tiny_models, crop):
 def test_guidance_and_negative_prompt_change_the_result(tiny_models, crop):
     image, mask = crop
     folder = str(tiny_models["folder9"])
-    base = SD15Engine(folder, steps=2).inpaint(image, mask, "a bench", seed=1)
-    neg = SD15Engine(folder, steps=2, negative_prompt="blurry").inpaint(image, mask, "a bench", seed=1)
-    no_cfg = SD15Engine(folder, steps=2, guidance=1.0).inpaint(image, mask, "a bench", seed=1)
+    base = SD15Engine(folder, steps=2, device="cpu").inpaint(image, mask, "a bench", seed=1)
+    neg = SD15Engine(folder, steps=2, negative_prompt="blurry", device="cpu").inpaint(image, mask, "a bench",
+                                                                                       seed=1)
+    no_cfg = SD15Engine(folder, steps=2, guidance=1.0, device="cpu").inpaint(image, mask, "a bench", seed=1)
     assert base.tobytes() != neg.tobytes() and base.tobytes() != no_cfg.tobytes()
 
 
@@ -315,10 +319,10 @@ def test_guidance_and_negative_prompt_change_the_result(tiny_models, crop):
 
 def test_folder_load_matches_in_memory_pipeline_and_is_cached(tiny_models, engine9, crop):
     image, mask = crop
-    mem = SD15Engine.from_pipeline(build_tiny_pipeline(9), steps=STEPS)
+    mem = SD15Engine.from_pipeline(build_tiny_pipeline(9), steps=STEPS, device="cpu")
     assert mem.inpaint(image, mask, "a bench", seed=11).tobytes() == \
         engine9.inpaint(image, mask, "a bench", seed=11).tobytes()
-    again = SD15Engine(str(tiny_models["folder9"]), steps=2)
+    again = SD15Engine(str(tiny_models["folder9"]), steps=2, device="cpu")
     assert again.pipeline is engine9.pipeline  # process-wide cache: loaded once
 
 
@@ -326,7 +330,7 @@ def test_folder_load_matches_in_memory_pipeline_and_is_cached(tiny_models, engin
 def test_single_file_load(kind, tiny_models, crop, empty_hf_cache):
     """An original-layout .safetensors loads through from_single_file offline, weights bit-identical."""
     image, mask = crop
-    eng = SD15Engine(str(tiny_models[f"file{kind}"]), steps=STEPS)
+    eng = SD15Engine(str(tiny_models[f"file{kind}"]), steps=STEPS, device="cpu")
     assert eng._source.kind == "single_file" and eng._source.in_channels == kind
     ref = build_tiny_pipeline(kind)
     for name in ("unet", "vae", "text_encoder"):
@@ -334,7 +338,7 @@ def test_single_file_load(kind, tiny_models, crop, empty_hf_cache):
         assert got.keys() == want.keys()
         assert all(torch.equal(got[k], want[k]) for k in want), name
     assert type(eng.pipeline).__name__ == ("StableDiffusionInpaintPipeline" if kind == 9 else "StableDiffusionPipeline")
-    folder_eng = SD15Engine(str(tiny_models[f"folder{kind}"]), steps=STEPS)
+    folder_eng = SD15Engine(str(tiny_models[f"folder{kind}"]), steps=STEPS, device="cpu")
     assert eng.inpaint(image, mask, "a bench", seed=2).tobytes() == \
         folder_eng.inpaint(image, mask, "a bench", seed=2).tobytes()
 
@@ -345,7 +349,7 @@ def test_single_file_config_sources(tiny_models, empty_hf_cache, tmp_path):
     with pytest.raises(ModelError, match="huggingface-cli download stable-diffusion-v1-5/stable-diffusion-inpainting"):
         SD15Engine(bare)
     # explicit config folder
-    eng = SD15Engine(bare, config=str(tiny_models["folder9"]), steps=2)
+    eng = SD15Engine(bare, config=str(tiny_models["folder9"]), steps=2, device="cpu")
     assert eng.unet_in_channels == 9
     # a config of the other UNet kind is refused up front
     with pytest.raises(ModelError, match="4-channel"):
@@ -353,7 +357,7 @@ def test_single_file_config_sources(tiny_models, empty_hf_cache, tmp_path):
     # the SD1.5 repo diffusers itself would use, found in the (fake) HF cache
     snap = fake_cached_repo(empty_hf_cache, "stable-diffusion-v1-5/stable-diffusion-inpainting",
                             tiny_models["folder9"])
-    eng = SD15Engine(bare, steps=2)
+    eng = SD15Engine(bare, steps=2, device="cpu")
     assert Path(eng._source.config) == snap
     assert eng.txt2img("x", width=64, height=64, seed=0).size == (64, 64)
 
@@ -381,7 +385,7 @@ def test_hub_id_from_local_cache(tiny_models, empty_hf_cache, crop):
     """The default id is read from the HF cache without network (here a fake cache holding the tiny model)."""
     image, mask = crop
     fake_cached_repo(empty_hf_cache, model_source.DEFAULT_MODEL, tiny_models["folder9"])
-    eng = SD15Engine(steps=2)
+    eng = SD15Engine(steps=2, device="cpu")
     assert eng._source.kind == "hub" and eng._source.in_channels == 9
     assert eng.inpaint(image, mask, "a bench", seed=0).size == (W, H)
 

@@ -19,6 +19,13 @@ Both SD1.5 checkpoint kinds work:
 end from the VAE latents of the given image noised to that level, so ``strength < 1`` refines the content
 already there (restricted to the mask for ``inpaint``) and ``strength = 1`` regenerates from pure noise.
 
+Images larger than ``untiled_max`` px (default 640, the largest crop the harness hands an engine) are worked
+on in tiles (:mod:`crispedit.tiling`), so whole-image edits and the hires stages of text-to-image run at 4K and
+8K with memory bounded by the tile size: the UNet predicts noise on overlapping ``tile`` x ``tile`` latent tiles
+(batched, blended with tapered Gaussian weights) while the scheduler steps once on the whole latent, and the
+VAE encodes/decodes in tiles that share GroupNorm statistics (equal to the untiled VAE within float rounding,
+and free of SD1.5's untiled-VAE NaN around 1500 px). Smaller images keep the exact untiled path.
+
 torch and diffusers are imported lazily: importing this module (which registers ``"sd15"``) stays cheap.
 """
 
@@ -46,6 +53,19 @@ SCHEDULERS = ("dpmpp_2m_karras", "ddim", "euler_a", "unipc")
 DTYPES = {"fp16": "float16", "float16": "float16", "half": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16",
           "fp32": "float32", "float32": "float32", "float": "float32"}
 Progress = Callable[[str, int, int], None]
+
+#: Tiling defaults per device type: UNet tile and overlap (latent px), tiles per UNet call, VAE tile (latent px;
+#: the encoder's tile is 8x that in image px). CPU: 512-px tiles (SD1.5's native size), small batches (a CPU gains
+#: little from batching); GPU: 768-px UNet tiles batched by 8 and 1024-px VAE tiles (less halo overhead).
+#: Overlap about a third of the tile: at a quarter, the blend still shows the tiles' zero-padded edges (measured
+#: against an untiled run in tests/test_tiled_sd.py).
+TILE_DEFAULTS: dict[str, dict[str, int]] = {
+    "cpu": {"tile": 64, "tile_overlap": 24, "tile_batch": 2, "vae_tile": 64},
+    "mps": {"tile": 96, "tile_overlap": 32, "tile_batch": 4, "vae_tile": 96},
+    "cuda": {"tile": 96, "tile_overlap": 32, "tile_batch": 8, "vae_tile": 128},
+}
+#: Largest side (px) that runs untiled by default: the harness hands the engine crops of up to 1.25 x 512 px.
+UNTILED_MAX = 640
 
 # Loaded pipelines shared by all engine instances of the process: (model key, device, dtype) -> pipeline.
 _PIPELINES: dict[tuple[str, str, str], Any] = {}
@@ -111,8 +131,18 @@ class SD15Engine:
     device, dtype : ``cpu``/``cuda``/``mps`` and ``fp16``/``bf16``/``fp32``; default CUDA fp16 > MPS fp16 > CPU fp32.
     allow_pickle : accept ``.ckpt``/``.bin``/``.pt``/``.pth`` checkpoints (loading a pickle can run code).
     allow_download : let diffusers download a hub model that is not cached.
-    progress : ``progress("denoise", step, total)`` after every sampling step.
+    progress : ``progress("denoise", step, total)`` after every sampling step; for tiled images also
+        ``progress("tiles", done, total)`` inside each step and ``progress("vae encode" | "vae decode", done, total)``.
     config : diffusers config folder (or HF id) for a single-file model; found automatically when omitted.
+    tile, tile_overlap : UNet tile side and minimum overlap in latent px (x8 = image px). Default 64 / 24 on CPU
+        (512 / 192 px), 96 / 32 on CUDA and MPS. Multiples of 8; overlap at most half the tile.
+    tile_batch : tiles per UNet call (default 2 on CPU, 8 on CUDA, 4 on MPS).
+    vae_tile : VAE tile core in latent px (the encoder uses 8x that in image px); default 64 on CPU, 128 on CUDA,
+        96 on MPS. Any value gives the same result (within float rounding); larger tiles waste less on halos.
+    vae_cache : MiB of VAE tile activations kept between GroupNorm passes (default: tiling's own budget, a third
+        of free GPU memory or min(4 GiB, RAM / 4)); less keeps memory lower and recomputes tiles (exact, slower).
+    untiled_max : images whose sides are all <= this (px, default 640) run the exact untiled UNet and VAE; larger
+        ones are tiled. 0 tiles everything that is larger than one tile.
 
     Attributes
     ----------
@@ -121,8 +151,8 @@ class SD15Engine:
         large edit at native scale in overlapping 512-px tiles, one engine call per tile: seconds on a GPU, but
         minutes per call on a CPU, so a CPU edit would take tens of minutes; ``--detail native`` still forces it.
     device, dtype : the torch device and dtype the model runs in.
-    calls : one dict per engine call (``kind``, ``size`` (w, h), ``strength``, ``steps``, ``seconds``, ``seed``,
-        ``scheduler``, ``region``), for the harness's info.
+    calls : one dict per engine call (``kind``, ``size`` (w, h), ``strength``, ``steps``, ``tiles`` (UNet tiles per
+        step, 1 = untiled), ``seconds``, ``seed``, ``scheduler``, ``region``), for the harness's info.
 
     The weights are read on the first call (or :meth:`load`) and shared with other engines of the same model,
     device and dtype in this process. Same seed and settings give the same bytes on the same device.
@@ -145,10 +175,17 @@ class SD15Engine:
         allow_download: bool = False,
         progress: Progress | None = None,
         config: str | None = None,
+        tile: int | None = None,
+        tile_overlap: int | None = None,
+        tile_batch: int | None = None,
+        vae_tile: int | None = None,
+        vae_cache: float | None = None,
+        untiled_max: int | None = None,
     ):
         self._configure(steps=steps, guidance=guidance, scheduler=scheduler, negative_prompt=negative_prompt,
                         device=device, dtype=dtype, allow_pickle=allow_pickle, allow_download=allow_download,
-                        progress=progress)
+                        progress=progress, tile=tile, tile_overlap=tile_overlap, tile_batch=tile_batch,
+                        vae_tile=vae_tile, vae_cache=vae_cache, untiled_max=untiled_max)
         model = str(model) if model not in (None, "") else None
         self.model = model or DEFAULT_MODEL
         self._source: ModelSource | None = resolve_model(model, allow_pickle=self.allow_pickle,
@@ -157,7 +194,9 @@ class SD15Engine:
 
     def _configure(self, *, steps: int = 25, guidance: float = 7.5, scheduler: str = "dpmpp_2m_karras",
                    negative_prompt: str | None = None, device: Any = None, dtype: Any = None,
-                   allow_pickle: bool = False, allow_download: bool = False, progress: Progress | None = None
+                   allow_pickle: bool = False, allow_download: bool = False, progress: Progress | None = None,
+                   tile: int | None = None, tile_overlap: int | None = None, tile_batch: int | None = None,
+                   vae_tile: int | None = None, vae_cache: float | None = None, untiled_max: int | None = None
                    ) -> None:
         try:
             self.steps = int(steps)
@@ -181,8 +220,74 @@ class SD15Engine:
         self.progress = progress
         self.device, self.dtype = resolve_device_dtype(device, dtype)
         self.default_detail = "native" if self.device.type == "cuda" else "fast"
+        self._configure_tiles(tile, tile_overlap, tile_batch, vae_tile, vae_cache, untiled_max)
         self.calls: list[dict[str, Any]] = []
         self._prompt_cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
+
+    def _configure_tiles(self, tile: Any, overlap: Any, batch: Any, vae_tile: Any, vae_cache: Any,
+                         untiled_max: Any) -> None:
+        defaults = TILE_DEFAULTS.get(self.device.type, TILE_DEFAULTS["cpu"])
+
+        def whole(name: str, value: Any, default: int, lo: int, hi: int, example: str) -> int:
+            if value is None:
+                return default
+            try:
+                v = int(value)
+                if v != float(value):
+                    raise ValueError
+            except (TypeError, ValueError):
+                raise InputError(f"{name} must be a whole number, got {value!r}", f"use e.g. {example}") from None
+            if not lo <= v <= hi:
+                raise InputError(f"{name} {value} is outside {lo}..{hi}", f"use e.g. {example}")
+            return v
+
+        self.tile = whole("tile", tile, defaults["tile"], 16, 512, "--tile 64 (latent px, x8 = image px)")
+        if self.tile % 8:
+            raise InputError(f"tile {self.tile} is not a multiple of 8 (latent px)", "use e.g. --tile 64 or 96")
+        self.tile_overlap = whole("tile overlap", overlap, min(defaults["tile_overlap"], self.tile // 2), 0,
+                                  self.tile // 2, f"--tile-overlap {self.tile // 4} (at most half the tile)")
+        self.tile_batch = whole("tile batch", batch, defaults["tile_batch"], 1, 256, "tile_batch=4")
+        self.vae_tile = whole("vae tile", vae_tile, defaults["vae_tile"], 16, 1024, "vae_tile=64 (latent px)")
+        if self.vae_tile % 8:
+            raise InputError(f"vae tile {self.vae_tile} is not a multiple of 8 (latent px)", "use e.g. vae_tile=64")
+        self.untiled_max = whole("untiled max", untiled_max, UNTILED_MAX, 0, 1 << 20, "untiled_max=640 (px)")
+        if vae_cache is None:
+            self.vae_cache_bytes: int | None = None
+        else:
+            try:
+                mib = float(vae_cache)
+            except (TypeError, ValueError):
+                raise InputError(f"vae cache must be a number of MiB, got {vae_cache!r}", "use e.g. vae_cache=512"
+                                 ) from None
+            if not mib >= 0:
+                raise InputError(f"vae cache {vae_cache} is negative", "use e.g. vae_cache=512 (MiB)")
+            self.vae_cache_bytes = int(mib * 2**20)
+
+    @property
+    def tiling(self) -> dict[str, Any]:
+        """The tiling settings in effect (latent px, except ``untiled_max`` in image px)."""
+        return {"tile": self.tile, "tile_overlap": self.tile_overlap, "tile_batch": self.tile_batch,
+                "vae_tile": self.vae_tile, "untiled_max": self.untiled_max,
+                "vae_cache_mib": None if self.vae_cache_bytes is None else self.vae_cache_bytes / 2**20}
+
+    def _tiled(self, h_px: int, w_px: int) -> bool:
+        """Whether an image of ``h_px`` x ``w_px`` goes through the tiled UNet and VAE."""
+        return max(h_px, w_px) > self.untiled_max
+
+    def _tile_count(self, h_lat: int, w_lat: int) -> int:
+        """UNet calls' tiles per sampling step for a latent of ``h_lat`` x ``w_lat`` (1: untiled)."""
+        f = self.vae_scale_factor
+        if not self._tiled(h_lat * f, w_lat * f) or (h_lat <= self.tile and w_lat <= self.tile):
+            return 1
+        from crispedit.tiling import tile_grid
+
+        return len(tile_grid(h_lat, w_lat, self.tile, self.tile_overlap))
+
+    def _report(self, stage: str) -> Callable[[int, int], None] | None:
+        progress = self.progress
+        if progress is None:
+            return None
+        return lambda done, total: progress(stage, done, total)
 
     @classmethod
     def from_pipeline(cls, pipe: Any, **options: Any) -> "SD15Engine":
@@ -308,17 +413,38 @@ class SD15Engine:
         return emb
 
     def _vae_encode(self, image_tensor: "torch.Tensor") -> "torch.Tensor":
-        """Pixels (B, 3, H, W) in [-1, 1] -> scaled latents (B, 4, H/8, W/8), float32 (distribution mean)."""
+        """Pixels (B, 3, H, W) in [-1, 1] -> scaled latents (B, 4, H/8, W/8), float32 (distribution mean).
+
+        Images larger than ``untiled_max`` are encoded by the tiled VAE (shared GroupNorm statistics); the image
+        stays on the CPU and only tiles move to the device."""
+        from crispedit import tiling
+
         vae = self._load().vae
-        x = image_tensor.to(self.device, vae.dtype)
-        lat = vae.encode(x).latent_dist.mode().float()
         shift = getattr(vae.config, "shift_factor", None) or 0.0
+        if self._tiled(image_tensor.shape[2], image_tensor.shape[3]):
+            lat = tiling.tiled_vae_encode(vae, image_tensor, tile=8 * self.vae_tile,
+                                          max_cache_bytes=self.vae_cache_bytes, progress=self._report("vae encode"))
+            lat = lat.to(self.device).float()
+        else:
+            x = image_tensor.to(self.device, vae.dtype)
+            lat = vae.encode(x).latent_dist.mode().float()
         return (lat - shift) * float(vae.config.scaling_factor)
 
     def _vae_decode(self, latents: "torch.Tensor") -> "torch.Tensor":
-        """Scaled latents (B, 4, h, w) -> pixels (B, 3, 8h, 8w) in [-1, 1], float32."""
+        """Scaled latents (B, 4, h, w) -> pixels (B, 3, 8h, 8w) in [-1, 1], float32.
+
+        Images larger than ``untiled_max`` are decoded by the tiled VAE into a CPU tensor (tiles on the device)."""
+        from crispedit import tiling
+
         vae = self._load().vae
         shift = getattr(vae.config, "shift_factor", None) or 0.0
+        f = self.vae_scale_factor
+        if self._tiled(latents.shape[2] * f, latents.shape[3] * f):
+            z = (latents.float() / float(vae.config.scaling_factor) + shift).cpu()
+            px = tiling.tiled_vae_decode(vae, z, tile=self.vae_tile, max_cache_bytes=self.vae_cache_bytes,
+                                         progress=self._report("vae decode"))
+            del z
+            return px.float().clamp_(-1.0, 1.0)
         z = (latents / float(vae.config.scaling_factor) + shift).to(self.device, vae.dtype)
         return vae.decode(z).sample.float().clamp(-1.0, 1.0)
 
@@ -357,8 +483,13 @@ class SD15Engine:
         ``known_latents`` given: RePaint-style blending for a 4-channel UNet, after each step the latents where
         ``mask_latents == 0`` become ``known_latents`` noised to the next timestep (with ``noise``), clean after
         the last step. ``scheduler`` must have had ``set_timesteps`` called (default: a fresh one, full schedule).
+
+        A latent of an image larger than ``untiled_max`` and than one ``tile`` gets its noise predicted tile by tile
+        (:func:`crispedit.tiling.tiled_noise_prediction`); everything else (scheduler, blending) is whole-latent.
         """
         import torch
+
+        from crispedit import tiling
 
         if scheduler is None:
             scheduler = self._make_scheduler()
@@ -373,11 +504,22 @@ class SD15Engine:
             step_kwargs["generator"] = generator
         total = len(timesteps)
         latents = latents.float()
+        f = self.vae_scale_factor
+        tiled = self._tiled(latents.shape[2] * f, latents.shape[3] * f) and (
+            latents.shape[2] > self.tile or latents.shape[3] > self.tile)
+        extra = None
+        if tiled and masked_image_latents is not None:
+            extra = torch.cat([mask_latents.to(latents), masked_image_latents.to(latents)], dim=1)
         for i, t in enumerate(timesteps):
             x = scheduler.scale_model_input(latents, t)
-            if masked_image_latents is not None:
-                x = torch.cat([x, mask_latents.to(x), masked_image_latents.to(x)], dim=1)
-            eps = self._predict_noise(x, t, cond)
+            if tiled:  # scale_model_input is pointwise; the scheduler still steps on the whole latent below
+                eps = tiling.tiled_noise_prediction(
+                    lambda xt, t=t: self._predict_noise(xt, t, cond), x, tile=self.tile, overlap=self.tile_overlap,
+                    batch=self.tile_batch, extra=extra, progress=self._report("tiles"))
+            else:
+                if masked_image_latents is not None:
+                    x = torch.cat([x, mask_latents.to(x), masked_image_latents.to(x)], dim=1)
+                eps = self._predict_noise(x, t, cond)
             latents = scheduler.step(eps, t, latents, return_dict=False, **step_kwargs)[0].float()
             if known_latents is not None:
                 if i + 1 < total:
@@ -528,6 +670,7 @@ class SD15Engine:
             pixels = self._vae_decode(latents)
         out = self._to_pil(pixels, w, h)
         record["steps"] = len(timesteps)
+        record["tiles"] = self._tile_count(ph // f, pw // f)
         record["seconds"] = round(time.perf_counter() - t0, 4)
         self.calls.append(record)
         return out

@@ -84,6 +84,8 @@ def edit(
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="What to avoid (SD)."),
     strength: Optional[float] = typer.Option(None, "--strength", help="Whole-image edit strength in [0, 1]."),
     detail: Optional[str] = typer.Option(None, "--detail", help="native: refine large edits at native scale; fast: skip."),
+    tile: Optional[int] = typer.Option(None, "--tile", help="UNet tile for images over 640 px, in latent px (x8 = image px; default 64 on CPU, 96 on GPU)."),
+    tile_overlap: Optional[int] = typer.Option(None, "--tile-overlap", help="Minimum tile overlap in latent px (default 24 on CPU, 32 on GPU; at most half the tile)."),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda or mps (SD)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="fp16, bf16 or fp32 (SD)."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle", help="Allow .ckpt/.bin pickle weights (runs code!)."),
@@ -156,6 +158,8 @@ def generate(
     scheduler: Optional[str] = typer.Option(None, "--scheduler"),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt"),
     hires_strength: Optional[float] = typer.Option(None, "--hires-strength", help="Refinement strength per upscale stage."),
+    tile: Optional[int] = typer.Option(None, "--tile", help="UNet tile for images over 640 px, in latent px (x8 = image px; default 64 on CPU, 96 on GPU)."),
+    tile_overlap: Optional[int] = typer.Option(None, "--tile-overlap", help="Minimum tile overlap in latent px (default 24 on CPU, 32 on GPU; at most half the tile)."),
     device: Optional[str] = typer.Option(None, "--device"),
     dtype: Optional[str] = typer.Option(None, "--dtype"),
     allow_pickle: bool = typer.Option(False, "--allow-pickle"),
@@ -180,7 +184,7 @@ def generate(
         args = dict(prompt=prompt, output=output, size=f"{w}x{h}", engine=engine, seed=seed, model=model,
                     steps=steps, guidance=guidance, scheduler=scheduler, negative_prompt=negative_prompt,
                     hires_strength=hires_strength, device=device, dtype=dtype, allow_pickle=allow_pickle,
-                    allow_download=allow_download)
+                    allow_download=allow_download, tile=tile, tile_overlap=tile_overlap)
         if save_workflow is not None:
             err.print(f"workflow written to {builtin.save_generate_workflow(save_workflow, **args)}")
         info = builtin.run_generate(cache=False, progress=StageProgress(), **args)

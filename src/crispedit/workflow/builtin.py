@@ -23,6 +23,7 @@ from crispedit.workflow.schema import SCHEMA_VERSION, dump_workflow
 PathLike = Union[str, os.PathLike, None]
 
 _SD_KEYS = ("model", "steps", "guidance", "scheduler", "negative_prompt", "device", "dtype")
+_TILE_KEYS = ("tile", "tile_overlap")  # engine constructor options, passed as the node's engine_options
 
 
 def _path(p: PathLike, relative_to: PathLike) -> Optional[str]:
@@ -63,6 +64,9 @@ def _sd_params(engine: str, relative_to: PathLike, opts: dict[str, Any]) -> dict
     for flag in ("allow_pickle", "allow_download"):
         if opts.get(flag):
             params[flag] = True
+    tiles = {k: int(opts[k]) for k in _TILE_KEYS if opts.get(k) is not None}
+    if tiles:
+        params["engine_options"] = tiles
     return params
 
 
@@ -91,7 +95,8 @@ def edit_workflow(image: PathLike = None, output: PathLike = None, *, mask: Path
     = SelectBest) → ``check`` (QualityCheck unless ``no_check``) → ``save`` (SaveImage) [→ ``report``].
     Paths are absolute, or relative to ``relative_to`` (the folder a saved workflow file will live in).
     ``options``: model, steps, guidance, scheduler, negative_prompt, device, dtype, allow_pickle,
-    allow_download; anything else (e.g. the CLI's json_out) is ignored.
+    allow_download, tile, tile_overlap (the last two go to the engine as ``engine_options``); anything else (e.g.
+    the CLI's json_out) is ignored.
     """
     if image is None or output is None:
         raise InputError("an edit needs an image and an output path", "give IMAGE and -o OUTPUT")

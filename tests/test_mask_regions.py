@@ -6,7 +6,7 @@ from PIL import Image
 from crispedit.errors import InputError
 from crispedit.mask import (feather, grow, invert, load_mask, mask_from_box, mask_from_ellipse, parse_box, shrink,
                             to_bool_mask, union)
-from crispedit.regions import blend_band, plan_regions, plan_tiles, tile_grid
+from crispedit.regions import blend_band, plan_regions, tile_grid
 
 
 def test_binarise_variants():
@@ -86,9 +86,10 @@ def test_regions_cover_mask_without_overlap(h, w, data):
 def test_band_and_tiles():
     assert blend_band((0, 0, 100, 100)) == 32
     assert blend_band((0, 0, 3000, 2000)) == int(0.04 * np.hypot(3000, 2000))
-    assert plan_tiles(100, 512, 64) == [0]
-    starts = plan_tiles(1000, 512, 64)
-    assert starts[0] == 0 and starts[-1] == 488 and all(b - a <= 448 for a, b in zip(starts, starts[1:]))
+    assert tile_grid(100, 80, 512, 64) == [(0, 0, 80, 100)]
+    row = [t for t in tile_grid(500, 1000, 512, 64) if t[1] == 0]
+    assert row[0][0] == 0 and row[-1][2] == 1000 and len(row) == 2
+    assert all(a[2] - b[0] >= 64 for a, b in zip(row, row[1:]))  # at least the overlap asked for
     tiles = tile_grid(700, 1000, 512, 64)
     cov = np.zeros((700, 1000), int)
     for x0, y0, x1, y1 in tiles:

@@ -117,16 +117,6 @@ def plan_regions(mask: np.ndarray, *, min_margin: int = 64) -> list[Region]:
     return sorted(regions, key=lambda r: (r.box[1], r.box[0]))
 
 
-def plan_tiles(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size ``tile`` covering [0, length), the last one flush with the end."""
-    if length <= tile:
-        return [0]
-    stride = max(1, tile - overlap)
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return starts
-
-
 def _balanced(length: int, tile: int, overlap: int, multiple: int) -> list[tuple[int, int]]:
     """Fewest tiles of at most ``tile`` px with at least ``overlap`` px overlap, all the same (smaller) size."""
     if length <= tile:

@@ -88,7 +88,7 @@ def test_band_and_tiles():
     assert blend_band((0, 0, 3000, 2000)) == int(0.04 * np.hypot(3000, 2000))
     assert tile_grid(100, 80, 512, 64) == [(0, 0, 80, 100)]
     row = [t for t in tile_grid(500, 1000, 512, 64) if t[1] == 0]
-    assert row[0][0] == 0 and row[-1][2] == 1000 and len(row) == 2
+    assert row[0][0] == 0 and row[-1][2] == 1000 and len(row) == 3
     assert all(a[2] - b[0] >= 64 for a, b in zip(row, row[1:]))  # at least the overlap asked for
     tiles = tile_grid(700, 1000, 512, 64)
     cov = np.zeros((700, 1000), int)

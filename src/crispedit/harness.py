@@ -1,11 +1,12 @@
-"""The high-resolution editing harness: crops, engine calls, native detail, tone, grain, blending.
+"""The high-resolution editing harness: crops, engine calls, native detail, tone, seam, grain, blending.
 
-For every cluster of mask components the harness cuts a crop with context, lets the engine compose the edit
-at its working size, brings native-resolution detail back for crops larger than that size (refinement in
-overlapping tiles at native scale with ``strength < 1``), corrects the engine's local tone drift from a ring of
-untouched pixels, matches the photo's grain, and blends across a band with a Laplacian pyramid. Every pixel
-farther than the band from the mask is copied from the input, bit for bit.
-"""
+For every cluster of mask components the harness cuts a crop with context and lets the engine compose the
+edit: at native scale when the crop is about the engine's working size, else on a copy reduced to that size,
+then climbs back to native scale in 2x stages, each refined in overlapping tiles with ``strength < 1`` (the
+"native" detail mode). Each pass's tone drift is measured on a ring of untouched pixels and removed; the step
+left along the boundary is corrected in the gradient domain; the photo's own grain is matched; and the result
+is blended across a band with a Laplacian pyramid. Every pixel farther than the band from the mask is copied
+from the input, bit for bit."""
 
 from __future__ import annotations
 

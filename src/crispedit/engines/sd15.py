@@ -547,11 +547,13 @@ class SD15Engine:
         """PIL RGB -> (1, 3, ph, pw) float32 in [-1, 1], padded right/bottom by edge replication."""
         import torch
 
-        a = np.asarray(image.convert("RGB"), dtype=np.float32) / 127.5 - 1.0
-        h, w = a.shape[:2]
+        rgb = np.array(image.convert("RGB"), dtype=np.uint8)
+        h, w = rgb.shape[:2]
         if (ph, pw) != (h, w):
-            a = np.pad(a, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
-        return torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[None]
+            rgb = np.pad(rgb, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
+        out = torch.empty((1, 3, ph, pw), dtype=torch.float32)  # one float buffer: a 4K+ image is 100s of MB
+        out[0].copy_(torch.from_numpy(rgb).permute(2, 0, 1))
+        return out.div_(127.5).sub_(1.0)
 
     @staticmethod
     def _mask_tensor(mask: Image.Image, pw: int, ph: int) -> "torch.Tensor":
@@ -568,9 +570,10 @@ class SD15Engine:
     def _to_pil(pixels: "torch.Tensor", w: int, h: int) -> Image.Image:
         import torch
 
-        px = torch.nan_to_num(pixels[0].float(), nan=0.0, posinf=1.0, neginf=-1.0)  # fp16 overflow: no crash
-        a = ((px.cpu().numpy().transpose(1, 2, 0) + 1.0) * 127.5).round().clip(0, 255)
-        return Image.fromarray(a.astype(np.uint8)[:h, :w], "RGB")
+        px = torch.nan_to_num(pixels[0].float(), nan=0.0, posinf=1.0, neginf=-1.0).cpu()  # fp16 overflow: no crash
+        px.add_(1.0).mul_(127.5).round_().clamp_(0, 255)  # in place: one float copy of a 4K+ image, not five
+        a = px.to(torch.uint8).permute(1, 2, 0).numpy()
+        return Image.fromarray(np.ascontiguousarray(a[:h, :w]), "RGB")
 
     # --- the engine protocol -------------------------------------------------------------------------------------
 
@@ -644,6 +647,8 @@ class SD15Engine:
             img_t = self._image_tensor(image, pw, ph) if kind != "txt2img" else None
             need_known = kind == "inpaint" and not nine
             image_latents = self._vae_encode(img_t) if (strength < 1.0 or need_known) and img_t is not None else None
+            if not nine:
+                img_t = None  # image-sized; not needed while sampling
             if strength < 1.0 and image_latents is not None:
                 latents = scheduler.add_noise(image_latents, noise, timesteps[:1])
             else:
@@ -659,6 +664,7 @@ class SD15Engine:
                     masked = torch.zeros((1, 3, ph, pw))
                     mask_lat = torch.ones((1, 1, ph // f, pw // f), device=self.device)
                 masked_image_latents = self._vae_encode(masked)
+                masked = img_t = None
                 latents = self._denoise(latents, timesteps, cond, mask_latents=mask_lat,
                                         masked_image_latents=masked_image_latents, scheduler=scheduler,
                                         generator=gen, noise=noise)

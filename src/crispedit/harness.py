@@ -332,9 +332,10 @@ def _lowpass(img: np.ndarray, sigma: float) -> np.ndarray:
 def _stage_scales(ratio: float) -> list[float]:
     """Scales (fractions of native) of the refinement stages for a crop ``ratio`` x the working size.
 
-    Stages double in size up to native: ratio 3 -> [0.5, 1.0]; ratio 6 -> [0.25, 0.5, 1.0].
+    Stages double in size up to native, the first one at least 1.25x the working size (a stage barely larger
+    than the composition adds cost and no detail): ratio 2 -> [1.0]; ratio 3 -> [0.5, 1.0]; 6 -> [0.25, 0.5, 1.0].
     """
-    n = max(1, int(np.ceil(np.log2(ratio))))
+    n = max(1, int(np.ceil(np.log2(ratio / 1.25))))
     return [1.0 / 2 ** (n - j) for j in range(1, n + 1)]
 
 

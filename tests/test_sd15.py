@@ -24,6 +24,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from tiny_sd import (  # noqa: E402
+    one_torch_thread,  # noqa: F401  (autouse fixture)
     build_tiny_pipeline,
     save_tiny_folder,
     save_tiny_single_file,
@@ -41,14 +42,6 @@ W, H = 200, 136  # non-square, multiples of 8, as the harness hands crops
 
 # --- fixtures ----------------------------------------------------------------------------------------------
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models gain nothing from threads; on busy shared cores extra threads only spin (5x the CPU time)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 

@@ -35,7 +35,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from conftest import photo_like  # noqa: E402
-from tiny_sd import save_micro_folder, save_tiny_folder  # noqa: E402
+from tiny_sd import one_torch_thread, save_micro_folder, save_tiny_folder  # noqa: E402,F401
 
 from crispedit.engines.sd15 import SD15Engine  # noqa: E402
 from crispedit.errors import InputError  # noqa: E402
@@ -46,13 +46,6 @@ W, H = 3840, 2160
 #: determinism check go side by side on two cores.
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CRISPEDIT_PROGRESS": "1"}
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

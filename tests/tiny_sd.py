@@ -23,6 +23,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 #: Prompt words the tiny tokenizer knows as whole tokens (everything else falls back to letters).
 _MERGES = ["a n", "an d</w>", "t h", "th e</w>", "b e", "be n", "ben c", "benc h</w>"]
 
@@ -295,3 +297,17 @@ def save_tiny_single_file(path: str | Path, in_channels: int = 9, *, with_config
     if with_config:
         save_tiny_config_folder(path.parent, in_channels)
     return path
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models gain nothing from threads; on busy shared cores extra threads only spin (5x the CPU time).
+
+    Modules that import this fixture from ``tiny_sd`` get it automatically (autouse).
+    """
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -11,6 +11,11 @@ with ``apt-get download PACKAGE`` + ``dpkg -x`` into ``bench/.cache/`` (gitignor
 | sunset_by_Aitzol_Berasategi.jpg | 4272x2848 | CC-BY-4.0 | lomiri-wallpapers-16.04 | held-out |
 | Bridge_by_Sander_Klootwijk.jpg | 4352x2448 | CC-BY-SA-4.0 | lomiri-wallpapers-16.04 | held-out |
 | Kleiber_by_Lukas_Baubkus.jpg | 6028x3391 | CC-BY-SA-3.0 | lomiri-wallpapers-20.04 | held-out |
+| Painting-Colors_by__herobrine7gamer.jpg | 6000x4000 | CC-BY-SA-3.0 | lomiri-wallpapers-20.04 | tuning |
+| Fossa_by_Jasper_Roks.jpg | 4096x2304 | CC-BY-SA-3.0 | lomiri-wallpapers-20.04 | tuning |
+| umang_by_Abhishek_Mudgal.jpg | 3840x2160 | CC-BY-4.0 | lomiri-wallpapers-16.04 | held-out |
+| Infinite-Sea_by_Aury88.jpg | 4096x4096 | CC-BY-SA-3.0 | lomiri-wallpapers-20.04 | held-out |
+| Wine_by_Jakkub_Mede.jpg | 2560x3837 (portrait) | CC-BY-4.0 | lomiri-wallpapers-16.04 | held-out |
 
 Run ``python bench/photos.py`` to fetch them and list them.
 """
@@ -46,6 +51,11 @@ PHOTOS: tuple[Photo, ...] = (
     Photo("sunset", "sunset_by_Aitzol_Berasategi.jpg", "lomiri-wallpapers-16.04", "CC-BY-4.0", "held-out"),
     Photo("bridge", "Bridge_by_Sander_Klootwijk.jpg", "lomiri-wallpapers-16.04", "CC-BY-SA-4.0", "held-out"),
     Photo("kleiber", "Kleiber_by_Lukas_Baubkus.jpg", "lomiri-wallpapers-20.04", "CC-BY-SA-3.0", "held-out"),
+    Photo("painting", "Painting-Colors_by__herobrine7gamer.jpg", "lomiri-wallpapers-20.04", "CC-BY-SA-3.0", "tuning"),
+    Photo("fossa", "Fossa_by_Jasper_Roks.jpg", "lomiri-wallpapers-20.04", "CC-BY-SA-3.0", "tuning"),
+    Photo("umang", "umang_by_Abhishek_Mudgal.jpg", "lomiri-wallpapers-16.04", "CC-BY-4.0", "held-out"),
+    Photo("sea", "Infinite-Sea_by_Aury88.jpg", "lomiri-wallpapers-20.04", "CC-BY-SA-3.0", "held-out"),
+    Photo("wine", "Wine_by_Jakkub_Mede.jpg", "lomiri-wallpapers-16.04", "CC-BY-4.0", "held-out"),
 )
 
 

@@ -48,19 +48,22 @@ def register_engine(name: str, factory: Callable[..., Engine]) -> None:
 
 
 def engine_names() -> list[str]:
-    _load_builtin()
-    return sorted(_FACTORIES)
+    """Names accepted by :func:`get_engine` (built-in and registered)."""
+    return sorted(set(_FACTORIES) | set(BUILTIN_ENGINES))
 
 
-def _load_builtin() -> None:
-    # Imported lazily so that `import crispedit` stays fast (sd15 pulls in torch).
-    if "classical" not in _FACTORIES:
-        from crispedit.engines import classical  # noqa: F401
-    if "sd15" not in _FACTORIES:
-        try:
-            from crispedit.engines import sd15  # noqa: F401
-        except ImportError:  # engine not built yet or its dependencies missing
-            pass
+#: Built-in engines and the module that registers each. Imported on first use so that `import crispedit` stays
+#: fast (sd15 pulls in torch); an import error is raised, never swallowed: a broken engine module must not turn
+#: into "unknown engine".
+BUILTIN_ENGINES = {"classical": "crispedit.engines.classical", "sd15": "crispedit.engines.sd15"}
+
+
+def _load_builtin(name: str | None = None) -> None:
+    import importlib
+
+    for engine, module in BUILTIN_ENGINES.items():
+        if (name is None or name == engine) and engine not in _FACTORIES:
+            importlib.import_module(module)
 
 
 def get_engine(engine: str | Engine, **options: Any) -> Engine:
@@ -72,7 +75,7 @@ def get_engine(engine: str | Engine, **options: Any) -> Engine:
                 "pass a registered engine name or an object implementing the Engine protocol",
             )
         return engine
-    _load_builtin()
+    _load_builtin(engine)
     if engine not in _FACTORIES:
-        raise InputError(f"unknown engine '{engine}'", f"choose one of: {', '.join(sorted(_FACTORIES))}")
+        raise InputError(f"unknown engine '{engine}'", f"choose one of: {', '.join(engine_names())}")
     return _FACTORIES[engine](**options)

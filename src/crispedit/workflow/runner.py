@@ -62,13 +62,26 @@ def _canon(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
-def _version() -> str:
-    try:
-        from crispedit import __version__
+_CODE_VERSION: str | None = None
 
-        return __version__
-    except ImportError:  # pragma: no cover
-        return "0"
+
+def _version() -> str:
+    """The code's identity for cache keys: the package version plus a digest of its source files.
+
+    A version string alone is not enough: results cached by one checkout must not be served after the code
+    changed without a version bump.
+    """
+    global _CODE_VERSION
+    if _CODE_VERSION is None:
+        import crispedit
+
+        h = hashlib.blake2b(digest_size=8)
+        root = Path(crispedit.__file__).parent
+        for f in sorted(root.rglob("*.py")):
+            h.update(str(f.relative_to(root)).encode())
+            h.update(f.read_bytes())
+        _CODE_VERSION = f"{crispedit.__version__}+{h.hexdigest()}"
+    return _CODE_VERSION
 
 
 def node_key(wf: Workflow, name: str, keys: dict[str, str]) -> str:

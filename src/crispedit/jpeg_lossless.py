@@ -395,8 +395,6 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray, edited: np.ndar
         y0, y1 = r0 * mh, min(original.shape[0], r1 * mh)
         x0, x1 = c0 * mw, min(original.shape[1], c1 * mw)
         crop = edited[y0:y1, x0:x1]
-        if crop.shape[2] == 1:
-            crop = crop[:, :, 0]
         new = _encode_crop(crop, np.array(j.qt), np.array(j.quant_tbl_no), samp, tmp)
         expected_masks = []
         for comp, blocks, (v, h) in zip(comps, new, samp):

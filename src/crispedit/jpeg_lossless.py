@@ -277,15 +277,27 @@ def read_coefficients(path: str | os.PathLike) -> dict:
                 "samp_factor": np.array(j.samp_factor), "progressive": bool(j.progressive_mode)}
 
 
-def _grid_any(mask: np.ndarray, mh: int, mw: int) -> np.ndarray:
-    """``(ceil(H/mh), ceil(W/mw))`` bool: whether any pixel of each MCU is set."""
-    h, w = mask.shape
+def changed_mcus(original: np.ndarray, edited: np.ndarray, mh: int, mw: int) -> np.ndarray:
+    """``(ceil(H/mh), ceil(W/mw))`` bool: whether any pixel (any channel) of each MCU differs.
+
+    Rows are compared first (contiguous, fast); only MCU rows holding a changed pixel row are split into MCUs.
+    """
+    h, w, c = original.shape
     gh, gw = -(-h // mh), -(-w // mw)
-    if h % mh or w % mw:
-        padded = np.zeros((gh * mh, gw * mw), bool)
-        padded[:h, :w] = mask
-        mask = padded
-    return mask.reshape(gh, mh, gw, mw).any(axis=(1, 3))
+    a = original.reshape(h, w * c)
+    b = edited.reshape(h, w * c)
+    rows = np.zeros(gh * mh, bool)
+    band = max(mh, (8 << 20) // max(1, w * c) // mh * mh)  # compare ~8 MB at a time
+    for y in range(0, h, band):
+        rows[y : min(h, y + band)] = np.any(a[y : y + band] != b[y : y + band], axis=1)
+    grid = np.zeros((gh, gw), bool)
+    for g in np.nonzero(rows.reshape(gh, mh).any(axis=1))[0]:
+        y0, y1 = g * mh, min(h, (g + 1) * mh)
+        cols = np.any(a[y0:y1] != b[y0:y1], axis=0).reshape(w, c).any(axis=1)
+        padded = np.zeros(gw * mw, bool)
+        padded[:w] = cols
+        grid[g] = padded.reshape(gw, mw).any(axis=1)
+    return grid
 
 
 def _encode_crop(pixels: np.ndarray, qt: np.ndarray, quant_tbl_no: np.ndarray, samp: np.ndarray,
@@ -377,8 +389,7 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray, edited: np.ndar
             samp = np.array([[1, 1]])
         vmax, hmax = int(samp[:, 0].max()), int(samp[:, 1].max())
         mh, mw = 8 * vmax, 8 * hmax
-        changed = np.any(original != edited, axis=2)
-        touched = _grid_any(changed, mh, mw)
+        touched = changed_mcus(original, edited, mh, mw)
         n_touched = int(touched.sum())
         blocks_per_mcu = int(sum(int(v) * int(h) for v, h in samp))
         report = JpegSplice(mcus_total=int(touched.size), mcus_reencoded=n_touched, mcu_size=(mh, mw),
@@ -396,21 +407,25 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray, edited: np.ndar
         x0, x1 = c0 * mw, min(original.shape[1], c1 * mw)
         crop = edited[y0:y1, x0:x1]
         new = _encode_crop(crop, np.array(j.qt), np.array(j.quant_tbl_no), samp, tmp)
-        expected_masks = []
+        # Splice: only blocks of touched MCUs change, all inside the bounding box; keep the box's old blocks.
+        regions = []  # per component: (block slice, the box's input coefficients, touched-block mask in the box)
         for comp, blocks, (v, h) in zip(comps, new, samp):
             v, h = int(v), int(h)
-            bmask = np.repeat(np.repeat(touched, v, axis=0), h, axis=1)[: comp.shape[0], : comp.shape[1]]
-            expected_masks.append(bmask)
             by, bx = r0 * v, c0 * h
-            view = comp[by : by + blocks.shape[0], bx : bx + blocks.shape[1]]
+            box = (slice(by, by + blocks.shape[0]), slice(bx, bx + blocks.shape[1]))
+            view = comp[box]
             if view.shape != blocks.shape:
                 raise UnsupportedJpeg(f"block grid mismatch {view.shape} vs {blocks.shape}")
-            sub = bmask[by : by + blocks.shape[0], bx : bx + blocks.shape[1]]
+            sub = np.repeat(np.repeat(touched[r0:r1, c0:c1], v, axis=0), h, axis=1)[: blocks.shape[0],
+                                                                                   : blocks.shape[1]]
+            regions.append((box, view.copy(), sub))
             view[sub] = blocks[sub]
-        report.blocks_reencoded = int(sum(m.sum() for m in expected_masks))
+        report.blocks_reencoded = int(sum(int(sub.sum()) for _, _, sub in regions))
         # Huffman tables: the input's kind (standard tables stay standard, optimised stay optimised).
         optimise = progressive_in or not _huffman_tables(segs) <= _standard_huffman_tables()
-        j.markers = []
+        qt_in = np.array(j.qt)
+        j.markers = []  # the input's APPn/COM segments go back in byte for byte below
+        j.content = None  # write from the arrays and tables alone (skips decoding the input a second time)
         base = os.path.join(tmp, "base.jpg")
         j.write_dct(base, flags=["+OPTIMIZE_CODING" if optimise else "-OPTIMIZE_CODING"])
         final = base
@@ -440,16 +455,19 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray, edited: np.ndar
         back = jpeglib.read_dct(check)
         back.load()
         got = [back.Y] + ([back.Cb, back.Cr] if back.has_chrominance else [])
-        orig = jpeglib.read_dct(str(source))
-        orig.load()
-        before = [orig.Y] + ([orig.Cb, orig.Cr] if orig.has_chrominance else [])
-        ok = len(got) == len(comps) and all(g.shape == c.shape for g, c in zip(got, comps))
+        ok = (len(got) == len(comps) and all(g.shape == c.shape for g, c in zip(got, comps))
+              and np.array_equal(np.array(back.qt), qt_in)
+              and np.array_equal(np.array(back.samp_factor).reshape(-1, 2)[: len(comps)],
+                                 np.array(j.samp_factor).reshape(-1, 2)[: len(comps)]))
         identical = 0
         if ok:
-            for g, c, b, m in zip(got, comps, before, expected_masks):
-                same_block = np.all(g == b, axis=(2, 3))
-                identical += int(np.count_nonzero(same_block & ~m))
+            # ``comps`` outside the boxes were never written (the input's coefficients); inside the boxes the
+            # untouched blocks are compared with the copies taken before splicing.
+            for g, c, (box, old, sub) in zip(got, comps, regions):
                 ok = ok and bool(np.array_equal(g, c))
+                same = np.all(g == c, axis=(2, 3))
+                same[box] &= np.all(g[box] == old, axis=(2, 3)) | sub
+                identical += int(np.count_nonzero(same)) - int(np.count_nonzero(same[box] & sub))
         report.blocks_identical = identical
         report.verified = bool(ok and identical == report.blocks_total - report.blocks_reencoded
                                and metadata_segments(out) == meta)

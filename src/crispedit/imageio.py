@@ -1191,15 +1191,18 @@ def _jpeg_block_write(data: ImageData, arr: np.ndarray, out: Path, notes: list[s
         return None
     from crispedit import jpeg_lossless
 
+    def decode_input() -> np.ndarray:  # the input's pixels in its own orientation, as load_image decodes them
+        with _PIL_LOCK, _pillow_limits(size[0] * size[1] + 1), Image.open(src) as im:
+            im.load()
+            pixels = np.asarray(im)
+        return pixels[:, :, None] if pixels.ndim == 2 else pixels
+
     try:
-        with _PIL_LOCK, Image.open(src) as im:
+        with _PIL_LOCK, _pillow_limits(arr.shape[0] * arr.shape[1] + 1), Image.open(src) as im:
             if im.mode not in ("RGB", "L") or im.format not in ("JPEG", "MPO"):
                 raise jpeg_lossless.UnsupportedJpeg(f"{im.mode} pixels")
             orientation = _exif_orientation(_exif_from_pil(im) or b"") or 1
-            im.load()
-            original = np.asarray(im)
-        if original.ndim == 2:
-            original = original[:, :, None]
+            size = tuple(im.size)
         edited = arr
         if edited.shape[2] in (2, 4):
             if edited[:, :, -1].min() != 255:
@@ -1207,16 +1210,17 @@ def _jpeg_block_write(data: ImageData, arr: np.ndarray, out: Path, notes: list[s
             edited = edited[:, :, :-1]
         if orientation in _ORIENTATION_NAMES:  # back to the file's own orientation
             edited = _apply_orientation(edited, {6: 8, 8: 6}.get(orientation, orientation))
-        if edited.shape != original.shape:
-            if edited.shape[:2] != original.shape[:2]:
-                return None  # resized: nothing to keep
-            raise jpeg_lossless.UnsupportedJpeg("the channels differ from the input's")
-        block, report = jpeg_lossless.splice_jpeg(src, original, np.ascontiguousarray(edited))
+        if edited.shape[:2] != size[::-1]:
+            return None  # resized: nothing to keep
+        block, report = jpeg_lossless.splice_jpeg(src, decode_input, np.ascontiguousarray(edited))
     except jpeg_lossless.UnsupportedJpeg as e:
         notes.append(f"re-encoded the whole JPEG: the input's blocks cannot be kept ({e})")
         return None
     except ImportError:
         notes.append("re-encoded the whole JPEG: the jpeglib package is not installed")
+        return None
+    except Exception as e:  # noqa: BLE001 - a codec failure falls back to the whole-picture encode, said so
+        notes.append(f"re-encoded the whole JPEG: the block-level write failed ({type(e).__name__}: {e})")
         return None
     notes.extend(report.notes)
     notes.append(report.summary())

@@ -43,6 +43,9 @@ import struct
 import subprocess
 import tempfile
 import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -94,6 +97,8 @@ class JpegSplice:
         File sizes.
     notes : list of str
         Anything not kept (e.g. progressive mode without jpegtran, bytes after the end of image).
+    timings : dict
+        Seconds per step.
     """
 
     mcus_total: int
@@ -110,6 +115,7 @@ class JpegSplice:
     bytes_in: int = 0
     bytes_out: int = 0
     notes: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
 
     def summary(self) -> str:
         """One line for the user."""
@@ -329,16 +335,18 @@ def _jpegtran(src: str, dst: str, progressive: bool, restart: int, optimise: boo
     subprocess.run(cmd, check=True, capture_output=True, timeout=600)
 
 
-def splice_jpeg(source: str | os.PathLike, original: np.ndarray, edited: np.ndarray) -> tuple[bytes, JpegSplice]:
+def splice_jpeg(source: str | os.PathLike, original: np.ndarray | Callable[[], np.ndarray],
+                edited: np.ndarray) -> tuple[bytes, JpegSplice]:
     """Make the edited JPEG by re-encoding only the MCUs where ``edited`` differs from ``original``.
 
     Parameters
     ----------
     source : str or path-like
         The input JPEG (baseline or progressive, Huffman coded, gray or YCbCr).
-    original : numpy.ndarray
+    original : numpy.ndarray or callable
         ``H x W x C`` ``uint8`` pixels of ``source`` as decoded (Pillow / libjpeg-turbo), in the file's own
-        orientation (no EXIF rotation applied); ``C`` = 1 for gray, 3 for colour.
+        orientation (no EXIF rotation applied); ``C`` = 1 for gray, 3 for colour. A callable returning them is
+        run in a thread while the coefficients are read (decoders release the GIL).
     edited : numpy.ndarray
         The edited pixels, same shape and orientation.
 
@@ -371,18 +379,31 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray, edited: np.ndar
     progressive_in = sof == _SOF_PROGRESSIVE
     meta = [s for m, s in segs if _APP0 <= m <= _APP15 or m == _COM]
     notes: list[str] = []
-    if original.shape != edited.shape or original.ndim != 3 or original.shape[2] not in (1, 3):
-        raise UnsupportedJpeg(f"pixel shapes differ ({original.shape} vs {edited.shape})")
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
 
-    with _LOCK, jpeglib.version(LIBJPEG_VERSION), tempfile.TemporaryDirectory(prefix="crispedit-jpeg-") as tmp:
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[name] = round(now - clock, 4)
+        clock = now
+
+    with _LOCK, jpeglib.version(LIBJPEG_VERSION), tempfile.TemporaryDirectory(prefix="crispedit-jpeg-") as tmp, \
+            ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(original) if callable(original) else None
         j = jpeglib.read_dct(str(source))
+        j.load()
+        if pending is not None:
+            original = pending.result()
+        lap("decode_and_read_coefficients")
+        if original.shape != edited.shape or original.ndim != 3 or original.shape[2] not in (1, 3):
+            raise UnsupportedJpeg(f"pixel shapes differ ({original.shape} vs {edited.shape})")
         if j.has_black or j.num_components not in (1, 3):
             raise UnsupportedJpeg(f"{j.num_components}-component JPEG (CMYK or other)")
         if (j.height, j.width) != original.shape[:2]:
             raise UnsupportedJpeg("the file's size does not match the pixels")
         if (original.shape[2] == 1) != (j.num_components == 1):
             raise UnsupportedJpeg("gray pixels for a colour JPEG or the reverse")
-        j.load()
         comps = [j.Y] + ([j.Cb, j.Cr] if j.has_chrominance else [])
         samp = np.array(j.samp_factor).reshape(-1, 2)[: len(comps)]
         if len(comps) == 1:
@@ -390,6 +411,7 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray, edited: np.ndar
         vmax, hmax = int(samp[:, 0].max()), int(samp[:, 1].max())
         mh, mw = 8 * vmax, 8 * hmax
         touched = changed_mcus(original, edited, mh, mw)
+        lap("find_changed_mcus")
         n_touched = int(touched.sum())
         blocks_per_mcu = int(sum(int(v) * int(h) for v, h in samp))
         report = JpegSplice(mcus_total=int(touched.size), mcus_reencoded=n_touched, mcu_size=(mh, mw),
@@ -399,6 +421,7 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray, edited: np.ndar
         if n_touched == 0:  # nothing changed: the input file is the answer
             report.blocks_identical = report.blocks_total
             report.verified, report.metadata_segments, report.bytes_out = True, len(meta), len(data)
+            report.timings = timings
             return data, report
 
         rows, cols = np.nonzero(touched)
@@ -421,6 +444,7 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray, edited: np.ndar
             regions.append((box, view.copy(), sub))
             view[sub] = blocks[sub]
         report.blocks_reencoded = int(sum(int(sub.sum()) for _, _, sub in regions))
+        lap("encode_touched_mcus")
         # Huffman tables: the input's kind (standard tables stay standard, optimised stay optimised).
         optimise = progressive_in or not _huffman_tables(segs) <= _standard_huffman_tables()
         qt_in = np.array(j.qt)
@@ -429,6 +453,7 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray, edited: np.ndar
         base = os.path.join(tmp, "base.jpg")
         j.write_dct(base, flags=["+OPTIMIZE_CODING" if optimise else "-OPTIMIZE_CODING"])
         final = base
+        lap("write_coefficients")
         if progressive_in or restart:
             try:
                 final = os.path.join(tmp, "final.jpg")
@@ -440,6 +465,8 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray, edited: np.ndar
                 notes.append(f"wrote a baseline JPEG without {lost}: jpegtran (libjpeg-turbo-progs) is not "
                              "installed; coefficients and metadata are kept")
                 report.progressive, report.restart_interval = False, 0
+        if final != base:
+            lap("jpegtran")
         out = _with_metadata(Path(final).read_bytes(), meta)
         eoi = data.find(b"\xff\xd9", sos)
         trailer = len(data) - (eoi + 2) if eoi >= 0 else 0
@@ -472,4 +499,6 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray, edited: np.ndar
         report.verified = bool(ok and identical == report.blocks_total - report.blocks_reencoded
                                and metadata_segments(out) == meta)
         report.progressive = bool(back.progressive_mode)
+        lap("read_back_and_verify")
+        report.timings = timings
     return out, report

@@ -243,3 +243,25 @@ def test_large_camera_jpeg(tmp_path, kw):
     info: dict = {}
     out = save_image(data, tmp_path / "out.jpg", edit_box(data, *box), info=info)
     check_block_level(src, out, box, info)
+
+
+def test_iptc_and_comment_kept_by_reencode_and_named_elsewhere(tmp_path):
+    from crispedit.jpeg_lossless import insert_segments
+
+    src = camera_jpeg(tmp_path / "in.jpg", 64, 96)
+    iptc_body = b"Photoshop 3.0\x008BIM\x04\x04\x00\x00\x00\x00\x00\x0b\x1c\x02\x05\x00\x06Title!\x00"
+    iptc = b"\xff\xed" + (len(iptc_body) + 2).to_bytes(2, "big") + iptc_body
+    src.write_bytes(insert_segments(src.read_bytes(), [iptc]))
+    data = load_image(src)
+    arr = edit_box(data, 10, 20, 10, 20)
+    block = save_image(data, tmp_path / "block.jpg", arr)
+    assert metadata_segments(block.read_bytes()) == metadata_segments(src.read_bytes())
+    re = save_image(data, tmp_path / "re.jpg", arr, reencode=True)
+    kept = metadata_segments(re.read_bytes())
+    assert iptc in kept and any(s.startswith(b"\xff\xfe") and s.endswith(b"shot on a test") for s in kept)
+    assert load_image(re).xmp == data.xmp
+    data.notes.clear()
+    out = save_image(data, tmp_path / "out.webp", arr)  # lossy WebP (the input was lossy)
+    assert any("IPTC record (APP13) and the comment" in n and "WEBP" in n for n in data.notes)
+    assert sum("lossy WEBP" in n and "outside the edit changed" in n for n in data.notes) == 1
+    assert load_image(out).xmp == data.xmp

@@ -1097,6 +1097,11 @@ def save_image(
     dpi = data.dpi if data.dpi and all(v and v > 0 for v in data.dpi[:2]) else None
     xmp = getattr(data, "xmp", None) or None
     text_chunks = list(getattr(data, "text_chunks", None) or [])
+    if fmt != "JPEG":
+        _source_jpeg_segments(data, notes, keep=False, fmt=fmt)
+    if dpi and fmt == "WEBP" and tuple(round(v) for v in dpi[:2]) != (72, 72):
+        notes.append(f"WebP has no resolution field: the {dpi[0]:g}x{dpi[1]:g} dpi are not kept (EXIF keeps "
+                     "its own copy when there is one)")
     if text_chunks and fmt != "PNG":
         notes.append(f"{len(text_chunks)} PNG text chunk(s) ({_text_keywords(text_chunks)}) not kept: "
                      f"{fmt} has no place for them (save as .png to keep them)")
@@ -1117,7 +1122,9 @@ def save_image(
                 _atomic_write(out, lambda f: f.write(block))
                 return out
         pil = _prepare_jpeg(arr, out.name, notes)
-        writer = lambda f: _write_jpeg(f, pil, quality, icc, exif, dpi, notes, xmp=xmp)  # noqa: E731
+        extra = _source_jpeg_segments(data, notes, keep=True)
+        writer = lambda f: _write_jpeg(f, pil, quality, icc, exif, dpi, notes, xmp=xmp,  # noqa: E731
+                                       extra_segments=extra)
         lossy = True
     else:
         pil, lossless = _prepare_webp(arr, data, quality, out.name, notes)
@@ -1128,6 +1135,26 @@ def save_image(
     if lossy:
         _note_lossy_change(data, arr, out, fmt, notes, record)
     return out
+
+
+def _source_jpeg_segments(data: ImageData, notes: list[str], keep: bool, fmt: str = "") -> list[bytes]:
+    """IPTC (APP13) and comment (COM) segments of a JPEG input: returned to re-insert them into a re-encoded
+    JPEG (``keep``), else named in a note as not kept in ``fmt``."""
+    if data.format != "JPEG" or data.source is None:
+        return []
+    try:
+        from crispedit.jpeg_lossless import metadata_segments
+
+        with open(data.source, "rb") as fh:
+            head = fh.read(1 << 20)
+        segs = [s for s in metadata_segments(head) if s[1] in (0xED, 0xFE)]
+    except Exception:  # noqa: BLE001 - informative only
+        return []
+    if segs and not keep:
+        what = " and ".join(n for n, m in (("the IPTC record (APP13)", 0xED), ("the comment", 0xFE))
+                            if any(s[1] == m for s in segs))
+        notes.append(f"{what} of the JPEG input cannot be stored in {fmt} and is not kept")
+    return segs
 
 
 def _text_keywords(chunks: list) -> str:
@@ -1500,7 +1527,15 @@ def _prepare_jpeg(arr: np.ndarray, name: str, notes: list[str]) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr))
 
 
-def _write_jpeg(f, pil: Image.Image, quality, icc, exif, dpi, notes: list[str], xmp: bytes | None = None) -> None:
+def _write_jpeg(f, pil: Image.Image, quality, icc, exif, dpi, notes: list[str], xmp: bytes | None = None,
+                extra_segments: Sequence[bytes] = ()) -> None:
+    if extra_segments:  # IPTC / comments of a JPEG input: inserted byte for byte after Pillow's own segments
+        from crispedit.jpeg_lossless import insert_segments
+
+        buf = io.BytesIO()
+        _write_jpeg(buf, pil, quality, icc, exif, dpi, notes, xmp)
+        f.write(insert_segments(buf.getvalue(), extra_segments))
+        return
     opts: dict[str, Any] = dict(quality=int(quality) if quality is not None else 95, subsampling=0)
     if xmp and len(xmp) <= 65502:
         opts["xmp"] = bytes(xmp)

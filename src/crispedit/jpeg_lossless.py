@@ -52,7 +52,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["JpegSplice", "UnsupportedJpeg", "splice_jpeg", "metadata_segments", "header_segments",
-           "read_coefficients"]
+           "read_coefficients", "insert_segments", "changed_mcus"]
 
 #: libjpeg build of ``jpeglib`` used for reading and writing (libjpeg-turbo 2.1: the decoder family Pillow uses).
 LIBJPEG_VERSION = "turbo210"
@@ -239,6 +239,14 @@ def _with_metadata(out: bytes, meta: list[bytes]) -> bytes:
     segs, sos = header_segments(out)
     rest = [s for m, s in segs if not (_APP0 <= m <= _APP15 or m == _COM)]
     return b"".join([b"\xff\xd8", *meta, *rest, out[sos:]])
+
+
+def insert_segments(out: bytes, extra: list[bytes] | tuple[bytes, ...]) -> bytes:
+    """``out`` with the marker segments ``extra`` added after its own APPn/COM segments (before the tables)."""
+    segs, sos = header_segments(out)
+    meta = [s for m, s in segs if _APP0 <= m <= _APP15 or m == _COM]
+    rest = [s for m, s in segs if not (_APP0 <= m <= _APP15 or m == _COM)]
+    return b"".join([b"\xff\xd8", *meta, *[bytes(e) for e in extra if e not in meta], *rest, out[sos:]])
 
 
 def _subsampling_name(samp: np.ndarray) -> str:

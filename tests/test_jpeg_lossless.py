@@ -265,3 +265,21 @@ def test_iptc_and_comment_kept_by_reencode_and_named_elsewhere(tmp_path):
     assert any("IPTC record (APP13) and the comment" in n and "WEBP" in n for n in data.notes)
     assert sum("lossy WEBP" in n and "outside the edit changed" in n for n in data.notes) == 1
     assert load_image(out).xmp == data.xmp
+
+
+def test_mpo_second_picture_kept_and_reindexed(tmp_path):
+    src = tmp_path / "in.mpo"
+    first = Image.fromarray((photo_like(96, 128, seed=2) * 255).astype(np.uint8))
+    second = Image.fromarray((photo_like(48, 64, seed=4) * 255).astype(np.uint8))
+    first.save(src, "MPO", save_all=True, append_images=[second], quality=90)
+    data = load_image(src)
+    assert data.format == "JPEG"
+    info: dict = {}
+    out = save_image(data, tmp_path / "out.jpg", edit_box(data, 20, 60, 20, 80), info=info)
+    assert info["mode"] == "block-copy" and info["verified"] and info["bytes_out"] == os.path.getsize(out)
+    assert any("kept" in n and "after the end of the image" in n for n in data.notes)
+    with Image.open(out) as im, Image.open(src) as orig:
+        assert im.format == "MPO" and im.n_frames == 2
+        im.seek(1)
+        orig.seek(1)
+        assert np.array_equal(np.asarray(im), np.asarray(orig))

@@ -249,6 +249,56 @@ def insert_segments(out: bytes, extra: list[bytes] | tuple[bytes, ...]) -> bytes
     return b"".join([b"\xff\xd8", *meta, *[bytes(e) for e in extra if e not in meta], *rest, out[sos:]])
 
 
+def _keep_trailer(data: bytes, sos: int, out: bytes, meta: list[bytes], notes: list[str]) -> bytes:
+    """Append the input's bytes after its EOI (MPO pictures, motion-photo video, maker trailers) to ``out``,
+    moving the MPF (CIPA DC-007) entry offsets by the change in the first picture's length."""
+    eoi = data.find(b"\xff\xd9", sos)  # in entropy-coded data 0xFF is always followed by 0x00 or RSTn
+    if eoi < 0 or eoi + 2 >= len(data):
+        return out
+    trailer = data[eoi + 2 :]
+    mpf = next((m for m in meta if m[1] == 0xE2 and m[4:8] == b"MPF\x00"), None)
+    if mpf is not None:
+        try:
+            out = _patch_mpf(out, mpf, old_first=eoi + 2, old_pos=data.find(mpf))
+        except (ValueError, struct.error, IndexError) as e:
+            notes.append(f"dropped {len(trailer):,} bytes after the end of the image (MPO pictures): their "
+                         f"index could not be updated ({e})")
+            return out
+    notes.append(f"kept {len(trailer):,} bytes after the end of the image unchanged (e.g. MPO pictures, a "
+                 "motion-photo video or a maker trailer); they still show the unedited picture")
+    return out + trailer
+
+
+def _patch_mpf(out: bytes, mpf: bytes, old_first: int, old_pos: int) -> bytes:
+    """``out`` with its MPF segment's MP entries re-pointed: entry 0's size = the new first picture's length,
+    other offsets moved by the change of length and of the segment's position."""
+    new_pos = out.find(mpf)
+    if new_pos < 0 or old_pos < 0:
+        raise ValueError("MPF segment not found")
+    tiff = new_pos + 8  # FF E2, length, "MPF\0": offsets count from the endianness field
+    buf = bytearray(out)
+    bo = {b"II": "<", b"MM": ">"}.get(bytes(buf[tiff : tiff + 2]))
+    if bo is None:
+        raise ValueError("bad MPF byte order")
+    (ifd,) = struct.unpack_from(bo + "I", buf, tiff + 4)
+    (n,) = struct.unpack_from(bo + "H", buf, tiff + ifd)
+    delta = (len(out) - old_first) + (old_pos - new_pos)
+    for i in range(n):
+        tag, _typ, count, value = struct.unpack_from(bo + "HHII", buf, tiff + ifd + 2 + 12 * i)
+        if tag != 0xB002:
+            continue
+        for k in range(count // 16):
+            entry = tiff + value + 16 * k
+            if k == 0:
+                struct.pack_into(bo + "I", buf, entry + 4, len(out))
+            else:
+                (off,) = struct.unpack_from(bo + "I", buf, entry + 8)
+                if off:
+                    struct.pack_into(bo + "I", buf, entry + 8, off + delta)
+        return bytes(buf)
+    raise ValueError("no MP entry table")
+
+
 def _subsampling_name(samp: np.ndarray) -> str:
     if samp.shape[0] == 1:
         return "gray"
@@ -421,7 +471,6 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray | Callable[[], n
         touched = changed_mcus(original, edited, mh, mw)
         lap("find_changed_mcus")
         n_touched = int(touched.sum())
-        blocks_per_mcu = int(sum(int(v) * int(h) for v, h in samp))
         report = JpegSplice(mcus_total=int(touched.size), mcus_reencoded=n_touched, mcu_size=(mh, mw),
                             subsampling=_subsampling_name(samp), progressive=progressive_in,
                             restart_interval=restart, blocks_total=int(sum(c.shape[0] * c.shape[1] for c in comps)),
@@ -476,13 +525,7 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray | Callable[[], n
         if final != base:
             lap("jpegtran")
         out = _with_metadata(Path(final).read_bytes(), meta)
-        eoi = data.find(b"\xff\xd9", sos)
-        trailer = len(data) - (eoi + 2) if eoi >= 0 else 0
-        if trailer > 0:
-            notes.append(f"dropped {trailer:,} bytes after the end of the image (e.g. an MPO second picture or a "
-                         "maker trailer): they describe the unedited picture")
         report.metadata_segments = len(meta)
-        report.bytes_out = len(out)
 
         # Read back: every untouched block must be the input's, every re-encoded one the intended value.
         check = os.path.join(tmp, "check.jpg")
@@ -507,6 +550,8 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray | Callable[[], n
         report.verified = bool(ok and identical == report.blocks_total - report.blocks_reencoded
                                and metadata_segments(out) == meta)
         report.progressive = bool(back.progressive_mode)
+        out = _keep_trailer(data, sos, out, meta, notes)
+        report.bytes_out = len(out)
         lap("read_back_and_verify")
         report.timings = timings
     return out, report

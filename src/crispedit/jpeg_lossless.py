@@ -120,12 +120,12 @@ class JpegSplice:
     def summary(self) -> str:
         """One line for the user."""
         mode = "progressive" if self.progressive else "baseline"
-        check = ("every other 8x8 block is identical to the input's in the coefficient domain (verified by "
-                 "reading the file back)" if self.verified else "the read-back check FAILED")
-        return (f"JPEG written block by block: re-encoded {self.mcus_reencoded:,} of {self.mcus_total:,} MCUs "
-                f"({self.mcu_size[1]}x{self.mcu_size[0]} px, {self.subsampling}, {mode}, input's quantisation "
-                f"tables); {check}; {self.metadata_segments} metadata segment(s) kept byte for byte; "
-                f"{self.bytes_in:,} -> {self.bytes_out:,} bytes")
+        check = ("every other block is identical in the coefficient domain (read back)" if self.verified
+                 else "the read-back check FAILED")
+        return (f"JPEG: re-encoded {self.mcus_reencoded:,} of {self.mcus_total:,} MCUs ({self.mcu_size[1]}x"
+                f"{self.mcu_size[0]} px, {self.subsampling} {mode}, the input's tables); {check}; "
+                f"{self.metadata_segments} metadata segment(s) kept byte for byte; {self.bytes_in:,} -> "
+                f"{self.bytes_out:,} bytes")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -418,8 +418,8 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray | Callable[[], n
     Raises
     ------
     UnsupportedJpeg
-        Arithmetic-coded, lossless, hierarchical, CMYK or otherwise unsupported input, or a shape mismatch;
-        the caller then re-encodes the whole picture.
+        Arithmetic-coded, lossless, hierarchical, CMYK or otherwise unsupported input, a shape mismatch, or a
+        written file that does not read back as intended; the caller then re-encodes the whole picture.
 
     Notes
     -----
@@ -550,6 +550,8 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray | Callable[[], n
         report.verified = bool(ok and identical == report.blocks_total - report.blocks_reencoded
                                and metadata_segments(out) == meta)
         report.progressive = bool(back.progressive_mode)
+        if not report.verified:  # never hand out a file that is not what it claims to be
+            raise UnsupportedJpeg("the written blocks did not read back as intended")
         out = _keep_trailer(data, sos, out, meta, notes)
         report.bytes_out = len(out)
         lap("read_back_and_verify")

@@ -203,6 +203,24 @@ def _frame_info(segs: list[tuple[int, bytes]]) -> tuple[int, int]:
     return sof, dri
 
 
+def _frame_header(segs: list[tuple[int, bytes]]) -> tuple[int, int, list[tuple[int, int]]]:
+    """(height, width, [(vertical, horizontal) sampling factor per component]) from the SOF segment."""
+    for m, s in segs:
+        if 0xC0 <= m <= 0xCF and m not in (0xC4, 0xC8, 0xCC):
+            _p, height, width, n = struct.unpack(">BHHB", s[4:10])
+            comps = [(s[10 + 3 * i + 1] & 15, s[10 + 3 * i + 1] >> 4) for i in range(n)]
+            return height, width, comps
+    raise UnsupportedJpeg("no frame header (SOF)")
+
+
+def _adobe_transform(segs: list[tuple[int, bytes]]) -> int | None:
+    """The colour transform flag of an Adobe APP14 segment (0: none, i.e. RGB; 1: YCbCr), None without one."""
+    for m, s in segs:
+        if m == 0xEE and s[4:9] == b"Adobe" and len(s) >= 16:
+            return s[15]
+    return None
+
+
 def _huffman_tables(segs: list[tuple[int, bytes]]) -> set[bytes]:
     """Each Huffman table of the DHT segments as ``class/id byte + 16 counts + values``."""
     tables = set()
@@ -312,6 +330,42 @@ def _subsampling_name(samp: np.ndarray) -> str:
 # ---- coefficients ---------------------------------------------------------------------------------------------
 
 
+def _read_dct(path: str, segs: list[tuple[int, bytes]]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """(components, qt, quant_tbl_no) of a JPEG, read by libjpeg's ``jpeg_read_coefficients`` through jpeglib.
+
+    Calls jpeglib's C entry point with numpy buffers sized from the frame header: one entropy-decoding pass
+    (``jpeglib.read_dct`` makes a second one to count scans, and copies the file to a temporary). Falls back to
+    the public ``jpeglib.read_dct`` when that entry point is not there. Hold ``_LOCK`` with the version set.
+    """
+    import ctypes
+
+    import jpeglib
+
+    height, width, factors = _frame_header(segs)
+    try:
+        from jpeglib._bind import CJpegLib
+
+        lib = CJpegLib.get()
+        vmax, hmax = max(v for v, _ in factors), max(h for _, h in factors)
+        comps = [np.zeros((-(-height * v // (8 * vmax)), -(-width * h // (8 * hmax)), 8, 8), np.int16)
+                 for v, h in factors]
+        qt = np.zeros((4, 8, 8), np.uint16)
+        tbl = np.full(4, -1, np.int16)
+        short_p = ctypes.POINTER(ctypes.c_short)
+        ptrs = [c.ctypes.data_as(short_p) for c in comps] + [None] * (4 - len(comps))
+        status = lib.read_jpeg_dct(ctypes.c_char_p(os.fsencode(path)), *ptrs,
+                                   qt.ctypes.data_as(ctypes.POINTER(ctypes.c_ushort)), tbl.ctypes.data_as(short_p))
+        if status == 0:
+            raise UnsupportedJpeg(f"libjpeg could not read the coefficients of {Path(path).name}")
+        tbl = tbl[: len(comps)].astype(np.int64)
+        return comps, qt[: int(tbl.max()) + 1], tbl
+    except (ImportError, AttributeError, TypeError, ctypes.ArgumentError):
+        j = jpeglib.read_dct(str(path))
+        j.load()
+        comps = [np.array(j.Y)] + ([np.array(j.Cb), np.array(j.Cr)] if j.has_chrominance else [])
+        return comps, np.array(j.qt), np.array(j.quant_tbl_no)
+
+
 def read_coefficients(path: str | os.PathLike) -> dict:
     """Quantised DCT coefficients and coding parameters of a JPEG file.
 
@@ -333,12 +387,14 @@ def read_coefficients(path: str | os.PathLike) -> dict:
     """
     import jpeglib
 
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 20)
+    segs, _ = header_segments(head)
+    sof, _ = _frame_info(segs)
     with _LOCK, jpeglib.version(LIBJPEG_VERSION):
-        j = jpeglib.read_dct(str(path))
-        j.load()
-        comps = [np.array(j.Y)] + ([np.array(j.Cb), np.array(j.Cr)] if j.has_chrominance else [])
-        return {"components": comps, "qt": np.array(j.qt), "quant_tbl_no": np.array(j.quant_tbl_no),
-                "samp_factor": np.array(j.samp_factor), "progressive": bool(j.progressive_mode)}
+        comps, qt, tbl = _read_dct(str(path), segs)
+    return {"components": comps, "qt": qt, "quant_tbl_no": tbl,
+            "samp_factor": np.array([f for f in _frame_header(segs)[2]]), "progressive": sof == _SOF_PROGRESSIVE}
 
 
 def changed_mcus(original: np.ndarray, edited: np.ndarray, mh: int, mw: int) -> np.ndarray:
@@ -448,24 +504,24 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray | Callable[[], n
 
     with _LOCK, jpeglib.version(LIBJPEG_VERSION), tempfile.TemporaryDirectory(prefix="crispedit-jpeg-") as tmp, \
             ThreadPoolExecutor(max_workers=1) as pool:
+        height, width, factors = _frame_header(segs)
+        if len(factors) not in (1, 3):
+            raise UnsupportedJpeg(f"{len(factors)}-component JPEG (CMYK or other)")
+        if _adobe_transform(segs) == 0 and len(factors) == 3:
+            raise UnsupportedJpeg("RGB-coded JPEG (Adobe transform 0)")
         pending = pool.submit(original) if callable(original) else None
-        j = jpeglib.read_dct(str(source))
-        j.load()
+        comps, qt_in, tbl = _read_dct(str(source), segs)
         if pending is not None:
             original = pending.result()
         lap("decode_and_read_coefficients")
         if original.shape != edited.shape or original.ndim != 3 or original.shape[2] not in (1, 3):
             raise UnsupportedJpeg(f"pixel shapes differ ({original.shape} vs {edited.shape})")
-        if j.has_black or j.num_components not in (1, 3):
-            raise UnsupportedJpeg(f"{j.num_components}-component JPEG (CMYK or other)")
-        if (j.height, j.width) != original.shape[:2]:
+        if (height, width) != original.shape[:2]:
             raise UnsupportedJpeg("the file's size does not match the pixels")
-        if (original.shape[2] == 1) != (j.num_components == 1):
+        if (original.shape[2] == 1) != (len(comps) == 1):
             raise UnsupportedJpeg("gray pixels for a colour JPEG or the reverse")
-        comps = [j.Y] + ([j.Cb, j.Cr] if j.has_chrominance else [])
-        samp = np.array(j.samp_factor).reshape(-1, 2)[: len(comps)]
-        if len(comps) == 1:
-            samp = np.array([[1, 1]])
+        samp_file = np.array(factors)
+        samp = samp_file if len(comps) == 3 else np.array([[1, 1]])
         vmax, hmax = int(samp[:, 0].max()), int(samp[:, 1].max())
         mh, mw = 8 * vmax, 8 * hmax
         touched = changed_mcus(original, edited, mh, mw)
@@ -486,7 +542,7 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray | Callable[[], n
         y0, y1 = r0 * mh, min(original.shape[0], r1 * mh)
         x0, x1 = c0 * mw, min(original.shape[1], c1 * mw)
         crop = edited[y0:y1, x0:x1]
-        new = _encode_crop(crop, np.array(j.qt), np.array(j.quant_tbl_no), samp, tmp)
+        new = _encode_crop(crop, qt_in, tbl, samp_file, tmp)
         # Splice: only blocks of touched MCUs change, all inside the bounding box; keep the box's old blocks.
         regions = []  # per component: (block slice, the box's input coefficients, touched-block mask in the box)
         for comp, blocks, (v, h) in zip(comps, new, samp):
@@ -504,10 +560,10 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray | Callable[[], n
         lap("encode_touched_mcus")
         # Huffman tables: the input's kind (standard tables stay standard, optimised stay optimised).
         optimise = progressive_in or not _huffman_tables(segs) <= _standard_huffman_tables()
-        qt_in = np.array(j.qt)
-        j.markers = []  # the input's APPn/COM segments go back in byte for byte below
-        j.content = None  # write from the arrays and tables alone (skips decoding the input a second time)
-        base = os.path.join(tmp, "base.jpg")
+        j = jpeglib.from_dct(Y=comps[0], Cb=comps[1] if len(comps) == 3 else None,
+                             Cr=comps[2] if len(comps) == 3 else None, qt=qt_in, quant_tbl_no=tbl)
+        j.height, j.width, j.samp_factor = height, width, samp_file
+        base = os.path.join(tmp, "base.jpg")  # no markers: the input's APPn/COM segments go back in below
         j.write_dct(base, flags=["+OPTIMIZE_CODING" if optimise else "-OPTIMIZE_CODING"])
         final = base
         lap("write_coefficients")
@@ -530,13 +586,11 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray | Callable[[], n
         # Read back: every untouched block must be the input's, every re-encoded one the intended value.
         check = os.path.join(tmp, "check.jpg")
         Path(check).write_bytes(out)
-        back = jpeglib.read_dct(check)
-        back.load()
-        got = [back.Y] + ([back.Cb, back.Cr] if back.has_chrominance else [])
+        back_segs, _ = header_segments(out)
+        got, back_qt, back_tbl = _read_dct(check, back_segs)
         ok = (len(got) == len(comps) and all(g.shape == c.shape for g, c in zip(got, comps))
-              and np.array_equal(np.array(back.qt), qt_in)
-              and np.array_equal(np.array(back.samp_factor).reshape(-1, 2)[: len(comps)],
-                                 np.array(j.samp_factor).reshape(-1, 2)[: len(comps)]))
+              and np.array_equal(back_qt, qt_in) and np.array_equal(back_tbl, tbl)
+              and _frame_header(back_segs) == (height, width, factors))
         identical = 0
         if ok:
             # ``comps`` outside the boxes were never written (the input's coefficients); inside the boxes the
@@ -549,7 +603,7 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray | Callable[[], n
         report.blocks_identical = identical
         report.verified = bool(ok and identical == report.blocks_total - report.blocks_reencoded
                                and metadata_segments(out) == meta)
-        report.progressive = bool(back.progressive_mode)
+        report.progressive = _frame_info(back_segs)[0] == _SOF_PROGRESSIVE
         if not report.verified:  # never hand out a file that is not what it claims to be
             raise UnsupportedJpeg("the written blocks did not read back as intended")
         out = _keep_trailer(data, sos, out, meta, notes)

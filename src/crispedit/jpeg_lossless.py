@@ -596,10 +596,9 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray | Callable[[], n
             # ``comps`` outside the boxes were never written (the input's coefficients); inside the boxes the
             # untouched blocks are compared with the copies taken before splicing.
             for g, c, (box, old, sub) in zip(got, comps, regions):
-                ok = ok and bool(np.array_equal(g, c))
-                same = np.all(g == c, axis=(2, 3))
-                same[box] &= np.all(g[box] == old, axis=(2, 3)) | sub
-                identical += int(np.count_nonzero(same)) - int(np.count_nonzero(same[box] & sub))
+                ok = ok and bool(np.array_equal(g, c))  # every block as intended (one pass, no temporaries)
+                inside = np.all(g[box] == old, axis=(2, 3)) & ~sub  # untouched blocks of the box: the input's
+                identical += g.shape[0] * g.shape[1] - sub.size + int(np.count_nonzero(inside))
         report.blocks_identical = identical
         report.verified = bool(ok and identical == report.blocks_total - report.blocks_reencoded
                                and metadata_segments(out) == meta)

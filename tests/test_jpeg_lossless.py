@@ -7,7 +7,6 @@ DCT coefficients and decoding both with Pillow.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -16,9 +15,9 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import photo_like
 from PIL import Image, ImageCms
 
-from conftest import photo_like
 from crispedit.imageio import load_image, save_image
 from crispedit.jpeg_lossless import metadata_segments, read_coefficients, splice_jpeg
 

@@ -92,7 +92,8 @@ def speed_row(name: str, src: Path, tmp: Path, runs: int) -> dict:
             "verified": info.get("verified"), "mode": info.get("mode"),
             "kind": f"{info.get('subsampling')} {'progressive' if info.get('progressive') else 'baseline'}",
             "bytes": (os.path.getsize(src), os.path.getsize(tmp / "block.jpg"), os.path.getsize(tmp / "re.jpg")),
-            "re_changed": rinfo.get("pixels_changed_outside_edit"), "re_max": rinfo.get("max_change_outside_edit")}
+            "re_changed": rinfo.get("pixels_changed_outside_edit"), "re_max": rinfo.get("max_change_outside_edit"),
+            "steps": info.get("timings", {})}
 
 
 def check_photo(name: str, src: Path, tmp: Path) -> dict:
@@ -169,6 +170,10 @@ def main() -> None:
                      f"{r['encode']:.2f} s | **{r['block']:.2f} s** | {r['block'] / (r['decode'] + r['encode']):.2f} | "
                      f"{r['reencode']:.2f} s | {r['bytes'][0]:,} / {r['bytes'][1]:,} / {r['bytes'][2]:,} | "
                      f"{r['re_changed']:,} ({r['re_max']}) |")
+    lines += ["", "Block write steps (last run, seconds; the input's decode runs in a thread beside the coefficient "
+              "read):", ""]
+    for r in rows:
+        lines.append(f"- {r['name']}: " + ", ".join(f"{k.replace('_', ' ')} {v:.2f}" for k, v in r["steps"].items()))
     if checks:
         lines += ["", "Every benchmark photo (real JPEGs), a 300x200 edit at one third of the picture: untouched MCUs "
                   "identical in the coefficient domain (both files read), decoded pixels beyond one MCU from the "

@@ -234,11 +234,16 @@ def test_exif_orientation_jpeg_swaps_dpi_and_saved_file_is_upright(tmp_path):
     data = load_image(p)
     assert data.array.shape == (32, 16, 3)
     assert data.dpi == (200.0, 100.0)
-    out = save_image(data, tmp_path / "back.jpg")
+    out = save_image(data, tmp_path / "back.jpg", reencode=True)  # a new picture: written upright
     with Image.open(out) as im:
         assert im.getexif()[0x0112] == 1 and im.size == (16, 32)
     again = load_image(out)
     assert again.array.shape == (32, 16, 3)
+    # JPEG to JPEG without re-encoding keeps the file's blocks, so its orientation tag stays (and still applies)
+    kept = save_image(data, tmp_path / "kept.jpg")
+    with Image.open(kept) as im:
+        assert im.getexif()[0x0112] == 6 and im.size == (32, 16)
+    assert np.array_equal(load_image(kept).array, data.array)
 
 
 def test_exif_orientation_16bit_png_and_tiff(tmp_path):
@@ -608,3 +613,90 @@ def test_print_png_encode_time_4k(capsys):
     with capsys.disabled():
         print(f"\n[imageio] PNG encode 3840x2160 RGB 8-bit: {dt:.3f} s, {buf.tell() / 1e6:.1f} MB")
     assert buf.getvalue().startswith(b"\x89PNG")
+
+
+# ---- metadata everywhere: PNG text chunks, XMP, resolution ------------------------------------------------------
+
+XMP_PACKET = (b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+              b'<rdf:Description xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:Rating="4"/></rdf:RDF></x:xmpmeta>')
+
+
+def png_with_text(path: Path, arr: np.ndarray) -> list[tuple[str, bytes]]:
+    """A PNG with tEXt, zTXt and iTXt chunks (like generation parameters other tools write), XMP and 300 dpi."""
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a cat, Steps: 20, Sampler: Euler a, Seed: 42")
+    info.add_text("Comment", "long text " * 40, zip=True)
+    info.add_itxt("Title", "Katze über dem Tisch", lang="de", tkey="Titel")
+    info.add_itxt("XML:com.adobe.xmp", XMP_PACKET.decode())
+    Image.fromarray(arr).save(path, pnginfo=info, dpi=(300, 300))
+    return [c for c in m._png_text_chunks(path) if not c[1].startswith(b"XML:com.adobe.xmp\x00")]
+
+
+def test_png_text_chunks_xmp_and_dpi_survive_png(tmp_path):
+    src = tmp_path / "in.png"
+    chunks = png_with_text(src, photo())
+    assert [t for t, _ in chunks] == ["tEXt", "zTXt", "iTXt"]
+    data = load_image(src)
+    assert data.text_chunks == chunks and data.xmp == XMP_PACKET and data.dpi == (300.0, 300.0)
+    out = save_image(data, tmp_path / "out.png")
+    back = load_image(out)
+    assert back.text_chunks == chunks and back.xmp == XMP_PACKET and back.dpi == (300.0, 300.0)
+    im = Image.open(out)
+    assert im.text["parameters"].startswith("a cat") and im.text["Title"] == "Katze über dem Tisch"
+    assert not data.notes
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".webp", ".tif"])
+def test_xmp_and_dpi_kept_in_other_formats_text_chunks_noted(tmp_path, ext):
+    src = tmp_path / "in.png"
+    png_with_text(src, photo())
+    data = load_image(src)
+    out = save_image(data, tmp_path / f"out{ext}")
+    back = load_image(out)
+    assert back.xmp is not None and b'xmp:Rating="4"' in back.xmp
+    if ext != ".webp":  # WebP has no resolution field
+        assert back.dpi == (300.0, 300.0)
+    assert any("3 PNG text chunk(s)" in n and "parameters" in n for n in data.notes)
+
+
+def test_xmp_from_jpeg_kept_in_png(tmp_path):
+    src = tmp_path / "in.jpg"
+    Image.fromarray(photo()).save(src, quality=90, xmp=XMP_PACKET)
+    data = load_image(src)
+    assert data.xmp == XMP_PACKET
+    assert load_image(save_image(data, tmp_path / "out.png")).xmp == XMP_PACKET
+
+
+def _edit_env():
+    return {**os.environ, "HF_HUB_OFFLINE": "1"}
+
+
+def test_png_text_xmp_and_dpi_survive_edit_and_run(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from crispedit.workflow import builtin
+
+    src = tmp_path / "in.png"
+    chunks = png_with_text(src, photo(96, 128))
+    out = tmp_path / "out.png"
+    r = subprocess.run([sys.executable, "-m", "crispedit.cli", "edit", str(src), "--box", "40,30,80,60", "-o",
+                        str(out), "--no-check", "--json"], capture_output=True, text=True, env=_edit_env(),
+                       timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["save"]["mode"] == "lossless"
+    back = load_image(out)
+    assert back.text_chunks == chunks and back.xmp == XMP_PACKET and back.dpi == (300.0, 300.0)
+
+    wf = builtin.save_edit_workflow(tmp_path / "wf.yaml", image=src, output=tmp_path / "run.png",
+                                    box="40,30,80,60", no_check=True)
+    for extra in ([], []):  # the second run takes the edit from the cache
+        r = subprocess.run([sys.executable, "-m", "crispedit.cli", "run", str(wf), *extra], capture_output=True,
+                           text=True, env={**_edit_env(), "CRISPEDIT_CACHE": str(tmp_path / "cache")},
+                           cwd=tmp_path, timeout=300)
+        assert r.returncode == 0, r.stderr
+        back = load_image(tmp_path / "run.png")
+        assert back.text_chunks == chunks and back.xmp == XMP_PACKET and back.dpi == (300.0, 300.0)

@@ -76,6 +76,8 @@ def edit(
     seed: Optional[int] = typer.Option(None, "--seed", help="Seed for repeatable results."),
     json_out: bool = typer.Option(False, "--json", help="Print the result info as JSON on stdout."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Allow writing over the input file."),
+    reencode: bool = typer.Option(False, "--reencode", help="JPEG to JPEG: re-encode the whole picture instead of "
+                                  "keeping every unedited 8x8 block bit for bit."),
     max_pixels: int = typer.Option(300_000_000, "--max-pixels", help="Refuse larger images (decompression bombs)."),
     model: Optional[str] = typer.Option(None, "--model", help="SD model: HF id, diffusers folder or .safetensors."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Denoising steps (SD)."),

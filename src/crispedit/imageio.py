@@ -138,6 +138,13 @@ class ImageData:
         User-facing remarks such as ``"converted CMYK to RGB"``.
     dpi : tuple of float or None
         ``(x, y)`` resolution in dots per inch.
+    xmp : bytes or None
+        The XMP packet (UTF-8 XML), from JPEG APP1, PNG iTXt ``XML:com.adobe.xmp``, WebP ``XMP `` or TIFF tag 700;
+        written back in every output format.
+    text_chunks : list of (str, bytes)
+        PNG text chunks other than XMP, as ``(chunk type, raw payload)`` with type ``'tEXt'``, ``'zTXt'`` or
+        ``'iTXt'`` (e.g. the generation parameters other tools write); written back byte for byte to PNG, with a
+        note for formats that cannot hold them.
     """
 
     array: np.ndarray
@@ -147,6 +154,8 @@ class ImageData:
     source: Path | None = None
     notes: list[str] = field(default_factory=list)
     dpi: tuple | None = None
+    xmp: bytes | None = None
+    text_chunks: list = field(default_factory=list)
 
     @property
     def width(self) -> int:
@@ -368,8 +377,73 @@ def _load_file(path: Path, max_pixels: int) -> ImageData:
             except Exception as e:  # noqa: BLE001 - any decoder failure is a bad input
                 raise _damaged(name, e) from e
             dpi = _dpi_from_info(im.info)
+            xmp, text_chunks = _xmp_and_text(path, fmt, im)
     data = _finish(arr, icc, raw_exif, fmt, path.resolve(), notes, dpi, orientation_hint)
+    data.xmp, data.text_chunks = xmp, text_chunks
     return data
+
+
+_PNG_TEXT_TYPES = (b"tEXt", b"zTXt", b"iTXt")
+_XMP_KEYWORD = b"XML:com.adobe.xmp"
+
+
+def _png_text_chunks(path: Path) -> list[tuple[str, bytes]]:
+    """All tEXt / zTXt / iTXt chunks of a PNG, raw, in file order (chunk headers walked, nothing inflated)."""
+    chunks: list[tuple[str, bytes]] = []
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if f.read(8) != _PNG_SIGNATURE:
+            return chunks
+        pos = 8
+        while pos + 12 <= size:
+            f.seek(pos)
+            length, ctype = struct.unpack(">I4s", f.read(8))
+            if pos + 12 + length > size or ctype == b"IEND":
+                break
+            if ctype in _PNG_TEXT_TYPES:
+                chunks.append((ctype.decode("ascii"), f.read(length)))
+            pos += 12 + length
+    return chunks
+
+
+def _itxt_text(payload: bytes) -> tuple[bytes, bytes] | None:
+    """(keyword, UTF-8 text) of an iTXt payload, or None when it is malformed."""
+    try:
+        keyword, rest = payload.split(b"\x00", 1)
+        flag, _method, rest = rest[0], rest[1], rest[2:]
+        _lang, rest = rest.split(b"\x00", 1)
+        _translated, text = rest.split(b"\x00", 1)
+        return keyword, (zlib.decompress(text) if flag else text)
+    except (ValueError, IndexError, zlib.error):
+        return None
+
+
+def _xmp_and_text(path: Path, fmt: str | None, im: Image.Image) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+    """The XMP packet and the PNG text chunks (XMP excluded) of an opened file; best effort."""
+    xmp: bytes | None = None
+    text: list[tuple[str, bytes]] = []
+    try:
+        if fmt == "PNG":
+            for ctype, payload in _png_text_chunks(path):
+                if ctype == "iTXt" and payload.startswith(_XMP_KEYWORD + b"\x00"):
+                    parsed = _itxt_text(payload)
+                    if parsed is not None and xmp is None:
+                        xmp = parsed[1]
+                        continue
+                text.append((ctype, payload))
+        elif fmt == "TIFF":
+            value = getattr(im, "tag_v2", {}).get(700)
+            if isinstance(value, str):
+                value = value.encode("utf-8")
+            xmp = bytes(value) if value else None
+        else:
+            value = im.info.get("xmp")
+            if isinstance(value, str):
+                value = value.encode("utf-8")
+            xmp = bytes(value) if value else None
+    except Exception:  # noqa: BLE001 - metadata is best effort
+        pass
+    return xmp, text
 
 
 def _damaged(name: str, e: BaseException) -> InputError:
@@ -939,8 +1013,18 @@ def save_image(
     overwrite: bool = False,
     inputs: Sequence[str | os.PathLike] = (),
     quality: int | None = None,
+    reencode: bool = False,
+    info: dict | None = None,
 ) -> Path:
-    """Write an image atomically, keeping bit depth, alpha, ICC profile, EXIF and dpi where the format can.
+    """Write an image atomically, keeping bit depth, alpha, ICC profile, EXIF, XMP, PNG text and dpi where the
+    format can.
+
+    JPEG in, JPEG out: when ``data`` was loaded from a JPEG and has its size, only the MCUs (8x8 / 16x16 px
+    blocks) whose pixels differ from the input are re-encoded, with the input's quantisation tables and chroma
+    subsampling; every other block keeps its DCT coefficients bit for bit and every APPn / COM segment (EXIF,
+    ICC, XMP, IPTC, comments) is copied byte for byte (:func:`crispedit.jpeg_lossless.splice_jpeg`). Other lossy
+    writes (a JPEG from a PNG, lossy WebP, ``reencode=True``) measure the written file and add a note saying how
+    many pixels outside the edit changed and by how much.
 
     Parameters
     ----------
@@ -956,7 +1040,15 @@ def save_image(
         Files this output must not replace (the inputs of the edit).
     quality : int, optional
         1..100 for JPEG (default 95, 4:4:4 chroma) and WebP (lossy at this quality; by default WebP is lossless
-        unless the source was lossy, then quality 95). Ignored for PNG and TIFF.
+        unless the source was lossy, then quality 95). Ignored for PNG and TIFF. A quality given for a JPEG
+        output implies ``reencode``.
+    reencode : bool
+        JPEG to JPEG: decode and re-encode the whole picture (the old behaviour) instead of the block-level copy.
+    info : dict, optional
+        Filled with what the write did: ``format``, ``mode`` (``'block-copy'``, ``'reencode'``, ``'lossless'``)
+        and, for block-level JPEG, the :class:`~crispedit.jpeg_lossless.JpegSplice` fields (``mcus_reencoded``,
+        ``mcus_total``, ``verified``...); for lossy writes, ``pixels_changed_outside_edit`` and
+        ``max_change_outside_edit`` (levels).
 
     Returns
     -------
@@ -1003,19 +1095,164 @@ def save_image(
     if exif:  # the pixels are upright: never ask a viewer to rotate them again
         exif = _exif_reset_orientation(exif)
     dpi = data.dpi if data.dpi and all(v and v > 0 for v in data.dpi[:2]) else None
+    xmp = getattr(data, "xmp", None) or None
+    text_chunks = list(getattr(data, "text_chunks", None) or [])
+    if fmt != "JPEG":
+        _source_jpeg_segments(data, notes, keep=False, fmt=fmt)
+    if dpi and fmt == "WEBP" and tuple(round(v) for v in dpi[:2]) != (72, 72):
+        notes.append(f"WebP has no resolution field: the {dpi[0]:g}x{dpi[1]:g} dpi are not kept (EXIF keeps "
+                     "its own copy when there is one)")
+    if text_chunks and fmt != "PNG":
+        notes.append(f"{len(text_chunks)} PNG text chunk(s) ({_text_keywords(text_chunks)}) not kept: "
+                     f"{fmt} has no place for them (save as .png to keep them)")
+    record = info if info is not None else {}
+    record["format"] = fmt
+    lossy = False
 
     if fmt == "PNG":
-        writer: Callable[[IO[bytes]], None] = lambda f: _write_png(f, arr, icc, exif, dpi)  # noqa: E731
+        writer: Callable[[IO[bytes]], None] = lambda f: _write_png(f, arr, icc, exif, dpi, xmp=xmp,  # noqa: E731
+                                                                   text_chunks=text_chunks)
     elif fmt == "TIFF":
-        writer = lambda f: _write_tiff(f, arr, icc, exif, dpi, notes)  # noqa: E731
+        writer = lambda f: _write_tiff(f, arr, icc, exif, dpi, notes, xmp=xmp)  # noqa: E731
     elif fmt == "JPEG":
+        pil = None
+        if not reencode and quality is None:
+            block = _jpeg_block_write(data, arr, out, notes, record)
+            if block is not None:
+                _atomic_write(out, lambda f: f.write(block))
+                return out
         pil = _prepare_jpeg(arr, out.name, notes)
-        writer = lambda f: _write_jpeg(f, pil, quality, icc, exif, dpi, notes)  # noqa: E731
+        extra = _source_jpeg_segments(data, notes, keep=True)
+        writer = lambda f: _write_jpeg(f, pil, quality, icc, exif, dpi, notes, xmp=xmp,  # noqa: E731
+                                       extra_segments=extra)
+        lossy = True
     else:
         pil, lossless = _prepare_webp(arr, data, quality, out.name, notes)
-        writer = lambda f: _write_webp(f, pil, lossless, quality, icc, exif)  # noqa: E731
+        writer = lambda f: _write_webp(f, pil, lossless, quality, icc, exif, xmp=xmp)  # noqa: E731
+        lossy = not lossless
     _atomic_write(out, writer)
+    record["mode"] = "reencode" if lossy else "lossless"
+    if lossy:
+        _note_lossy_change(data, arr, out, fmt, notes, record)
     return out
+
+
+def _source_jpeg_segments(data: ImageData, notes: list[str], keep: bool, fmt: str = "") -> list[bytes]:
+    """IPTC (APP13) and comment (COM) segments of a JPEG input: returned to re-insert them into a re-encoded
+    JPEG (``keep``), else named in a note as not kept in ``fmt``."""
+    if data.format != "JPEG" or data.source is None:
+        return []
+    try:
+        from crispedit.jpeg_lossless import metadata_segments
+
+        with open(data.source, "rb") as fh:
+            head = fh.read(1 << 20)
+        segs = [s for s in metadata_segments(head) if s[1] in (0xED, 0xFE)]
+    except Exception:  # noqa: BLE001 - informative only
+        return []
+    if segs and not keep:
+        what = " and ".join(n for n, m in (("the IPTC record (APP13)", 0xED), ("the comment", 0xFE))
+                            if any(s[1] == m for s in segs))
+        notes.append(f"{what} of the JPEG input cannot be stored in {fmt} and is not kept")
+    return segs
+
+
+def _text_keywords(chunks: list) -> str:
+    names = []
+    for _ctype, payload in chunks:
+        name = bytes(payload).split(b"\x00", 1)[0].decode("latin-1", "replace")
+        if name not in names:
+            names.append(name)
+    return ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+
+
+def _source_pixels(data: ImageData, shape: tuple) -> np.ndarray | None:
+    """The input file's pixels as ``load_image`` gives them (oriented, 8-bit), when they match ``shape``."""
+    src = data.source
+    if src is None or not Path(src).is_file():
+        return None
+    try:
+        original = load_image(src).array
+    except Exception:  # noqa: BLE001 - the comparison is informative only
+        return None
+    return original if original.shape == tuple(shape) else None
+
+
+def _note_lossy_change(data: ImageData, arr: np.ndarray, out: Path, fmt: str, notes: list[str],
+                       record: dict) -> None:
+    """Decode what was written and say, in one note, how many pixels outside the edit the lossy codec changed."""
+    try:
+        written = load_image(out).array
+    except Exception:  # noqa: BLE001
+        return
+    target = _to_8bit(arr)
+    if target.shape[2] in (2, 4) and written.shape[2] == target.shape[2] - 1:
+        target = target[:, :, :-1]
+    if written.shape != target.shape:
+        return
+    original = _source_pixels(data, arr.shape)
+    if original is not None:
+        outside = np.all(original == arr, axis=2)
+        where = "outside the edit"
+    else:
+        outside = np.ones(arr.shape[:2], bool)
+        where = "in the picture"
+    delta = np.abs(written.astype(np.int16) - target.astype(np.int16)).max(axis=2)
+    moved = (delta > 0) & outside
+    n = int(np.count_nonzero(moved))
+    worst = int(delta[moved].max()) if n else 0
+    record["pixels_changed_outside_edit"] = n
+    record["max_change_outside_edit"] = worst
+    if n:
+        hint = ("keep the input's JPEG blocks by not passing --reencode" if data.format == "JPEG" and fmt == "JPEG"
+                else "save as .png or .tif (or lossless .webp) to keep them")
+        notes.append(f"lossy {fmt}: {n:,} pixels {where} changed (up to {worst} levels) by re-encoding; {hint}")
+
+
+def _jpeg_block_write(data: ImageData, arr: np.ndarray, out: Path, notes: list[str], record: dict) -> bytes | None:
+    """The block-level JPEG (see :mod:`crispedit.jpeg_lossless`), or None when the input does not allow it."""
+    if data.format != "JPEG" or data.source is None:
+        return None
+    src = Path(data.source)
+    if not src.is_file() or arr.dtype != np.uint8:
+        return None
+    from crispedit import jpeg_lossless
+
+    def decode_input() -> np.ndarray:  # the input's pixels in its own orientation, as load_image decodes them
+        with _PIL_LOCK, _pillow_limits(size[0] * size[1] + 1), Image.open(src) as im:
+            im.load()
+            pixels = np.asarray(im)
+        return pixels[:, :, None] if pixels.ndim == 2 else pixels
+
+    try:
+        with _PIL_LOCK, _pillow_limits(arr.shape[0] * arr.shape[1] + 1), Image.open(src) as im:
+            if im.mode not in ("RGB", "L") or im.format not in ("JPEG", "MPO"):
+                raise jpeg_lossless.UnsupportedJpeg(f"{im.mode} pixels")
+            orientation = _exif_orientation(_exif_from_pil(im) or b"") or 1
+            size = tuple(im.size)
+        edited = arr
+        if edited.shape[2] in (2, 4):
+            if edited[:, :, -1].min() != 255:
+                return None  # transparency: the regular path refuses it with a clear message
+            edited = edited[:, :, :-1]
+        if orientation in _ORIENTATION_NAMES:  # back to the file's own orientation
+            edited = _apply_orientation(edited, {6: 8, 8: 6}.get(orientation, orientation))
+        if edited.shape[:2] != size[::-1]:
+            return None  # resized: nothing to keep
+        block, report = jpeg_lossless.splice_jpeg(src, decode_input, np.ascontiguousarray(edited))
+    except jpeg_lossless.UnsupportedJpeg as e:
+        notes.append(f"re-encoded the whole JPEG: the input's blocks cannot be kept ({e})")
+        return None
+    except ImportError:
+        notes.append("re-encoded the whole JPEG: the jpeglib package is not installed")
+        return None
+    except Exception as e:  # noqa: BLE001 - a codec failure falls back to the whole-picture encode, said so
+        notes.append(f"re-encoded the whole JPEG: the block-level write failed ({type(e).__name__}: {e})")
+        return None
+    notes.extend(report.notes)
+    notes.append(report.summary())
+    record.update(report.to_dict())
+    return block
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -1093,7 +1330,8 @@ def _png_band(rows: np.ndarray, prev: np.ndarray | None, last: bool, level: int)
     return out, zlib.adler32(raw), raw.nbytes
 
 
-def _write_png(f: IO[bytes], arr: np.ndarray, icc: bytes | None, exif: bytes | None, dpi, level: int = 1) -> None:
+def _write_png(f: IO[bytes], arr: np.ndarray, icc: bytes | None, exif: bytes | None, dpi, level: int = 1, *,
+               xmp: bytes | None = None, text_chunks: Sequence = ()) -> None:
     h, w, c = arr.shape
     depth = 16 if arr.dtype == np.uint16 else 8
     color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]
@@ -1106,6 +1344,11 @@ def _write_png(f: IO[bytes], arr: np.ndarray, icc: bytes | None, exif: bytes | N
         _png_chunk(f, b"pHYs", struct.pack(">IIB", ppm[0], ppm[1], 1))
     if exif:
         _png_chunk(f, b"eXIf", exif[len(_EXIF_PREFIX):])
+    if xmp:  # iTXt, uncompressed, as Adobe's XMP specification part 3 asks
+        _png_chunk(f, b"iTXt", _XMP_KEYWORD + b"\x00\x00\x00\x00\x00" + bytes(xmp))
+    for ctype, payload in text_chunks:
+        if ctype in ("tEXt", "zTXt", "iTXt"):
+            _png_chunk(f, ctype.encode("ascii"), bytes(payload))
     rows = arr.reshape(h, w * c)
     band = max(1, _PNG_BAND_BYTES // (w * c * arr.itemsize))
     starts = list(range(0, h, band))
@@ -1151,7 +1394,8 @@ _TIFF_PLACEHOLDER = {_EXIF_IFD: 34664, _GPS_IFD: 34852}
 _TIFF_IFD0_TEXT = (270, 271, 272, 315, 33432)
 
 
-def _write_tiff(f: IO[bytes], arr: np.ndarray, icc: bytes | None, exif: bytes | None, dpi, notes: list[str]) -> None:
+def _write_tiff(f: IO[bytes], arr: np.ndarray, icc: bytes | None, exif: bytes | None, dpi, notes: list[str], *,
+                xmp: bytes | None = None) -> None:
     import tifffile
 
     c = arr.shape[2]
@@ -1182,6 +1426,8 @@ def _write_tiff(f: IO[bytes], arr: np.ndarray, icc: bytes | None, exif: bytes | 
         except Exception:  # noqa: BLE001
             notes.append("could not read the EXIF data; it is not written to the TIFF")
             extratags, subifds = [], {}
+    if xmp:
+        extratags.append((700, 1, len(xmp), bytes(xmp), True))  # XMP: tag 700, BYTE
     kwargs: dict[str, Any] = dict(
         photometric="minisblack" if c <= 2 else "rgb",
         planarconfig="contig",
@@ -1281,8 +1527,20 @@ def _prepare_jpeg(arr: np.ndarray, name: str, notes: list[str]) -> Image.Image:
     return Image.fromarray(np.ascontiguousarray(arr))
 
 
-def _write_jpeg(f, pil: Image.Image, quality, icc, exif, dpi, notes: list[str]) -> None:
+def _write_jpeg(f, pil: Image.Image, quality, icc, exif, dpi, notes: list[str], xmp: bytes | None = None,
+                extra_segments: Sequence[bytes] = ()) -> None:
+    if extra_segments:  # IPTC / comments of a JPEG input: inserted byte for byte after Pillow's own segments
+        from crispedit.jpeg_lossless import insert_segments
+
+        buf = io.BytesIO()
+        _write_jpeg(buf, pil, quality, icc, exif, dpi, notes, xmp)
+        f.write(insert_segments(buf.getvalue(), extra_segments))
+        return
     opts: dict[str, Any] = dict(quality=int(quality) if quality is not None else 95, subsampling=0)
+    if xmp and len(xmp) <= 65502:
+        opts["xmp"] = bytes(xmp)
+    elif xmp:
+        notes.append("the XMP packet is too large for one JPEG segment (64 KB) and was not written")
     if icc:
         opts["icc_profile"] = icc
     if dpi:
@@ -1342,7 +1600,7 @@ def _prepare_webp(arr: np.ndarray, data: ImageData, quality, name: str, notes: l
     return Image.fromarray(np.ascontiguousarray(arr)), lossless
 
 
-def _write_webp(f, pil: Image.Image, lossless: bool, quality, icc, exif) -> None:
+def _write_webp(f, pil: Image.Image, lossless: bool, quality, icc, exif, xmp: bytes | None = None) -> None:
     opts: dict[str, Any] = {}
     if lossless:
         # exact: keep RGB under fully transparent pixels (the alpha channel is data, not a hint).
@@ -1353,4 +1611,6 @@ def _write_webp(f, pil: Image.Image, lossless: bool, quality, icc, exif) -> None
         opts["icc_profile"] = icc
     if exif:
         opts["exif"] = exif
+    if xmp:
+        opts["xmp"] = bytes(xmp)
     pil.save(f, "WEBP", **opts)

@@ -87,7 +87,8 @@ def edit_workflow(image: PathLike = None, output: PathLike = None, *, mask: Path
                   engine: str = "classical", seed: Optional[int] = None, overwrite: bool = False,
                   max_pixels: int = 300_000_000, strength: Optional[float] = None, detail: Optional[str] = None,
                   no_check: bool = False, report: PathLike = None, candidates: Optional[int] = None,
-                  prompt_variants: Any = None, relative_to: PathLike = None, **options: Any) -> dict[str, Any]:
+                  prompt_variants: Any = None, relative_to: PathLike = None, reencode: bool = False,
+                  **options: Any) -> dict[str, Any]:
     """The workflow (a dict, schema version 1) equivalent to ``crispedit edit`` with these arguments.
 
     Nodes: ``image`` (LoadImage) → ``mask`` (LoadMask or MaskFromShape, absent for a whole-image edit) →
@@ -151,6 +152,8 @@ def edit_workflow(image: PathLike = None, output: PathLike = None, *, mask: Path
     save: dict[str, Any] = {"path": _path(output, relative_to), "mkdir": False}
     if overwrite:
         save["overwrite"] = True
+    if reencode:
+        save["reencode"] = True
     nodes["save"] = {"type": "SaveImage", "inputs": {"image": "edit.image"}, "params": save}
     if report is not None:
         rep: dict[str, Any] = {"type": "Report", "inputs": {"original": "image", "edited": "edit.image"},
@@ -241,6 +244,8 @@ def _run_builtin(wf: dict[str, Any], *, cache: bool, progress: Optional[Callable
         info["candidates"] = sel.get("candidates", [])
         info["selection"] = {k: v for k, v in sel.items() if k != "candidates"}
     info["output"] = res.output("save", "path")
+    if "info" in res.workflow.nodes["save"].output_types:
+        info["save"] = res.output("save", "info")
     if "check" in res.workflow.nodes:
         info["quality"] = res.output("check", "report")
     if "report" in res.workflow.nodes:

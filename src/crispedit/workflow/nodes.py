@@ -918,13 +918,17 @@ def _select_best(ctx: NodeContext, original: Any, candidates: list, mask: Any, j
 @node("SaveImage", "Write the image (lossless by default for lossless inputs; ICC, EXIF, bit depth kept; "
       "atomic write).",
       inputs=[Port("image", IMG)],
-      outputs=[Port("path", "path", "the file written")],
+      outputs=[Port("path", "path", "the file written"),
+               Port("info", "result", "what the write did (JPEG: MCUs re-encoded, read-back check)")],
       params=[Param("path", str, REQUIRED, "output file (relative to the workflow file); .png .jpg .webp .tif",
                     kind="output_file"),
               Param("overwrite", bool, False, "allow writing over one of the workflow's input files"),
-              Param("mkdir", bool, True, "create the output folder when missing")],
+              Param("mkdir", bool, True, "create the output folder when missing"),
+              Param("reencode", bool, False, "JPEG to JPEG: re-encode the whole picture instead of keeping "
+                    "every unedited block's coefficients")],
       category="output", library="crispedit.imageio.save_image", side_effect=True)
-def _save_image(ctx: NodeContext, image: Any, path: str, overwrite: bool, mkdir: bool) -> dict[str, Any]:
+def _save_image(ctx: NodeContext, image: Any, path: str, overwrite: bool, mkdir: bool,
+                reencode: bool = False) -> dict[str, Any]:
     from pathlib import Path
 
     from crispedit.imageio import save_image
@@ -934,8 +938,14 @@ def _save_image(ctx: NodeContext, image: Any, path: str, overwrite: bool, mkdir:
         out.parent.mkdir(parents=True, exist_ok=True)
     elif not out.parent.is_dir():
         raise InputError(f"output folder does not exist: {out.parent}", "create it first or set mkdir: true")
-    written = save_image(image, out, overwrite=overwrite, inputs=tuple(Path(p) for p in ctx.input_files))
-    return {"path": str(written)}
+    image = with_meta(image, notes=[])  # collect this write's notes only
+    info: dict[str, Any] = {}
+    written = save_image(image, out, overwrite=overwrite, inputs=tuple(Path(p) for p in ctx.input_files),
+                         reencode=reencode, info=info)
+    for note in image.notes:
+        ctx.note(note)
+    info["notes"] = list(image.notes)
+    return {"path": str(written), "info": info}
 
 
 @node("Report", "Write a self-contained HTML report: before/after, change heatmap, 1:1 crops at the worst "

@@ -148,7 +148,9 @@ def _image_meta(data: Any) -> dict[str, Any]:
     dpi = getattr(data, "dpi", None)
     return {"icc_profile": _b64(getattr(data, "icc_profile", None)), "exif": _b64(getattr(data, "exif", None)),
             "format": getattr(data, "format", None), "notes": list(notes) if notes else [],
-            "source": str(source) if source else None, "dpi": list(dpi) if dpi else None}
+            "source": str(source) if source else None, "dpi": list(dpi) if dpi else None,
+            "xmp": _b64(getattr(data, "xmp", None)),
+            "text_chunks": [[t, _b64(p)] for t, p in (getattr(data, "text_chunks", None) or [])]}
 
 
 class CacheStore:
@@ -191,7 +193,8 @@ class CacheStore:
             return image_from_array(
                 array, icc_profile=_unb64(meta.get("icc_profile")), exif=_unb64(meta.get("exif")),
                 format=meta.get("format"), notes=list(meta.get("notes") or []), source=meta.get("source"),
-                dpi=meta.get("dpi"))
+                dpi=meta.get("dpi"), xmp=_unb64(meta.get("xmp")),
+                text_chunks=[(t, _unb64(p)) for t, p in meta.get("text_chunks") or []])
         return array
 
     def save(self, key: str, node_type: str, outputs: dict[str, Any], types: dict[str, str],

@@ -20,10 +20,7 @@ seam score is a z-score against it.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -523,12 +520,30 @@ def sample_contour(mask: np.ndarray, origin: tuple[int, int], *, step: float = 2
     return Contour(pts, normals, seg, int(len(uniq)))
 
 
+_REMAP_ROW = 8192
+
+
 def _sample(img: np.ndarray, xy: np.ndarray, q: float) -> np.ndarray:
     """Bilinear samples of ``img`` (a 1/q-scale image) at full-resolution positions ``xy`` (N, 2)."""
-    xs = ((xy[:, 0] + 0.5) / q - 0.5).astype(np.float32).reshape(-1, 1)
-    ys = ((xy[:, 1] + 0.5) / q - 0.5).astype(np.float32).reshape(-1, 1)
-    out = cv2.remap(img, xs, ys, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    return out.reshape(len(xy), -1)
+    n = len(xy)
+    if n == 0:
+        return np.zeros((0, img.shape[2] if img.ndim == 3 else 1), img.dtype)
+    # cv2.remap maps must be under 32767 px per side: lay the points out as rows of _REMAP_ROW samples
+    cols = min(n, _REMAP_ROW)
+    rows = -(-n // cols)
+    xs = np.zeros(rows * cols, np.float32)
+    ys = np.zeros(rows * cols, np.float32)
+    xs[:n] = (xy[:, 0] + 0.5) / q - 0.5
+    ys[:n] = (xy[:, 1] + 0.5) / q - 0.5
+    out = np.empty((0,), img.dtype)
+    parts = []
+    for r0 in range(0, rows, _REMAP_ROW):  # and at most _REMAP_ROW rows per call
+        r1 = min(rows, r0 + _REMAP_ROW)
+        parts.append(cv2.remap(img, xs[r0 * cols : r1 * cols].reshape(r1 - r0, cols),
+                               ys[r0 * cols : r1 * cols].reshape(r1 - r0, cols), cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REFLECT).reshape(((r1 - r0) * cols, -1)))
+    out = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return out[:n]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -945,79 +960,32 @@ def colour_consistency(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# BRISQUE (no-reference quality), features computed here, model shipped by the `brisque` wheel
+# BRISQUE (no-reference quality): features computed here, the fitted model shipped as plain arrays
 # ----------------------------------------------------------------------------------------------------------------
 _BRISQUE_MODEL: dict[str, Any] | None = None
 _BRISQUE_TRIED = False
-
-
-def _brisque_model_dir() -> Path | None:
-    env = os.environ.get("CRISPEDIT_BRISQUE_MODEL")
-    if env and (Path(env) / "svm.txt").exists():
-        return Path(env)
-    try:
-        spec = importlib.util.find_spec("brisque")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for loc in spec.submodule_search_locations:
-        d = Path(loc) / "models"
-        if (d / "svm.txt").exists() and (d / "normalize.pickle").exists():
-            return d
-    return None
+#: The LIVE-trained epsilon-SVR (RBF) and feature scaling of the ``brisque`` wheel (Apache-2.0, licence beside it),
+#: converted once by ``bench/brisque_model.py`` into a numpy archive: no pickle is ever loaded.
+BRISQUE_MODEL_PATH = Path(__file__).resolve().parents[1] / "data" / "brisque_live.npz"
 
 
 def _load_brisque() -> dict[str, Any] | None:
-    """Read the libsvm epsilon-SVR model (RBF) and the feature scaling of the `brisque` wheel, without
-    importing that package (it needs libsvm and scikit-image; we only need its two model files)."""
+    """The shipped BRISQUE model (``gamma``, ``rho``, ``coef``, ``sv``, ``min``, ``max``) or None when absent."""
     global _BRISQUE_MODEL, _BRISQUE_TRIED
     if _BRISQUE_TRIED:
         return _BRISQUE_MODEL
     _BRISQUE_TRIED = True
-    d = _brisque_model_dir()
-    if d is None:
-        return None
     try:
-        header: dict[str, str] = {}
-        coefs, svs = [], []
-        with open(d / "svm.txt") as fh:
-            for line in fh:
-                line = line.strip()
-                if line == "SV":
-                    break
-                k, _, v = line.partition(" ")
-                header[k] = v
-            for line in fh:
-                parts = line.split()
-                if not parts:
-                    continue
-                coefs.append(float(parts[0]))
-                row = np.zeros(36)
-                for tok in parts[1:]:
-                    i, _, v = tok.partition(":")
-                    row[int(i) - 1] = float(v)
-                svs.append(row)
-        with open(d / "normalize.pickle", "rb") as fh:  # the package's own two-list dict
-            scale = pickle.load(fh)
-        if header.get("kernel_type") != "rbf" or header.get("svm_type") != "epsilon_svr":
-            return None
-        _BRISQUE_MODEL = {
-            "gamma": float(header["gamma"]),
-            "rho": float(header["rho"].split()[0]),
-            "coef": np.array(coefs),
-            "sv": np.array(svs),
-            "min": np.array(scale["min_"], float),
-            "max": np.array(scale["max_"], float),
-            "source": str(d),
-        }
-    except Exception:  # noqa: BLE001 - a broken optional model only disables the metric
+        with np.load(BRISQUE_MODEL_PATH, allow_pickle=False) as z:
+            _BRISQUE_MODEL = {k: np.asarray(z[k], np.float64) for k in ("coef", "sv", "min", "max")}
+            _BRISQUE_MODEL.update(gamma=float(z["gamma"]), rho=float(z["rho"]), source=str(BRISQUE_MODEL_PATH))
+    except (OSError, KeyError, ValueError):  # a missing or broken optional model only disables the metric
         _BRISQUE_MODEL = None
     return _BRISQUE_MODEL
 
 
 def brisque_available() -> bool:
-    """True when the BRISQUE model files can be found (``pip install --no-deps brisque``)."""
+    """True when the shipped BRISQUE model (``crispedit/data/brisque_live.npz``) can be read."""
     return _load_brisque() is not None
 
 
@@ -1079,8 +1047,8 @@ def _brisque_features(gray: np.ndarray) -> np.ndarray:
 def brisque_score(rgb_or_gray: np.ndarray) -> float | None:
     """BRISQUE score (lower = more natural, roughly 0..100) of a patch, or None without the model.
 
-    The features are computed here; the fitted SVR (LIVE database) is read from the files the ``brisque`` wheel
-    ships (Apache-2.0), found without importing that package.
+    The features are computed here; the fitted SVR (LIVE database, from the ``brisque`` wheel, Apache-2.0) is read
+    from ``crispedit/data/brisque_live.npz`` with ``allow_pickle=False``.
     """
     model = _load_brisque()
     if model is None:

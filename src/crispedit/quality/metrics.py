@@ -417,6 +417,7 @@ def detail_noise_consistency(
     band: int,
     *,
     ring_offset: int | None = None,
+    exclude: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Detail and noise inside the (eroded) mask vs. a ring outside the blend band, on a crop (as loaded).
 
@@ -424,12 +425,15 @@ def detail_noise_consistency(
     (:func:`noise_sigma`), both on the luminance. Both are about 1 for an edit with the surroundings'
     sharpness and grain, < 1 for a blurred or over-smoothed patch, > 1 for over-sharpening or extra noise.
     With ``original``, ``detail_ratio_original`` and ``noise_ratio_original`` compare the edit's inside with
-    the original's inside (what was there before).
+    the original's inside (what was there before). ``exclude`` (bool, same crop): other edited pixels, kept
+    ``band`` px out of the ring.
     """
     if ring_offset is None:
         ring_offset = band
     ring_width = max(24, band)
     inner, ring = inner_and_ring(mask, band, ring_offset, ring_width)
+    if exclude is not None and exclude.any():  # other edits nearby are not "the surroundings"
+        ring &= _dist_outside(exclude) > band
     nan = float("nan")
     if not inner.any() or not ring.any():
         return {"detail_ratio": nan, "noise_ratio": nan, "detail_ratio_original": nan, "noise_ratio_original": nan}
@@ -535,7 +539,6 @@ def _sample(img: np.ndarray, xy: np.ndarray, q: float) -> np.ndarray:
     ys = np.zeros(rows * cols, np.float32)
     xs[:n] = (xy[:, 0] + 0.5) / q - 0.5
     ys[:n] = (xy[:, 1] + 0.5) / q - 0.5
-    out = np.empty((0,), img.dtype)
     parts = []
     for r0 in range(0, rows, _REMAP_ROW):  # and at most _REMAP_ROW rows per call
         r1 = min(rows, r0 + _REMAP_ROW)
@@ -720,6 +723,8 @@ def seam_visibility(
     scales: tuple[int, ...] = SEAM_SCALES,
     segment_px: int | None = None,
     n_worst: int = 6,
+    cache: dict[str, Any] | None = None,
+    max_points: int = 40_000,
 ) -> SeamResult:
     """Seam visibility of the mask contour on ``edited`` (the full edited image, as loaded).
 
@@ -733,6 +738,11 @@ def seam_visibility(
     high. Per-segment scores (segments of ``segment_px`` px, default ``max(48, 2 band)``) are standardised
     against all segments of the null placements, and the ``n_worst`` highest, at least a segment apart, are
     the worst places. A scale with fewer than 4 placements is skipped; with none at all, fixed spreads are used.
+
+    ``cache`` (a dict kept by the caller) shares the low-passed pyramid and the distance map from ``forbidden``
+    between calls on the same image (one call per region); pass the same ``forbidden`` to every call that shares
+    it. Contours longer than ``2 max_points`` px are sampled more sparsely (at most ``max_points`` points), so
+    masks with millions of contour pixels cost about as much as a large ellipse.
     """
     h, w = mask.shape
     scales = tuple(d for d in scales if d <= max(2, band)) or (2,)
@@ -741,8 +751,15 @@ def seam_visibility(
         return SeamResult(0.0, {}, {}, 0, [], np.zeros(0), 0, ["empty mask"])
     if segment_px is None:
         segment_px = max(48, 2 * band)
+    notes: list[str] = []
     x0, y0, x1, y1 = _crop_box(mask.shape, bb, 4)
-    contour = sample_contour(mask[y0:y1, x0:x1], (x0, y0), step=2.0, segment_px=segment_px)
+    sub = mask[y0:y1, x0:x1]
+    step = 2.0
+    perim = float(np.count_nonzero(sub ^ cv2.erode(sub.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)))
+    if perim > 2 * max_points:
+        step = perim / max_points
+        notes.append(f"long contour ({int(perim)} px): sampled every {step:.1f} px")
+    contour = sample_contour(sub, (x0, y0), step=step, segment_px=max(segment_px, int(4 * step)))
     # contour points on the image border have no outside: drop them
     p = contour.points
     keep = (p[:, 0] > 1) & (p[:, 0] < w - 2) & (p[:, 1] > 1) & (p[:, 1] < h - 2)
@@ -752,8 +769,12 @@ def seam_visibility(
     if len(contour.points) < 8:
         return SeamResult(0.0, {}, {}, 0, [], np.zeros(0), len(contour.points), ["no contour inside the image"])
     f = max(2, int(min(h, w) // 256))
-    dist, f = _forbidden_distance(mask, 0, forbidden, f)
-    notes: list[str] = []
+    if cache is not None and "dist" in cache:
+        dist, f = cache["dist"]
+    else:
+        dist, f = _forbidden_distance(mask, 0, forbidden, f)
+        if cache is not None:
+            cache["dist"] = (dist, f)
     # null placements per scale: the sampled footprint (3d) plus the low-pass reach (1.5d) must stay clear of
     # every edited pixel
     placements_by_scale = {}
@@ -770,7 +791,10 @@ def seam_visibility(
         if dropped:
             notes.append(f"scales {dropped} px skipped: no room for their null placements")
     used = tuple(placements_by_scale)
-    pyr = _Pyramid(edited)
+    if cache is not None:
+        pyr = cache.setdefault("pyramid", _Pyramid(edited))
+    else:
+        pyr = _Pyramid(edited)
     zs: dict[str, float] = {}
     stats: dict[str, float] = {}
     n_stat = 2 * len(used)
@@ -1062,3 +1086,282 @@ def brisque_score(rgb_or_gray: np.ndarray) -> float | None:
     xs = -1 + 2.0 * (x - model["min"]) / (model["max"] - model["min"])
     d2 = np.sum((model["sv"] - xs[None, :]) ** 2, axis=1)
     return float(np.dot(model["coef"], np.exp(-model["gamma"] * d2)) - model["rho"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tone step along the outline (the "ghost": a darker or lighter disc), in 8-bit luminance levels
+# ----------------------------------------------------------------------------------------------------------------
+def _luma_levels(a: np.ndarray) -> np.ndarray:
+    """Luminance (Rec. 601) of an image as loaded, float32 in 8-bit levels (0..255 whatever the depth)."""
+    return grey_float(a) * np.float32(255.0)
+
+
+def tone_step(
+    original: np.ndarray | None,
+    edited: np.ndarray,
+    mask: np.ndarray,
+    band: int,
+    *,
+    sigma: float = 4.0,
+    segment_px: int | None = None,
+) -> dict[str, Any]:
+    """Luminance step across the contour, in 8-bit levels (signed: inside minus outside).
+
+    The luminance (Rec. 601, 8-bit levels), low-passed with a Gaussian of ``sigma`` px, is sampled ``D`` px inside
+    and outside the contour (``D = max(8, band)``, at most 0.6 x the mask's largest inradius) and averaged per
+    contour segment (``segment_px``, default ``max(48, 2 band)``):
+
+    - ``tone_step_edge``: median over segments of (inside - outside) of the edit;
+    - ``tone_step_before``: the same of the original (an object that was there, or a natural edge);
+    - ``tone_step_original``: median over segments of (edit inside - original inside): the offset the edit made;
+    - ``tone_step_levels``: the visible step, ``min(|tone_step_original|, |tone_step_edge|)``: the inner side
+      must match what was there, or (after a removal) what is outside; ``tone_step_signed`` with its sign;
+    - ``tone_step_worst`` (levels) and ``tone_step_place`` (x, y): the same over the worst run of three
+      segments.
+
+    All nan when the contour is too short (fewer than 4 usable points).
+    """
+    nan = float("nan")
+    out: dict[str, Any] = {"tone_step_levels": nan, "tone_step_edge": nan, "tone_step_original": nan,
+                           "tone_step_before": nan, "tone_step_worst": nan, "tone_step_place": None}
+    h, w = mask.shape
+    bb = mask_bbox(mask)
+    if bb is None:
+        return out
+    if segment_px is None:
+        segment_px = max(48, 2 * band)
+    D = float(max(3.0, min(max(8, band), 0.6 * _max_inradius(mask, bb))))
+    x0, y0, x1, y1 = _crop_box(mask.shape, bb, int(D + 3 * sigma) + 4)
+    contour = sample_contour(mask[y0:y1, x0:x1], (x0, y0), step=3.0, segment_px=segment_px)
+    p = contour.points
+    if len(p) < 4:
+        return out
+    local = p - np.array([x0, y0], np.float32)
+    pin, pout = local - D * contour.normals, local + D * contour.normals
+    cw, ch = x1 - x0, y1 - y0
+    ok = (
+        (pout[:, 0] >= 0) & (pout[:, 0] < cw) & (pout[:, 1] >= 0) & (pout[:, 1] < ch)
+        & (pin[:, 0] >= 0) & (pin[:, 0] < cw) & (pin[:, 1] >= 0) & (pin[:, 1] < ch)
+        & (p[:, 0] > 1) & (p[:, 0] < w - 2) & (p[:, 1] > 1) & (p[:, 1] < h - 2)
+    )
+    if ok.sum() < 4:
+        return out
+    seg = contour.segments[ok]
+    nseg = contour.n_segments
+    cnt = np.bincount(seg, minlength=nseg)
+    good = cnt >= 2
+
+    def per_seg(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        g = cv2.GaussianBlur(_luma_levels(img[y0:y1, x0:x1]), (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+        g = g[:, :, None]
+        vi = _sample(g, pin[ok], 1.0)[:, 0].astype(np.float64)
+        vo = _sample(g, pout[ok], 1.0)[:, 0].astype(np.float64)
+        si = np.bincount(seg, weights=vi, minlength=nseg)[good] / cnt[good]
+        so = np.bincount(seg, weights=vo, minlength=nseg)[good] / cnt[good]
+        return si, so
+
+    ei, eo = per_seg(edited)
+    centres = np.stack([np.bincount(seg, weights=p[ok][:, k], minlength=nseg)[good] / cnt[good] for k in (0, 1)], 1)
+    edge = ei - eo
+    out["tone_step_edge"] = float(np.median(edge))
+
+    def visible(e: np.ndarray, o: np.ndarray | None) -> tuple[float, float]:
+        """(value, signed) of the step the edit made: its inner side must match what was there (offset) or
+        what is outside (edge); the smaller of the two medians is what a viewer sees."""
+        me = float(np.median(e))
+        if o is None:
+            return abs(me), me
+        mo = float(np.median(o))
+        return (abs(mo), mo) if abs(mo) < abs(me) else (abs(me), me)
+
+    offset = None
+    if original is not None:
+        oi, oo = per_seg(original)
+        offset = ei - oi
+        out["tone_step_before"] = float(np.median(oi - oo))
+        out["tone_step_original"] = float(np.median(offset))
+    out["tone_step_levels"], out["tone_step_signed"] = visible(edge, offset)
+    # the worst stretch: runs of 3 segments along the contour
+    if len(edge) >= 3:
+        best, where = -1.0, 0
+        for i in range(len(edge)):
+            sl = slice(max(0, i - 1), i + 2)
+            v, _ = visible(edge[sl], None if offset is None else offset[sl])
+            if v > best:
+                best, where = v, i
+        out["tone_step_worst"] = best
+        out["tone_step_place"] = (int(round(centres[where, 0])), int(round(centres[where, 1])))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# straight hard edges inside a fill: a pasted block, a tile grid
+# ----------------------------------------------------------------------------------------------------------------
+def _line_stats(g: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per run of ``length`` px along x across row y: (|mean of g(y+1) - g(y-1)|, texture break)."""
+    d = np.zeros_like(g)
+    d[1:-1] = g[2:] - g[:-2]
+    k = (length, 1)
+    md = cv2.blur(d, k, borderType=cv2.BORDER_REFLECT)
+    ma = cv2.blur(np.abs(d), k, borderType=cv2.BORDER_REFLECT)
+    beside = np.full_like(ma, np.inf)
+    beside[3:-3] = 0.5 * (ma[:-6] + ma[6:])
+    with np.errstate(divide="ignore"):
+        return np.abs(md), np.log((ma + 0.5) / (beside + 0.5))
+
+
+def straight_edges(
+    original: np.ndarray | None,
+    edited: np.ndarray,
+    mask: np.ndarray,
+    band: int,
+    *,
+    length: int = 48,
+    grid_length: int = 160,
+    depth: int = 4,
+    exclude: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Axis-aligned straight edges inside the mask that were not there and that the surroundings do not have.
+
+    On the luminance (8-bit levels, Gaussian sigma 0.8 px), for horizontal lines the row difference
+    ``D(y, x) = g(y + 1, x) - g(y, x)`` is averaged over runs of ``length`` px along x (vertical lines: the same
+    transposed). Two statistics per run: the **step** ``|mean D|`` (levels: a tone step or a grid line; texture
+    averages out) and the **texture break** ``log((mean |D| + 0.5) / (mean of the same 3 rows above and below
+    + 0.5))`` (two unrelated textures meeting: a pasted block). Inside the mask (runs whole ``depth`` px deep)
+    the edit's statistic minus the original's at the same run counts (what the edit added: ``edge_step_max``,
+    ``edge_break_max``); the surroundings' own straight edges (runs on pixels farther than ``band + 4`` px from
+    the mask and from ``exclude``, 99.9th percentile: ``edge_step_null``, ``edge_break_null``) say how much
+    straightness the scene has anyway. ``edge_lines`` counts distinct added lines (rows/columns at least 8 px
+    apart) stronger than 2 levels and the surroundings' maximum. The same with runs of ``grid_length`` px
+    (long lines: texture averages out further) gives ``grid_step_max``, ``grid_step_null`` and ``grid_lines``
+    (distinct added lines stronger than 1.5 levels and 1.5 x the surroundings' 99.9th percentile): a grid.
+    ``edge_place`` / ``grid_place`` are (x, y) of the strongest.
+    """
+    out = _straight(original, edited, mask, band, length, depth, exclude, 2.0, None)
+    bb = mask_bbox(mask)
+    if bb is not None:  # runs as long as half the region allows
+        grid_length = int(max(length, min(grid_length, min(bb[2] - bb[0], bb[3] - bb[1]) // 2)))
+    g = _straight(original, edited, mask, band, grid_length, depth, exclude, 1.5, 1.5)
+    out.update({"grid_" + k[5:]: v for k, v in g.items() if k in ("edge_step_max", "edge_step_null", "edge_lines",
+                                                                   "edge_place")})
+    return out
+
+
+def _straight(original: np.ndarray | None, edited: np.ndarray, mask: np.ndarray, band: int, length: int,
+              depth: int, exclude: np.ndarray | None, floor: float, factor: float | None) -> dict[str, Any]:
+    """:func:`straight_edges` at one run length; lines count above ``max(floor, factor x null p99.9)`` (or the
+    null's maximum when ``factor`` is None)."""
+    nan = float("nan")
+    out: dict[str, Any] = {"edge_step_max": nan, "edge_step_null": nan, "edge_break_max": nan,
+                           "edge_break_null": nan, "edge_lines": 0, "edge_place": None}
+    bb = mask_bbox(mask)
+    if bb is None:
+        return out
+    margin = band + 4 + length + 96
+    x0, y0, x1, y1 = _crop_box(mask.shape, bb, margin)
+    m = mask[y0:y1, x0:x1]
+
+    def lum(a: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(_luma_levels(a[y0:y1, x0:x1]), (0, 0), 0.8, borderType=cv2.BORDER_REFLECT)
+
+    g = lum(edited)
+    g0 = lum(original) if original is not None else None
+    inner = cv2.distanceTransform(np.pad(m, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1] > depth
+    zone = m if exclude is None else (m | exclude[y0:y1, x0:x1])
+    far = cv2.distanceTransform((~zone).astype(np.uint8), cv2.DIST_L2, 3) > band + 4
+    best_step, best_break, null_step, null_break = [], [], [], []
+    lines = 0
+    place = None
+    top = -1.0
+    for axis in (0, 1):
+        tr = (lambda a: a) if axis == 0 else (lambda a: np.ascontiguousarray(a.T))
+        gg, ii, ff = tr(g), tr(inner), tr(far)
+        if gg.shape[0] < 10 or gg.shape[1] < length:
+            continue
+        k = (length, 1)
+
+        def full(region: np.ndarray) -> np.ndarray:
+            # a run is valid when its whole footprint (rows y-3 .. y+4, length px) lies in the region
+            r8 = cv2.erode(region.astype(np.uint8), np.ones((9, 1), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                           borderValue=0)
+            return cv2.blur(r8.astype(np.float32), k, borderType=cv2.BORDER_CONSTANT) > 0.999
+
+        vin, vnull = full(ii), full(ff)
+        step, brk = _line_stats(gg, length)
+        if vnull.sum() > 100:
+            null_step.append(float(np.percentile(step[vnull], 99.9)))
+            null_break.append(float(np.percentile(brk[vnull], 99.9)))
+            nmax = float(step[vnull].max())
+        else:
+            nmax = nan
+        if not vin.any():
+            continue
+        if g0 is not None:
+            step0, brk0 = _line_stats(tr(g0), length)
+            step = step - step0
+            with np.errstate(invalid="ignore"):
+                brk = brk - brk0
+        s_in = np.where(vin, step, -np.inf)
+        b_in = np.where(vin & np.isfinite(brk), brk, -np.inf)
+        best_step.append(float(s_in.max()))
+        best_break.append(float(b_in.max()))
+        row = s_in.max(axis=1)
+        ref = nmax if factor is None else factor * (null_step[-1] if null_step else nan)
+        thr = max(floor, ref if math.isfinite(ref) else floor)
+        ys = np.flatnonzero(row > thr)
+        if ys.size:
+            lines += int(1 + np.count_nonzero(np.diff(ys) >= 8))
+        yx = np.unravel_index(int(np.argmax(s_in)), s_in.shape)
+        if s_in[yx] > top:
+            top = float(s_in[yx])
+            yy, xx = int(yx[0]), int(yx[1])
+            place = (x0 + xx, y0 + yy) if axis == 0 else (x0 + yy, y0 + xx)
+    if best_step:
+        out["edge_step_max"] = max(best_step)
+        out["edge_break_max"] = max(best_break)
+        out["edge_lines"] = lines
+        out["edge_place"] = place
+    if null_step:
+        out["edge_step_null"] = max(null_step)
+        out["edge_break_null"] = max(null_break)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# a change everywhere: global tone and colour shift, detail, noise
+# ----------------------------------------------------------------------------------------------------------------
+def global_change(original: np.ndarray, edited: np.ndarray, *, max_side: int = 1024, hf_side: int = 2048) -> dict[str, float]:
+    """How the whole image changed: for edits without a mask that touch everything.
+
+    ``global_delta_e``: CIEDE2000 between the original's mean Lab colour and that colour plus the median
+    per-pixel Lab shift (both images shrunk by area averaging to at most ``max_side`` px);
+    ``global_tone_levels``: the median luminance shift in 8-bit levels; ``global_detail_ratio`` and
+    ``global_noise_ratio``: mean |Laplacian| and robust noise sigma of the edit over the original's, on a
+    centred full-resolution crop of at most ``hf_side`` px.
+    """
+    h, w = original.shape[:2]
+    f = max(1, int(math.ceil(max(h, w) / max_side)))
+
+    def small(a: np.ndarray) -> np.ndarray:
+        c = np.ascontiguousarray(a if a.ndim == 2 else a[:, :, : min(3, a.shape[2])])
+        return cv2.resize(c, (max(1, w // f), max(1, h // f)), interpolation=cv2.INTER_AREA) if f > 1 else c
+
+    so, se = small(original), small(edited)
+    lo = rgb_to_lab(colour_channels(so)).reshape(-1, 3).astype(np.float64)
+    le = rgb_to_lab(colour_channels(se)).reshape(-1, 3).astype(np.float64)
+    shift = np.median(le - lo, axis=0)
+    ref = lo.mean(axis=0)
+    yo, ye = _luma_levels(so), _luma_levels(se)
+    cy, cx = h // 2, w // 2
+    r = hf_side // 2
+    box = (slice(max(0, cy - r), cy + r), slice(max(0, cx - r), cx + r))
+    ho, he = _HF(grey_float(original[box])), _HF(grey_float(edited[box]))
+    region = _subsample(np.ones(ho.lap.shape, bool))
+    d0, d1 = ho.detail(region), he.detail(region)
+    n0, n1 = ho.noise(region), he.noise(region)
+    return {
+        "global_delta_e": float(ciede2000(ref, ref + shift)),
+        "global_tone_levels": float(np.median(ye - yo)),
+        "global_detail_ratio": (d1 + _DETAIL_FLOOR) / (d0 + _DETAIL_FLOOR),
+        "global_noise_ratio": (n1 + _NOISE_FLOOR) / (n0 + _NOISE_FLOOR),
+    }

@@ -1114,8 +1114,12 @@ def tone_step(
     - ``tone_step_edge``: median over segments of (inside - outside) of the edit;
     - ``tone_step_before``: the same of the original (an object that was there, or a natural edge);
     - ``tone_step_original``: median over segments of (edit inside - original inside): the offset the edit made;
-    - ``tone_step_levels``: the visible step, ``min(|tone_step_original|, |tone_step_edge|)``: the inner side
-      must match what was there, or (after a removal) what is outside; ``tone_step_signed`` with its sign;
+    - ``tone_structure_kept``: correlation of the edit's and the original's fine structure (luminance minus its
+      low-pass) inside the mask: about 1 when the content was kept (a retouch, a tone change), low when it was
+      replaced (a removal, a fill);
+    - ``tone_step_levels``: the visible step: ``|tone_step_original|`` when the content was kept
+      (``tone_structure_kept >= 0.8``), else ``min(|tone_step_original|, |tone_step_edge|)``: a new fill must
+      match what was there or what is outside; ``tone_step_signed`` with its sign;
     - ``tone_step_worst`` (levels) and ``tone_step_place`` (x, y): the same over the worst run of three
       segments.
 
@@ -1151,8 +1155,12 @@ def tone_step(
     cnt = np.bincount(seg, minlength=nseg)
     good = cnt >= 2
 
+    lumas: list[tuple[np.ndarray, np.ndarray]] = []
+
     def per_seg(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        g = cv2.GaussianBlur(_luma_levels(img[y0:y1, x0:x1]), (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+        raw = _luma_levels(img[y0:y1, x0:x1])
+        g = cv2.GaussianBlur(raw, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+        lumas.append((raw, g))
         g = g[:, :, None]
         vi = _sample(g, pin[ok], 1.0)[:, 0].astype(np.float64)
         vo = _sample(g, pout[ok], 1.0)[:, 0].astype(np.float64)
@@ -1180,13 +1188,31 @@ def tone_step(
         offset = ei - oi
         out["tone_step_before"] = float(np.median(oi - oo))
         out["tone_step_original"] = float(np.median(offset))
-    out["tone_step_levels"], out["tone_step_signed"] = visible(edge, offset)
+    if offset is not None:
+        # was the inside kept (the original's own structure plus a smooth offset: a tone change, to be judged
+        # against what was there) or replaced (a removal: to be judged against the outside)?
+        inside = _subsample(mask[y0:y1, x0:x1], 200_000)
+        (re, ge), (ro, go) = lumas
+        he, ho = (re - ge)[inside], (ro - go)[inside]
+        den = float(np.sqrt(np.sum(he * he) * np.sum(ho * ho)))
+        kept = float(np.sum(he * ho) / den) if den > 0 else 1.0
+        out["tone_structure_kept"] = kept
+        if kept >= 0.8:
+            offset_only = float(np.median(offset))
+            out["tone_step_levels"], out["tone_step_signed"] = abs(offset_only), offset_only
+        else:
+            out["tone_step_levels"], out["tone_step_signed"] = visible(edge, offset)
+    else:
+        out["tone_step_levels"], out["tone_step_signed"] = visible(edge, offset)
     # the worst stretch: runs of 3 segments along the contour
     if len(edge) >= 3:
         best, where = -1.0, 0
         for i in range(len(edge)):
             sl = slice(max(0, i - 1), i + 2)
-            v, _ = visible(edge[sl], None if offset is None else offset[sl])
+            if offset is not None and out.get("tone_structure_kept", 0.0) >= 0.8:
+                v = abs(float(np.median(offset[sl])))
+            else:
+                v, _ = visible(edge[sl], None if offset is None else offset[sl])
             if v > best:
                 best, where = v, i
         out["tone_step_worst"] = best
@@ -1197,17 +1223,19 @@ def tone_step(
 # ----------------------------------------------------------------------------------------------------------------
 # straight hard edges inside a fill: a pasted block, a tile grid
 # ----------------------------------------------------------------------------------------------------------------
-def _line_stats(g: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per run of ``length`` px along x across row y: (|mean of g(y+1) - g(y-1)|, texture break)."""
-    d = np.zeros_like(g)
-    d[1:-1] = g[2:] - g[:-2]
+def _line_stats(d: np.ndarray, ad: np.ndarray, length: int, with_break: bool = True
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per run of ``length`` px along x across row y, from ``d = g(y+1) - g(y-1)`` and ``ad = |d|``:
+    (|mean d|, texture break or None)."""
     k = (length, 1)
-    md = cv2.blur(d, k, borderType=cv2.BORDER_REFLECT)
-    ma = cv2.blur(np.abs(d), k, borderType=cv2.BORDER_REFLECT)
+    md = np.abs(cv2.blur(d, k, borderType=cv2.BORDER_REFLECT))
+    if not with_break:
+        return md, None
+    ma = cv2.blur(ad, k, borderType=cv2.BORDER_REFLECT)
     beside = np.full_like(ma, np.inf)
     beside[3:-3] = 0.5 * (ma[:-6] + ma[6:])
     with np.errstate(divide="ignore"):
-        return np.abs(md), np.log((ma + 0.5) / (beside + 0.5))
+        return md, np.log((ma + 0.5) / (beside + 0.5))
 
 
 def straight_edges(
@@ -1223,41 +1251,28 @@ def straight_edges(
 ) -> dict[str, Any]:
     """Axis-aligned straight edges inside the mask that were not there and that the surroundings do not have.
 
-    On the luminance (8-bit levels, Gaussian sigma 0.8 px), for horizontal lines the row difference
-    ``D(y, x) = g(y + 1, x) - g(y, x)`` is averaged over runs of ``length`` px along x (vertical lines: the same
-    transposed). Two statistics per run: the **step** ``|mean D|`` (levels: a tone step or a grid line; texture
-    averages out) and the **texture break** ``log((mean |D| + 0.5) / (mean of the same 3 rows above and below
+    On the luminance (8-bit levels, Gaussian sigma 0.8 px), for horizontal lines the difference
+    ``d(y, x) = g(y + 1, x) - g(y - 1, x)`` is averaged over runs of ``length`` px along x (vertical lines: the same
+    transposed). Two statistics per run: the **step** ``|mean d|`` (levels: a tone step or a grid line; texture
+    averages out) and the **texture break** ``log((mean |d| + 0.5) / (mean of the same 3 rows above and below
     + 0.5))`` (two unrelated textures meeting: a pasted block). Inside the mask (runs whole ``depth`` px deep)
     the edit's statistic minus the original's at the same run counts (what the edit added: ``edge_step_max``,
     ``edge_break_max``); the surroundings' own straight edges (runs on pixels farther than ``band + 4`` px from
     the mask and from ``exclude``, 99.9th percentile: ``edge_step_null``, ``edge_break_null``) say how much
-    straightness the scene has anyway. ``edge_lines`` counts distinct added lines (rows/columns at least 8 px
-    apart) stronger than 2 levels and the surroundings' maximum. The same with runs of ``grid_length`` px
-    (long lines: texture averages out further) gives ``grid_step_max``, ``grid_step_null`` and ``grid_lines``
-    (distinct added lines stronger than 1.5 levels and 1.5 x the surroundings' 99.9th percentile): a grid.
-    ``edge_place`` / ``grid_place`` are (x, y) of the strongest.
+    straightness the scene has anyway. The same step with runs of ``grid_length`` px (at most half the region;
+    texture averages out further) gives ``grid_step_max``, ``grid_step_null`` and ``grid_lines``: distinct
+    added lines (rows/columns at least 8 px apart) stronger than 1.5 levels and 1.5 x the surroundings' 99.9th
+    percentile -- a grid has several. ``edge_place`` / ``grid_place``: (x, y) of the strongest.
     """
-    out = _straight(original, edited, mask, band, length, depth, exclude, 2.0, None)
-    bb = mask_bbox(mask)
-    if bb is not None:  # runs as long as half the region allows
-        grid_length = int(max(length, min(grid_length, min(bb[2] - bb[0], bb[3] - bb[1]) // 2)))
-    g = _straight(original, edited, mask, band, grid_length, depth, exclude, 1.5, 1.5)
-    out.update({"grid_" + k[5:]: v for k, v in g.items() if k in ("edge_step_max", "edge_step_null", "edge_lines",
-                                                                   "edge_place")})
-    return out
-
-
-def _straight(original: np.ndarray | None, edited: np.ndarray, mask: np.ndarray, band: int, length: int,
-              depth: int, exclude: np.ndarray | None, floor: float, factor: float | None) -> dict[str, Any]:
-    """:func:`straight_edges` at one run length; lines count above ``max(floor, factor x null p99.9)`` (or the
-    null's maximum when ``factor`` is None)."""
     nan = float("nan")
     out: dict[str, Any] = {"edge_step_max": nan, "edge_step_null": nan, "edge_break_max": nan,
-                           "edge_break_null": nan, "edge_lines": 0, "edge_place": None}
+                           "edge_break_null": nan, "edge_place": None, "grid_step_max": nan,
+                           "grid_step_null": nan, "grid_lines": 0, "grid_place": None}
     bb = mask_bbox(mask)
     if bb is None:
         return out
-    margin = band + 4 + length + 96
+    grid_length = int(max(length, min(grid_length, min(bb[2] - bb[0], bb[3] - bb[1]) // 2)))
+    margin = band + 4 + grid_length + 64
     x0, y0, x1, y1 = _crop_box(mask.shape, bb, margin)
     m = mask[y0:y1, x0:x1]
 
@@ -1269,61 +1284,68 @@ def _straight(original: np.ndarray | None, edited: np.ndarray, mask: np.ndarray,
     inner = cv2.distanceTransform(np.pad(m, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1] > depth
     zone = m if exclude is None else (m | exclude[y0:y1, x0:x1])
     far = cv2.distanceTransform((~zone).astype(np.uint8), cv2.DIST_L2, 3) > band + 4
-    best_step, best_break, null_step, null_break = [], [], [], []
+    acc: dict[str, list] = {k: [] for k in ("es", "eb", "ns", "nb", "gs", "gn")}
+    places: dict[str, tuple[float, Any]] = {"edge": (-1.0, None), "grid": (-1.0, None)}
     lines = 0
-    place = None
-    top = -1.0
     for axis in (0, 1):
         tr = (lambda a: a) if axis == 0 else (lambda a: np.ascontiguousarray(a.T))
         gg, ii, ff = tr(g), tr(inner), tr(far)
         if gg.shape[0] < 10 or gg.shape[1] < length:
             continue
-        k = (length, 1)
 
-        def full(region: np.ndarray) -> np.ndarray:
-            # a run is valid when its whole footprint (rows y-3 .. y+4, length px) lies in the region
-            r8 = cv2.erode(region.astype(np.uint8), np.ones((9, 1), np.uint8), borderType=cv2.BORDER_CONSTANT,
-                           borderValue=0)
-            return cv2.blur(r8.astype(np.float32), k, borderType=cv2.BORDER_CONSTANT) > 0.999
+        def diffs(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            d = np.zeros_like(img)
+            d[1:-1] = img[2:] - img[:-2]
+            return d, np.abs(d)
 
-        vin, vnull = full(ii), full(ff)
-        step, brk = _line_stats(gg, length)
-        if vnull.sum() > 100:
-            null_step.append(float(np.percentile(step[vnull], 99.9)))
-            null_break.append(float(np.percentile(brk[vnull], 99.9)))
-            nmax = float(step[vnull].max())
-        else:
-            nmax = nan
-        if not vin.any():
-            continue
-        if g0 is not None:
-            step0, brk0 = _line_stats(tr(g0), length)
-            step = step - step0
-            with np.errstate(invalid="ignore"):
-                brk = brk - brk0
-        s_in = np.where(vin, step, -np.inf)
-        b_in = np.where(vin & np.isfinite(brk), brk, -np.inf)
-        best_step.append(float(s_in.max()))
-        best_break.append(float(b_in.max()))
-        row = s_in.max(axis=1)
-        ref = nmax if factor is None else factor * (null_step[-1] if null_step else nan)
-        thr = max(floor, ref if math.isfinite(ref) else floor)
-        ys = np.flatnonzero(row > thr)
-        if ys.size:
-            lines += int(1 + np.count_nonzero(np.diff(ys) >= 8))
-        yx = np.unravel_index(int(np.argmax(s_in)), s_in.shape)
-        if s_in[yx] > top:
-            top = float(s_in[yx])
-            yy, xx = int(yx[0]), int(yx[1])
-            place = (x0 + xx, y0 + yy) if axis == 0 else (x0 + yy, y0 + xx)
-    if best_step:
-        out["edge_step_max"] = max(best_step)
-        out["edge_break_max"] = max(best_break)
-        out["edge_lines"] = lines
-        out["edge_place"] = place
-    if null_step:
-        out["edge_step_null"] = max(null_step)
-        out["edge_break_null"] = max(null_break)
+        de, ade = diffs(gg)
+        do = diffs(tr(g0)) if g0 is not None else None
+        # a run's footprint (rows y-4 .. y+4): eroded once, then a run is valid when all of it is in the region
+        ii9 = cv2.erode(ii.astype(np.uint8), np.ones((9, 1), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                        borderValue=0).astype(np.float32)
+        ff9 = cv2.erode(ff.astype(np.uint8), np.ones((9, 1), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                        borderValue=0).astype(np.float32)
+        for L, tag in ((length, "edge"), (grid_length, "grid")):
+            if gg.shape[1] < L:
+                continue
+            k = (L, 1)
+            vin = cv2.blur(ii9, k, borderType=cv2.BORDER_CONSTANT) > 0.999
+            vnull = cv2.blur(ff9, k, borderType=cv2.BORDER_CONSTANT) > 0.999
+            step, brk = _line_stats(de, ade, L, with_break=tag == "edge")
+            q = nan
+            if vnull.sum() > 100:
+                q = float(np.percentile(step[vnull], 99.9))
+                acc["ns" if tag == "edge" else "gn"].append(q)
+                if brk is not None:
+                    acc["nb"].append(float(np.percentile(brk[vnull], 99.9)))
+            if not vin.any():
+                continue
+            if do is not None:
+                step0, brk0 = _line_stats(do[0], do[1], L, with_break=tag == "edge")
+                step = step - step0
+                if brk is not None:
+                    with np.errstate(invalid="ignore"):
+                        brk = brk - brk0
+            s_in = np.where(vin, step, -np.inf)
+            acc["es" if tag == "edge" else "gs"].append(float(s_in.max()))
+            if brk is not None:
+                acc["eb"].append(float(np.where(vin & np.isfinite(brk), brk, -np.inf).max()))
+            if tag == "grid":
+                thr = max(1.5, 1.5 * q if math.isfinite(q) else 1.5)
+                ys = np.flatnonzero(s_in.max(axis=1) > thr)
+                if ys.size:
+                    lines += int(1 + np.count_nonzero(np.diff(ys) >= 8))
+            yx = np.unravel_index(int(np.argmax(s_in)), s_in.shape)
+            if s_in[yx] > places[tag][0]:
+                yy, xx = int(yx[0]), int(yx[1])
+                places[tag] = (float(s_in[yx]), (x0 + xx, y0 + yy) if axis == 0 else (x0 + yy, y0 + xx))
+    for key, name in (("es", "edge_step_max"), ("eb", "edge_break_max"), ("gs", "grid_step_max"),
+                      ("ns", "edge_step_null"), ("nb", "edge_break_null"), ("gn", "grid_step_null")):
+        if acc[key]:
+            out[name] = max(acc[key])
+    out["grid_lines"] = lines
+    out["edge_place"] = places["edge"][1]
+    out["grid_place"] = places["grid"][1]
     return out
 
 

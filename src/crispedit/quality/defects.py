@@ -304,13 +304,4 @@ PLANTED = {
     "noise_free_patch": (noise_free_patch, (1.0,), 1.0, {}),
     "halo_ring": (halo_ring, (4.0, 8.0), 8.0, {}),
     "paste_seam": (paste_seam, (0.3,), 0.3, {}),
-}),
-    "tone_step_feathered": (tone_step, (2.0, 4.0, 6.0), 4.0, {"feather": 32}),
-    "colour_cast": (colour_cast, (1.5, 3.0, 5.0), 3.0, {}),
-    "hard_block": (hard_block, (32.0, 64.0, 128.0), 64.0, {}),
-    "grid_lines": (grid_lines, (1.5, 3.0, 6.0), 3.0, {}),
-    "blurred_patch": (blurred_patch, (0.8, 1.5, 3.0), 1.5, {}),
-    "noise_free_patch": (noise_free_patch, (0.5, 1.0), 1.0, {}),
-    "halo_ring": (halo_ring, (4.0, 8.0), 8.0, {}),
-    "paste_seam": (paste_seam, (0.3, 1.0), 0.3, {}),
 }

@@ -861,9 +861,11 @@ def _quality_check(ctx: NodeContext, original: Any, edited: Any, mask: Any, writ
         report["checked_file"] = str(written)
     verdict = str(report.get("verdict", "unknown"))
     if verdict != "pass":
-        reasons = "; ".join(map(str, report.get("reasons") or [])) or "no reason given"
+        reasons = "; ".join(map(str, report.get("reasons") or [])) or "; ".join(
+            "not measured: " + str(u) for u in report.get("unmeasured") or []) or "no reason given"
         if on_fail == "stop":
-            raise QualityGateError(f"quality check '{ctx.node}' failed: {reasons}",
+            what = "failed" if verdict == "fail" else f"gave no pass ({verdict})"
+            raise QualityGateError(f"quality check '{ctx.node}' {what}: {reasons}",
                                    "look at the report, change the mask/prompt/seed, or set on_fail: warn")
         ctx.note(f"quality {verdict}: {reasons}")
     return {"report": report, "verdict": verdict}

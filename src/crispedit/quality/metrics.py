@@ -1238,6 +1238,26 @@ def _line_stats(d: np.ndarray, ad: np.ndarray, length: int, with_break: bool = T
         return md, np.log((ma + 0.5) / (beside + 0.5))
 
 
+def _regular_lines(profile: np.ndarray, thr: float, tol: float = 3.0) -> int:
+    """Most lines (peaks of ``profile`` above ``thr``, at least 8 px apart) that fit one lattice ``c0 + k p``."""
+    ys = np.flatnonzero(profile > thr)
+    if ys.size == 0:
+        return 0
+    groups = np.split(ys, np.flatnonzero(np.diff(ys) >= 8) + 1)
+    c = np.array([g[np.argmax(profile[g])] for g in groups], float)[:64]
+    if len(c) < 3:
+        return len(c) if len(c) < 2 else 2
+    best = 2
+    for i in range(len(c)):
+        for j in range(i + 1, len(c)):
+            p = c[j] - c[i]
+            if p < 8:
+                continue
+            k = (c - c[i]) / p
+            best = max(best, int(np.count_nonzero(np.abs(k - np.round(k)) * p <= tol)))
+    return best
+
+
 def straight_edges(
     original: np.ndarray | None,
     edited: np.ndarray,
@@ -1246,6 +1266,7 @@ def straight_edges(
     *,
     length: int = 48,
     grid_length: int = 160,
+    grid_step_min: float = 1.5,
     depth: int = 4,
     exclude: np.ndarray | None = None,
 ) -> dict[str, Any]:
@@ -1260,9 +1281,10 @@ def straight_edges(
     ``edge_break_max``); the surroundings' own straight edges (runs on pixels farther than ``band + 4`` px from
     the mask and from ``exclude``, 99.9th percentile: ``edge_step_null``, ``edge_break_null``) say how much
     straightness the scene has anyway. The same step with runs of ``grid_length`` px (at most half the region;
-    texture averages out further) gives ``grid_step_max``, ``grid_step_null`` and ``grid_lines``: distinct
-    added lines (rows/columns at least 8 px apart) stronger than 1.5 levels and 1.5 x the surroundings' 99.9th
-    percentile -- a grid has several. ``edge_place`` / ``grid_place``: (x, y) of the strongest.
+    texture averages out further) gives ``grid_step_max``, ``grid_step_null`` and ``grid_lines``: the largest
+    number of added parallel lines stronger than ``grid_step_min`` levels that sit on one regular lattice (a
+    common spacing, +-3 px) -- tile seams do, natural straight lines (stems, horizons) do not. ``edge_place`` /
+    ``grid_place``: (x, y) of the strongest.
     """
     nan = float("nan")
     out: dict[str, Any] = {"edge_step_max": nan, "edge_step_null": nan, "edge_break_max": nan,
@@ -1331,10 +1353,7 @@ def straight_edges(
             if brk is not None:
                 acc["eb"].append(float(np.where(vin & np.isfinite(brk), brk, -np.inf).max()))
             if tag == "grid":
-                thr = max(1.5, 1.5 * q if math.isfinite(q) else 1.5)
-                ys = np.flatnonzero(s_in.max(axis=1) > thr)
-                if ys.size:
-                    lines += int(1 + np.count_nonzero(np.diff(ys) >= 8))
+                lines = max(lines, _regular_lines(s_in.max(axis=1), grid_step_min))
             yx = np.unravel_index(int(np.argmax(s_in)), s_in.shape)
             if s_in[yx] > places[tag][0]:
                 yy, xx = int(yx[0]), int(yx[1])

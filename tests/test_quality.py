@@ -492,6 +492,7 @@ def test_messages_name_the_failing_key_with_its_own_value(scene):
     assert d.value == pytest.approx(rep.metrics[d.key])
 
 
+@pytest.mark.slow
 def test_many_dust_spots_complete_and_are_measured():
     rng = np.random.default_rng(3)
     h, w = 1080, 1920

@@ -187,18 +187,23 @@ def deepest_point(mask: np.ndarray) -> tuple[int, int, float]:
 
 def hard_block(orig: np.ndarray, mask: np.ndarray, strength: float, *, source: tuple[int, int] | None = None
                ) -> np.ndarray:
-    """Paste a ``strength`` px square of the image's own texture from elsewhere (default: the farthest corner
-    quadrant) at the mask's deepest point, with hard edges (clipped to the mask)."""
+    """Paste a ``strength`` px square of the image's own texture from elsewhere (default: of the image's corners
+    and edge midpoints, the square least like the destination) at the mask's deepest point, with hard edges
+    (clipped to the mask)."""
     s = int(round(strength))
     h, w = mask.shape
     cx, cy, _ = deepest_point(mask)
     x0, y0 = max(0, cx - s // 2), max(0, cy - s // 2)
     x1, y1 = min(w, x0 + s), min(h, y0 + s)
-    if source is None:
-        sx = 0 if cx > w // 2 else w - (x1 - x0)
-        sy = 0 if cy > h // 2 else h - (y1 - y0)
-        sx = min(max(sx, 0), w - (x1 - x0))
-        sy = min(max(sy, 0), h - (y1 - y0))
+    bw, bh = x1 - x0, y1 - y0
+    if source is None:  # of the corners and edge midpoints, the square least like the destination
+        dest = orig[y0:y1, x0:x1].astype(np.float32)
+        best = -1.0
+        for sx_, sy_ in ((0, 0), (w - bw, 0), (0, h - bh), (w - bw, h - bh), ((w - bw) // 2, 0),
+                         ((w - bw) // 2, h - bh), (0, (h - bh) // 2), (w - bw, (h - bh) // 2)):
+            diff = float(np.mean(np.abs(orig[sy_ : sy_ + bh, sx_ : sx_ + bw].astype(np.float32) - dest)))
+            if diff > best:
+                best, sx, sy = diff, sx_, sy_
     else:
         sx, sy = source
     out = orig.copy()

@@ -1297,13 +1297,18 @@ def straight_edges(
     margin = band + 4 + grid_length + 64
     x0, y0, x1, y1 = _crop_box(mask.shape, bb, margin)
     m = mask[y0:y1, x0:x1]
+    inner = cv2.distanceTransform(np.pad(m, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1] > depth
+    i8 = inner.astype(np.uint8)
+    fits = any(cv2.erode(i8, np.ones(k, np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0).any()
+               for k in ((9, length), (length, 9)))
+    if not fits:  # no run of `length` px fits inside (thin or small regions): nothing to look for
+        return out
 
     def lum(a: np.ndarray) -> np.ndarray:
         return cv2.GaussianBlur(_luma_levels(a[y0:y1, x0:x1]), (0, 0), 0.8, borderType=cv2.BORDER_REFLECT)
 
     g = lum(edited)
     g0 = lum(original) if original is not None else None
-    inner = cv2.distanceTransform(np.pad(m, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1] > depth
     zone = m if exclude is None else (m | exclude[y0:y1, x0:x1])
     far = cv2.distanceTransform((~zone).astype(np.uint8), cv2.DIST_L2, 3) > band + 4
     acc: dict[str, list] = {k: [] for k in ("es", "eb", "ns", "nb", "gs", "gn")}

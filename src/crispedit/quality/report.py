@@ -371,7 +371,7 @@ def write_report(
     edited = np.asarray(edited)
     M.check_pair(original, edited)
     if report is None:
-        report = assess(original, edited, mask)
+        report = assess(original, edited, mask, no_reference=True)
     if mask is None:
         mask = report.mask if report.mask is not None else M.changed_mask(original, edited)
     mask = np.asarray(mask).astype(bool)

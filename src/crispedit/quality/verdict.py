@@ -59,6 +59,12 @@ class Thresholds:
     #: noise ratio (inside / ring) allowed range
     noise_min: float = 0.70
     noise_max: float = 1.60
+    #: where the edit kept the content (a retouch, a regrain: ``tone_structure_kept >= 0.8``), detail and noise
+    #: are compared with what was there only, in these ranges
+    kept_detail_min: float = 0.85
+    kept_detail_max: float = 1.30
+    kept_noise_min: float = 0.80
+    kept_noise_max: float = 1.30
     #: ΔE2000 of the inner side's colour against the original's (or the outer side's, after a removal)
     colour_delta_e_max: float = 2.0
     #: luminance step along the outline (8-bit levels, median over the contour; metrics.tone_step)
@@ -279,9 +285,16 @@ def _units(mask: np.ndarray) -> list[tuple[str, int, np.ndarray]]:
     of at least :data:`POOL_AREA` px one by one; the rest pooled into one unit."""
     import cv2
 
-    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    bb = M.mask_bbox(mask)
+    if bb is None:
+        return []
+    bx, by = bb[0], bb[1]
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask[bb[1] : bb[3], bb[0] : bb[2]].astype(np.uint8),
+                                                           connectivity=8)
     if n <= 2:
         return [("region 1", 1, mask)] if n == 2 else []
+    stats[:, cv2.CC_STAT_LEFT] += bx
+    stats[:, cv2.CC_STAT_TOP] += by
     order = sorted(range(1, n), key=lambda i: -int(stats[i, cv2.CC_STAT_AREA]))
     single = [i for i in order[:MAX_REGIONS] if stats[i, cv2.CC_STAT_AREA] >= POOL_AREA]
     pooled = [i for i in order if i not in set(single)]
@@ -290,7 +303,7 @@ def _units(mask: np.ndarray) -> list[tuple[str, int, np.ndarray]]:
         x, y, w, h = (int(stats[i, c]) for c in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH,
                                                   cv2.CC_STAT_HEIGHT))
         m = np.zeros(mask.shape, bool)
-        m[y : y + h, x : x + w] = labels[y : y + h, x : x + w] == i
+        m[y : y + h, x : x + w] = labels[y - by : y - by + h, x - bx : x - bx + w] == i
         out.append((f"region {k}", k, m))
     if pooled:
         if len(pooled) == 1:
@@ -299,7 +312,9 @@ def _units(mask: np.ndarray) -> list[tuple[str, int, np.ndarray]]:
             name = f"{len(pooled)} small regions"
         keep = np.zeros(n, bool)
         keep[pooled] = True
-        out.append((name, len(single) + 1, keep[labels]))
+        m = np.zeros(mask.shape, bool)
+        m[bb[1] : bb[3], bb[0] : bb[2]] = keep[labels]
+        out.append((name, len(single) + 1, m))
     return out
 
 
@@ -419,6 +434,20 @@ def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th
                 unmeasured.append(f"{name}: no ring of untouched pixels around it to compare detail and grain")
             continue
         alt = metrics.get(key + "_original")
+        kept = _finite(metrics.get("tone_structure_kept")) and metrics["tone_structure_kept"] >= 0.8
+        if kept and _finite(alt):
+            # the content was kept: it must keep its own sharpness and grain
+            klo, khi = ((th.kept_detail_min, th.kept_detail_max) if key == "detail_ratio"
+                        else (th.kept_noise_min, th.kept_noise_max))
+            if klo <= alt <= khi:
+                checks[key] = "pass"
+                continue
+            checks[key] = "fail"
+            (kind, what), limit, cmp = (low, klo, "<") if alt < klo else (high, khi, ">")
+            what = what.replace("its surroundings", "what was there")
+            add(kind, key + "_original", alt, limit, f"the edit is {what}: {key}_original {alt:.2f} {cmp} {limit:g}",
+                metrics.get("inner_centre"))
+            continue
         alt_ok = _finite(alt) and lo <= alt <= hi
         if lo <= v <= hi or alt_ok:
             checks[key] = "pass"
@@ -507,7 +536,7 @@ def assess(
     band: int | None = None,
     thresholds: Thresholds | None = None,
     seed: int = 0,
-    no_reference: bool = True,
+    no_reference: bool = False,
 ) -> QualityReport:
     """Measure an edit against its original and give a verdict: pass, fail or unmeasured.
 
@@ -528,7 +557,7 @@ def assess(
     seed : int
         Seed of the null placements (the result is deterministic for a seed).
     no_reference : bool
-        Also compute BRISQUE inside vs. outside when the model is available (informational).
+        Also compute BRISQUE inside vs. outside (informational; the HTML report does).
 
     Returns
     -------

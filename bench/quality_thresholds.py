@@ -141,6 +141,10 @@ def table(args: argparse.Namespace) -> int:
     for f in args.files:
         data = json.loads(Path(f).read_text())
         recs = data["records"]
+        for extra in args.replace or []:  # a re-measured kind replaces its records (same split)
+            more = json.loads(Path(extra).read_text())["records"]
+            kinds = {r["kind"] for r in more}
+            recs = [r for r in recs if r["kind"] not in kinds] + more
         photos = sorted({r["photo"] for r in recs})
         print(f"\n### {data['split']} photos ({', '.join(photos)}): {len(recs)} cases\n")
         print("| kind | strength | must fail | failed | caught by |")
@@ -183,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     t = sub.add_parser("table")
     t.add_argument("files", nargs="+")
     t.add_argument("--set", nargs="*", help="threshold overrides, e.g. tone_step_max=3.5")
+    t.add_argument("--replace", nargs="*", help="files of re-measured kinds that replace those kinds' records")
     args = ap.parse_args(argv)
     return measure(args) if args.cmd == "measure" else table(args)
 

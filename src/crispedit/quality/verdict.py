@@ -52,7 +52,7 @@ class Thresholds:
     #: seam score above which the seam is visible (z-like; unedited photos measure about -1 .. 2.2)
     seam_max: float = 4.0
     #: worst local (per-segment) seam score above which one place along the seam is visible
-    seam_local_max: float = 8.0
+    seam_local_max: float = 10.5
     #: detail ratio (inside / ring) allowed range
     detail_min: float = 0.70
     detail_max: float = 1.60

@@ -100,7 +100,7 @@ def measure(args: argparse.Namespace) -> int:
             img = np.ascontiguousarray(img[:, :, :3])
         h, w = img.shape[:2]
         for mname, m in masks_for(h, w, zlib.crc32(photo.name.encode()) % 10_000):
-            for group, kind, s, must, ed in cases(img, m, 0, args.kinds, engine=mname == "ell_s"):
+            for group, kind, s, must, ed in cases(img, m, 0, args.kinds, engine=mname == "ell_s" and not args.no_engine):
                 t = time.perf_counter()
                 rep = assess(img, ed, m, no_reference=False)
                 dt = time.perf_counter() - t
@@ -112,6 +112,8 @@ def measure(args: argparse.Namespace) -> int:
                 records.append(rec)
                 print(f"{photo.name:10s} {mname:6s} {kind:20s} {s:6g} {rep.verdict:10s} {dt:5.2f}s "
                       + "; ".join(f"{d.kind}:{d.key}={d.value:.2f}" for d in rep.defects), flush=True)
+        # written after every photo, so a long run can be read while it goes on
+        Path(args.output).write_text(json.dumps({"split": args.split, "records": records}, indent=0))
     Path(args.output).write_text(json.dumps({"split": args.split, "records": records}, indent=0))
     print(f"wrote {args.output}: {len(records)} cases")
     return 0
@@ -184,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--photos", nargs="*")
     m.add_argument("--kinds", nargs="*")
     m.add_argument("-o", "--output", required=True)
+    m.add_argument("--no-engine", action="store_true", help="skip crispedit's classical removals")
     t = sub.add_parser("table")
     t.add_argument("files", nargs="+")
     t.add_argument("--set", nargs="*", help="threshold overrides, e.g. tone_step_max=3.5")

@@ -136,7 +136,8 @@ def _finish(info: dict, json_out: bool) -> None:
         err.print(f"note: {note}")
     q = info.get("quality")
     if q:
-        reasons = "; ".join(q.get("reasons") or []) or "no defect found"
+        reasons = "; ".join(q.get("reasons") or []) or "; ".join(
+            "not measured: " + u for u in q.get("unmeasured") or []) or "no defect found"
         err.print(f"quality: {q.get('verdict')} ({reasons})")
     if json_out:
         typer.echo(json.dumps(info, indent=2, default=str))

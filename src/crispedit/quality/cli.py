@@ -1,6 +1,7 @@
 """Typer command functions of the quality gate; ``crispedit.cli`` registers them as ``quality`` and ``report``.
 
-Exit codes: ``quality`` 0 = pass, 1 = fail, 2 = bad input; ``report`` 0 = written, 2 = bad input.
+Exit codes: ``quality`` 0 = pass, 1 = fail, 2 = bad input, 3 = unmeasured (something could not be measured, and
+nothing failed: never a pass); ``report`` 0 = written, 2 = bad input.
 """
 
 from __future__ import annotations
@@ -18,11 +19,15 @@ from crispedit.errors import CrispEditError, InputError
 __all__ = ["quality_cmd", "report_cmd"]
 
 
-def _load_pair(original: Path, edited: Path, mask: Optional[Path]) -> tuple[Any, Any, Any]:
+MAX_PIXELS_HELP = "Refuse larger images (decompression bombs)."
+
+
+def _load_pair(original: Path, edited: Path, mask: Optional[Path], max_pixels: int = 300_000_000
+               ) -> tuple[Any, Any, Any]:
     from crispedit.imageio import load_image  # lazy: written by the I/O module's owner
 
-    a = load_image(original).array
-    b = load_image(edited).array
+    a = load_image(original, max_pixels=max_pixels).array
+    b = load_image(edited, max_pixels=max_pixels).array
     if a.shape[:2] != b.shape[:2]:
         raise InputError(
             f"{original} is {a.shape[1]}x{a.shape[0]} but {edited} is {b.shape[1]}x{b.shape[0]}",
@@ -55,12 +60,14 @@ def quality_cmd(
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the full report as JSON."),
     band: Optional[int] = typer.Option(None, "--band", help="Blend band in px (default: max(32, 4% of mask size))."),
+    max_pixels: int = typer.Option(300_000_000, "--max-pixels", help=MAX_PIXELS_HELP),
 ) -> None:
-    """Check an edit at 100% zoom: seam, sharpness, grain, colour, untouched pixels. Exit 0 pass, 1 fail."""
+    """Check an edit at 100% zoom, region by region: seam, ghost, blocks, grid, sharpness, grain, colour, untouched
+    pixels. Exit 0 pass, 1 fail, 2 bad input, 3 unmeasured (what could not be checked is said; never a pass)."""
     from crispedit.quality.verdict import assess
 
     try:
-        a, b, m = _load_pair(original, edited, mask)
+        a, b, m = _load_pair(original, edited, mask, max_pixels)
         if band is not None and band < 0:
             raise InputError(f"--band must be >= 0, got {band}", "pass a width in pixels")
         rep = assess(a, b, m, band=band)
@@ -72,14 +79,22 @@ def quality_cmd(
         typer.echo(rep.summary())
         d = rep.to_dict()
         for key, check in rep.checks.items():
+            v = d.get(key)
+            if isinstance(v, dict) or key.startswith("seam_z"):
+                continue
             alt = d.get(key + "_original")
             extra = f" (vs original: {_fmt(alt)})" if alt is not None else ""
-            typer.echo(f"  {check:5s} {key:24s} {_fmt(d.get(key))}{extra}")
+            typer.echo(f"  {check:5s} {key:24s} {_fmt(v)}{extra}")
+        for dft in rep.defects:
+            where = f" at x={dft.x}, y={dft.y}" if dft.x is not None else ""
+            typer.echo(f"  defect {dft.kind}{where}: {dft.message}")
         for x, y, s in rep.worst_places[:3]:
             typer.echo(f"  worst place x={x} y={y} local seam score {s:.1f}")
+        for u in rep.unmeasured:
+            typer.echo(f"  not measured: {u}")
         for n in rep.notes:
             typer.echo(f"  note: {n}")
-    raise typer.Exit(code=0 if rep.passed else 1)
+    raise typer.Exit(code=rep.exit_code)
 
 
 def report_cmd(
@@ -92,12 +107,13 @@ def report_cmd(
     info: Optional[Path] = typer.Option(
         None, "--info", help="A JSON file with the edit's info (model_card, timings, engine_calls, candidates)."
     ),
+    max_pixels: int = typer.Option(300_000_000, "--max-pixels", help=MAX_PIXELS_HELP),
 ) -> None:
     """Write one self-contained HTML report: before/after slider, heatmap, 1:1 crops along the seam, metrics."""
     from crispedit.quality.report import write_report
 
     try:
-        a, b, m = _load_pair(original, edited, mask)
+        a, b, m = _load_pair(original, edited, mask, max_pixels)
         info_d = None
         if info is not None:
             try:

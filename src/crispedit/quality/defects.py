@@ -7,6 +7,11 @@ the defect functions plant one known flaw of a chosen strength inside a mask:
 - :func:`tone_step`: brightness offset in 8-bit levels (``strength``), hard or feathered;
 - :func:`blurred_patch`: Gaussian blur of sigma ``strength`` px, feathered (the 512-px-upscale look);
 - :func:`noise_free_patch`: grain removed by fraction ``strength`` (0..1), feathered;
+- :func:`hard_block`: a ``strength`` x ``strength`` px square of texture from elsewhere, hard-edged, at the
+  mask's deepest point (a pasted patch);
+- :func:`grid_lines`: a grid of 2-px lines every 64 px inside the mask, ``strength`` levels brighter (tile seams);
+- :func:`colour_cast`: a colour shift of ``strength`` ΔE2000 (mostly in a*/b*) inside the mask, feathered;
+- :func:`halo_ring`: a ring of ``strength`` levels just outside the contour (a halo);
 - :func:`clean_edit`: the original plus a little fresh noise (a third of the image's own grain; should pass).
 
 >>> import numpy as np
@@ -16,6 +21,8 @@ the defect functions plant one known flaw of a chosen strength inside a mask:
 """
 
 from __future__ import annotations
+
+import math
 
 import cv2
 import numpy as np
@@ -28,6 +35,10 @@ __all__ = [
     "tone_step",
     "blurred_patch",
     "noise_free_patch",
+    "hard_block",
+    "grid_lines",
+    "colour_cast",
+    "halo_ring",
     "clean_edit",
     "denoise_around",
     "DEFECTS",
@@ -167,6 +178,90 @@ def denoise_around(orig: np.ndarray, mask: np.ndarray, *, pad: int = 40) -> np.n
     return clean
 
 
+def deepest_point(mask: np.ndarray) -> tuple[int, int, float]:
+    """(x, y, inradius) of the mask pixel farthest from the outside."""
+    dist = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return int(x), int(y), float(dist[y, x])
+
+
+def hard_block(orig: np.ndarray, mask: np.ndarray, strength: float, *, source: tuple[int, int] | None = None
+               ) -> np.ndarray:
+    """Paste a ``strength`` px square of the image's own texture from elsewhere (default: of the image's corners
+    and edge midpoints, the square least like the destination) at the mask's deepest point, with hard edges
+    (clipped to the mask)."""
+    s = int(round(strength))
+    h, w = mask.shape
+    cx, cy, _ = deepest_point(mask)
+    x0, y0 = max(0, cx - s // 2), max(0, cy - s // 2)
+    x1, y1 = min(w, x0 + s), min(h, y0 + s)
+    bw, bh = x1 - x0, y1 - y0
+    if source is None:  # of the corners and edge midpoints, the square least like the destination
+        dest = orig[y0:y1, x0:x1].astype(np.float32)
+        best = -1.0
+        for sx_, sy_ in ((0, 0), (w - bw, 0), (0, h - bh), (w - bw, h - bh), ((w - bw) // 2, 0),
+                         ((w - bw) // 2, h - bh), (0, (h - bh) // 2), (w - bw, (h - bh) // 2)):
+            diff = float(np.mean(np.abs(orig[sy_ : sy_ + bh, sx_ : sx_ + bw].astype(np.float32) - dest)))
+            if diff > best:
+                best, sx, sy = diff, sx_, sy_
+    else:
+        sx, sy = source
+    out = orig.copy()
+    patch = orig[sy : sy + (y1 - y0), sx : sx + (x1 - x0)]
+    keep = mask[y0:y1, x0:x1]
+    out[y0:y1, x0:x1][keep] = patch[keep]
+    return out
+
+
+def grid_lines(orig: np.ndarray, mask: np.ndarray, strength: float, *, spacing: int = 64, width: int = 2
+               ) -> np.ndarray:
+    """Lines ``width`` px wide every ``spacing`` px (both directions) inside the mask, ``strength`` 8-bit levels
+    brighter: the look of tile seams."""
+    f, scale = _to_float(orig)
+    h, w = mask.shape
+    lines = np.zeros((h, w), bool)
+    for k in range(width):
+        lines[k::spacing, :] = True
+        lines[:, k::spacing] = True
+    weight = (lines & mask).astype(np.float32)
+    return _blend(orig, f + strength / 255.0, weight)
+
+
+def colour_cast(orig: np.ndarray, mask: np.ndarray, strength: float, *, feather: int = 32, hue: float = 60.0
+                ) -> np.ndarray:
+    """Shift a* and b* inside the mask (feathered) so that the mean colour moves by about ``strength`` ΔE2000,
+    in the direction ``hue`` degrees in the a*b* plane; the luminance is kept."""
+    from crispedit.quality.metrics import ciede2000, colour_channels, rgb_to_lab
+
+    f, scale = _to_float(orig)
+    if f.ndim == 2 or f.shape[2] < 3:
+        return tone_step(orig, mask, strength, feather=feather)
+    lab = rgb_to_lab(colour_channels(orig))
+    ref = lab[mask].reshape(-1, 3).astype(np.float64).mean(axis=0)
+    d = np.array([0.0, math.cos(math.radians(hue)), math.sin(math.radians(hue))])
+    lo, hi = 0.0, 20.0
+    for _ in range(40):  # the a*b* step that gives the wanted ΔE2000 at the mask's mean colour
+        mid = 0.5 * (lo + hi)
+        if float(ciede2000(ref, ref + mid * d)) < strength:
+            lo = mid
+        else:
+            hi = mid
+    shifted = lab + (0.5 * (lo + hi) * d).astype(np.float32)
+    rgb = cv2.cvtColor(shifted, cv2.COLOR_Lab2RGB)
+    new = f.copy()
+    new[:, :, :3] = np.clip(rgb, 0.0, 1.0)
+    return _blend(orig, new, feather_weight(mask, feather))
+
+
+def halo_ring(orig: np.ndarray, mask: np.ndarray, strength: float, *, width: int = 8) -> np.ndarray:
+    """A soft ring ``width`` px wide just outside the contour, ``strength`` 8-bit levels brighter."""
+    f, _ = _to_float(orig)
+    dist = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 5)
+    ring = ((dist > 0) & (dist <= width)).astype(np.float32)
+    ring = cv2.GaussianBlur(ring, (0, 0), max(1.0, width / 4.0))
+    return _blend(orig, f + strength / 255.0, ring)
+
+
 def clean_edit(
     orig: np.ndarray, mask: np.ndarray, *, seed: int = 0, extra_noise: float | None = None, feather: int = 32
 ) -> np.ndarray:
@@ -200,4 +295,18 @@ DEFECTS = {
     "tone_step": (tone_step, (3.0, 6.0, 12.0, 24.0), "seam_score"),
     "blurred_patch": (blurred_patch, (0.8, 1.5, 3.0, 6.0), "detail_deficit"),
     "noise_free_patch": (noise_free_patch, (0.3, 0.6, 0.8, 1.0), "noise_deficit"),
+}
+
+#: the planted-defect set of ``bench/quality_thresholds.py``: name -> (function, strengths from just visible to
+#: obvious, the strength from which it is "clearly visible at 1:1" and must fail, extra keyword arguments)
+PLANTED = {
+    "tone_step": (tone_step, (2.0, 4.0, 8.0), 4.0, {}),
+    "tone_step_feathered": (tone_step, (2.0, 4.0), 4.0, {"feather": 32}),
+    "colour_cast": (colour_cast, (1.5, 3.0), 3.0, {}),
+    "hard_block": (hard_block, (32.0, 64.0), 64.0, {}),
+    "grid_lines": (grid_lines, (1.5, 3.0), 3.0, {}),
+    "blurred_patch": (blurred_patch, (0.8, 1.5), 1.5, {}),
+    "noise_free_patch": (noise_free_patch, (1.0,), 1.0, {}),
+    "halo_ring": (halo_ring, (4.0, 8.0), 8.0, {}),
+    "paste_seam": (paste_seam, (0.3,), 0.3, {}),
 }

@@ -20,10 +20,7 @@ seam score is a z-score against it.
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
-import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -420,6 +417,7 @@ def detail_noise_consistency(
     band: int,
     *,
     ring_offset: int | None = None,
+    exclude: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Detail and noise inside the (eroded) mask vs. a ring outside the blend band, on a crop (as loaded).
 
@@ -427,12 +425,15 @@ def detail_noise_consistency(
     (:func:`noise_sigma`), both on the luminance. Both are about 1 for an edit with the surroundings'
     sharpness and grain, < 1 for a blurred or over-smoothed patch, > 1 for over-sharpening or extra noise.
     With ``original``, ``detail_ratio_original`` and ``noise_ratio_original`` compare the edit's inside with
-    the original's inside (what was there before).
+    the original's inside (what was there before). ``exclude`` (bool, same crop): other edited pixels, kept
+    ``band`` px out of the ring.
     """
     if ring_offset is None:
         ring_offset = band
     ring_width = max(24, band)
     inner, ring = inner_and_ring(mask, band, ring_offset, ring_width)
+    if exclude is not None and exclude.any():  # other edits nearby are not "the surroundings"
+        ring &= _dist_outside(exclude) > band
     nan = float("nan")
     if not inner.any() or not ring.any():
         return {"detail_ratio": nan, "noise_ratio": nan, "detail_ratio_original": nan, "noise_ratio_original": nan}
@@ -523,12 +524,29 @@ def sample_contour(mask: np.ndarray, origin: tuple[int, int], *, step: float = 2
     return Contour(pts, normals, seg, int(len(uniq)))
 
 
+_REMAP_ROW = 8192
+
+
 def _sample(img: np.ndarray, xy: np.ndarray, q: float) -> np.ndarray:
     """Bilinear samples of ``img`` (a 1/q-scale image) at full-resolution positions ``xy`` (N, 2)."""
-    xs = ((xy[:, 0] + 0.5) / q - 0.5).astype(np.float32).reshape(-1, 1)
-    ys = ((xy[:, 1] + 0.5) / q - 0.5).astype(np.float32).reshape(-1, 1)
-    out = cv2.remap(img, xs, ys, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-    return out.reshape(len(xy), -1)
+    n = len(xy)
+    if n == 0:
+        return np.zeros((0, img.shape[2] if img.ndim == 3 else 1), img.dtype)
+    # cv2.remap maps must be under 32767 px per side: lay the points out as rows of _REMAP_ROW samples
+    cols = min(n, _REMAP_ROW)
+    rows = -(-n // cols)
+    xs = np.zeros(rows * cols, np.float32)
+    ys = np.zeros(rows * cols, np.float32)
+    xs[:n] = (xy[:, 0] + 0.5) / q - 0.5
+    ys[:n] = (xy[:, 1] + 0.5) / q - 0.5
+    parts = []
+    for r0 in range(0, rows, _REMAP_ROW):  # and at most _REMAP_ROW rows per call
+        r1 = min(rows, r0 + _REMAP_ROW)
+        parts.append(cv2.remap(img, xs[r0 * cols : r1 * cols].reshape(r1 - r0, cols),
+                               ys[r0 * cols : r1 * cols].reshape(r1 - r0, cols), cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_REFLECT).reshape(((r1 - r0) * cols, -1)))
+    out = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    return out[:n]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -705,6 +723,8 @@ def seam_visibility(
     scales: tuple[int, ...] = SEAM_SCALES,
     segment_px: int | None = None,
     n_worst: int = 6,
+    cache: dict[str, Any] | None = None,
+    max_points: int = 40_000,
 ) -> SeamResult:
     """Seam visibility of the mask contour on ``edited`` (the full edited image, as loaded).
 
@@ -718,6 +738,11 @@ def seam_visibility(
     high. Per-segment scores (segments of ``segment_px`` px, default ``max(48, 2 band)``) are standardised
     against all segments of the null placements, and the ``n_worst`` highest, at least a segment apart, are
     the worst places. A scale with fewer than 4 placements is skipped; with none at all, fixed spreads are used.
+
+    ``cache`` (a dict kept by the caller) shares the low-passed pyramid and the distance map from ``forbidden``
+    between calls on the same image (one call per region); pass the same ``forbidden`` to every call that shares
+    it. Contours longer than ``2 max_points`` px are sampled more sparsely (at most ``max_points`` points), so
+    masks with millions of contour pixels cost about as much as a large ellipse.
     """
     h, w = mask.shape
     scales = tuple(d for d in scales if d <= max(2, band)) or (2,)
@@ -726,8 +751,15 @@ def seam_visibility(
         return SeamResult(0.0, {}, {}, 0, [], np.zeros(0), 0, ["empty mask"])
     if segment_px is None:
         segment_px = max(48, 2 * band)
+    notes: list[str] = []
     x0, y0, x1, y1 = _crop_box(mask.shape, bb, 4)
-    contour = sample_contour(mask[y0:y1, x0:x1], (x0, y0), step=2.0, segment_px=segment_px)
+    sub = mask[y0:y1, x0:x1]
+    step = 2.0
+    perim = float(np.count_nonzero(sub ^ cv2.erode(sub.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)))
+    if perim > 2 * max_points:
+        step = perim / max_points
+        notes.append(f"long contour ({int(perim)} px): sampled every {step:.1f} px")
+    contour = sample_contour(sub, (x0, y0), step=step, segment_px=max(segment_px, int(4 * step)))
     # contour points on the image border have no outside: drop them
     p = contour.points
     keep = (p[:, 0] > 1) & (p[:, 0] < w - 2) & (p[:, 1] > 1) & (p[:, 1] < h - 2)
@@ -737,8 +769,12 @@ def seam_visibility(
     if len(contour.points) < 8:
         return SeamResult(0.0, {}, {}, 0, [], np.zeros(0), len(contour.points), ["no contour inside the image"])
     f = max(2, int(min(h, w) // 256))
-    dist, f = _forbidden_distance(mask, 0, forbidden, f)
-    notes: list[str] = []
+    if cache is not None and "dist" in cache:
+        dist, f = cache["dist"]
+    else:
+        dist, f = _forbidden_distance(mask, 0, forbidden, f)
+        if cache is not None:
+            cache["dist"] = (dist, f)
     # null placements per scale: the sampled footprint (3d) plus the low-pass reach (1.5d) must stay clear of
     # every edited pixel
     placements_by_scale = {}
@@ -755,7 +791,10 @@ def seam_visibility(
         if dropped:
             notes.append(f"scales {dropped} px skipped: no room for their null placements")
     used = tuple(placements_by_scale)
-    pyr = _Pyramid(edited)
+    if cache is not None:
+        pyr = cache.setdefault("pyramid", _Pyramid(edited))
+    else:
+        pyr = _Pyramid(edited)
     zs: dict[str, float] = {}
     stats: dict[str, float] = {}
     n_stat = 2 * len(used)
@@ -945,79 +984,32 @@ def colour_consistency(
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# BRISQUE (no-reference quality), features computed here, model shipped by the `brisque` wheel
+# BRISQUE (no-reference quality): features computed here, the fitted model shipped as plain arrays
 # ----------------------------------------------------------------------------------------------------------------
 _BRISQUE_MODEL: dict[str, Any] | None = None
 _BRISQUE_TRIED = False
-
-
-def _brisque_model_dir() -> Path | None:
-    env = os.environ.get("CRISPEDIT_BRISQUE_MODEL")
-    if env and (Path(env) / "svm.txt").exists():
-        return Path(env)
-    try:
-        spec = importlib.util.find_spec("brisque")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for loc in spec.submodule_search_locations:
-        d = Path(loc) / "models"
-        if (d / "svm.txt").exists() and (d / "normalize.pickle").exists():
-            return d
-    return None
+#: The LIVE-trained epsilon-SVR (RBF) and feature scaling of the ``brisque`` wheel (Apache-2.0, licence beside it),
+#: converted once by ``bench/brisque_model.py`` into a numpy archive: no pickle is ever loaded.
+BRISQUE_MODEL_PATH = Path(__file__).resolve().parents[1] / "data" / "brisque_live.npz"
 
 
 def _load_brisque() -> dict[str, Any] | None:
-    """Read the libsvm epsilon-SVR model (RBF) and the feature scaling of the `brisque` wheel, without
-    importing that package (it needs libsvm and scikit-image; we only need its two model files)."""
+    """The shipped BRISQUE model (``gamma``, ``rho``, ``coef``, ``sv``, ``min``, ``max``) or None when absent."""
     global _BRISQUE_MODEL, _BRISQUE_TRIED
     if _BRISQUE_TRIED:
         return _BRISQUE_MODEL
     _BRISQUE_TRIED = True
-    d = _brisque_model_dir()
-    if d is None:
-        return None
     try:
-        header: dict[str, str] = {}
-        coefs, svs = [], []
-        with open(d / "svm.txt") as fh:
-            for line in fh:
-                line = line.strip()
-                if line == "SV":
-                    break
-                k, _, v = line.partition(" ")
-                header[k] = v
-            for line in fh:
-                parts = line.split()
-                if not parts:
-                    continue
-                coefs.append(float(parts[0]))
-                row = np.zeros(36)
-                for tok in parts[1:]:
-                    i, _, v = tok.partition(":")
-                    row[int(i) - 1] = float(v)
-                svs.append(row)
-        with open(d / "normalize.pickle", "rb") as fh:  # the package's own two-list dict
-            scale = pickle.load(fh)
-        if header.get("kernel_type") != "rbf" or header.get("svm_type") != "epsilon_svr":
-            return None
-        _BRISQUE_MODEL = {
-            "gamma": float(header["gamma"]),
-            "rho": float(header["rho"].split()[0]),
-            "coef": np.array(coefs),
-            "sv": np.array(svs),
-            "min": np.array(scale["min_"], float),
-            "max": np.array(scale["max_"], float),
-            "source": str(d),
-        }
-    except Exception:  # noqa: BLE001 - a broken optional model only disables the metric
+        with np.load(BRISQUE_MODEL_PATH, allow_pickle=False) as z:
+            _BRISQUE_MODEL = {k: np.asarray(z[k], np.float64) for k in ("coef", "sv", "min", "max")}
+            _BRISQUE_MODEL.update(gamma=float(z["gamma"]), rho=float(z["rho"]), source=str(BRISQUE_MODEL_PATH))
+    except (OSError, KeyError, ValueError):  # a missing or broken optional model only disables the metric
         _BRISQUE_MODEL = None
     return _BRISQUE_MODEL
 
 
 def brisque_available() -> bool:
-    """True when the BRISQUE model files can be found (``pip install --no-deps brisque``)."""
+    """True when the shipped BRISQUE model (``crispedit/data/brisque_live.npz``) can be read."""
     return _load_brisque() is not None
 
 
@@ -1079,8 +1071,8 @@ def _brisque_features(gray: np.ndarray) -> np.ndarray:
 def brisque_score(rgb_or_gray: np.ndarray) -> float | None:
     """BRISQUE score (lower = more natural, roughly 0..100) of a patch, or None without the model.
 
-    The features are computed here; the fitted SVR (LIVE database) is read from the files the ``brisque`` wheel
-    ships (Apache-2.0), found without importing that package.
+    The features are computed here; the fitted SVR (LIVE database, from the ``brisque`` wheel, Apache-2.0) is read
+    from ``crispedit/data/brisque_live.npz`` with ``allow_pickle=False``.
     """
     model = _load_brisque()
     if model is None:
@@ -1094,3 +1086,328 @@ def brisque_score(rgb_or_gray: np.ndarray) -> float | None:
     xs = -1 + 2.0 * (x - model["min"]) / (model["max"] - model["min"])
     d2 = np.sum((model["sv"] - xs[None, :]) ** 2, axis=1)
     return float(np.dot(model["coef"], np.exp(-model["gamma"] * d2)) - model["rho"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# tone step along the outline (the "ghost": a darker or lighter disc), in 8-bit luminance levels
+# ----------------------------------------------------------------------------------------------------------------
+def _luma_levels(a: np.ndarray) -> np.ndarray:
+    """Luminance (Rec. 601) of an image as loaded, float32 in 8-bit levels (0..255 whatever the depth)."""
+    return grey_float(a) * np.float32(255.0)
+
+
+def tone_step(
+    original: np.ndarray | None,
+    edited: np.ndarray,
+    mask: np.ndarray,
+    band: int,
+    *,
+    sigma: float = 4.0,
+    segment_px: int | None = None,
+) -> dict[str, Any]:
+    """Luminance step across the contour, in 8-bit levels (signed: inside minus outside).
+
+    The luminance (Rec. 601, 8-bit levels), low-passed with a Gaussian of ``sigma`` px, is sampled ``D`` px inside
+    and outside the contour (``D = max(8, band)``, at most 0.6 x the mask's largest inradius) and averaged per
+    contour segment (``segment_px``, default ``max(48, 2 band)``):
+
+    - ``tone_step_edge``: median over segments of (inside - outside) of the edit;
+    - ``tone_step_before``: the same of the original (an object that was there, or a natural edge);
+    - ``tone_step_original``: median over segments of (edit inside - original inside): the offset the edit made;
+    - ``tone_structure_kept``: correlation of the edit's and the original's fine structure (luminance minus its
+      low-pass) inside the mask: about 1 when the content was kept (a retouch, a tone change), low when it was
+      replaced (a removal, a fill);
+    - ``tone_step_levels``: the visible step: ``|tone_step_original|`` when the content was kept
+      (``tone_structure_kept >= 0.8``), else ``min(|tone_step_original|, |tone_step_edge|)``: a new fill must
+      match what was there or what is outside; ``tone_step_signed`` with its sign;
+    - ``tone_step_worst`` (levels) and ``tone_step_place`` (x, y): the same over the worst run of three
+      segments.
+
+    All nan when the contour is too short (fewer than 4 usable points).
+    """
+    nan = float("nan")
+    out: dict[str, Any] = {"tone_step_levels": nan, "tone_step_edge": nan, "tone_step_original": nan,
+                           "tone_step_before": nan, "tone_step_worst": nan, "tone_step_place": None}
+    h, w = mask.shape
+    bb = mask_bbox(mask)
+    if bb is None:
+        return out
+    if segment_px is None:
+        segment_px = max(48, 2 * band)
+    D = float(max(3.0, min(max(8, band), 0.6 * _max_inradius(mask, bb))))
+    x0, y0, x1, y1 = _crop_box(mask.shape, bb, int(D + 3 * sigma) + 4)
+    contour = sample_contour(mask[y0:y1, x0:x1], (x0, y0), step=3.0, segment_px=segment_px)
+    p = contour.points
+    if len(p) < 4:
+        return out
+    local = p - np.array([x0, y0], np.float32)
+    pin, pout = local - D * contour.normals, local + D * contour.normals
+    cw, ch = x1 - x0, y1 - y0
+    ok = (
+        (pout[:, 0] >= 0) & (pout[:, 0] < cw) & (pout[:, 1] >= 0) & (pout[:, 1] < ch)
+        & (pin[:, 0] >= 0) & (pin[:, 0] < cw) & (pin[:, 1] >= 0) & (pin[:, 1] < ch)
+        & (p[:, 0] > 1) & (p[:, 0] < w - 2) & (p[:, 1] > 1) & (p[:, 1] < h - 2)
+    )
+    if ok.sum() < 4:
+        return out
+    seg = contour.segments[ok]
+    nseg = contour.n_segments
+    cnt = np.bincount(seg, minlength=nseg)
+    good = cnt >= 2
+
+    lumas: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def per_seg(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raw = _luma_levels(img[y0:y1, x0:x1])
+        g = cv2.GaussianBlur(raw, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+        lumas.append((raw, g))
+        g = g[:, :, None]
+        vi = _sample(g, pin[ok], 1.0)[:, 0].astype(np.float64)
+        vo = _sample(g, pout[ok], 1.0)[:, 0].astype(np.float64)
+        si = np.bincount(seg, weights=vi, minlength=nseg)[good] / cnt[good]
+        so = np.bincount(seg, weights=vo, minlength=nseg)[good] / cnt[good]
+        return si, so
+
+    ei, eo = per_seg(edited)
+    centres = np.stack([np.bincount(seg, weights=p[ok][:, k], minlength=nseg)[good] / cnt[good] for k in (0, 1)], 1)
+    edge = ei - eo
+    out["tone_step_edge"] = float(np.median(edge))
+
+    def visible(e: np.ndarray, o: np.ndarray | None) -> tuple[float, float]:
+        """(value, signed) of the step the edit made: its inner side must match what was there (offset) or
+        what is outside (edge); the smaller of the two medians is what a viewer sees."""
+        me = float(np.median(e))
+        if o is None:
+            return abs(me), me
+        mo = float(np.median(o))
+        return (abs(mo), mo) if abs(mo) < abs(me) else (abs(me), me)
+
+    offset = None
+    if original is not None:
+        oi, oo = per_seg(original)
+        offset = ei - oi
+        out["tone_step_before"] = float(np.median(oi - oo))
+        out["tone_step_original"] = float(np.median(offset))
+    if offset is not None:
+        # was the inside kept (the original's own structure plus a smooth offset: a tone change, to be judged
+        # against what was there) or replaced (a removal: to be judged against the outside)?
+        inside = _subsample(mask[y0:y1, x0:x1], 200_000)
+        (re, ge), (ro, go) = lumas
+        he, ho = (re - ge)[inside], (ro - go)[inside]
+        den = float(np.sqrt(np.sum(he * he) * np.sum(ho * ho)))
+        kept = float(np.sum(he * ho) / den) if den > 0 else 1.0
+        out["tone_structure_kept"] = kept
+        if kept >= 0.8:
+            offset_only = float(np.median(offset))
+            out["tone_step_levels"], out["tone_step_signed"] = abs(offset_only), offset_only
+        else:
+            out["tone_step_levels"], out["tone_step_signed"] = visible(edge, offset)
+    else:
+        out["tone_step_levels"], out["tone_step_signed"] = visible(edge, offset)
+    # the worst stretch: runs of 3 segments along the contour
+    if len(edge) >= 3:
+        best, where = -1.0, 0
+        for i in range(len(edge)):
+            sl = slice(max(0, i - 1), i + 2)
+            if offset is not None and out.get("tone_structure_kept", 0.0) >= 0.8:
+                v = abs(float(np.median(offset[sl])))
+            else:
+                v, _ = visible(edge[sl], None if offset is None else offset[sl])
+            if v > best:
+                best, where = v, i
+        out["tone_step_worst"] = best
+        out["tone_step_place"] = (int(round(centres[where, 0])), int(round(centres[where, 1])))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# straight hard edges inside a fill: a pasted block, a tile grid
+# ----------------------------------------------------------------------------------------------------------------
+def _line_stats(d: np.ndarray, ad: np.ndarray, length: int, with_break: bool = True
+                ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Per run of ``length`` px along x across row y, from ``d = g(y+1) - g(y-1)`` and ``ad = |d|``:
+    (|mean d|, texture break or None)."""
+    k = (length, 1)
+    md = np.abs(cv2.blur(d, k, borderType=cv2.BORDER_REFLECT))
+    if not with_break:
+        return md, None
+    ma = cv2.blur(ad, k, borderType=cv2.BORDER_REFLECT)
+    beside = np.full_like(ma, np.inf)
+    beside[3:-3] = 0.5 * (ma[:-6] + ma[6:])
+    with np.errstate(divide="ignore"):
+        return md, np.log((ma + 0.5) / (beside + 0.5))
+
+
+def _regular_lines(profile: np.ndarray, thr: float, tol: float = 3.0) -> int:
+    """Most lines (peaks of ``profile`` above ``thr``, at least 8 px apart) that fit one lattice ``c0 + k p``."""
+    ys = np.flatnonzero(profile > thr)
+    if ys.size == 0:
+        return 0
+    groups = np.split(ys, np.flatnonzero(np.diff(ys) >= 8) + 1)
+    c = np.array([g[np.argmax(profile[g])] for g in groups], float)[:64]
+    if len(c) < 3:
+        return len(c) if len(c) < 2 else 2
+    best = 2
+    for i in range(len(c)):
+        for j in range(i + 1, len(c)):
+            p = c[j] - c[i]
+            if p < 8:
+                continue
+            k = (c - c[i]) / p
+            best = max(best, int(np.count_nonzero(np.abs(k - np.round(k)) * p <= tol)))
+    return best
+
+
+def straight_edges(
+    original: np.ndarray | None,
+    edited: np.ndarray,
+    mask: np.ndarray,
+    band: int,
+    *,
+    length: int = 48,
+    grid_length: int = 160,
+    grid_step_min: float = 1.5,
+    depth: int = 4,
+    exclude: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Axis-aligned straight edges inside the mask that were not there and that the surroundings do not have.
+
+    On the luminance (8-bit levels, Gaussian sigma 0.8 px), for horizontal lines the difference
+    ``d(y, x) = g(y + 1, x) - g(y - 1, x)`` is averaged over runs of ``length`` px along x (vertical lines: the same
+    transposed). Two statistics per run: the **step** ``|mean d|`` (levels: a tone step or a grid line; texture
+    averages out) and the **texture break** ``log((mean |d| + 0.5) / (mean of the same 3 rows above and below
+    + 0.5))`` (two unrelated textures meeting: a pasted block). Inside the mask (runs whole ``depth`` px deep)
+    the edit's statistic minus the original's at the same run counts (what the edit added: ``edge_step_max``,
+    ``edge_break_max``); the surroundings' own straight edges (runs on pixels farther than ``band + 4`` px from
+    the mask and from ``exclude``, 99.9th percentile: ``edge_step_null``, ``edge_break_null``) say how much
+    straightness the scene has anyway. The same step with runs of ``grid_length`` px (at most half the region;
+    texture averages out further) gives ``grid_step_max``, ``grid_step_null`` and ``grid_lines``: the largest
+    number of added parallel lines stronger than ``grid_step_min`` levels that sit on one regular lattice (a
+    common spacing, +-3 px) -- tile seams do, natural straight lines (stems, horizons) do not. ``edge_place`` /
+    ``grid_place``: (x, y) of the strongest.
+    """
+    nan = float("nan")
+    out: dict[str, Any] = {"edge_step_max": nan, "edge_step_null": nan, "edge_break_max": nan,
+                           "edge_break_null": nan, "edge_place": None, "grid_step_max": nan,
+                           "grid_step_null": nan, "grid_lines": 0, "grid_place": None}
+    bb = mask_bbox(mask)
+    if bb is None:
+        return out
+    grid_length = int(max(length, min(grid_length, min(bb[2] - bb[0], bb[3] - bb[1]) // 2)))
+    margin = band + 4 + grid_length + 64
+    x0, y0, x1, y1 = _crop_box(mask.shape, bb, margin)
+    m = mask[y0:y1, x0:x1]
+    inner = cv2.distanceTransform(np.pad(m, 1).astype(np.uint8), cv2.DIST_L2, 3)[1:-1, 1:-1] > depth
+    i8 = inner.astype(np.uint8)
+    fits = any(cv2.erode(i8, np.ones(k, np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=0).any()
+               for k in ((9, length), (length, 9)))
+    if not fits:  # no run of `length` px fits inside (thin or small regions): nothing to look for
+        return out
+
+    def lum(a: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(_luma_levels(a[y0:y1, x0:x1]), (0, 0), 0.8, borderType=cv2.BORDER_REFLECT)
+
+    g = lum(edited)
+    g0 = lum(original) if original is not None else None
+    zone = m if exclude is None else (m | exclude[y0:y1, x0:x1])
+    far = cv2.distanceTransform((~zone).astype(np.uint8), cv2.DIST_L2, 3) > band + 4
+    acc: dict[str, list] = {k: [] for k in ("es", "eb", "ns", "nb", "gs", "gn")}
+    places: dict[str, tuple[float, Any]] = {"edge": (-1.0, None), "grid": (-1.0, None)}
+    lines = 0
+    for axis in (0, 1):
+        tr = (lambda a: a) if axis == 0 else (lambda a: np.ascontiguousarray(a.T))
+        gg, ii, ff = tr(g), tr(inner), tr(far)
+        if gg.shape[0] < 10 or gg.shape[1] < length:
+            continue
+
+        def diffs(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            d = np.zeros_like(img)
+            d[1:-1] = img[2:] - img[:-2]
+            return d, np.abs(d)
+
+        de, ade = diffs(gg)
+        do = diffs(tr(g0)) if g0 is not None else None
+        # a run's footprint (rows y-4 .. y+4): eroded once, then a run is valid when all of it is in the region
+        ii9 = cv2.erode(ii.astype(np.uint8), np.ones((9, 1), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                        borderValue=0).astype(np.float32)
+        ff9 = cv2.erode(ff.astype(np.uint8), np.ones((9, 1), np.uint8), borderType=cv2.BORDER_CONSTANT,
+                        borderValue=0).astype(np.float32)
+        for L, tag in ((length, "edge"), (grid_length, "grid")):
+            if gg.shape[1] < L:
+                continue
+            k = (L, 1)
+            vin = cv2.blur(ii9, k, borderType=cv2.BORDER_CONSTANT) > 0.999
+            vnull = cv2.blur(ff9, k, borderType=cv2.BORDER_CONSTANT) > 0.999
+            step, brk = _line_stats(de, ade, L, with_break=tag == "edge")
+            q = nan
+            if vnull.sum() > 100:
+                q = float(np.percentile(step[vnull], 99.9))
+                acc["ns" if tag == "edge" else "gn"].append(q)
+                if brk is not None:
+                    acc["nb"].append(float(np.percentile(brk[vnull], 99.9)))
+            if not vin.any():
+                continue
+            if do is not None:
+                step0, brk0 = _line_stats(do[0], do[1], L, with_break=tag == "edge")
+                step = step - step0
+                if brk is not None:
+                    with np.errstate(invalid="ignore"):
+                        brk = brk - brk0
+            s_in = np.where(vin, step, -np.inf)
+            acc["es" if tag == "edge" else "gs"].append(float(s_in.max()))
+            if brk is not None:
+                acc["eb"].append(float(np.where(vin & np.isfinite(brk), brk, -np.inf).max()))
+            if tag == "grid":
+                lines = max(lines, _regular_lines(s_in.max(axis=1), grid_step_min))
+            yx = np.unravel_index(int(np.argmax(s_in)), s_in.shape)
+            if s_in[yx] > places[tag][0]:
+                yy, xx = int(yx[0]), int(yx[1])
+                places[tag] = (float(s_in[yx]), (x0 + xx, y0 + yy) if axis == 0 else (x0 + yy, y0 + xx))
+    for key, name in (("es", "edge_step_max"), ("eb", "edge_break_max"), ("gs", "grid_step_max"),
+                      ("ns", "edge_step_null"), ("nb", "edge_break_null"), ("gn", "grid_step_null")):
+        if acc[key]:
+            out[name] = max(acc[key])
+    out["grid_lines"] = lines
+    out["edge_place"] = places["edge"][1]
+    out["grid_place"] = places["grid"][1]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# a change everywhere: global tone and colour shift, detail, noise
+# ----------------------------------------------------------------------------------------------------------------
+def global_change(original: np.ndarray, edited: np.ndarray, *, max_side: int = 1024, hf_side: int = 2048) -> dict[str, float]:
+    """How the whole image changed: for edits without a mask that touch everything.
+
+    ``global_delta_e``: CIEDE2000 between the original's mean Lab colour and that colour plus the median
+    per-pixel Lab shift (both images shrunk by area averaging to at most ``max_side`` px);
+    ``global_tone_levels``: the median luminance shift in 8-bit levels; ``global_detail_ratio`` and
+    ``global_noise_ratio``: mean |Laplacian| and robust noise sigma of the edit over the original's, on a
+    centred full-resolution crop of at most ``hf_side`` px.
+    """
+    h, w = original.shape[:2]
+    f = max(1, int(math.ceil(max(h, w) / max_side)))
+
+    def small(a: np.ndarray) -> np.ndarray:
+        c = np.ascontiguousarray(a if a.ndim == 2 else a[:, :, : min(3, a.shape[2])])
+        return cv2.resize(c, (max(1, w // f), max(1, h // f)), interpolation=cv2.INTER_AREA) if f > 1 else c
+
+    so, se = small(original), small(edited)
+    lo = rgb_to_lab(colour_channels(so)).reshape(-1, 3).astype(np.float64)
+    le = rgb_to_lab(colour_channels(se)).reshape(-1, 3).astype(np.float64)
+    shift = np.median(le - lo, axis=0)
+    ref = lo.mean(axis=0)
+    yo, ye = _luma_levels(so), _luma_levels(se)
+    cy, cx = h // 2, w // 2
+    r = hf_side // 2
+    box = (slice(max(0, cy - r), cy + r), slice(max(0, cx - r), cx + r))
+    ho, he = _HF(grey_float(original[box])), _HF(grey_float(edited[box]))
+    region = _subsample(np.ones(ho.lap.shape, bool))
+    d0, d1 = ho.detail(region), he.detail(region)
+    n0, n1 = ho.noise(region), he.noise(region)
+    return {
+        "global_delta_e": float(ciede2000(ref, ref + shift)),
+        "global_tone_levels": float(np.median(ye - yo)),
+        "global_detail_ratio": (d1 + _DETAIL_FLOOR) / (d0 + _DETAIL_FLOOR),
+        "global_noise_ratio": (n1 + _NOISE_FLOOR) / (n0 + _NOISE_FLOOR),
+    }

@@ -113,6 +113,7 @@ main{max-width:1480px;margin:0 auto;padding:16px 24px}
 h1{font-size:22px;margin:8px 0}h2{font-size:18px;margin:24px 0 8px;border-bottom:1px solid #333;padding-bottom:4px}
 .banner{padding:10px 14px;border-radius:6px;font-size:18px;font-weight:600}
 .pass{background:#12381f;color:#7be495}.fail{background:#461717;color:#ff8a8a}
+.unmeasured{background:#3d3413;color:#ffd66e}
 .banner ul{margin:6px 0 0 0;font-weight:400;font-size:15px}
 .cmp{position:relative;display:inline-block;max-width:100%;line-height:0;user-select:none}
 .cmp img{max-width:100%;height:auto;display:block}
@@ -161,6 +162,15 @@ _ROWS = [
     ("noise_ratio_original", "Noise inside / original inside", lambda t: f"{t.noise_min:g} – {t.noise_max:g}"),
     ("colour_delta_e", "ΔE2000 inner vs outer side", lambda t: f"≤ {t.colour_delta_e_max:g}"),
     ("colour_delta_e_original", "ΔE2000 inner side vs original", lambda t: f"≤ {t.colour_delta_e_max:g}"),
+    ("tone_step_levels", "Tone step along the outline (levels)", lambda t: f"≤ {t.tone_step_max:g}"),
+    ("tone_step_worst", "Worst stretch of the outline (levels)", lambda t: f"≤ {t.tone_step_local_max:g}"),
+    ("edge_step_max", "Straight edge added inside (levels)", lambda t: f"≤ max({t.edge_step_min:g}, {t.edge_step_factor:g} × surroundings)"),
+    ("edge_break_max", "Texture break added inside", lambda t: f"≤ surroundings + {t.edge_break_margin:g}"),
+    ("grid_lines", "Straight lines added inside (grid)", lambda t: f"< {t.grid_lines_min}"),
+    ("global_delta_e", "Whole image: ΔE2000 shift", lambda t: f"≤ {t.global_delta_e_max:g}"),
+    ("global_tone_levels", "Whole image: tone shift (levels)", lambda t: f"≤ {t.global_tone_max:g}"),
+    ("global_detail_ratio", "Whole image: detail / original", lambda t: f"{t.detail_min:g} – {t.detail_max:g}"),
+    ("global_noise_ratio", "Whole image: noise / original", lambda t: f"{t.noise_min:g} – {t.noise_max:g}"),
     ("brisque_inside", "BRISQUE inside (lower = more natural)", None),
     ("brisque_outside", "BRISQUE outside", None),
     ("brisque_delta", "BRISQUE inside − outside", None),
@@ -262,9 +272,17 @@ def render_html(
     scale = min(1.0, OVERVIEW_MAX / max(h, w))
     before8 = _to_rgb8(_shrink(original, scale))
     after8 = _to_rgb8(_shrink(edited, scale))
-    heat = _heatmap(original, edited, mask, scale, after8, report.worst_places[:MAX_CROPS])
     crops_html = []
-    places = report.worst_places[:MAX_CROPS]
+    # the named defects' places first (each with its kind), then the worst places along the seams
+    places: list[tuple[int, int, Any]] = []
+    for d in getattr(report, "defects", []):
+        if d.x is not None and d.y is not None and all(abs(d.x - a) + abs(d.y - b) > CROP // 2 for a, b, _ in places):
+            places.append((int(d.x), int(d.y), d.kind))
+    for x, y, sc in report.worst_places:
+        if all(abs(x - a) + abs(y - b) > CROP // 2 for a, b, _ in places):
+            places.append((x, y, sc))
+    places = places[:MAX_CROPS]
+    heat = _heatmap(original, edited, mask, scale, after8, places)
     if not places:
         bb = M.mask_bbox(mask)
         if bb is not None:  # no seam measured: show the middle of the edit
@@ -272,7 +290,10 @@ def render_html(
     for i, (x, y, s) in enumerate(places, 1):
         co, (x0, y0) = _crop_at(original, x, y, CROP)
         ce, _ = _crop_at(edited, x, y, CROP)
-        score = "" if not math.isfinite(s) else f" · local seam score {s:.1f}"
+        if isinstance(s, str):
+            score = f" · defect: {html.escape(s)}"
+        else:
+            score = "" if not math.isfinite(s) else f" · local seam score {s:.1f}"
         crops_html.append(
             "<div class='crop'><div class='pair'>"
             f"<div><div class='lbl'>before</div><img src='{_data_uri(_to_rgb8(co), 'png')}' "
@@ -283,6 +304,7 @@ def render_html(
         )
     verdict = report.verdict
     reasons = "".join(f"<li>{html.escape(r)}</li>" for r in report.reasons)
+    reasons += "".join(f"<li>not measured: {html.escape(r)}</li>" for r in getattr(report, "unmeasured", []))
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in report.notes)
     ow, oh = after8.shape[1], after8.shape[0]
     return f"""<!DOCTYPE html>
@@ -349,7 +371,7 @@ def write_report(
     edited = np.asarray(edited)
     M.check_pair(original, edited)
     if report is None:
-        report = assess(original, edited, mask)
+        report = assess(original, edited, mask, no_reference=True)
     if mask is None:
         mask = report.mask if report.mask is not None else M.changed_mask(original, edited)
     mask = np.asarray(mask).astype(bool)

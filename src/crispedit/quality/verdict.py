@@ -1,4 +1,9 @@
-"""The verdict: measured thresholds and :func:`assess`, which runs every metric and says pass or fail.
+"""The verdict: measured thresholds and :func:`assess`, which runs every metric and says pass, fail or unmeasured.
+
+Every connected region of the mask (the largest :data:`MAX_REGIONS` one by one, the small rest pooled) and every
+stretch of its contour is judged on its own; the worst decides, so a clean region never dilutes a bad one. A
+failure is a named defect with its place (:class:`Defect`); what could not be measured makes the verdict
+``'unmeasured'`` with the reason, never ``'pass'``.
 
 >>> import numpy as np
 >>> from crispedit.quality.defects import photo_like, ellipse_mask, tone_step
@@ -23,30 +28,62 @@ import numpy as np
 from crispedit.errors import InputError
 from crispedit.quality import metrics as M
 
-__all__ = ["Thresholds", "QualityReport", "assess", "DEFAULT_THRESHOLDS"]
+__all__ = ["Thresholds", "QualityReport", "Defect", "assess", "DEFAULT_THRESHOLDS", "EXIT_CODES"]
+
+
+#: exit code of ``crispedit quality`` per verdict (2 is a bad input)
+EXIT_CODES = {"pass": 0, "fail": 1, "unmeasured": 3}
+#: regions judged one by one (the largest); smaller ones are pooled and judged together
+MAX_REGIONS = 16
+#: a region smaller than this (px) is pooled with the other small ones
+POOL_AREA = 4096
 
 
 @dataclass(frozen=True)
 class Thresholds:
     """Acceptance thresholds; the numbers and how they were measured are in ``docs/quality.md``.
 
-    A metric that could not be measured (nan: no ring, no contour) never fails the edit; it is reported.
+    A metric that could not be measured (nan: no ring, no contour) never passes an edit: the region is reported
+    as unmeasured, with the reason, unless another check fails it.
     """
 
     #: pixels beyond the blend band that may differ (the promise is 0: bit-identical)
     outside_changed_max: int = 0
-    #: seam score above which the seam is visible (z-like; unedited photos measure -0.96 .. 2.17)
+    #: seam score above which the seam is visible (z-like; unedited photos measure about -1 .. 2.2)
     seam_max: float = 4.0
     #: worst local (per-segment) seam score above which one place along the seam is visible
-    seam_local_max: float = 8.0
+    seam_local_max: float = 10.5
     #: detail ratio (inside / ring) allowed range
     detail_min: float = 0.70
     detail_max: float = 1.60
     #: noise ratio (inside / ring) allowed range
     noise_min: float = 0.70
     noise_max: float = 1.60
-    #: ΔE2000 (median over contour segments) allowed above what the same contour measures on untouched pixels
+    #: where the edit kept the content (a retouch, a regrain: ``tone_structure_kept >= 0.8``), detail and noise
+    #: are compared with what was there only, in these ranges
+    kept_detail_min: float = 0.85
+    kept_detail_max: float = 1.30
+    kept_noise_min: float = 0.80
+    kept_noise_max: float = 1.30
+    #: ΔE2000 of the inner side's colour against the original's (or the outer side's, after a removal)
     colour_delta_e_max: float = 2.0
+    #: luminance step along the outline (8-bit levels, median over the contour; metrics.tone_step)
+    tone_step_max: float = 3.0
+    #: the same over the worst stretch of three contour segments
+    tone_step_local_max: float = 6.0
+    #: straight edge inside the fill: the step (levels) must exceed the surroundings' 99.9th percentile times this
+    edge_step_factor: float = 1.5
+    #: and at least this many levels
+    edge_step_min: float = 2.5
+    #: texture break inside the fill above the surroundings' 99.9th percentile plus this (log units)
+    edge_break_margin: float = 0.35
+    #: this many distinct straight lines or more: a grid
+    grid_lines_min: int = 3
+    #: whole-image change: global ΔE2000 and median luminance shift (levels) allowed
+    global_delta_e_max: float = 1.0
+    global_tone_max: float = 1.5
+    #: a region (or the pool of small regions) smaller than this many px cannot be measured
+    min_region_px: int = 64
     #: BRISQUE inside minus outside above which the inside looks less natural (informational when None)
     brisque_delta_max: float | None = None
 
@@ -63,17 +100,42 @@ def _num(x: Any) -> Any:
         return None if not math.isfinite(x) else round(x, 4)
     if isinstance(x, np.integer):
         return int(x)
+    if isinstance(x, tuple):
+        return [_num(v) for v in x]
     return x
+
+
+@dataclass
+class Defect:
+    """One named defect: ``kind`` (ghost, seam, halo, block, grid, soft_patch, too_clean, too_sharp, too_noisy,
+    colour_cast, outside_changed, global_shift), the ``region`` it is in (1-based, 0 = the whole image), the
+    failing metric ``key`` with its own ``value`` and ``limit``, where it is (``x``, ``y``: full-image px, the
+    centre of a 1:1 crop) and a one-line ``message``."""
+
+    kind: str
+    region: int
+    key: str
+    value: float
+    limit: float
+    x: int | None
+    y: int | None
+    message: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: _num(v) for k, v in asdict(self).items()}
 
 
 @dataclass
 class QualityReport:
     """What :func:`assess` found.
 
-    ``verdict`` is ``'pass'`` or ``'fail'``; ``reasons`` says why it failed (empty on pass); ``metrics`` holds
-    every number measured (see :meth:`to_dict` for the flat JSON form); ``checks`` the per-metric verdict
-    (``'pass'``, ``'fail'`` or ``'n/a'``); ``worst_places`` the (x, y, local seam score) of the most visible
-    places along the contour, worst first, in full-image pixels.
+    ``verdict`` is ``'pass'``, ``'fail'`` or ``'unmeasured'``; ``reasons`` says why it failed (one line per
+    defect, each naming the failing key and its own value); ``unmeasured`` says what could not be measured and
+    why; ``defects`` the named defects with their places; ``regions`` the per-region metrics, checks and
+    verdicts; ``metrics`` holds the numbers of the region that decided (the worst one) plus the global ones (see
+    :meth:`to_dict` for the flat JSON form); ``checks`` the per-metric verdict over all regions (``'pass'``,
+    ``'fail'`` or ``'n/a'``); ``worst_places`` the (x, y, local seam score) of the most visible places along the
+    contours, worst first, in full-image pixels.
     """
 
     verdict: str
@@ -87,10 +149,18 @@ class QualityReport:
     timings: dict[str, float] = field(default_factory=dict)
     thresholds: Thresholds = DEFAULT_THRESHOLDS
     mask: np.ndarray | None = field(default=None, repr=False, compare=False)
+    unmeasured: list[str] = field(default_factory=list)
+    defects: list[Defect] = field(default_factory=list)
+    regions: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         return self.verdict == "pass"
+
+    @property
+    def exit_code(self) -> int:
+        """0 pass, 1 fail, 3 unmeasured (:data:`EXIT_CODES`)."""
+        return EXIT_CODES[self.verdict]
 
     def __getattr__(self, name: str) -> Any:
         # rep.seam_score etc. read from the metrics dict
@@ -100,10 +170,18 @@ class QualityReport:
         raise AttributeError(name)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able dict: verdict, reasons, every metric as a top-level key, worst_places, checks, notes."""
-        out: dict[str, Any] = {"verdict": self.verdict, "reasons": list(self.reasons)}
+        """JSON-able dict: verdict, reasons, unmeasured, defects, every metric as a top-level key, regions,
+        worst_places, checks, notes."""
+        out: dict[str, Any] = {"verdict": self.verdict, "reasons": list(self.reasons),
+                               "unmeasured": list(self.unmeasured)}
         for k, v in self.metrics.items():
             out[k] = {str(a): _num(b) for a, b in v.items()} if isinstance(v, dict) else _num(v)
+        out["defects"] = [d.to_dict() for d in self.defects]
+        out["regions"] = [
+            {k: ({str(a): _num(b) for a, b in v.items()} if isinstance(v, dict) else
+                 (list(v) if isinstance(v, list) else _num(v))) for k, v in r.items()}
+            for r in self.regions
+        ]
         out["worst_places"] = [{"x": int(x), "y": int(y), "score": _num(s)} for x, y, s in self.worst_places]
         out["checks"] = dict(self.checks)
         out["notes"] = list(self.notes)
@@ -122,11 +200,14 @@ class QualityReport:
             return "n/a" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
 
         line = (
-            f"quality {self.verdict}: seam {f('seam_score')}, detail {f('detail_ratio')}, noise {f('noise_ratio')}, "
-            f"ΔE {f('colour_delta_e')}, outside changed {m.get('outside_changed_pixels', 0)}"
+            f"quality {self.verdict}: seam {f('seam_score')}, tone step {f('tone_step_levels', '{:.1f}')} levels, "
+            f"detail {f('detail_ratio')}, noise {f('noise_ratio')}, ΔE {f('colour_delta_e')}, "
+            f"outside changed {m.get('outside_changed_pixels', 0)}"
         )
         if self.reasons:
             line += " — " + "; ".join(self.reasons)
+        elif self.unmeasured:
+            line += " — not measured: " + "; ".join(self.unmeasured)
         return line
 
 
@@ -195,6 +276,258 @@ def _brisque_pair(image: np.ndarray, mask: np.ndarray, zone: np.ndarray) -> dict
     return out
 
 
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _units(mask: np.ndarray) -> list[tuple[str, int, np.ndarray]]:
+    """The mask's regions to judge: (name, index, full-size bool mask). The :data:`MAX_REGIONS` largest regions
+    of at least :data:`POOL_AREA` px one by one; the rest pooled into one unit."""
+    import cv2
+
+    bb = M.mask_bbox(mask)
+    if bb is None:
+        return []
+    bx, by = bb[0], bb[1]
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(mask[bb[1] : bb[3], bb[0] : bb[2]].astype(np.uint8),
+                                                           connectivity=8)
+    if n <= 2:
+        return [("region 1", 1, mask)] if n == 2 else []
+    stats[:, cv2.CC_STAT_LEFT] += bx
+    stats[:, cv2.CC_STAT_TOP] += by
+    order = sorted(range(1, n), key=lambda i: -int(stats[i, cv2.CC_STAT_AREA]))
+    single = [i for i in order[:MAX_REGIONS] if stats[i, cv2.CC_STAT_AREA] >= POOL_AREA]
+    pooled = [i for i in order if i not in set(single)]
+    out = []
+    for k, i in enumerate(single, 1):
+        x, y, w, h = (int(stats[i, c]) for c in (cv2.CC_STAT_LEFT, cv2.CC_STAT_TOP, cv2.CC_STAT_WIDTH,
+                                                  cv2.CC_STAT_HEIGHT))
+        m = np.zeros(mask.shape, bool)
+        m[y : y + h, x : x + w] = labels[y - by : y - by + h, x - bx : x - bx + w] == i
+        out.append((f"region {k}", k, m))
+    if pooled:
+        if len(pooled) == 1:
+            name = f"region {len(single) + 1}"
+        else:
+            name = f"{len(pooled)} small regions"
+        keep = np.zeros(n, bool)
+        keep[pooled] = True
+        m = np.zeros(mask.shape, bool)
+        m[bb[1] : bb[3], bb[0] : bb[2]] = keep[labels]
+        out.append((name, len(single) + 1, m))
+    return out
+
+
+def _measure_unit(original: np.ndarray, edited: np.ndarray, m: np.ndarray, band: int, changed: np.ndarray,
+                  all_mask: np.ndarray, source: str, seed: int, cache: dict[str, Any],
+                  timings: dict[str, float]) -> tuple[dict[str, Any], list[tuple[int, int, float]], list[str]]:
+    """Every metric of one region (or pool of regions)."""
+    metrics: dict[str, Any] = {"mask_pixels": int(np.count_nonzero(m)), "band": band}
+    nan = float("nan")
+
+    def tick(name: str, t0: float) -> None:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+
+    t = time.perf_counter()
+    seam = M.seam_visibility(edited, m, band, forbidden=changed | all_mask, seed=seed, cache=cache)
+    tick("seam", t)
+    measured_seam = bool(seam.scale_z)
+    metrics["seam_score"] = seam.seam_score if measured_seam else nan
+    metrics["seam_local_max"] = max((s for _, _, s in seam.worst_places), default=nan)
+    metrics["seam_z"] = {k: seam.scale_stat.get(k + "_signed_z", v) for k, v in seam.scale_z.items()}
+    metrics["seam_null_placements"] = seam.null_placements
+    metrics["contour_points"] = seam.contour_points
+    bb = M.mask_bbox(m)
+    assert bb is not None
+    t = time.perf_counter()
+    ring_w = max(24, band)
+    x0, y0, x1, y1 = M._crop_box(m.shape, bb, band + ring_w + 8)
+    # with a mask found from the difference, the blend band is already inside it: the ring starts at 2 px
+    ring_offset = 2 if source == "difference" else band
+    others = (all_mask | changed)[y0:y1, x0:x1] & ~m[y0:y1, x0:x1]
+    dn = M.detail_noise_consistency(original[y0:y1, x0:x1], edited[y0:y1, x0:x1], m[y0:y1, x0:x1], band,
+                                    ring_offset=ring_offset, exclude=others)
+    metrics.update(dn)
+    tick("detail_noise", t)
+    t = time.perf_counter()
+    metrics.update(M.colour_consistency(original, edited, m, band))
+    tick("colour", t)
+    t = time.perf_counter()
+    metrics.update(M.tone_step(original, edited, m, band))
+    tick("tone", t)
+    t = time.perf_counter()
+    metrics.update(M.straight_edges(original, edited, m, band, exclude=all_mask | changed))
+    tick("edges", t)
+    return metrics, seam.worst_places, seam.notes
+
+
+def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th: Thresholds, index: int,
+                name: str, min_px: int) -> tuple[dict[str, str], list[Defect], list[str]]:
+    """Checks, defects and unmeasured reasons of one region's metrics."""
+    checks: dict[str, str] = {}
+    defects: list[Defect] = []
+    unmeasured: list[str] = []
+    at = (worst[0][0], worst[0][1]) if worst else (None, None)
+
+    def add(kind: str, key: str, value: float, limit: float, msg: str, xy: Any = None) -> None:
+        x, y = xy if xy else at
+        defects.append(Defect(kind, index, key, float(value), float(limit), x, y, f"{name}: {msg}"))
+
+    px = metrics["mask_pixels"]
+    if px < min_px or not _finite(metrics.get("seam_score")):
+        why = f"too small ({px} px)" if px < min_px else "no contour to measure inside the image"
+        unmeasured.append(f"{name}: {why}")
+    # --- seam: the whole contour and its worst stretch
+    z = metrics.get("seam_z") or {}
+    if _finite(metrics.get("seam_score")):
+        v = metrics["seam_score"]
+        checks["seam_score"] = "pass" if v <= th.seam_max else "fail"
+        if v > th.seam_max:
+            top = max(z, key=lambda k: abs(z[k])) if z else ""
+            kind = "ghost" if top.startswith("coherence") else ("halo" if z.get(top, 0) < 0 else "seam")
+            what = {"ghost": "a tone step along the outline", "halo": "a smeared band or halo along the outline",
+                    "seam": "a visible seam along the outline"}[kind]
+            add(kind, "seam_score", v, th.seam_max, f"{what}: seam_score {v:.1f} > {th.seam_max:g}")
+    else:
+        checks["seam_score"] = "n/a"
+    if _finite(metrics.get("seam_local_max")):
+        v = metrics["seam_local_max"]
+        checks["seam_local_max"] = "pass" if v <= th.seam_local_max else "fail"
+        if v > th.seam_local_max:
+            add("seam", "seam_local_max", v, th.seam_local_max,
+                f"a visible seam at x={at[0]}, y={at[1]}: seam_local_max {v:.1f} > {th.seam_local_max:g}")
+    else:
+        checks["seam_local_max"] = "n/a"
+    # --- tone step (ghost: a darker or lighter disc)
+    v = metrics.get("tone_step_levels")
+    if _finite(v):
+        place = metrics.get("tone_step_place") or None
+        ok = v <= th.tone_step_max
+        checks["tone_step_levels"] = "pass" if ok else "fail"
+        if not ok:
+            sign = metrics.get("tone_step_signed")
+            word = "darker" if _finite(sign) and sign < 0 else "lighter"
+            add("ghost", "tone_step_levels", v, th.tone_step_max,
+                f"a {word} patch with its outline visible: tone_step_levels {v:.1f} > {th.tone_step_max:g} levels",
+                place)
+        lv = metrics.get("tone_step_worst")
+        if _finite(lv):
+            okl = lv <= th.tone_step_local_max
+            checks["tone_step_worst"] = "pass" if okl else "fail"
+            if not okl and ok:
+                add("ghost", "tone_step_worst", lv, th.tone_step_local_max,
+                    f"a tone step along part of the outline: tone_step_worst {lv:.1f} > "
+                    f"{th.tone_step_local_max:g} levels", place)
+    else:
+        checks["tone_step_levels"] = "n/a"
+    # --- detail, noise: consistent with the surroundings (ring) OR with what was there (the original inside)
+    for key, lo, hi, low, high in (
+        ("detail_ratio", th.detail_min, th.detail_max, ("soft_patch", "blurrier than its surroundings"),
+         ("too_sharp", "sharper than its surroundings")),
+        ("noise_ratio", th.noise_min, th.noise_max, ("too_clean", "less grain than its surroundings"),
+         ("too_noisy", "noisier than its surroundings")),
+    ):
+        v = metrics.get(key)
+        if not _finite(v):
+            checks[key] = "n/a"
+            if px >= POOL_AREA and key == "detail_ratio":
+                unmeasured.append(f"{name}: no ring of untouched pixels around it to compare detail and grain")
+            continue
+        alt = metrics.get(key + "_original")
+        kept = _finite(metrics.get("tone_structure_kept")) and metrics["tone_structure_kept"] >= 0.8
+        if kept and _finite(alt):
+            # the content was kept: it must keep its own sharpness and grain
+            klo, khi = ((th.kept_detail_min, th.kept_detail_max) if key == "detail_ratio"
+                        else (th.kept_noise_min, th.kept_noise_max))
+            if klo <= alt <= khi:
+                checks[key] = "pass"
+                continue
+            checks[key] = "fail"
+            (kind, what), limit, cmp = (low, klo, "<") if alt < klo else (high, khi, ">")
+            what = what.replace("its surroundings", "what was there")
+            add(kind, key + "_original", alt, limit, f"the edit is {what}: {key}_original {alt:.2f} {cmp} {limit:g}",
+                metrics.get("inner_centre"))
+            continue
+        alt_ok = _finite(alt) and lo <= alt <= hi
+        if lo <= v <= hi or alt_ok:
+            checks[key] = "pass"
+            continue
+        checks[key] = "fail"
+        (kind, what), limit, cmp = (low, lo, "<") if v < lo else (high, hi, ">")
+        bbx = metrics.get("inner_centre")
+        add(kind, key, v, limit, f"the edit is {what}: {key} {v:.2f} {cmp} {limit:g}"
+            + (f" ({key}_original {alt:.2f})" if _finite(alt) else ""), bbx)
+    # --- colour: the inner side keeps the original's colour (colour_delta_e_original) ... unless something of
+    # another colour was there before (colour_delta_e_before above the limit: a removed object), when agreeing
+    # with the outer side (colour_delta_e) is what counts
+    v = metrics.get("colour_delta_e")
+    if _finite(v):
+        alt = metrics.get("colour_delta_e_original")
+        before = metrics.get("colour_delta_e_before")
+        had_object = not _finite(before) or before > th.colour_delta_e_max
+        key, val = ("colour_delta_e", v) if had_object or not _finite(alt) else ("colour_delta_e_original", alt)
+        ok = val <= th.colour_delta_e_max or (_finite(alt) and alt <= th.colour_delta_e_max)
+        checks["colour_delta_e"] = "pass" if ok else "fail"
+        if not ok:
+            add("colour_cast", key, val, th.colour_delta_e_max,
+                f"a colour shift inside the edit: {key} {val:.1f} > {th.colour_delta_e_max:g} (ΔE2000)",
+                metrics.get("tone_step_place"))
+    else:
+        checks["colour_delta_e"] = "n/a"
+    # --- straight hard edges inside the fill: a pasted block, a grid
+    s_in, s_null = metrics.get("edge_step_max"), metrics.get("edge_step_null")
+    b_in, b_null = metrics.get("edge_break_max"), metrics.get("edge_break_null")
+    if _finite(s_in) and _finite(s_null):
+        lim_s = max(th.edge_step_min, th.edge_step_factor * s_null)
+        lim_b = b_null + th.edge_break_margin if _finite(b_null) else float("inf")
+        place = metrics.get("edge_place")
+        bad_step = s_in > lim_s
+        bad_break = _finite(b_in) and b_in > lim_b
+        checks["edge_step_max"] = "fail" if bad_step else "pass"
+        checks["edge_break_max"] = "fail" if bad_break else "pass"
+        glines = int(metrics.get("grid_lines") or 0)
+        checks["grid_lines"] = "fail" if glines >= th.grid_lines_min else "pass"
+        if glines >= th.grid_lines_min:
+            add("grid", "grid_lines", glines, th.grid_lines_min,
+                f"a grid of {glines} straight lines inside the fill (strongest {metrics.get('grid_step_max', 0):.1f}"
+                f" levels): grid_lines {glines} >= {th.grid_lines_min}", metrics.get("grid_place"))
+        elif bad_step:
+            add("block", "edge_step_max", s_in, lim_s,
+                f"a hard straight edge inside the fill: edge_step_max {s_in:.1f} > {lim_s:.1f} levels", place)
+        elif bad_break:
+            add("block", "edge_break_max", b_in, lim_b,
+                f"a hard-edged block of other texture inside the fill: edge_break_max {b_in:.2f} > {lim_b:.2f}",
+                place)
+    else:
+        checks["edge_step_max"] = "n/a"
+    return checks, defects, unmeasured
+
+
+def _global_checks(g: dict[str, Any], th: Thresholds) -> tuple[dict[str, str], list[Defect]]:
+    checks: dict[str, str] = {}
+    defects: list[Defect] = []
+    for key, lim, kind, what in (
+        ("global_delta_e", th.global_delta_e_max, "global_shift", "the whole image's colour shifted"),
+        ("global_tone_levels", th.global_tone_max, "global_shift", "the whole image's brightness shifted"),
+    ):
+        v = abs(g[key])
+        checks[key] = "pass" if v <= lim else "fail"
+        if v > lim:
+            defects.append(Defect(kind, 0, key, v, lim, None, None, f"{what}: {key} {g[key]:.2f} > {lim:g}"))
+    for key, lo, hi, low, high in (
+        ("global_detail_ratio", th.detail_min, th.detail_max, "soft_patch", "too_sharp"),
+        ("global_noise_ratio", th.noise_min, th.noise_max, "too_clean", "too_noisy"),
+    ):
+        v = g[key]
+        checks[key] = "pass" if lo <= v <= hi else "fail"
+        if not lo <= v <= hi:
+            lim, cmp, kind = (lo, "<", low) if v < lo else (hi, ">", high)
+            defects.append(Defect(kind, 0, key, v, lim, None, None,
+                                  f"the whole image is {'blurrier/cleaner' if v < lo else 'sharper/noisier'}"
+                                  f" than the original: {key} {v:.2f} {cmp} {lim:g}"))
+    return checks, defects
+
+
 def assess(
     original: np.ndarray,
     edited: np.ndarray,
@@ -203,9 +536,9 @@ def assess(
     band: int | None = None,
     thresholds: Thresholds | None = None,
     seed: int = 0,
-    no_reference: bool = True,
+    no_reference: bool = False,
 ) -> QualityReport:
-    """Measure an edit against its original and give a verdict.
+    """Measure an edit against its original and give a verdict: pass, fail or unmeasured.
 
     Parameters
     ----------
@@ -213,20 +546,30 @@ def assess(
         H x W or H x W x C, uint8 or uint16, same shape and dtype.
     mask : ndarray of bool, optional
         True where the edit was asked for. ``None``: the changed area is found from the difference
-        (:func:`crispedit.quality.metrics.changed_mask`).
+        (:func:`crispedit.quality.metrics.changed_mask`); when that covers (nearly) the whole image, the change
+        is measured globally (:func:`crispedit.quality.metrics.global_change`) and, with no seam or untouched
+        pixels to check, the verdict is at best ``'unmeasured'``.
     band : int, optional
-        Blend band in px; pixels farther than this from the mask must be untouched. Default
-        ``max(32, 4% of the diagonal of the mask's bounding box)``.
+        Blend band in px; pixels farther than this from the mask must be untouched. Default per region
+        ``max(32, 4% of the diagonal of the region's bounding box)``; the outside check uses the largest.
     thresholds : Thresholds, optional
         Acceptance thresholds (default :data:`DEFAULT_THRESHOLDS`).
     seed : int
         Seed of the null placements (the result is deterministic for a seed).
     no_reference : bool
-        Also compute BRISQUE inside vs. outside when the model is installed.
+        Also compute BRISQUE inside vs. outside (informational; the HTML report does).
 
     Returns
     -------
     QualityReport
+        ``verdict``: ``'fail'`` when any check of any region fails (each failure a :class:`Defect` with its
+        place), else ``'unmeasured'`` when something could not be measured (``unmeasured`` says what and why),
+        else ``'pass'``.
+
+    Raises
+    ------
+    InputError
+        Images of different sizes, channels or dtypes, or a mask of another size.
 
     Examples
     --------
@@ -234,8 +577,11 @@ def assess(
     >>> img = photo_like(256, 256, seed=2)
     >>> m = ellipse_mask(256, 256, 128, 128, 50, 50)
     >>> rep = assess(img, blurred_patch(img, m, 3.0), m)
-    >>> rep.verdict, rep.detail_ratio < 0.5
-    ('fail', True)
+    >>> rep.verdict, rep.detail_ratio < 0.5, rep.defects[0].kind
+    ('fail', True, 'soft_patch')
+    >>> tiny = np.zeros((8, 8, 3), np.uint8); sq = np.zeros((8, 8), bool); sq[2:6, 2:6] = True
+    >>> assess(tiny, tiny, sq).verdict
+    'unmeasured'
     """
     t_all = time.perf_counter()
     timings: dict[str, float] = {}
@@ -253,158 +599,141 @@ def assess(
         mask = _check_mask(mask, original.shape)
         source = "given"
     timings["mask"] = time.perf_counter() - t
-    if band is None:
-        band = M.default_band(mask)
-    band = int(band)
+    h, w = mask.shape
     notes: list[str] = []
+    unmeasured: list[str] = []
+    defects: list[Defect] = []
+    checks: dict[str, str] = {}
+    regions: list[dict[str, Any]] = []
+    worst: list[tuple[int, int, float]] = []
 
     t = time.perf_counter()
     diff = M._max_abs_diff(original, edited)
     changed = diff > 0
-    metrics: dict[str, Any] = dict(M.outside_identity(original, edited, mask, band, diff=diff))
-    timings["outside"] = time.perf_counter() - t
-    metrics["mask_pixels"] = int(np.count_nonzero(mask))
-    metrics["changed_pixels"] = int(np.count_nonzero(changed))
-    bb = M.mask_bbox(mask)
-    h, w = mask.shape
-    nan = float("nan")
-    worst: list[tuple[int, int, float]] = []
-    if bb is None or metrics["mask_pixels"] == h * w:
-        # nothing edited, or the whole image: no contour, no ring
-        metrics.update(
-            seam_score=0.0 if bb is None else nan,
-            detail_ratio=nan,
-            noise_ratio=nan,
-            colour_delta_e=nan,
-        )
-        notes.append("no edited area found" if bb is None else "the whole image was edited: no seam to measure")
+    metrics: dict[str, Any] = {"mask_pixels": int(np.count_nonzero(mask)),
+                               "changed_pixels": int(np.count_nonzero(changed))}
+    timings["diff"] = time.perf_counter() - t
+    whole = metrics["mask_pixels"] >= (1.0 if source == "given" else 0.9) * h * w
+    units = [] if whole else _units(mask)
+    bands = {name: int(band) if band is not None else M.default_band(m) for name, _, m in units}
+    band_all = max(bands.values(), default=int(band) if band is not None else 32)
+
+    t = time.perf_counter()
+    if whole:
+        metrics.update(outside_changed_pixels=0, outside_max_diff=0.0, outside_max_diff_norm=0.0)
     else:
-        t = time.perf_counter()
-        seam = M.seam_visibility(edited, mask, band, forbidden=changed, seed=seed)
-        timings["seam"] = time.perf_counter() - t
-        metrics["seam_score"] = seam.seam_score
-        metrics["seam_local_max"] = max((s for _, _, s in seam.worst_places), default=nan)
-        # per-statistic z-scores, signed (a negative contrast-ratio z = a smoother-than-natural band)
-        metrics["seam_z"] = {k: seam.scale_stat.get(k + "_signed_z", v) for k, v in seam.scale_z.items()}
-        metrics["seam_null_placements"] = seam.null_placements
-        notes += seam.notes
-        worst = seam.worst_places
+        metrics.update(M.outside_identity(original, edited, mask, band_all, diff=diff))
+    timings["outside"] = time.perf_counter() - t
+    n_out = metrics["outside_changed_pixels"]
+    if whole:
+        checks["outside_changed_pixels"] = "n/a"
+    elif n_out > th.outside_changed_max:
+        checks["outside_changed_pixels"] = "fail"
+        far = changed.copy()
+        bb = M.mask_bbox(mask)
+        if bb is not None:
+            x0, y0, x1, y1 = M._crop_box(mask.shape, bb, band_all + 2)
+            far[y0:y1, x0:x1] &= M._dist_outside(mask[y0:y1, x0:x1]) > band_all
+        ys, xs = np.nonzero(far)
+        defects.append(Defect(
+            "outside_changed", 0, "outside_changed_pixels", n_out, th.outside_changed_max,
+            int(xs[0]) if xs.size else None, int(ys[0]) if ys.size else None,
+            f"{n_out} pixels changed beyond the {band_all}px blend band: outside_changed_pixels {n_out} > "
+            f"{th.outside_changed_max} (largest difference {metrics['outside_max_diff']:g})"))
+    else:
+        checks["outside_changed_pixels"] = "pass"
 
-        t = time.perf_counter()
-        ring_w = max(24, band)
-        margin = band + ring_w + 8
-        x0, y0, x1, y1 = M._crop_box(mask.shape, bb, margin)
-        # with a mask found from the difference, the blend band is already inside it: the ring starts at 2 px
-        ring_offset = 2 if source == "difference" else band
-        dn = M.detail_noise_consistency(
-            original[y0:y1, x0:x1],
-            edited[y0:y1, x0:x1],
-            mask[y0:y1, x0:x1],
-            band,
-            ring_offset=ring_offset,
-        )
-        metrics.update(dn)
-        timings["detail_noise"] = time.perf_counter() - t
-
-        t = time.perf_counter()
-        metrics.update(M.colour_consistency(original, edited, mask, band))
-        timings["colour"] = time.perf_counter() - t
-
+    nan = float("nan")
+    if whole or metrics["mask_pixels"] == 0:
+        metrics.update(seam_score=nan, detail_ratio=nan, noise_ratio=nan, colour_delta_e=nan)
+        if metrics["mask_pixels"] == 0:
+            metrics["seam_score"] = 0.0
+            notes.append("no edited area found")
+            if source == "given":
+                notes.append("the mask is empty")
+        else:
+            t = time.perf_counter()
+            g = M.global_change(original, edited)
+            timings["global"] = time.perf_counter() - t
+            metrics.update(g)
+            gc, gd = _global_checks(g, th)
+            checks.update(gc)
+            defects += gd
+            checks["seam_score"] = "n/a"
+            if source == "difference":
+                unmeasured.append("the whole image changed and no mask was given: no seam and no untouched "
+                                  "pixels to check (global colour, tone, detail and grain were measured)")
+            notes.append("the whole image was edited: no seam to measure; global colour, tone, detail and grain "
+                         "measured against the original")
+    else:
+        cache: dict[str, Any] = {}
+        decided = None
+        # changed pixels are kept out of the reference areas (null placements, rings) ... unless they are all
+        # over the image (a lossy re-encode): then only the mask is
+        touched = changed
+        if n_out > 0.01 * h * w:
+            touched = np.zeros_like(changed)
+            notes.append("pixels changed all over the image: reference areas avoid only the mask")
+        for name, index, m in units:
+            um, wp, unotes = _measure_unit(original, edited, m, bands[name], touched, mask, source, seed, cache,
+                                           timings)
+            bbu = M.mask_bbox(m)
+            if bbu is not None:
+                um["inner_centre"] = ((bbu[0] + bbu[2]) // 2, (bbu[1] + bbu[3]) // 2)
+            uc, ud, uu = _judge_unit(um, wp, th, index, name, th.min_region_px)
+            verdict_u = "fail" if ud else ("unmeasured" if uu else "pass")
+            regions.append({"name": name, "index": index, "verdict": verdict_u, "box": list(bbu or ()),
+                            "metrics": {k: v for k, v in um.items() if not isinstance(v, dict)},
+                            "checks": uc, "worst_places": [list(p) for p in wp[:3]]})
+            defects += ud
+            unmeasured += uu
+            notes += [f"{name}: {n}" for n in unotes] if len(units) > 1 else unotes
+            worst += wp
+            for k, v in uc.items():
+                if v == "fail" or checks.get(k) in (None, "n/a"):
+                    checks[k] = v
+            # the region that decides: the first that fails, else the largest
+            if decided is None or (verdict_u == "fail" and decided[0] != "fail"):
+                decided = (verdict_u, um)
+        assert decided is not None
+        metrics.update({k: v for k, v in decided[1].items() if k not in ("mask_pixels",)})
+        metrics["regions"] = len(units)
+        worst.sort(key=lambda p: -p[2])
         if no_reference:
             t = time.perf_counter()
+            bb = M.mask_bbox(mask)
+            assert bb is not None
             zone = mask.copy()
-            zx0, zy0, zx1, zy1 = M._crop_box(mask.shape, bb, band)
+            zx0, zy0, zx1, zy1 = M._crop_box(mask.shape, bb, band_all)
             zone[zy0:zy1, zx0:zx1] = True
             metrics.update(_brisque_pair(edited, mask, zone | changed))
             timings["brisque"] = time.perf_counter() - t
-
-    # ---- verdict -----------------------------------------------------------------------------------------
-    reasons: list[str] = []
-    checks: dict[str, str] = {}
-
-    def finite(k: str) -> bool:
-        v = metrics.get(k)
-        return isinstance(v, (int, float)) and math.isfinite(v)
-
-    n_out = metrics["outside_changed_pixels"]
-    if n_out > th.outside_changed_max:
-        checks["outside_changed_pixels"] = "fail"
-        reasons.append(
-            f"{n_out} pixels changed beyond the {band}px blend band (max diff {metrics['outside_max_diff']:g})"
-        )
-    else:
-        checks["outside_changed_pixels"] = "pass"
-    if finite("seam_score"):
-        ok = metrics["seam_score"] <= th.seam_max
-        checks["seam_score"] = "pass" if ok else "fail"
-        if not ok:
-            where = f" worst at x={worst[0][0]}, y={worst[0][1]}" if worst else ""
-            reasons.append(f"visible seam: score {metrics['seam_score']:.1f} > {th.seam_max:g}{where}")
-    else:
-        checks["seam_score"] = "n/a"
-    if finite("seam_local_max"):
-        ok = metrics["seam_local_max"] <= th.seam_local_max
-        checks["seam_local_max"] = "pass" if ok else "fail"
-        if not ok and checks.get("seam_score") != "fail":
-            reasons.append(
-                f"visible seam at x={worst[0][0]}, y={worst[0][1]}: local score "
-                f"{metrics['seam_local_max']:.1f} > {th.seam_local_max:g}"
-            )
-    # detail, noise: consistent with the surroundings (ring) OR with what was there (the original inside)
-    for key, lo, hi, low_msg, high_msg in (
-        ("detail_ratio", th.detail_min, th.detail_max, "edit is blurrier than its surroundings",
-         "edit is sharper than its surroundings"),
-        ("noise_ratio", th.noise_min, th.noise_max, "edit has less grain than its surroundings",
-         "edit is noisier than its surroundings"),
-    ):
-        if finite(key):
-            v = metrics[key]
-            alt = metrics.get(key + "_original")
-            alt_ok = isinstance(alt, float) and math.isfinite(alt) and lo <= alt <= hi
-            if lo <= v <= hi or alt_ok:
-                checks[key] = "pass"
-            else:
-                checks[key] = "fail"
-                if v < lo:
-                    reasons.append(f"{low_msg}: {key} {v:.2f} < {lo:g}")
-                else:
-                    reasons.append(f"{high_msg}: {key} {v:.2f} > {hi:g}")
-        else:
-            checks[key] = "n/a"
-    if finite("colour_delta_e"):
-        # the inner side must keep the original's colour (colour_delta_e_original) ... unless something of
-        # another colour was there before (colour_delta_e_before above the threshold: a removed object), when
-        # agreeing with the outer side (colour_delta_e) is what counts
-        v = metrics["colour_delta_e"]
-        alt = metrics.get("colour_delta_e_original")
-        before = metrics.get("colour_delta_e_before")
-        alt_ok = isinstance(alt, float) and math.isfinite(alt) and alt <= th.colour_delta_e_max
-        had_object = not (isinstance(before, float) and math.isfinite(before)) or before > th.colour_delta_e_max
-        ok = alt_ok or (had_object and v <= th.colour_delta_e_max)
-        checks["colour_delta_e"] = "pass" if ok else "fail"
-        if not ok:
-            reasons.append(f"colour shift across the boundary: ΔE2000 {v:.1f} > {th.colour_delta_e_max:g}")
-    else:
-        checks["colour_delta_e"] = "n/a"
-    if finite("brisque_delta"):
+    if _finite(metrics.get("brisque_delta")):
         if th.brisque_delta_max is None:
             checks["brisque_delta"] = "info"
         else:
             ok = metrics["brisque_delta"] <= th.brisque_delta_max
             checks["brisque_delta"] = "pass" if ok else "fail"
             if not ok:
-                reasons.append(f"inside looks less natural (BRISQUE +{metrics['brisque_delta']:.1f})")
+                defects.append(Defect("unnatural", 0, "brisque_delta", metrics["brisque_delta"],
+                                      th.brisque_delta_max, None, None,
+                                      f"inside looks less natural: brisque_delta {metrics['brisque_delta']:.1f} > "
+                                      f"{th.brisque_delta_max:g}"))
     timings["total"] = time.perf_counter() - t_all
+    verdict = "fail" if defects else ("unmeasured" if unmeasured else "pass")
     return QualityReport(
-        verdict="fail" if reasons else "pass",
-        reasons=reasons,
+        verdict=verdict,
+        reasons=[d.message for d in defects],
         metrics=metrics,
-        worst_places=worst,
+        worst_places=worst[:6],
         checks=checks,
         notes=notes,
         mask_source=source,
-        band=band,
+        band=band_all,
         timings=timings,
         thresholds=th,
         mask=mask,
+        unmeasured=unmeasured,
+        defects=defects,
+        regions=regions,
     )

@@ -148,7 +148,7 @@ def edit_workflow(image: PathLike = None, output: PathLike = None, *, mask: Path
         nodes["edit"] = {"type": "Img2Img", "inputs": {"image": "image"}, "params": params}
     if masked and not no_check:
         nodes["check"] = {"type": "QualityCheck", "inputs": {"original": "image", "edited": "edit.image",
-                                                            "mask": "mask"}}
+                                                            "mask": "mask", "written": "save.path"}}
     save: dict[str, Any] = {"path": _path(output, relative_to), "mkdir": False}
     if overwrite:
         save["overwrite"] = True

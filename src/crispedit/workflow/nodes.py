@@ -817,8 +817,11 @@ def _report_dict(report: Any) -> dict[str, Any]:
 @node("QualityCheck", "Zoom-level quality gate: outside identity, seam visibility, detail/noise and colour "
       "consistency; a pass/fail verdict with reasons.",
       inputs=[Port("original", IMG), Port("edited", IMG),
-              Port("mask", "mask", "the edit's mask (unlinked: found from the difference)", optional=True)],
-      outputs=[Port("report", "report", "metrics, verdict and reasons"), Port("verdict", "text", "pass or fail")],
+              Port("mask", "mask", "the edit's mask (unlinked: found from the difference)", optional=True),
+              Port("written", "path", "the file SaveImage wrote: when linked, that file is decoded and checked "
+                   "instead of `edited` (a lossy format's changes count)", optional=True)],
+      outputs=[Port("report", "report", "metrics, verdict and reasons"),
+               Port("verdict", "text", "pass, fail or unmeasured")],
       params=[Param("on_fail", Literal["warn", "stop"], "warn",
                     "warn: note the failure and go on; stop: end the run with exit code 1"),
               Param("band", Optional[int], None, "blend band in px (null: max(32, 4% of the mask's diagonal))"),
@@ -826,9 +829,14 @@ def _report_dict(report: Any) -> dict[str, Any]:
                     "(names and defaults: docs/quality.md)"),
               Param("seed", int, 0, "seed of the seam metric's null placements")],
       category="quality", library="crispedit.quality.verdict.assess")
-def _quality_check(ctx: NodeContext, original: Any, edited: Any, mask: Any, on_fail: str, band: Optional[int],
-                   thresholds: dict, seed: int) -> dict[str, Any]:
+def _quality_check(ctx: NodeContext, original: Any, edited: Any, mask: Any, written: Any, on_fail: str,
+                   band: Optional[int], thresholds: dict, seed: int) -> dict[str, Any]:
     from crispedit.quality.verdict import Thresholds, assess
+
+    if written is not None:  # check the bytes the user got, not the in-memory result
+        from crispedit.imageio import load_image
+
+        edited = load_image(written, max_pixels=max(300_000_000, int(original.array.shape[0] * original.array.shape[1])))
 
     kw: dict[str, Any] = {"band": band, "seed": seed}
     if thresholds:
@@ -838,12 +846,26 @@ def _quality_check(ctx: NodeContext, original: Any, edited: Any, mask: Any, on_f
                 raise InputError(f"unknown quality threshold '{k}'{did_you_mean(k, names)}",
                                  f"use one of: {', '.join(names)}")
         kw["thresholds"] = Thresholds(**thresholds)
-    report = _report_dict(assess(original.array, edited.array, mask, **kw))
+    a, b = original.array, edited.array
+    if a.shape != b.shape or a.dtype != b.dtype:  # e.g. alpha dropped or 16 -> 8 bit by the output format
+        import numpy as np
+
+        if a.dtype == np.uint16 and b.dtype == np.uint8:
+            a = (a // 257).astype(np.uint8)
+        ca = 1 if a.ndim == 2 else a.shape[2]
+        cb = 1 if b.ndim == 2 else b.shape[2]
+        if ca != cb and a.ndim == 3 and b.ndim == 3:
+            a, b = a[:, :, : min(ca, cb)], b[:, :, : min(ca, cb)]
+    report = _report_dict(assess(a, b, mask, **kw))
+    if written is not None:
+        report["checked_file"] = str(written)
     verdict = str(report.get("verdict", "unknown"))
     if verdict != "pass":
-        reasons = "; ".join(map(str, report.get("reasons") or [])) or "no reason given"
+        reasons = "; ".join(map(str, report.get("reasons") or [])) or "; ".join(
+            "not measured: " + str(u) for u in report.get("unmeasured") or []) or "no reason given"
         if on_fail == "stop":
-            raise QualityGateError(f"quality check '{ctx.node}' failed: {reasons}",
+            what = "failed" if verdict == "fail" else f"gave no pass ({verdict})"
+            raise QualityGateError(f"quality check '{ctx.node}' {what}: {reasons}",
                                    "look at the report, change the mask/prompt/seed, or set on_fail: warn")
         ctx.note(f"quality {verdict}: {reasons}")
     return {"report": report, "verdict": verdict}

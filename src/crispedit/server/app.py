@@ -187,13 +187,17 @@ class State:
                              f"open one of: {', '.join(sorted(IMAGE_SUFFIXES))}")
         if not path.is_file():
             raise InputError(f"file not found: {source}", "check the path")
-        data = load_image(path, max_pixels=self.cfg.max_pixels)
+        try:
+            data = load_image(path, max_pixels=self.cfg.max_pixels)
+        except CrispEditError as exc:  # the library's message, naming the file as the user knows it
+            problem = exc.problem.replace(str(path.resolve()), name).replace(str(path), name)
+            raise type(exc)(problem, exc.fix) from None
         doc_id = secrets.token_hex(4)
         if folder is None:
             folder = self.work / doc_id
             folder.mkdir()
         v0 = Version(0, path, None, "original", data.width, data.height)
-        doc = Document(doc_id, name, path.suffix.lower(), folder, source, data.format, data.bit_depth,
+        doc = Document(doc_id, Path(name).name, path.suffix.lower(), folder, source, data.format, data.bit_depth,
                        data.channels, [v0], MaskCanvas(data.width, data.height))
         self._store_pyramid(doc_id, 0, display_rgb8(data.array))
         with self.lock:
@@ -438,7 +442,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         if not isinstance(rel, str) or not rel:
             raise InputError("no path given", "send {\"path\": \"photo.jpg\"} relative to --root")
         path = resolve_under(state.root, rel)
-        return state.open_file(path, path.name, rel).to_dict()
+        return state.open_file(path, rel, rel).to_dict()
 
     @app.post("/api/upload")
     async def upload(request: Request, name: str = "") -> JSONResponse:

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from crispedit.errors import InputError
+from crispedit.errors import CrispEditError, InputError
 
 
 def serve_cmd(
@@ -30,6 +30,15 @@ def serve_cmd(
                                             "(deleted at exit; default: the system temp folder)."),
 ) -> None:
     """Start the browser editor: open, mask, run, compare at 1:1 and keep — all in the browser."""
+    try:
+        _serve(photos, root, host, port, open_browser, token, allow_host, max_pixels, max_upload_mb, work_dir)
+    except CrispEditError as exc:
+        from crispedit.cli import _fail
+
+        _fail(exc)
+
+
+def _serve(photos, root, host, port, open_browser, token, allow_host, max_pixels, max_upload_mb, work_dir) -> None:
     import uvicorn
 
     from crispedit.server.app import ServerConfig, create_app

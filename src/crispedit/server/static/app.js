@@ -301,6 +301,7 @@ async function onRelease(ev) {
 
 async function maskOp(op) {
   if (!S.doc) return;
+  if (!$("show-mask").checked && !["undo", "redo"].includes(op.op)) $("show-mask").checked = true;
   S.busyMask++;
   document.body.dataset.mask = "busy";
   const t0 = performance.now();
@@ -366,7 +367,10 @@ function follow(id) {
       if (j.state === "done") {
         const doc = j.result.doc;
         S.docList = (S.docList || []).map((d) => (d.id === doc.id ? doc : d));
-        if (S.doc && S.doc.id === doc.id) await showDoc(doc);
+        if (S.doc && S.doc.id === doc.id) {
+          $("show-mask").checked = false;   // show the result itself; painting shows the mask again
+          await showDoc(doc);
+        }
         const v = doc.versions[j.result.version];
         const q = v.quality ? ` · quality ${v.quality.verdict}` : "";
         status(`edit done in ${v.seconds} s (seed ${v.seed})${q}`, "ok");

@@ -1,0 +1,112 @@
+"""The browser editor in a real browser: Debian's Chromium driven by Playwright (no `playwright install`).
+
+Opens the page, uploads a 4K photo, paints a stroke with mouse events, runs the classical engine, downloads the
+result and checks it differs from the input only near the stroke, then zooms to 1:1 and takes a screenshot.
+CI installs chromium (.ci/run), so this runs there; it skips only where chromium or playwright is missing.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from crispedit.server.app import ServerConfig
+from serve_helpers import CHROMIUM_ARGS, chromium_path, live_server, photo_like
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    exe = chromium_path()
+    if exe is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    with playwright_sync.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def test_paint_run_download_and_1to1(browser, tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    w, h = 3840, 2160
+    photo = root / "street.png"
+    cv2.imwrite(str(photo), cv2.cvtColor(photo_like(w, h, seed=7), cv2.COLOR_RGB2BGR))
+    tiles: list[str] = []
+    with live_server(ServerConfig(root=root, port=0, work_dir=tmp_path / "work")) as url:
+        page = browser.new_page(viewport={"width": 1280, "height": 800}, accept_downloads=True)
+        page.on("response", lambda r: tiles.append(r.url) if "_files/" in r.url else None)
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/")
+        page.set_input_files("#upload", str(photo))
+        page.wait_for_selector("body[data-viewer=ready]", timeout=30_000)
+        assert page.evaluate("crispedit.S.doc.width") == w
+
+        # fit-to-window view: only coarse levels were fetched, never the 1:1 level (level 12 for 3840 px)
+        levels = {int(re.search(r"_files/(\d+)/", u).group(1)) for u in tiles}
+        assert levels and max(levels) < 12, levels
+
+        # paint one stroke with the mouse, across the middle of the image
+        page.click("#tool-brush")
+        page.eval_on_selector("#brush-size", "e => { e.value = 120; e.dispatchEvent(new Event('input')); }")
+        box = page.locator("#viewer").bounding_box()
+        a = page.evaluate("([x, y]) => { const p = crispedit.S.layers.base.item.imageToViewerElementCoordinates("
+                          "new OpenSeadragon.Point(x, y)); return [p.x, p.y]; }", [1700, 1000])
+        b = page.evaluate("([x, y]) => { const p = crispedit.S.layers.base.item.imageToViewerElementCoordinates("
+                          "new OpenSeadragon.Point(x, y)); return [p.x, p.y]; }", [2200, 1150])
+        page.mouse.move(box["x"] + a[0], box["y"] + a[1])
+        page.mouse.down()
+        page.mouse.move(box["x"] + b[0], box["y"] + b[1], steps=12)
+        page.mouse.up()
+        page.wait_for_selector("body[data-mask=rev1]", timeout=15_000)
+        painted = page.evaluate("crispedit.S.doc.mask.painted_px")
+        assert 50_000 < painted < 200_000  # ~ 520 px long x 120 px wide
+
+        # run the classical engine and wait for the result
+        page.select_option("#engine", "classical")
+        page.click("#run")
+        page.wait_for_selector("body[data-job=done]", timeout=60_000)
+        assert page.locator("#compare-panel").is_visible()
+        assert "quality" in page.inner_text("#verdict")
+
+        with page.expect_download() as dl:
+            page.click("#download")
+        out = tmp_path / "downloaded.png"
+        dl.value.save_as(out)
+        assert dl.value.suggested_filename == "street-edit1.png"
+
+        before = cv2.imread(str(photo), cv2.IMREAD_UNCHANGED)
+        after = cv2.imread(str(out), cv2.IMREAD_UNCHANGED)
+        assert after.shape == before.shape and after.dtype == before.dtype
+        changed = np.any(after != before, axis=2)
+        assert changed.sum() > 10_000  # the stroke area was really edited
+        ys, xs = np.nonzero(changed)
+        # the stroke runs (1700,1000) -> (2200,1150) with radius 60; allow the library's blend band around it
+        assert xs.min() >= 1700 - 60 - 160 and xs.max() <= 2200 + 60 + 160, (xs.min(), xs.max())
+        assert ys.min() >= 1000 - 60 - 160 and ys.max() <= 1150 + 60 + 160, (ys.min(), ys.max())
+        far = np.ones_like(changed)
+        far[1000 - 400:1150 + 400, 1700 - 400:2200 + 400] = False
+        assert not changed[far].any()
+
+        # 1:1 at the stroke: the viewer shows one image pixel per screen pixel, with after over before
+        page.evaluate("crispedit.flyTo(1950, 1075)")
+        page.wait_for_function("Math.abs(crispedit.imageZoom() - 1) < 0.02", timeout=10_000)
+        page.wait_for_function("crispedit.S.layers.top.item.getFullyLoaded()", timeout=15_000)
+        page.wait_for_timeout(300)
+        shot = tmp_path / "one_to_one.png"
+        page.screenshot(path=str(shot))
+        img = cv2.imread(str(shot))
+        assert img is not None and img.shape[:2] == (800, 1280)
+        assert float(img.std()) > 10  # a real picture, not a blank canvas
+        levels = {int(re.search(r"_files/(\d+)/", u).group(1)) for u in tiles}
+        assert 12 in levels  # the 1:1 tiles were fetched only now
+        assert not errors, errors
+        page.close()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import cv2
 import numpy as np
+
+from crispedit.server.cli import serve_in_thread
 
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
@@ -40,25 +39,4 @@ def photo_like(width: int, height: int, seed: int = 0) -> np.ndarray:
     return np.clip(img * 255, 0, 255).astype(np.uint8)
 
 
-@contextmanager
-def live_server(cfg) -> Iterator[str]:
-    """Run ``create_app(cfg)`` on uvicorn in a thread (port 0 = any free port); yields the base URL."""
-    import uvicorn
-
-    from crispedit.server.app import create_app
-
-    app = create_app(cfg)
-    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", lifespan="on"))
-    t = threading.Thread(target=server.run, daemon=True)
-    t.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not t.is_alive():
-            raise RuntimeError("uvicorn did not start")
-        time.sleep(0.02)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        t.join(timeout=10)
+live_server = serve_in_thread  # crispedit.server.cli.serve_in_thread

@@ -30,6 +30,7 @@ GET      ``/api/docs/{d}/v/{n}/download``, ``report``, ``workflow.yaml``  result
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import secrets
 import shutil
@@ -165,6 +166,7 @@ class State:
         if base is not None:
             base.mkdir(parents=True, exist_ok=True)
         self.work = Path(tempfile.mkdtemp(prefix="crispedit-serve-", dir=base))
+        atexit.register(shutil.rmtree, self.work, True)  # also when the lifespan shutdown never ran
         self.docs: dict[str, Document] = {}
         self.pyramids: OrderedDict[tuple[str, int], tiles.Pyramid] = OrderedDict()
         self.pyr_lock = threading.Lock()
@@ -509,9 +511,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     def mask_tile(doc_id: str, rev: int, level: int, tile: str) -> Response:
         doc = state.doc(doc_id)
         col, row = _tile_xy(tile)
-        m = doc.mask
-        with m.lock:
-            data = tiles.mask_tile(m.array, level, col, row, m.levels)
+        data = tiles.mask_tile(doc.mask, level, col, row)
         if data is None:
             raise _NotFound("no such tile", "ask for a tile inside the image")
         return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

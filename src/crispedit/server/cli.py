@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 import webbrowser
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import typer
 
@@ -78,3 +80,30 @@ def _serve(photos, root, host, port, open_browser, token, allow_host, max_pixels
 
     threading.Thread(target=announce, daemon=True).start()
     server.run()
+
+
+@contextmanager
+def serve_in_thread(cfg) -> Iterator[str]:
+    """Run ``create_app(cfg)`` on uvicorn in a daemon thread (``cfg.port = 0``: any free port) and yield its
+    base URL; the server stops (and deletes its work folder) when the block ends. Used by the browser tests and
+    ``bench/serve.py``."""
+    import uvicorn
+
+    from crispedit.server.app import create_app
+
+    app = create_app(cfg)
+    server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", lifespan="on"))
+    t = threading.Thread(target=server.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not t.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    host = cfg.host if cfg.host not in ("0.0.0.0", "::") else "127.0.0.1"
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        t.join(timeout=10)

@@ -46,7 +46,10 @@ class MaskCanvas:
         self._undo: list[_Change] = []
         self._redo: list[_Change] = []
         self.lock = threading.RLock()
-        self.levels: dict[int, np.ndarray] = {}  # overlay pyramid cache for the current rev
+        self.levels: dict[int, np.ndarray] = {}  # overlay pyramid below the top level, kept up to date
+        from crispedit.server.tiles import max_level
+
+        self.top = max_level(self.width, self.height)
 
     # -- bookkeeping -------------------------------------------------------------------------------------------
     def _commit(self, box: Box, after: np.ndarray) -> Optional[Box]:
@@ -58,12 +61,35 @@ class MaskCanvas:
         self._undo.append(_Change(box, before, after))
         del self._undo[:-MAX_UNDO]
         self._redo.clear()
-        self._changed()
+        self._changed(box)
         return box
 
-    def _changed(self) -> None:
+    def _changed(self, box: Optional[Box] = None) -> None:
+        """Bump the revision and bring the cached overlay levels up to date inside ``box`` (all of them if None)."""
         self.rev += 1
-        self.levels = {}
+        if box is None or (box[2] - box[0]) * (box[3] - box[1]) > self.width * self.height // 2:
+            self.levels = {}
+            return
+        x0, y0, x1, y1 = box
+        finer, lv = self.array, self.top - 1
+        while lv in self.levels:  # cached levels form a chain below the top: update each from the one above
+            fx0, fy0, fx1, fy1 = x0 - x0 % 2, y0 - y0 % 2, x1 + x1 % 2, y1 + y1 % 2
+            half = _half(finer[fy0:fy1, fx0:fx1])
+            arr = self.levels[lv]
+            arr[fy0 // 2:fy0 // 2 + half.shape[0], fx0 // 2:fx0 // 2 + half.shape[1]] = half
+            x0, y0, x1, y1 = fx0 // 2, fy0 // 2, fx1 // 2, fy1 // 2
+            finer, lv = arr, lv - 1
+
+    def level(self, lv: int) -> np.ndarray:
+        """The mask at DZI level ``lv``: each pixel the mean of its 2**(top - lv) square block (zero-padded at the
+        right and bottom), made by repeated exact 2x2 averaging (OpenCV ``INTER_AREA``) and cached."""
+        with self.lock:
+            if lv >= self.top:
+                return self.array
+            arr = self.levels.get(lv)
+            if arr is None:
+                arr = self.levels[lv] = _half(self.level(lv + 1))
+            return arr
 
     def _clip(self, x0: float, y0: float, x1: float, y1: float) -> Optional[Box]:
         bx0, by0 = max(0, int(np.floor(x0))), max(0, int(np.floor(y0)))
@@ -158,7 +184,7 @@ class MaskCanvas:
             x0, y0, x1, y1 = ch.box
             self.array[y0:y1, x0:x1] = ch.before
             self._redo.append(ch)
-            self._changed()
+            self._changed(ch.box)
             return ch.box
 
     def redo(self) -> Optional[Box]:
@@ -169,7 +195,7 @@ class MaskCanvas:
             x0, y0, x1, y1 = ch.box
             self.array[y0:y1, x0:x1] = ch.after
             self._undo.append(ch)
-            self._changed()
+            self._changed(ch.box)
             return ch.box
 
     def apply(self, op: dict[str, Any]) -> Optional[Box]:
@@ -195,6 +221,14 @@ class MaskCanvas:
     def snapshot(self) -> np.ndarray:
         with self.lock:
             return self.array.copy()
+
+
+def _half(a: np.ndarray) -> np.ndarray:
+    """Exact 2x2 block mean (odd sizes padded with one zero row/column), ``uint8``."""
+    h, w = a.shape
+    if h % 2 or w % 2:
+        a = np.pad(a, ((0, h % 2), (0, w % 2)))
+    return cv2.resize(a, (a.shape[1] // 2, a.shape[0] // 2), interpolation=cv2.INTER_AREA)
 
 
 def _points(points: Any) -> np.ndarray:

@@ -141,28 +141,17 @@ def empty_png() -> bytes:
     return _EMPTY_PNG
 
 
-def mask_tile(mask: np.ndarray, level: int, col: int, row: int, levels: dict[int, np.ndarray],
-              colour: tuple[int, int, int] = (255, 40, 90), opacity: float = 0.5) -> Optional[bytes]:
-    """PNG bytes (RGBA, colour with alpha = mask x opacity) of one overlay tile of a ``uint8`` H x W mask.
-
-    ``levels`` caches the mask's downscaled levels for the current mask revision (the caller clears it when the
-    mask changes). Returns None for a tile outside the pyramid.
-    """
-    h, w = mask.shape
-    rect = tile_rect(w, h, level, col, row)
+def mask_tile(canvas, level: int, col: int, row: int, colour: tuple[int, int, int] = (255, 40, 90),
+              opacity: float = 0.5) -> Optional[bytes]:
+    """PNG bytes (RGBA: ``colour``, alpha = mask x ``opacity``) of one overlay tile of a
+    :class:`~crispedit.server.maskcanvas.MaskCanvas` (its ``level(lv)`` gives the mask at each level).
+    Tiles with nothing painted are a 1 x 1 transparent PNG; returns None for a tile outside the pyramid."""
+    rect = tile_rect(canvas.width, canvas.height, level, col, row)
     if rect is None:
         return None
-    top = max_level(w, h)
-    if level == top:
-        lv = mask
-    else:
-        lv = levels.get(level)
-        if lv is None:
-            lw, lh = level_size(w, h, level)
-            lv = cv2.resize(mask, (lw, lh), interpolation=cv2.INTER_AREA)
-            levels[level] = lv
     x0, y0, x1, y1 = rect
-    m = lv[y0:y1, x0:x1]
+    with canvas.lock:
+        m = canvas.level(level)[y0:y1, x0:x1].copy()
     if not m.any():
         return empty_png()
     out = np.empty(m.shape + (4,), np.uint8)

@@ -112,12 +112,28 @@ function setLayer(name, key, tileSource, index, opts) {
   });
 }
 
+/* Each overlay tile's URL carries the last mask revision that changed it, so after a stroke only the tiles
+ * it touched are fetched again; the others keep their URL and come from the viewer's tile cache. */
+function noteMaskChange(box, rev) {
+  const d = S.doc;
+  if (!S.maskBoxes || S.maskBoxes.length > 200 || !box) S.maskBoxes = [{ box: [0, 0, d.width, d.height], rev }];
+  else S.maskBoxes.push({ box, rev });
+}
+
 function maskSource(doc) {
-  const rev = doc.mask.rev;
+  const top = levels(doc.width, doc.height), ts = doc.tile_size, ov = doc.tile_overlap;
+  const boxes = (S.maskBoxes || []).slice();
   return {
-    width: doc.width, height: doc.height, tileSize: doc.tile_size, tileOverlap: doc.tile_overlap,
-    minLevel: 0, maxLevel: levels(doc.width, doc.height),
-    getTileUrl: (l, x, y) => `/api/docs/${doc.id}/mask/${rev}/${l}/${x}_${y}.png`,
+    width: doc.width, height: doc.height, tileSize: ts, tileOverlap: ov, minLevel: 0, maxLevel: top,
+    getTileUrl: (l, x, y) => {
+      const f = Math.pow(2, top - l);
+      const x0 = (x * ts - ov) * f, y0 = (y * ts - ov) * f, x1 = ((x + 1) * ts + ov) * f, y1 = ((y + 1) * ts + ov) * f;
+      let rev = 0;
+      for (const b of boxes) {
+        if (b.rev > rev && b.box[0] < x1 && b.box[2] > x0 && b.box[1] < y1 && b.box[3] > y0) rev = b.rev;
+      }
+      return `/api/docs/${doc.id}/mask/${rev}/${l}/${x}_${y}.png`;
+    },
   };
 }
 
@@ -135,7 +151,11 @@ async function refreshMask() {
 async function showDoc(doc, home) {
   const prevId = S.doc && S.doc.id;
   S.doc = doc;
-  if (home || prevId !== doc.id) { for (const n of Object.keys(S.layers)) await setLayer(n, null); }
+  if (home || prevId !== doc.id) {
+    for (const n of Object.keys(S.layers)) await setLayer(n, null);
+    S.maskBoxes = null;
+    noteMaskChange(null, doc.mask.rev);
+  }
   const cur = doc.versions[doc.current];
   const before = cur.parent !== null ? doc.versions[cur.parent] : null;
   const baseV = before || cur;
@@ -190,13 +210,13 @@ async function listFiles(dir) {
 async function openPath(path) {
   $("files").hidden = true;
   status(`opening ${path}…`);
-  try { addDoc(await api("POST", "/api/open", { path })); } catch (e) { fail(e); }
+  try { await addDoc(await api("POST", "/api/open", { path })); } catch (e) { fail(e); }
 }
 
 async function upload(file) {
   status(`uploading ${file.name} (${(file.size / 1048576).toFixed(1)} MiB)…`);
   try {
-    addDoc(await api("POST", `/api/upload?name=${encodeURIComponent(file.name)}`, undefined, file));
+    await addDoc(await api("POST", `/api/upload?name=${encodeURIComponent(file.name)}`, undefined, file));
   } catch (e) { fail(e); }
 }
 
@@ -308,6 +328,7 @@ async function maskOp(op) {
   try {
     const r = await api("POST", `/api/docs/${S.doc.id}/mask`, op);
     S.doc.mask = { rev: r.rev, painted_px: r.painted_px, can_undo: r.can_undo, can_redo: r.can_redo };
+    if (r.box) noteMaskChange(r.box, r.rev);
     await refreshMask();
     S.lastMaskMs = performance.now() - t0;
   } catch (e) { fail(e); }
@@ -515,5 +536,20 @@ async function start() {
   } catch (e) { fail(e); }
 }
 
-window.crispedit = { S, flyTo, maskOp, imageZoom };   // for tests and the benchmark
+/** Resolves once the view stopped moving and every layer has the tiles it needs (tests, benchmark). */
+function settled() {
+  return new Promise((resolve) => {
+    const check = () => {
+      const vp = S.viewer.viewport;
+      const moving = Math.abs(vp.getZoom(true) - vp.getZoom(false)) > 1e-9 ||
+        vp.getCenter(true).distanceTo(vp.getCenter(false)) > 1e-9;
+      const items = Object.values(S.layers).map((l) => l.item);
+      if (!moving && items.length && items.every((it) => it.getFullyLoaded())) resolve(true);
+      else requestAnimationFrame(check);
+    };
+    requestAnimationFrame(check);
+  });
+}
+
+window.crispedit = { S, flyTo, maskOp, imageZoom, openPath, settled };   // for tests and the benchmark
 start();

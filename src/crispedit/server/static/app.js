@@ -429,10 +429,17 @@ function setBlink(on) {
 
 function applyAfter() { const it = topItem(); if (it) it.setOpacity($("show-after").checked ? 1 : 0); }
 
-function flyTo(x, y) {
+function flyTo(x, y, mark) {
   const it = baseItem();
   if (!it) return;
   const vp = S.viewer.viewport;
+  if (S.marker) { S.viewer.removeOverlay(S.marker); S.marker = null; }
+  if (mark) {
+    S.marker = document.createElement("div");
+    S.marker.className = "place-marker";
+    S.viewer.addOverlay({ element: S.marker, location: it.imageToViewportCoordinates(x, y),
+      placement: OpenSeadragon.Placement.CENTER, checkResize: false });
+  }
   vp.panTo(it.imageToViewportCoordinates(x, y), false);
   vp.zoomTo(it.imageToViewportZoom(1), null, false);
 }
@@ -472,7 +479,7 @@ function renderCompare() {
     bt.className = "worst-place";
     bt.textContent = `x ${x}, y ${y} · seam ${Number(s).toFixed(1)}`;
     bt.title = "fly there at 1:1";
-    bt.onclick = () => flyTo(x, y);
+    bt.onclick = () => flyTo(x, y, true);
     li.appendChild(bt); worst.appendChild(li);
   });
 }

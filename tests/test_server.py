@@ -73,6 +73,8 @@ def _wait(c, job_id, timeout=60):
 def test_page_and_vendored_viewer(client):
     r = client.get("/")
     assert r.status_code == 200 and "openseadragon.min.js" in r.text and "cdn" not in r.text.lower()
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    assert r.headers["x-frame-options"] == "DENY" and r.headers["referrer-policy"] == "no-referrer"
     js = client.get("/static/vendor/openseadragon/openseadragon.min.js")
     assert js.status_code == 200 and "openseadragon 6." in js.text[:100]
     lic = client.get("/static/vendor/openseadragon/LICENSE.txt")
@@ -325,6 +327,7 @@ def test_run_stream_download_report_workflow_and_chain(root, tmp_path):
         assert changed.any() and xs.min() > 60 and xs.max() < 320 and ys.min() > 10 and ys.max() < 260
         rep = c.get(v1["report"])
         assert rep.status_code == 200 and rep.text.lstrip().lower().startswith("<!doctype html")
+        assert rep.headers["content-security-policy"].startswith("sandbox")  # report scripts cannot use the API
         wf = c.get(v1["workflow"])
         assert 'filename="deep-edit1.yaml"' in wf.headers["content-disposition"]
         (tmp_path / "exp").mkdir()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import cv2
@@ -25,6 +26,16 @@ def _missing(why: str) -> None:
     if REQUIRED:
         pytest.fail(f"{why} (CRISPEDIT_REQUIRE_BROWSER=1)")
     pytest.skip(why)
+
+
+def wait_js(page, expression: str, timeout: float = 10.0) -> None:
+    """Poll a JS expression until truthy (Playwright's wait_for_function evaluates strings with eval, which the
+    editor's Content-Security-Policy rightly forbids; page.evaluate is not subject to it)."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {expression}")
+        time.sleep(0.05)
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +67,7 @@ def test_paint_run_download_and_1to1(browser, tmp_path):
         page.on("response", lambda r: tiles.append(r.url) if "_files/" in r.url else None)
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)  # e.g. CSP refusals
         page.goto(url + "/")
         page.set_input_files("#upload", str(photo))
         page.wait_for_selector("body[data-viewer=ready]", timeout=30_000)
@@ -119,7 +131,7 @@ def test_paint_run_download_and_1to1(browser, tmp_path):
         assert clip == pytest.approx(0.4 * w, abs=2)
         page.eval_on_selector("#slider", "e => { e.value = 100; e.dispatchEvent(new Event('input')); }")
         page.click("#blink")
-        page.wait_for_function("crispedit.S.layers.top.item.getOpacity() === 0", timeout=5_000)
+        wait_js(page, "crispedit.S.layers.top.item.getOpacity() === 0", 5)
         page.click("#blink")
         assert page.evaluate("crispedit.S.layers.top.item.getOpacity()") == 1
 
@@ -129,7 +141,7 @@ def test_paint_run_download_and_1to1(browser, tmp_path):
             places.first.click()
         else:
             page.evaluate("crispedit.flyTo(1950, 1075)")
-        page.wait_for_function("Math.abs(crispedit.imageZoom() - 1) < 0.02", timeout=10_000)
+        wait_js(page, "Math.abs(crispedit.imageZoom() - 1) < 0.02", 10)
         page.evaluate("crispedit.settled()")
         centre = page.evaluate("(() => { const it = crispedit.S.layers.base.item; const c = it.viewportToImageCoordinates("
                                "crispedit.S.viewer.viewport.getCenter(true)); return [c.x, c.y]; })()")

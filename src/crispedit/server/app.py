@@ -304,17 +304,17 @@ def _make_job(state: State, doc: Document, params: dict[str, Any]) -> Job:
         src = doc.versions[parent].path
         mask = doc.mask.snapshot()
     tag = secrets.token_hex(3)
-    mask_path: Optional[Path] = None
-    if mask.any():
-        import cv2
-
-        mask_path = doc.folder / f"mask-{tag}.png"
-        cv2.imwrite(str(mask_path), mask)
+    mask_path = doc.folder / f"mask-{tag}.png" if mask.any() else None
     out = doc.folder / f"edit-{tag}{doc.suffix}"
     report = doc.folder / f"edit-{tag}-report.html"
     args = dict(params, image=src, output=out, mask=mask_path, max_pixels=state.cfg.max_pixels,
                 report=None if params.get("no_check") else report)
     builtin.edit_workflow(**args)  # refuse bad combinations (e.g. classical without a mask) before queueing
+    if mask_path is not None:
+        import cv2
+
+        if not cv2.imwrite(str(mask_path), mask):
+            raise InputError(f"could not write the mask to the work folder {doc.folder}", "check free disk space")
 
     def work(progress) -> dict[str, Any]:
         t0 = time.perf_counter()

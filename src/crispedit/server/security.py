@@ -20,6 +20,14 @@ TOKEN_HEADER = "x-crispedit-token"
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
 
 
+#: the editor's own page: scripts and styles from this server only (OpenSeadragon is vendored, no CDN)
+CSP_PAGE = (b"default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
+            b"connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'")
+#: the self-contained HTML quality report: its inline scripts run in a sandbox (opaque origin, no cookies), so a
+#: report cannot call the API
+CSP_REPORT = b"sandbox allow-scripts; default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
+
+
 class PathRefused(InputError):
     """A path that leaves ``--root`` (``..``, absolute, or a symlink pointing outside). HTTP 403."""
 
@@ -134,7 +142,16 @@ class Guard:
                                     (b"content-length", str(len(body)).encode()), (b"cache-control", b"no-store")]})
             await send({"type": "http.response.body", "body": body})
             return
-        await self.app(scope, receive, send)
+        page_csp = CSP_REPORT if scope["path"].endswith("/report") else CSP_PAGE
+
+        async def send_with_headers(message) -> None:
+            if message["type"] == "http.response.start":
+                extra = [(b"x-content-type-options", b"nosniff"), (b"x-frame-options", b"DENY"),
+                         (b"referrer-policy", b"no-referrer"), (b"content-security-policy", page_csp)]
+                message = dict(message, headers=list(message.get("headers", [])) + extra)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
     def check(self, scope, headers: dict[str, str]) -> Optional[tuple[int, str]]:
         host_header = headers.get("host", "")

@@ -68,6 +68,7 @@ def test_paint_run_download_and_1to1(browser, tmp_path):
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)  # e.g. CSP refusals
+        page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
         page.goto(url + "/")
         page.set_input_files("#upload", str(photo))
         page.wait_for_selector("body[data-viewer=ready]", timeout=30_000)

@@ -329,11 +329,14 @@ def _make_job(state: State, doc: Document, params: dict[str, Any]) -> Job:
         if isinstance(q, dict):
             keep["quality"] = {"verdict": q.get("verdict"), "reasons": q.get("reasons") or [],
                                "worst_places": [_place(p) for p in (q.get("worst_places") or [])][:8]}
+        progress("preparing the view", 0, 1)
         with doc.lock:
             v = Version(len(doc.versions), Path(info["output"]), parent,
                         f"{params['engine']}{': ' + params['prompt'] if params.get('prompt') else ''}",
                         doc.versions[parent].width, doc.versions[parent].height, keep)
             doc.versions.append(v)
+        state.pyramid(doc, v.n)  # decode the result for its tiles here, in the worker, not in a tile request
+        with doc.lock:
             doc.current = v.n
         return {"version": v.n, "doc": doc.to_dict()}
 

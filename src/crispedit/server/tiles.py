@@ -94,7 +94,7 @@ class Pyramid:
         self.height, self.width = rgb8.shape[:2]
         self.max_level = max_level(self.width, self.height)
         self.quality = quality
-        self._levels: dict[int, np.ndarray] = {self.max_level: np.ascontiguousarray(rgb8[..., ::-1])}  # BGR
+        self._levels: dict[int, np.ndarray] = {self.max_level: rgb8}  # RGB, not copied
         self._lock = threading.Lock()
         self._tiles = _LRU(cache_tiles)
 
@@ -102,7 +102,7 @@ class Pyramid:
         return dzi_xml(self.width, self.height, "jpeg")
 
     def level(self, level: int) -> np.ndarray:
-        """The BGR pixels of ``level``, made by repeated 2x area averaging from the finest level (cached)."""
+        """The RGB pixels of ``level``, made by repeated 2x area averaging from the finest level (cached)."""
         with self._lock:
             if level in self._levels:
                 return self._levels[level]
@@ -124,7 +124,8 @@ class Pyramid:
         if rect is None:
             return None
         x0, y0, x1, y1 = rect
-        ok, buf = cv2.imencode(".jpg", self.level(level)[y0:y1, x0:x1], [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+        bgr = np.ascontiguousarray(self.level(level)[y0:y1, x0:x1, ::-1])  # OpenCV encodes BGR
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         data = buf.tobytes()
         self._tiles.put(key, data)
         return data

@@ -380,7 +380,9 @@ function follow(id) {
     $("progress").value = j.state === "done" ? 1 : frac;
     const eta = j.eta_s != null && j.state === "running" ? ` · ETA ${j.eta_s.toFixed(0)} s` : "";
     const q = j.state === "queued" && j.queue_position ? ` (${j.queue_position} ahead)` : "";
-    $("progress-text").textContent = `${j.state}${q}: ${j.stage}${j.total ? ` ${j.done}/${j.total}` : ""}${eta}` +
+    const terminal = ["done", "failed", "cancelled"].includes(j.state);
+    $("progress-text").textContent = terminal ? `${j.state}${j.elapsed_s != null ? ` after ${j.elapsed_s} s` : ""}` :
+      `${j.state}${q}: ${j.stage}${j.total ? ` ${j.done}/${j.total}` : ""}${eta}` +
       (j.elapsed_s != null ? ` · ${j.elapsed_s} s` : "");
     if (["done", "failed", "cancelled"].includes(j.state)) {
       es.close(); S.es = null;

@@ -156,4 +156,10 @@ def test_paint_run_download_and_1to1(browser, tmp_path):
         levels = {int(re.search(r"_files/(\d+)/", u).group(1)) for u in tiles}
         assert 12 in levels  # the 1:1 tiles were fetched only now
         assert not errors, errors
+        # close: the document and its work files go away
+        doc_id = page.evaluate("crispedit.S.doc.id")
+        page.click("#close-doc")
+        page.wait_for_selector("body[data-viewer=empty]", timeout=10_000)
+        assert page.evaluate(f"fetch('/api/docs/{doc_id}').then(r => r.status)") == 404
+        assert not list((tmp_path / "work").rglob("*.png"))
         page.close()

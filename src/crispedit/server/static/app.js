@@ -67,6 +67,13 @@ function initViewer() {
   v.addHandler("canvas-drag", onDrag);
   v.addHandler("canvas-release", onRelease);
   window.addEventListener("resize", sizePaint);
+  const el = $("viewer");
+  el.addEventListener("pointermove", (e) => {
+    const r = el.getBoundingClientRect();
+    S.hover = [e.clientX - r.left, e.clientY - r.top];
+    if (!S.drag && (S.tool === "brush" || S.tool === "eraser")) redrawPaint();
+  });
+  el.addEventListener("pointerleave", () => { S.hover = null; redrawPaint(); });
   sizePaint();
 }
 
@@ -255,8 +262,18 @@ function redrawPaint() {
   g.setTransform(1, 0, 0, 1, 0, 0);
   g.clearRect(0, 0, c.width, c.height);
   const d = S.drag;
-  if (!d || !baseItem()) return;
+  if (!baseItem()) return;
   g.scale(devicePixelRatio, devicePixelRatio);
+  if (!d && S.hover && (S.tool === "brush" || S.tool === "eraser")) {   // the brush outline under the pointer
+    const r = Math.max(1, (+$("brush-size").value / 2) * screenPerImagePx());
+    g.lineWidth = 1;
+    for (const [colour, rr] of [["rgba(0,0,0,0.7)", r + 1], ["rgba(255,255,255,0.9)", r]]) {
+      g.strokeStyle = colour;
+      g.beginPath(); g.arc(S.hover[0], S.hover[1], rr, 0, 2 * Math.PI); g.stroke();
+    }
+    return;
+  }
+  if (!d) return;
   const erase = d.erase;
   g.strokeStyle = erase ? "rgba(255,255,255,0.55)" : "rgba(255,40,90,0.55)";
   g.fillStyle = g.strokeStyle;
@@ -508,11 +525,24 @@ function wire() {
   $("open-btn").onclick = () => listFiles("");
   $("files-close").onclick = () => { $("files").hidden = true; };
   $("upload").onchange = (e) => { if (e.target.files[0]) upload(e.target.files[0]); e.target.value = ""; };
+  $("close-doc").onclick = async () => {
+    if (!S.doc) return;
+    try {
+      await api("DELETE", `/api/docs/${S.doc.id}`);
+      S.docList = (S.docList || []).filter((d) => d.id !== S.doc.id);
+      for (const n of Object.keys(S.layers)) await setLayer(n, null);
+      S.doc = null;
+      if (S.docList.length) await showDoc(S.docList[S.docList.length - 1], true);
+      else { document.body.dataset.viewer = "empty"; $("docs").innerHTML = ""; $("doc-info").textContent = "";
+        for (const id of ["compare-panel", "keep-panel", "history-panel"]) $(id).hidden = true; }
+      status("closed; its work files are deleted");
+    } catch (e) { fail(e); }
+  };
   $("docs").onchange = async (e) => { try { await showDoc(await api("GET", `/api/docs/${e.target.value}`), true); } catch (err) { fail(err); } };
   $("fit").onclick = () => S.viewer.viewport.goHome();
   $("one-to-one").onclick = () => { const it = baseItem(); if (it) S.viewer.viewport.zoomTo(it.imageToViewportZoom(1)); };
   document.querySelectorAll(".tool").forEach((b) => (b.onclick = () => setTool(b.dataset.tool)));
-  $("brush-size").oninput = () => { $("brush-size-out").textContent = $("brush-size").value; };
+  $("brush-size").oninput = () => { $("brush-size-out").textContent = $("brush-size").value; redrawPaint(); };
   $("hardness").oninput = () => { $("hardness-out").textContent = $("hardness").value; };
   for (const op of ["undo", "redo", "invert", "clear"]) $(op).onclick = () => maskOp({ op });
   $("show-mask").onchange = () => S.doc && refreshMask();
@@ -529,7 +559,11 @@ function wire() {
     const tools = { h: "pan", b: "brush", e: "eraser", r: "rect", o: "ellipse" };
     if (tools[k]) setTool(tools[k]);
     else if (k === "x") setBlink(!S.blinkTimer);
-    else if (k === "0") $("fit").click();
+    else if (k === "[" || k === "]") {
+      const b = $("brush-size");
+      b.value = Math.round(+b.value * (k === "]" ? 1.25 : 0.8));
+      b.oninput();
+    } else if (k === "0") $("fit").click();
     else if (k === "1") $("one-to-one").click();
   });
 }

@@ -514,3 +514,25 @@ def test_sd15_run_streams_denoise_progress(root, tmp_path, monkeypatch):
         r = c.post(f"/api/docs/{d['id']}/jobs", json={"engine": "sd15", "model": str(tmp_path / "nope")})
         bad = _wait(c, r.json()["id"]) if r.status_code == 200 else r.json()
         assert "nope" in (bad.get("error") or "")  # the library's model message, shown in the page
+
+
+def test_evicted_version_is_decoded_once_for_many_tile_requests(client, monkeypatch):
+    import crispedit.imageio as imageio
+    from concurrent.futures import ThreadPoolExecutor
+
+    d = _open(client)
+    state = client.app.app.state.crispedit  # Guard -> FastAPI app
+    state.pyramids.clear()  # as if evicted by the LRU
+    calls = []
+    real = imageio.load_image
+
+    def counting(*a, **kw):
+        calls.append(1)
+        time.sleep(0.2)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(imageio, "load_image", counting)
+    urls = [f"/api/docs/{d['id']}/v/0/image_files/10/{c}_{r}.jpeg" for c in range(3) for r in range(2)]
+    with ThreadPoolExecutor(6) as ex:
+        codes = list(ex.map(lambda u: client.get(u).status_code, urls))
+    assert codes == [200] * 6 and len(calls) == 1

@@ -170,6 +170,7 @@ class State:
         self.docs: dict[str, Document] = {}
         self.pyramids: OrderedDict[tuple[str, int], tiles.Pyramid] = OrderedDict()
         self.pyr_lock = threading.Lock()
+        self.pyr_building: dict[tuple[str, int], threading.Lock] = {}
         self.jobs = JobQueue()
         self.lock = threading.Lock()
 
@@ -207,7 +208,11 @@ class State:
         return doc
 
     def close(self, doc_id: str) -> None:
+        """Forget a document: cancel its jobs and delete its work folder (never the photo under root)."""
         doc = self.doc(doc_id)
+        for job in list(self.jobs.jobs.values()):
+            if job.doc_id == doc_id:
+                job.cancel()
         with self.lock:
             self.docs.pop(doc_id, None)
         with self.pyr_lock:
@@ -228,13 +233,23 @@ class State:
     def pyramid(self, doc: Document, n: int) -> tiles.Pyramid:
         from crispedit.imageio import load_image
 
+        key = (doc.id, n)
         with self.pyr_lock:
-            pyr = self.pyramids.get((doc.id, n))
+            pyr = self.pyramids.get(key)
             if pyr is not None:
-                self.pyramids.move_to_end((doc.id, n))
+                self.pyramids.move_to_end(key)
                 return pyr
-        v = self.version(doc, n)
-        return self._store_pyramid(doc.id, n, display_rgb8(load_image(v.path, max_pixels=self.cfg.max_pixels).array))
+            build = self.pyr_building.setdefault(key, threading.Lock())
+        with build:  # one decode per version, however many tile requests wait for it
+            with self.pyr_lock:
+                pyr = self.pyramids.get(key)
+            if pyr is None:
+                v = self.version(doc, n)
+                pyr = self._store_pyramid(doc.id, n,
+                                          display_rgb8(load_image(v.path, max_pixels=self.cfg.max_pixels).array))
+        with self.pyr_lock:
+            self.pyr_building.pop(key, None)
+        return pyr
 
     @staticmethod
     def version(doc: Document, n: int) -> Version:

@@ -536,3 +536,52 @@ def test_evicted_version_is_decoded_once_for_many_tile_requests(client, monkeypa
     with ThreadPoolExecutor(6) as ex:
         codes = list(ex.map(lambda u: client.get(u).status_code, urls))
     assert codes == [200] * 6 and len(calls) == 1
+
+
+@pytest.mark.parametrize("ext", [".tif", ".webp"])
+def test_tiff_and_webp_open_edit_and_keep_their_format(root, tmp_path, ext):
+    import tifffile
+    from PIL import Image
+
+    rgb = photo_like(240, 160, seed=8)
+    if ext == ".tif":
+        tifffile.imwrite(root / "t.tif", rgb.astype(np.uint16) * 257)
+    else:
+        Image.fromarray(rgb).save(root / "t.webp", lossless=True)
+    with _client(root, tmp_path) as c:
+        d = _open(c, f"t{ext}")
+        assert d["bit_depth"] == (16 if ext == ".tif" else 8)
+        assert c.get(f"/api/docs/{d['id']}/v/0/image_files/8/0_0.jpeg").status_code == 200
+        c.post(f"/api/docs/{d['id']}/mask", json={"op": "rect", "box": [100, 60, 140, 100]})
+        j = c.post(f"/api/docs/{d['id']}/jobs", json={"engine": "classical", "no_check": True}).json()
+        assert _wait(c, j["id"])["state"] == "done"
+        r = c.get(f"/api/docs/{d['id']}/v/1/download")
+        assert r.headers["content-disposition"].endswith(f'filename="t-edit1{ext}"')
+        out = tmp_path / f"out{ext}"
+        out.write_bytes(r.content)
+        if ext == ".tif":
+            arr = tifffile.imread(out)
+            assert arr.dtype == np.uint16 and arr.shape == (160, 240, 3)
+        else:
+            with Image.open(out) as im:
+                assert im.format == "WEBP" and im.size == (240, 160)
+
+
+def test_default_model_from_the_command_line(root, tmp_path, monkeypatch):
+    from crispedit.workflow import builtin
+
+    seen = {}
+
+    def fake_run(*, progress, **kw):
+        seen.update(kw)
+        raise InputError("stop here", "test")
+
+    monkeypatch.setattr(builtin, "run_edit", fake_run)
+    with _client(root, tmp_path, model="/models/sd15.safetensors") as c:
+        assert c.get("/api/config").json()["model"] == "/models/sd15.safetensors"
+        d = _open(c)
+        c.post(f"/api/docs/{d['id']}/mask", json={"op": "rect", "box": [10, 10, 50, 50]})
+        j = c.post(f"/api/docs/{d['id']}/jobs", json={"engine": "sd15", "prompt": "x"}).json()
+        done = _wait(c, j["id"])
+        assert done["state"] == "failed" and done["error"] == "stop here — test"
+        assert seen["model"] == "/models/sd15.safetensors" and seen["engine"] == "sd15"

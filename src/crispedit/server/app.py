@@ -79,6 +79,10 @@ class ServerConfig:
         Where the per-run work folder is made (system temp folder by default); it is deleted at shutdown.
     allow_hosts : tuple of str
         Extra names accepted in the ``Host`` header.
+    photos : tuple of Path
+        Photos (under ``root``) opened at start.
+    model : str or None
+        The SD model the page's sd15 runs use when the form leaves the model empty (``crispedit serve --model``).
     """
 
     root: Path
@@ -90,6 +94,7 @@ class ServerConfig:
     work_dir: Optional[Path] = None
     allow_hosts: tuple[str, ...] = ()
     photos: tuple[Path, ...] = ()
+    model: Optional[str] = None
 
 
 @dataclass
@@ -430,6 +435,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     @app.get("/api/config")
     def config() -> dict[str, Any]:
         return {"max_pixels": cfg.max_pixels, "max_upload_bytes": cfg.max_upload_bytes, "engines": list(ENGINES),
+                "model": cfg.model,
                 "formats": sorted(IMAGE_SUFFIXES), "docs": [d.to_dict() for d in state.docs.values()]}
 
     @app.get("/api/files")
@@ -562,7 +568,10 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     @app.post("/api/docs/{doc_id}/jobs")
     def submit(doc_id: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         doc = state.doc(doc_id)
-        job = state.jobs.submit(_make_job(state, doc, _run_params(body)))
+        params = _run_params(body)
+        if params["engine"] == "sd15" and cfg.model and not params.get("model"):
+            params["model"] = cfg.model
+        job = state.jobs.submit(_make_job(state, doc, params))
         return {**job.to_dict(), "queue_position": state.jobs.position(job)}
 
     def _job(job_id: str) -> Job:

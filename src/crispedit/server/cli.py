@@ -30,17 +30,21 @@ def serve_cmd(
     max_upload_mb: int = typer.Option(512, "--max-upload-mb", help="Refuse larger uploads (MiB)."),
     work_dir: Optional[Path] = typer.Option(None, "--work-dir", help="Where the per-run work folder goes "
                                             "(deleted at exit; default: the system temp folder)."),
+    model: Optional[str] = typer.Option(None, "--model", help="Default SD model for sd15 runs "
+                                        "(HF id, diffusers folder or .safetensors)."),
 ) -> None:
     """Start the browser editor: open, mask, run, compare at 1:1 and keep — all in the browser."""
     try:
-        _serve(photos, root, host, port, open_browser, token, allow_host, max_pixels, max_upload_mb, work_dir)
+        _serve(photos, root, host, port, open_browser, token, allow_host, max_pixels, max_upload_mb, work_dir,
+               model)
     except CrispEditError as exc:
         from crispedit.cli import _fail
 
         _fail(exc)
 
 
-def _serve(photos, root, host, port, open_browser, token, allow_host, max_pixels, max_upload_mb, work_dir) -> None:
+def _serve(photos, root, host, port, open_browser, token, allow_host, max_pixels, max_upload_mb, work_dir,
+           model) -> None:
     import uvicorn
 
     from crispedit.server.app import ServerConfig, create_app
@@ -60,7 +64,7 @@ def _serve(photos, root, host, port, open_browser, token, allow_host, max_pixels
         raise InputError(f"--max-upload-mb {max_upload_mb} must be positive", "use e.g. --max-upload-mb 512")
     cfg = ServerConfig(root=root, host=host, port=port, token=token, max_pixels=max_pixels,
                        max_upload_bytes=max_upload_mb * 1024 * 1024, work_dir=work_dir,
-                       allow_hosts=tuple(allow_host or ()), photos=tuple(photos))
+                       allow_hosts=tuple(allow_host or ()), photos=tuple(photos), model=model)
     app = create_app(cfg)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)

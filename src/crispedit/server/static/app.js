@@ -574,6 +574,7 @@ async function start() {
   try {
     const cfg = await api("GET", "/api/config");
     S.docList = cfg.docs;
+    if (cfg.model) $("model").placeholder = `default: ${cfg.model}`;
     if (cfg.docs.length) await showDoc(cfg.docs[cfg.docs.length - 1], true);
     else status("open a photo from the served folder, or upload one");
   } catch (e) { fail(e); }

@@ -155,6 +155,18 @@ def test_paint_run_download_and_1to1(browser, tmp_path):
         assert float(img.std()) > 10  # a real picture, not a blank canvas
         levels = {int(re.search(r"_files/(\d+)/", u).group(1)) for u in tiles}
         assert 12 in levels  # the 1:1 tiles were fetched only now
+        # quick strokes without waiting: the overlay ends with one layer showing the last revision
+        rev = page.evaluate("crispedit.S.doc.mask.rev")
+        page.click("#tool-brush")
+        for k in range(3):
+            page.mouse.move(box["x"] + 300, box["y"] + 200 + 60 * k)
+            page.mouse.down()
+            page.mouse.move(box["x"] + 700, box["y"] + 220 + 60 * k, steps=4)
+            page.mouse.up()
+        page.wait_for_selector(f"body[data-mask=rev{rev + 3}]", timeout=20_000)
+        wait_js(page, "(() => { const w = crispedit.S.viewer.world; let n = 0;"
+                      " for (let i = 0; i < w.getItemCount(); i++) n += w.getItemAt(i)._layer === 'mask';"
+                      " return n === 1; })()", 10)
         assert not errors, errors
         # close: the document and its work files go away
         doc_id = page.evaluate("crispedit.S.doc.id")

@@ -8,6 +8,7 @@ const S = {
   doc: null,            // the open document (server JSON)
   viewer: null,
   layers: {},           // name -> {key, item}: base (before), top (after), mask
+  gen: {}, waiting: {}, // per layer: request counter, promises waiting for a complete image
   tool: "pan",
   drag: null,           // current stroke / shape being drawn
   job: null, es: null,
@@ -92,29 +93,39 @@ function updateZoomInfo() {
   }
 }
 
-/** Put a tiled image in the named layer (kept if the key is unchanged); resolves when its tiles are in. */
+/** Put a tiled image in the named layer (kept if the key is unchanged); resolves when its tiles are in.
+ * The previous image of the layer stays on screen until the new one is complete (no flicker); a request that
+ * a newer one overtakes resolves when that newer one is complete. */
 function setLayer(name, key, tileSource, index, opts) {
-  return new Promise((resolve, reject) => {
-    const old = S.layers[name];
-    if (old && old.key === key) { resolve(old.item); return; }
-    if (!key) {
-      if (old) S.viewer.world.removeItem(old.item);
-      delete S.layers[name];
-      resolve(null); return;
+  const cur = S.layers[name];
+  if (cur && cur.key === key) return Promise.resolve(cur.item);
+  const gen = (S.gen[name] = (S.gen[name] || 0) + 1);
+  const removeOlder = (keep) => {
+    const w = S.viewer.world;
+    for (let i = w.getItemCount() - 1; i >= 0; i--) {
+      const it = w.getItemAt(i);
+      if (it._layer === name && it !== keep) w.removeItem(it);
     }
+  };
+  const settle = (item) => {   // resolve this request and every older one still waiting
+    const waiting = (S.waiting[name] || []).filter((w) => w.gen <= gen);
+    S.waiting[name] = (S.waiting[name] || []).filter((w) => w.gen > gen);
+    waiting.forEach((w) => w.resolve(item));
+  };
+  return new Promise((resolve, reject) => {
+    (S.waiting[name] = S.waiting[name] || []).push({ gen, resolve });
+    if (!key) { removeOlder(null); delete S.layers[name]; settle(null); return; }
     S.viewer.addTiledImage(Object.assign({
       tileSource, index: Math.min(index, S.viewer.world.getItemCount()),
       success: (ev) => {
         const item = ev.item;
-        const cur = S.layers[name];
+        item._layer = name;
+        if (gen !== S.gen[name]) { S.viewer.world.removeItem(item); return; }   // overtaken before it arrived
         S.layers[name] = { key, item };
-        const done = () => {
-          if (cur && cur.item !== item) S.viewer.world.removeItem(cur.item);
-          resolve(item);
-        };
+        const done = () => { if (gen === S.gen[name]) { removeOlder(item); settle(item); } };
         if (item.getFullyLoaded()) done(); else item.addOnceHandler("fully-loaded-change", done);
       },
-      error: (ev) => reject(new Error(ev.message || "could not load tiles")),
+      error: (ev) => { settle(null); reject(new Error(ev.message || "could not load tiles")); },
     }, opts || {}));
   });
 }
@@ -344,7 +355,8 @@ async function maskOp(op) {
   const t0 = performance.now();
   try {
     const r = await api("POST", `/api/docs/${S.doc.id}/mask`, op);
-    S.doc.mask = { rev: r.rev, painted_px: r.painted_px, can_undo: r.can_undo, can_redo: r.can_redo };
+    if (r.rev >= S.doc.mask.rev)   // responses to quick strokes may arrive out of order
+      S.doc.mask = { rev: r.rev, painted_px: r.painted_px, can_undo: r.can_undo, can_redo: r.can_redo };
     if (r.box) noteMaskChange(r.box, r.rev);
     await refreshMask();
     S.lastMaskMs = performance.now() - t0;

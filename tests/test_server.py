@@ -338,6 +338,14 @@ def test_run_stream_download_report_workflow_and_chain(root, tmp_path):
         assert nodes["edit"].params["seed"] == 5
         m = c.get(v1["mask"])
         assert m.status_code == 200 and cv2.imdecode(np.frombuffer(m.content, np.uint8), 0).shape == (300, 400)
+        # the exported workflow reproduces the edit from the downloads (crispedit run's code path)
+        from crispedit.workflow.runner import run_workflow
+
+        (tmp_path / "exp" / "deep.png").write_bytes(c.get(doc["versions"][0]["download"]).content)
+        (tmp_path / "exp" / "deep-edit1-mask.png").write_bytes(m.content)
+        run_workflow(tmp_path / "exp" / "wf.yaml", cache=False)
+        again = cv2.imread(str(tmp_path / "exp" / "deep-edit1.png"), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(again, out)
         # chain: the next run edits v1; the history can step back to v0
         c.post(f"/api/docs/{d['id']}/mask", json={"op": "clear"})
         c.post(f"/api/docs/{d['id']}/mask", json={"op": "rect", "box": [20, 20, 60, 60]})

@@ -504,6 +504,11 @@ function renderCompare() {
   const reasons = document.createElement("div");
   reasons.className = "muted"; reasons.textContent = (q.reasons || []).join("; ") || "no defect found";
   vd.appendChild(reasons);
+  for (const note of (cur.notes || []).filter((n) => !n.startsWith("check: "))) {
+    const nd = document.createElement("div");
+    nd.className = "muted"; nd.textContent = "note: " + note;
+    vd.appendChild(nd);
+  }
   (q.worst_places || []).forEach(([x, y, s], i) => {
     const li = document.createElement("li");
     const bt = document.createElement("button");

@@ -79,6 +79,18 @@ def _serve(photos, root, host, port, open_browser, token, allow_host, max_pixels
         shown = f"[{shown}]" if ":" in shown else shown
         url = f"http://{shown}:{bound}/" + (f"?token={token}" if token else "")
         typer.echo(f"crispedit editor at {url}  (root: {Path(root).resolve()}; Ctrl+C stops)", err=True)
+        if host in ("0.0.0.0", "::"):
+            import ipaddress
+
+            from crispedit.server.security import local_addresses
+
+            for a in sorted(local_addresses()):
+                try:
+                    ip = ipaddress.ip_address(a)
+                except ValueError:
+                    continue
+                if ip.version == 4 and not ip.is_loopback and not ip.is_link_local:
+                    typer.echo(f"  on the network: http://{a}:{bound}/?token={token}", err=True)
         if open_browser:
             webbrowser.open(url)
 

@@ -391,6 +391,7 @@ def test_server_responsive_and_cancel_while_a_job_runs(client, monkeypatch):
     assert running["state"] == "running" and running["stage"] == "edit: tiles" and running["total"] == 2000
     assert running["eta_s"] is not None and running["eta_s"] > 0
     assert client.get(f"/api/jobs/{j2['id']}").json()["state"] == "queued"
+    assert {j["id"] for j in client.get("/api/config").json()["jobs"]} == {j1["id"], j2["id"]}  # page reload
     client.post(f"/api/jobs/{j2['id']}/cancel")
     client.post(f"/api/jobs/{j1['id']}/cancel")
     assert _wait(client, j1["id"])["state"] == "cancelled"

@@ -436,6 +436,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     def config() -> dict[str, Any]:
         return {"max_pixels": cfg.max_pixels, "max_upload_bytes": cfg.max_upload_bytes, "engines": list(ENGINES),
                 "model": cfg.model,
+                "jobs": [j.to_dict() for j in state.jobs.jobs.values() if not j.finished_state],
                 "formats": sorted(IMAGE_SUFFIXES), "docs": [d.to_dict() for d in state.docs.values()]}
 
     @app.get("/api/files")

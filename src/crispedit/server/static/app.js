@@ -594,6 +594,12 @@ async function start() {
     if (cfg.model) $("model").placeholder = `default: ${cfg.model}`;
     if (cfg.docs.length) await showDoc(cfg.docs[cfg.docs.length - 1], true);
     else status("open a photo from the served folder, or upload one");
+    const running = (cfg.jobs || []).filter((j) => S.doc && j.doc === S.doc.id);   // after a page reload
+    if (running.length) {
+      S.job = running[running.length - 1];
+      $("cancel").disabled = false; $("run").disabled = true;
+      follow(S.job.id);
+    }
   } catch (e) { fail(e); }
 }
 

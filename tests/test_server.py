@@ -446,6 +446,8 @@ def test_host_and_origin_checks(client):
     assert client.get("/api/files", headers={"origin": "null"}).status_code == 403
     assert client.get("/api/files", headers={"origin": "http://127.0.0.1:8765"}).status_code == 200
     assert client.get("/api/files", headers={"sec-fetch-site": "cross-site"}).status_code == 403
+    r = client.post("/api/open", content=b"{}" + b" " * (9 * 1024 * 1024), headers={"content-type": "application/json"})
+    assert r.status_code == 413  # only /api/upload takes large bodies
     nav = {"sec-fetch-site": "cross-site", "sec-fetch-mode": "navigate"}
     assert client.get("/", headers=nav).status_code == 200  # following a link to the editor is fine
 

@@ -169,14 +169,17 @@ class MaskCanvas:
             return self._commit(clip, cur)
 
     def invert(self) -> Optional[Box]:
+        """Swap edit and keep everywhere (``255 - mask``)."""
         with self.lock:
             return self._commit((0, 0, self.width, self.height), 255 - self.array)
 
     def clear(self) -> Optional[Box]:
+        """Erase the whole mask."""
         with self.lock:
             return self._commit((0, 0, self.width, self.height), np.zeros_like(self.array))
 
     def undo(self) -> Optional[Box]:
+        """Undo the last change (up to ``MAX_UNDO`` kept); None when there is nothing to undo."""
         with self.lock:
             if not self._undo:
                 return None
@@ -188,6 +191,7 @@ class MaskCanvas:
             return ch.box
 
     def redo(self) -> Optional[Box]:
+        """Redo the last undone change; None when there is nothing to redo."""
         with self.lock:
             if not self._redo:
                 return None
@@ -213,12 +217,14 @@ class MaskCanvas:
                          "use stroke, rect, ellipse, invert, clear, undo or redo")
 
     def state(self) -> dict[str, Any]:
+        """``rev``, ``painted_px`` (pixels > 0), ``can_undo``, ``can_redo`` — what the page shows."""
         with self.lock:
             painted = int(np.count_nonzero(self.array))
             return {"rev": self.rev, "painted_px": painted, "can_undo": bool(self._undo),
                     "can_redo": bool(self._redo)}
 
     def snapshot(self) -> np.ndarray:
+        """A copy of the ``uint8`` H x W mask (what a job edits with, unaffected by later painting)."""
         with self.lock:
             return self.array.copy()
 

@@ -18,6 +18,7 @@ from crispedit.errors import InputError
 TOKEN_COOKIE = "crispedit_token"
 TOKEN_HEADER = "x-crispedit-token"
 LOOPBACK_NAMES = {"127.0.0.1", "localhost", "::1"}
+MAX_JSON_BODY = 8 * 1024 * 1024  # bytes; every endpoint but the upload takes small JSON
 
 
 #: the editor's own page: scripts and styles from this server only (OpenSeadragon is vendored, no CDN)
@@ -170,6 +171,9 @@ class Guard:
             navigating = headers.get("sec-fetch-mode") == "navigate" and method == "GET" and scope["path"] == "/"
             if not navigating:
                 return 403, "refused: cross-site request — use the editor's own page"
+        length = headers.get("content-length", "")
+        if scope["path"] != "/api/upload" and length.isdigit() and int(length) > MAX_JSON_BODY:
+            return 413, f"refused: request body over {MAX_JSON_BODY // (1024 * 1024)} MiB (photos go to /api/upload)"
         if self.token is not None and not self._has_token(scope, headers):
             return 401, "refused: missing or wrong token — open the address with ?token=... that crispedit serve printed"
         return None

@@ -210,6 +210,7 @@ _register_optional("report", "crispedit.quality.cli", "report_cmd")
 _register_optional("run", "crispedit.workflow.cli", "run_cmd")
 _register_optional("nodes", "crispedit.workflow.cli", "nodes_cmd")
 _register_optional("describe", "crispedit.workflow.cli", "describe_cmd")
+_register_optional("serve", "crispedit.server.cli", "serve_cmd")
 
 
 def main() -> None:

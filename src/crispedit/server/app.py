@@ -1,0 +1,657 @@
+"""The FastAPI app behind ``crispedit serve``: documents, deep-zoom tiles, the server-side mask, edit jobs.
+
+Every edit goes through :func:`crispedit.workflow.builtin.run_edit` (the code path of ``crispedit edit``): it
+loads with :func:`crispedit.imageio.load_image`, edits with :func:`crispedit.harness.edit`, checks with the
+quality gate, writes with :func:`crispedit.imageio.save_image` (input format and bit depth, metadata kept) and
+writes the HTML report. The server only adds documents, tiles, the mask canvas, a job queue and guards.
+
+Endpoints (JSON unless noted; errors are ``{"error": "<one line>"}`` with 400/401/403/404/413):
+
+=======  ===========================================================  ================================================
+GET      ``/``                                                        the editor page (``/?token=T`` sets the cookie)
+GET      ``/api/config``                                              limits, engines, open documents
+GET      ``/api/files?dir=REL``                                       folders and images under ``--root``
+POST     ``/api/open`` ``{"path": REL}``                              open a photo under ``--root``
+POST     ``/api/upload?name=FILE`` (raw body)                         open an uploaded photo
+GET      ``/api/docs/{d}``                                            a document: size, versions, mask state
+DELETE   ``/api/docs/{d}``                                            close it and delete its work files
+GET      ``/api/docs/{d}/v/{n}/image.dzi`` and ``image_files/L/C_R.jpeg``  DZI pyramid of version n (lazy)
+GET      ``/api/docs/{d}/mask/{rev}/L/C_R.png``                        mask overlay tiles
+GET      ``/api/docs/{d}/mask.png``                                   the full-resolution mask (PNG, grey)
+POST     ``/api/docs/{d}/mask`` ``{"op": ...}``                        stroke, rect, ellipse, invert, clear, undo, redo
+POST     ``/api/docs/{d}/jobs`` ``{prompt, engine, ...}``              queue an edit of the current version
+GET      ``/api/jobs/{j}``, ``/api/jobs/{j}/events`` (SSE)             job state; live progress stream
+POST     ``/api/jobs/{j}/cancel``                                     cancel
+POST     ``/api/docs/{d}/current`` ``{"version": n}``                 step back/forward in the history
+GET      ``/api/docs/{d}/v/{n}/download``, ``report``, ``workflow.yaml``  result file, HTML report, workflow
+=======  ===========================================================  ================================================
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections import OrderedDict
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+from fastapi import Body, FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from crispedit.errors import CrispEditError, InputError
+from crispedit.server import tiles
+from crispedit.server.jobs import Job, JobQueue
+from crispedit.server.maskcanvas import MaskCanvas
+from crispedit.server.security import TOKEN_COOKIE, Guard, PathRefused, allowed_hostnames, resolve_under
+
+STATIC = Path(__file__).parent / "static"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"}
+ENGINES = ("classical", "sd15")
+
+
+@dataclass
+class ServerConfig:
+    """Settings of one ``crispedit serve`` run.
+
+    Attributes
+    ----------
+    root : Path
+        Only files under this folder can be opened (symlinks resolved).
+    host : str
+        Bind address; anything but loopback requires ``token``.
+    token : str or None
+        Required on every request when set.
+    max_pixels : int
+        Pixel limit of opened images (same default and message as ``crispedit edit --max-pixels``).
+    max_upload_bytes : int
+        Upload size limit in bytes (HTTP 413 above).
+    work_dir : Path or None
+        Where the per-run work folder is made (system temp folder by default); it is deleted at shutdown.
+    allow_hosts : tuple of str
+        Extra names accepted in the ``Host`` header.
+    photos : tuple of Path
+        Photos (under ``root``) opened at start.
+    model : str or None
+        The SD model the page's sd15 runs use when the form leaves the model empty (``crispedit serve --model``).
+    """
+
+    root: Path
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token: Optional[str] = None
+    max_pixels: int = 300_000_000
+    max_upload_bytes: int = 512 * 1024 * 1024
+    work_dir: Optional[Path] = None
+    allow_hosts: tuple[str, ...] = ()
+    photos: tuple[Path, ...] = ()
+    model: Optional[str] = None
+
+
+@dataclass
+class Version:
+    """One image in a document's history: the opened photo (n = 0) or an edit result."""
+
+    n: int
+    path: Path
+    parent: Optional[int]
+    label: str
+    width: int
+    height: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self, doc_id: str) -> dict[str, Any]:
+        d: dict[str, Any] = {"n": self.n, "parent": self.parent, "label": self.label,
+                             "width": self.width, "height": self.height}
+        base = f"/api/docs/{doc_id}/v/{self.n}"
+        d["dzi"] = f"{base}/image.dzi"
+        d["download"] = f"{base}/download"
+        for k in ("quality", "params", "seed", "seconds", "notes", "engine_calls"):
+            if k in self.info:
+                d[k] = self.info[k]
+        if self.info.get("report"):
+            d["report"] = f"{base}/report"
+        if self.info.get("workflow_file"):
+            d["workflow"] = f"{base}/workflow.yaml"
+        if self.info.get("mask_file"):
+            d["mask"] = f"{base}/mask.png"
+        return d
+
+
+@dataclass
+class Document:
+    id: str
+    name: str
+    suffix: str
+    folder: Path
+    source: str
+    fmt: Optional[str]
+    bit_depth: int
+    channels: int
+    versions: list[Version]
+    mask: MaskCanvas
+    current: int = 0
+    lock: threading.RLock = field(default_factory=threading.RLock)
+
+    def to_dict(self) -> dict[str, Any]:
+        cur = self.versions[self.current]
+        return {"id": self.id, "name": self.name, "source": self.source, "format": self.fmt,
+                "bit_depth": self.bit_depth, "channels": self.channels, "width": cur.width, "height": cur.height,
+                "current": self.current, "versions": [v.to_dict(self.id) for v in self.versions],
+                "mask": self.mask.state(), "tile_size": tiles.TILE, "tile_overlap": tiles.OVERLAP}
+
+
+def display_rgb8(a: np.ndarray) -> np.ndarray:
+    """The 8-bit RGB copy the viewer shows: 16-bit rounded (``round(x / 257)``), gray repeated, alpha dropped."""
+    if a.dtype == np.uint16:
+        a = ((a.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.shape[2] in (1, 2):
+        return np.ascontiguousarray(np.repeat(a[..., :1], 3, axis=2))
+    return np.ascontiguousarray(a[..., :3])
+
+
+class State:
+    """Everything one server run holds: config, work folder, documents, pyramids (LRU), jobs."""
+
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.root = cfg.root.resolve()
+        base = cfg.work_dir
+        if base is not None:
+            base.mkdir(parents=True, exist_ok=True)
+        self.work = Path(tempfile.mkdtemp(prefix="crispedit-serve-", dir=base))
+        atexit.register(shutil.rmtree, self.work, True)  # also when the lifespan shutdown never ran
+        self.docs: dict[str, Document] = {}
+        self.pyramids: OrderedDict[tuple[str, int], tiles.Pyramid] = OrderedDict()
+        self.pyr_lock = threading.Lock()
+        self.pyr_building: dict[tuple[str, int], threading.Lock] = {}
+        self.jobs = JobQueue()
+        self.lock = threading.Lock()
+
+    # -- documents ---------------------------------------------------------------------------------------------
+    def doc(self, doc_id: str) -> Document:
+        d = self.docs.get(doc_id)
+        if d is None:
+            raise _NotFound(f"no open document '{doc_id}'", "open the photo again")
+        return d
+
+    def open_file(self, path: Path, name: str, source: str, folder: Optional[Path] = None) -> Document:
+        """Load ``path`` with the library's loader (same checks and messages as the CLI) and make a document."""
+        from crispedit.imageio import load_image
+
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            raise InputError(f"cannot open '{path.suffix or path.name}' files",
+                             f"open one of: {', '.join(sorted(IMAGE_SUFFIXES))}")
+        if not path.is_file():
+            raise InputError(f"file not found: {source}", "check the path")
+        try:
+            data = load_image(path, max_pixels=self.cfg.max_pixels)
+        except CrispEditError as exc:  # the library's message, naming the file as the user knows it
+            problem = exc.problem.replace(str(path.resolve()), name).replace(str(path), name)
+            raise type(exc)(problem, exc.fix) from None
+        doc_id = secrets.token_hex(4)
+        if folder is None:
+            folder = self.work / doc_id
+            folder.mkdir()
+        v0 = Version(0, path, None, "original", data.width, data.height)
+        doc = Document(doc_id, Path(name).name, path.suffix.lower(), folder, source, data.format, data.bit_depth,
+                       data.channels, [v0], MaskCanvas(data.width, data.height))
+        self._store_pyramid(doc_id, 0, display_rgb8(data.array))
+        with self.lock:
+            self.docs[doc_id] = doc
+        return doc
+
+    def close(self, doc_id: str) -> None:
+        """Forget a document: cancel its jobs and delete its work folder (never the photo under root)."""
+        doc = self.doc(doc_id)
+        for job in list(self.jobs.jobs.values()):
+            if job.doc_id == doc_id:
+                job.cancel()
+        with self.lock:
+            self.docs.pop(doc_id, None)
+        with self.pyr_lock:
+            for k in [k for k in self.pyramids if k[0] == doc_id]:
+                del self.pyramids[k]
+        shutil.rmtree(doc.folder, ignore_errors=True)
+
+    # -- pyramids ----------------------------------------------------------------------------------------------
+    def _store_pyramid(self, doc_id: str, n: int, rgb8: np.ndarray) -> tiles.Pyramid:
+        pyr = tiles.Pyramid(rgb8)
+        with self.pyr_lock:
+            self.pyramids[(doc_id, n)] = pyr
+            self.pyramids.move_to_end((doc_id, n))
+            while len(self.pyramids) > 4:  # each holds a full-resolution 8-bit copy
+                self.pyramids.popitem(last=False)
+        return pyr
+
+    def pyramid(self, doc: Document, n: int) -> tiles.Pyramid:
+        from crispedit.imageio import load_image
+
+        key = (doc.id, n)
+        with self.pyr_lock:
+            pyr = self.pyramids.get(key)
+            if pyr is not None:
+                self.pyramids.move_to_end(key)
+                return pyr
+            build = self.pyr_building.setdefault(key, threading.Lock())
+        with build:  # one decode per version, however many tile requests wait for it
+            with self.pyr_lock:
+                pyr = self.pyramids.get(key)
+            if pyr is None:
+                v = self.version(doc, n)
+                pyr = self._store_pyramid(doc.id, n,
+                                          display_rgb8(load_image(v.path, max_pixels=self.cfg.max_pixels).array))
+        with self.pyr_lock:
+            self.pyr_building.pop(key, None)
+        return pyr
+
+    @staticmethod
+    def version(doc: Document, n: int) -> Version:
+        if not 0 <= n < len(doc.versions):
+            raise _NotFound(f"document has no version {n}", "pick one from the history")
+        return doc.versions[n]
+
+    def shutdown(self) -> None:
+        self.jobs.shutdown()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+class _NotFound(CrispEditError):
+    pass
+
+
+def _error(exc: CrispEditError) -> JSONResponse:
+    status = 404 if isinstance(exc, _NotFound) else 403 if isinstance(exc, PathRefused) else 400
+    return JSONResponse({"error": str(exc), "problem": exc.problem, "fix": exc.fix}, status_code=status)
+
+
+# -- the edit job ----------------------------------------------------------------------------------------------
+_RUN_KEYS = ("prompt", "negative_prompt", "engine", "model", "seed", "steps", "strength", "candidates", "guidance",
+             "scheduler", "device", "dtype", "no_check")
+
+
+def _run_params(body: dict[str, Any]) -> dict[str, Any]:
+    """Validate the page's run form into ``run_edit`` keyword arguments (the CLI's names and checks)."""
+    unknown = sorted(set(body) - set(_RUN_KEYS))
+    if unknown:
+        raise InputError(f"unknown run option(s): {', '.join(unknown)}", f"use: {', '.join(_RUN_KEYS)}")
+    p: dict[str, Any] = {}
+    for k, v in body.items():
+        if v is None or v == "":
+            continue
+        p[k] = v
+    engine = p.get("engine", "classical")
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine '{engine}'", f"use one of: {', '.join(ENGINES)}")
+    p["engine"] = engine
+    for k, typ in (("seed", int), ("steps", int), ("candidates", int), ("strength", float), ("guidance", float)):
+        if k in p:
+            try:
+                p[k] = typ(p[k])
+            except (TypeError, ValueError):
+                raise InputError(f"--{k} must be a number, got {p[k]!r}", f"give a number for {k}") from None
+    if p.get("candidates") is not None and p["candidates"] < 1:
+        raise InputError(f"--candidates {p['candidates']} must be at least 1", "use e.g. --candidates 4")
+    if p.get("candidates") is not None and p["candidates"] > 16:
+        raise InputError(f"--candidates {p['candidates']} is more than this server runs (16)", "use at most 16")
+    if p.get("strength") is not None and not 0.0 <= p["strength"] <= 1.0:
+        raise InputError(f"--strength {p['strength']} is outside [0, 1]", "use a value such as 0.35")
+    if p.get("steps") is not None and not 1 <= p["steps"] <= 1000:
+        raise InputError(f"--steps {p['steps']} is out of range", "use 1 to 1000 steps")
+    if "seed" not in p:  # record the seed actually used
+        p["seed"] = int(np.random.SeedSequence().generate_state(1)[0] & 0x7FFFFFFF)
+    p["no_check"] = bool(p.get("no_check", False))
+    return p
+
+
+def _make_job(state: State, doc: Document, params: dict[str, Any]) -> Job:
+    from crispedit.workflow import builtin
+    from crispedit.workflow.schema import dump_workflow
+
+    with doc.lock:
+        parent = doc.current
+        src = doc.versions[parent].path
+        mask = doc.mask.snapshot()
+    tag = secrets.token_hex(3)
+    mask_path = doc.folder / f"mask-{tag}.png" if mask.any() else None
+    out = doc.folder / f"edit-{tag}{doc.suffix}"
+    report = doc.folder / f"edit-{tag}-report.html"
+    args = dict(params, image=src, output=out, mask=mask_path, max_pixels=state.cfg.max_pixels,
+                report=None if params.get("no_check") else report)
+    builtin.edit_workflow(**args)  # refuse bad combinations (e.g. classical without a mask) before queueing
+    if mask_path is not None:
+        import cv2
+
+        if not cv2.imwrite(str(mask_path), mask):
+            raise InputError(f"could not write the mask to the work folder {doc.folder}", "check free disk space")
+
+    def work(progress) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        info = builtin.run_edit(cache=False, progress=progress, **args)
+        wf_path = doc.folder / f"edit-{tag}-workflow.yaml"
+        dump_workflow(_portable_workflow(doc, args, parent, len(doc.versions)), wf_path)
+        keep = {"params": {k: v for k, v in params.items()}, "mask_file": str(mask_path) if mask_path else None, "seed": info.get("seed", params.get("seed")),
+                "seconds": round(time.perf_counter() - t0, 2), "notes": info.get("notes", []),
+                "report": info.get("report"), "workflow_file": str(wf_path),
+                "engine_calls": len(info.get("engine_calls", []))}
+        q = info.get("quality")
+        if isinstance(q, dict):
+            keep["quality"] = {"verdict": q.get("verdict"), "reasons": q.get("reasons") or [],
+                               "worst_places": [_place(p) for p in (q.get("worst_places") or [])][:8]}
+        progress("preparing the view", 0, 1)
+        with doc.lock:
+            v = Version(len(doc.versions), Path(info["output"]), parent,
+                        f"{params['engine']}{': ' + params['prompt'] if params.get('prompt') else ''}",
+                        doc.versions[parent].width, doc.versions[parent].height, keep)
+            doc.versions.append(v)
+        state.pyramid(doc, v.n)  # decode the result for its tiles here, in the worker, not in a tile request
+        with doc.lock:
+            doc.current = v.n
+        return {"version": v.n, "doc": doc.to_dict()}
+
+    return Job(params["engine"], doc.id, work)
+
+
+def _place(p: Any) -> list:
+    """A worst place as ``[x, y, score]`` (the quality report gives dicts; older ones tuples)."""
+    if isinstance(p, dict):
+        return [p.get("x"), p.get("y"), p.get("score")]
+    return list(p)
+
+
+def download_name(doc: Document, n: int) -> str:
+    """The file name a version downloads as: the input's name for v0, ``<stem>-edit<n><suffix>`` after."""
+    return doc.name if n == 0 else f"{Path(doc.name).stem}-edit{n}{doc.suffix}"
+
+
+def _portable_workflow(doc: Document, args: dict[str, Any], parent: int, n: int) -> dict[str, Any]:
+    """The run as a workflow whose paths are the names the page downloads (input, mask, result), relative to
+    the workflow file, so ``crispedit run`` reproduces the edit in a folder holding those downloads."""
+    from crispedit.workflow import builtin
+
+    here = doc.folder / "export"
+    portable = dict(args, image=here / download_name(doc, parent), output=here / download_name(doc, n))
+    if args.get("mask") is not None:
+        portable["mask"] = here / f"{Path(doc.name).stem}-edit{n}-mask.png"
+    if args.get("report") is not None:
+        portable["report"] = here / f"{Path(doc.name).stem}-edit{n}-report.html"
+    return builtin.edit_workflow(**portable, relative_to=here)
+
+
+# -- the app ---------------------------------------------------------------------------------------------------
+def create_app(cfg: ServerConfig) -> FastAPI:
+    """Build the ASGI app for ``cfg`` (tests drive it with ``fastapi.testclient.TestClient``).
+
+    Raises
+    ------
+    crispedit.errors.InputError
+        A non-loopback bind without a token, a missing root folder, or a photo outside the root.
+    """
+    from crispedit.server.security import is_loopback
+
+    if not cfg.root.is_dir():
+        raise InputError(f"--root folder not found: {cfg.root}", "give an existing folder")
+    if not is_loopback(cfg.host) and not cfg.token:
+        raise InputError(f"binding {cfg.host} exposes your files to the network without a token",
+                         "pass --token SECRET (or --token auto) or keep the default --host 127.0.0.1")
+    state = State(cfg)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        try:
+            yield
+        finally:
+            state.shutdown()
+
+    app = FastAPI(title="crispedit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.crispedit = state
+
+    @app.exception_handler(CrispEditError)
+    async def _on_error(_req: Request, exc: CrispEditError) -> JSONResponse:
+        return _error(exc)
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def index(request: Request) -> Response:
+        tok = request.query_params.get("token")
+        if cfg.token and tok:
+            r = RedirectResponse("/", status_code=303)
+            r.set_cookie(TOKEN_COOKIE, cfg.token, httponly=True, samesite="strict")
+            return r
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/config")
+    def config() -> dict[str, Any]:
+        return {"max_pixels": cfg.max_pixels, "max_upload_bytes": cfg.max_upload_bytes, "engines": list(ENGINES),
+                "model": cfg.model,
+                "jobs": [j.to_dict() for j in state.jobs.jobs.values() if not j.finished_state],
+                "formats": sorted(IMAGE_SUFFIXES), "docs": [d.to_dict() for d in state.docs.values()]}
+
+    @app.get("/api/files")
+    def files(dir: str = "") -> dict[str, Any]:  # noqa: A002 - the query parameter's name
+        folder = resolve_under(state.root, dir)
+        if not folder.is_dir():
+            raise _NotFound(f"folder not found: {dir}", "pick a folder from the list")
+        entries = []
+        for p in sorted(folder.iterdir(), key=lambda q: q.name.lower()):
+            if p.name.startswith("."):
+                continue
+            try:
+                real = p.resolve()
+            except OSError:
+                continue
+            if real != state.root and not real.is_relative_to(state.root):
+                continue  # a symlink out of the root is not listed
+            rel = real.relative_to(state.root).as_posix() if p.is_symlink() else \
+                p.relative_to(state.root).as_posix()
+            if real.is_dir():
+                entries.append({"name": p.name, "path": rel, "type": "dir"})
+            elif real.suffix.lower() in IMAGE_SUFFIXES:
+                entries.append({"name": p.name, "path": rel, "type": "image", "bytes": real.stat().st_size})
+        rel_dir = folder.relative_to(state.root).as_posix()
+        return {"dir": "" if rel_dir == "." else rel_dir, "entries": entries}
+
+    @app.post("/api/open")
+    def open_photo(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        rel = body.get("path")
+        if not isinstance(rel, str) or not rel:
+            raise InputError("no path given", "send {\"path\": \"photo.jpg\"} relative to --root")
+        path = resolve_under(state.root, rel)
+        return state.open_file(path, rel, rel).to_dict()
+
+    @app.post("/api/upload")
+    async def upload(request: Request, name: str = "") -> JSONResponse:
+        fname = Path(name.replace("\\", "/")).name
+        suffix = Path(fname).suffix.lower()
+        if suffix not in IMAGE_SUFFIXES:
+            raise InputError(f"cannot open '{suffix or fname or 'unnamed'}' files",
+                             f"upload one of: {', '.join(sorted(IMAGE_SUFFIXES))}")
+        limit = cfg.max_upload_bytes
+        too_big = InputError(f"upload is larger than the limit of {limit // (1024 * 1024)} MiB",
+                             "restart crispedit serve with a larger --max-upload-mb, or open the file from --root")
+        length = request.headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            return JSONResponse({"error": str(too_big)}, status_code=413)
+        folder = state.work / secrets.token_hex(4)
+        folder.mkdir()
+        dest = folder / f"upload{suffix}"
+        size = 0
+        try:
+            with open(dest, "wb") as f:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise too_big
+                    f.write(chunk)
+            if size == 0:
+                raise InputError("the upload is empty", "choose a photo file")
+            doc = await asyncio.to_thread(state.open_file, dest, fname, f"upload: {fname}", folder)
+        except CrispEditError as exc:
+            shutil.rmtree(folder, ignore_errors=True)
+            if exc is too_big:
+                return JSONResponse({"error": str(exc)}, status_code=413)
+            raise
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return JSONResponse(doc.to_dict())
+
+    @app.get("/api/docs/{doc_id}")
+    def get_doc(doc_id: str) -> dict[str, Any]:
+        return state.doc(doc_id).to_dict()
+
+    @app.delete("/api/docs/{doc_id}")
+    def close_doc(doc_id: str) -> dict[str, Any]:
+        state.close(doc_id)
+        return {"closed": doc_id}
+
+    @app.get("/api/docs/{doc_id}/v/{n}/image.dzi")
+    def dzi(doc_id: str, n: int) -> Response:
+        doc = state.doc(doc_id)
+        v = state.version(doc, n)
+        return Response(tiles.dzi_xml(v.width, v.height, "jpeg"), media_type="application/xml")
+
+    @app.get("/api/docs/{doc_id}/v/{n}/image_files/{level}/{tile}.jpeg")
+    def image_tile(doc_id: str, n: int, level: int, tile: str) -> Response:
+        doc = state.doc(doc_id)
+        col, row = _tile_xy(tile)
+        data = state.pyramid(doc, n).tile(level, col, row)
+        if data is None:
+            raise _NotFound("no such tile", "ask for a tile inside the image")
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/api/docs/{doc_id}/mask/{rev}/{level}/{tile}.png")
+    def mask_tile(doc_id: str, rev: int, level: int, tile: str) -> Response:
+        doc = state.doc(doc_id)
+        col, row = _tile_xy(tile)
+        data = tiles.mask_tile(doc.mask, level, col, row)
+        if data is None:
+            raise _NotFound("no such tile", "ask for a tile inside the image")
+        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/api/docs/{doc_id}/mask.png")
+    def mask_png(doc_id: str) -> Response:
+        import cv2
+
+        doc = state.doc(doc_id)
+        return Response(cv2.imencode(".png", doc.mask.snapshot())[1].tobytes(), media_type="image/png")
+
+    @app.post("/api/docs/{doc_id}/mask")
+    def mask_op(doc_id: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        doc = state.doc(doc_id)
+        box = doc.mask.apply(body)
+        return {**doc.mask.state(), "box": list(box) if box else None}
+
+    @app.post("/api/docs/{doc_id}/current")
+    def set_current(doc_id: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        doc = state.doc(doc_id)
+        try:
+            n = int(body.get("version"))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise InputError("no version given", "send {\"version\": N}") from None
+        state.version(doc, n)
+        with doc.lock:
+            doc.current = n
+        return doc.to_dict()
+
+    @app.post("/api/docs/{doc_id}/jobs")
+    def submit(doc_id: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
+        doc = state.doc(doc_id)
+        params = _run_params(body)
+        if params["engine"] == "sd15" and cfg.model and not params.get("model"):
+            params["model"] = cfg.model
+        job = state.jobs.submit(_make_job(state, doc, params))
+        return {**job.to_dict(), "queue_position": state.jobs.position(job)}
+
+    def _job(job_id: str) -> Job:
+        job = state.jobs.jobs.get(job_id)
+        if job is None:
+            raise _NotFound(f"no job '{job_id}'", "start a run first")
+        return job
+
+    @app.get("/api/jobs/{job_id}")
+    def job_state(job_id: str) -> dict[str, Any]:
+        job = _job(job_id)
+        return {**job.to_dict(), "queue_position": state.jobs.position(job)}
+
+    @app.post("/api/jobs/{job_id}/cancel")
+    def cancel(job_id: str) -> dict[str, Any]:
+        job = _job(job_id)
+        job.cancel()
+        return job.to_dict()
+
+    @app.get("/api/jobs/{job_id}/events")
+    async def events(job_id: str, request: Request) -> StreamingResponse:
+        job = _job(job_id)
+
+        async def stream():
+            last = None
+            while True:
+                d = {**job.to_dict(), "queue_position": state.jobs.position(job)}
+                if d != last:
+                    last = d
+                    yield f"data: {json.dumps(d, default=str)}\n\n"
+                if d["state"] in ("done", "failed", "cancelled") or await request.is_disconnected():
+                    return
+                await asyncio.sleep(0.15)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+    @app.get("/api/docs/{doc_id}/v/{n}/download")
+    def download(doc_id: str, n: int) -> FileResponse:
+        doc = state.doc(doc_id)
+        v = state.version(doc, n)
+        return FileResponse(v.path, filename=download_name(doc, n), headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/docs/{doc_id}/v/{n}/mask.png")
+    def version_mask(doc_id: str, n: int) -> FileResponse:
+        doc = state.doc(doc_id)
+        v = state.version(doc, n)
+        if not v.info.get("mask_file"):
+            raise _NotFound("this version was not made with a mask", "pick an edit made with a mask")
+        return FileResponse(v.info["mask_file"], media_type="image/png",
+                            filename=f"{Path(doc.name).stem}-edit{n}-mask.png")
+
+    @app.get("/api/docs/{doc_id}/v/{n}/report")
+    def report(doc_id: str, n: int) -> FileResponse:
+        v = state.version(state.doc(doc_id), n)
+        if not v.info.get("report"):
+            raise _NotFound("this version has no report", "run an edit with the quality check on")
+        return FileResponse(v.info["report"], media_type="text/html", headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/docs/{doc_id}/v/{n}/workflow.yaml")
+    def workflow(doc_id: str, n: int) -> FileResponse:
+        doc = state.doc(doc_id)
+        v = state.version(doc, n)
+        if not v.info.get("workflow_file"):
+            raise _NotFound("this version was not made by a run", "export the workflow of an edit result")
+        return FileResponse(v.info["workflow_file"], media_type="application/x-yaml",
+                            filename=f"{Path(doc.name).stem}-edit{n}.yaml")
+
+    for photo in cfg.photos:  # PHOTO arguments of crispedit serve, opened at start
+        p = resolve_under(state.root, str(Path(photo).resolve().relative_to(state.root))
+                          if Path(photo).resolve().is_relative_to(state.root) else str(photo))
+        state.open_file(p, p.name, p.relative_to(state.root).as_posix())
+
+    return Guard(app, allowed_hostnames(cfg.host, cfg.allow_hosts), cfg.token)  # type: ignore[return-value]
+
+
+def _tile_xy(name: str) -> tuple[int, int]:
+    try:
+        c, r = name.split("_")
+        return int(c), int(r)
+    except ValueError:
+        raise _NotFound(f"bad tile name '{name}'", "tiles are named COL_ROW") from None

@@ -93,10 +93,11 @@ class ClassicalEngine:
     name = "classical"
 
     def __init__(self, method: str = "patchmatch", patch_size: int = 3, native_pixels: int = 2_000_000,
-                 context: float = 0.25, min_context: int = 48, thin_width: float = 6.0, radius: int = 5,
+                 context: float = 0.5, min_context: int = 48, thin_width: float = 6.0, radius: int = 5,
                  max_masked_fraction: float = 0.8, max_hole_pixels: int = 16_000_000,
-                 coarse_pixels: int = 500_000, texture: str = "patch", texture_sigma: float = 0.6,
-                 rim: float = 24.0):
+                 coarse_pixels: int = 600_000, texture: str = "grain", texture_sigma: float = 0.6,
+                 rim: float = 0.0, coarse_hole: int | None = None, native_above: float = 0.7,
+                 tone_lock: float = 0.1):
         if method not in METHODS:
             raise InputError(f"unknown classical method '{method}'", f"choose one of: {', '.join(METHODS)}")
         if method in ("shiftmap", "fsr_fast", "fsr_best") and getattr(cv2, "xphoto", None) is None:
@@ -117,6 +118,9 @@ class ClassicalEngine:
         self.texture = texture
         self.texture_sigma = float(texture_sigma)
         self.rim = float(rim)
+        self.coarse_hole = coarse_hole
+        self.native_above = float(native_above)
+        self.tone_lock = float(tone_lock)
         self.calls: list[dict] = []
 
     def inpaint(self, image: Image.Image, mask: Image.Image, prompt: str | None = None, *, seed: int | None = None,
@@ -200,19 +204,21 @@ class ClassicalEngine:
         whole = hole[y0:y1, x0:x1]
         wh, ww = whole.shape
         area = wh * ww
-        coarse = min(1.0, float(np.sqrt(self.coarse_pixels / area)))
-        native = min(1.0, float(np.sqrt(self.native_pixels / area)))
-        structure = self._at_scale(win, whole, coarse, seed)
-        scale = coarse
-        if coarse < 1.0 and self.texture == "patch":
-            texture = structure if native == coarse else self._at_scale(win, whole, native, seed + 1)
-            sigma = self.texture_sigma / coarse
-            lo = cv2.GaussianBlur(structure.astype(np.float32), (0, 0), sigma)
+        scale = min(1.0, float(np.sqrt(self.coarse_pixels / area)))
+        if self.coarse_hole:
+            scale = min(scale, self.coarse_hole / max(hy1 - hy0, hx1 - hx0))
+        if scale >= self.native_above:
+            scale = 1.0  # a slight reduction only blurs: fill at native scale
+        up = self._at_scale(win, whole, scale, seed)
+        if scale < 1.0 and self.texture == "patch":
+            native = min(1.0, float(np.sqrt(self.native_pixels / area)))
+            texture = self._at_scale(win, whole, native, seed + 1)
+            sigma = self.texture_sigma / scale
+            lo = cv2.GaussianBlur(up.astype(np.float32), (0, 0), sigma)
             hi = texture.astype(np.float32) - cv2.GaussianBlur(texture.astype(np.float32), (0, 0), sigma)
             up = np.clip(lo + hi + 0.5, 0, 255).astype(np.uint8)
-            scale = native
-        else:
-            up = structure
+        if self.tone_lock > 0:
+            up = _lock_tone(win, up, whole, max(4.0, self.tone_lock * max(hy1 - hy0, hx1 - hx0)))
         if self.rim > 0:
             up = _continue_rim(win, up, whole, self.rim)
         out = rgb.copy()
@@ -249,6 +255,34 @@ class ClassicalEngine:
         dst = rgb.copy()
         cv2.xphoto.inpaint(rgb, known, dst, flag)
         return dst
+
+
+def _lock_tone(known_rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, sigma: float) -> np.ndarray:
+    """Give the fill the large-scale tone of a smooth membrane of its surroundings; keep its finer structure.
+
+    Copied patches carry the brightness of wherever they came from (a glow next to the removed object, a
+    darker corner), which reads as a lighter or darker disc in the hole's shape. Below the spatial scale
+    ``sigma`` (Gaussian, px) the fill's local mean, taken over hole pixels only, is replaced by that of a
+    push-pull membrane of the known pixels (Gortler et al. 1996): the minimum-assumption interpolation of
+    the surroundings. Computed on a copy reduced by ``sigma / 4``.
+    """
+    h, w = hole.shape
+    k = max(1, int(sigma // 4))
+    lw, lh = max(2, round(w / k)), max(2, round(h / k))
+
+    def down(a: np.ndarray) -> np.ndarray:
+        return cv2.resize(a, (lw, lh), interpolation=cv2.INTER_AREA).reshape(lh, lw, -1)
+
+    s = max(0.5, sigma / k)
+    hw = hole.astype(np.float32)
+    f = fill.astype(np.float32)
+    hw_d = down(hw)[..., 0]
+    lo_fill = cv2.GaussianBlur(down(f * hw[..., None]), (0, 0), s).reshape(lh, lw, -1) / np.maximum(
+        cv2.GaussianBlur(hw_d, (0, 0), s), 1e-4)[..., None]
+    memb = push_pull_fill(down(known_rgb.astype(np.float32)), hw_d <= 0.0)
+    lo_memb = cv2.GaussianBlur(memb, (0, 0), s).reshape(lh, lw, -1)
+    corr = cv2.resize(lo_memb - lo_fill, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
+    return np.clip(f + corr * hw[..., None] + 0.5, 0, 255).astype(np.uint8)
 
 
 def _continue_rim(known_rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, rim: float) -> np.ndarray:

@@ -6,23 +6,29 @@ A hole is filled with patches copied from its surroundings, never invented and n
   Goldman, "PatchMatch: a randomized correspondence algorithm for structural image editing", SIGGRAPH 2009;
   the EM completion of Wexler, Shechtman & Irani 2007) from the PyPatchMatch package (MIT). It is multi-scale by
   construction: structure is decided on the coarse levels of its image pyramid, and the finest level votes
-  native-resolution patches, so the fill carries the photo's own texture at 1:1.
-- **Context window**: the fill only looks at the hole's bounding box plus a context margin (``context`` x the
-  hole's long side, at least ``min_context`` px): sources are the nearby scene, and the cost grows with the
-  hole, not with the crop.
-- **Large holes**: when that window exceeds ``native_pixels``, the fill runs on a copy reduced to about
-  ``native_pixels`` (where the layout is decided), is upscaled (bicubic) into the hole, and the harness then
-  matches tone and the photo's grain at native scale.
+  patches of the scale it runs at. Only known pixels are sources (the hole's own pixels never are).
+- **Context window**: the fill sees the hole's bounding box plus a context margin (``context`` x the hole's
+  long side, at least ``min_context`` px, clipped to the crop the harness passes).
+- **Scale**: a window up to ``coarse_pixels / native_above**2`` px (about 1.2 MP) is filled at native scale, so
+  the fill carries the photo's own texture at 1:1. A larger window is filled on a copy reduced to
+  ``coarse_pixels`` (where the layout is decided) and upscaled bicubically; native-scale texture then comes
+  from the harness, which lays the photo's own grain and fine detail (its residual, cut from the ring around
+  the mask) over the fill (``compositing.match_grain``). ``texture="patch"`` instead adds the high-pass of a
+  second PatchMatch fill at up to ``native_pixels`` (slower; measured in ``bench/removal.py``).
+- **Tone lock**: copied patches carry the brightness of wherever they came from (a glow next to the removed
+  object, a darker corner), which reads as a lighter or darker disc with the mask's outline. Below a spatial
+  scale of ``tone_lock`` x the hole's long side, the fill's local mean is replaced by that of a smooth
+  membrane of the surroundings (push-pull, Gortler et al. 1996).
 - **Thin strokes and dust** (no hole pixel farther than ``thin_width`` px from the context): Telea's fast
-  marching method (Telea 2004, OpenCV ``cv2.inpaint``), which is exact enough at that width and ~100x cheaper.
+  marching method (Telea 2004, OpenCV ``cv2.inpaint``), exact enough at that width and much cheaper.
 - **Honest limits**: a crop masked above ``max_masked_fraction`` (almost no context), or a hole larger than
-  ``max_hole_pixels``, raises :class:`crispedit.errors.InputError` with one line saying what to do, instead of
-  a collage.
+  ``max_hole_pixels`` (an outpainting), raises :class:`crispedit.errors.InputError` with one line saying what
+  to do, instead of returning a collage. No pixel is left unfilled (no black holes).
 
-The other ``method`` values are there to be measured against (``bench/removal.py``): ``"shiftmap"`` (He & Sun
-2012) and ``"fsr_fast"`` / ``"fsr_best"`` (frequency-selective reconstruction, Seiler et al. 2015), both from
-opencv-contrib ``xphoto``, run through the same window and scale logic; ``"telea"`` / ``"ns"`` (Navier-Stokes,
-Bertalmio et al. 2001) diffuse every hole from its border.
+The other ``method`` values are there to be measured against (``bench/removal.py --method``): ``"shiftmap"``
+(He & Sun 2012) and ``"fsr_fast"`` / ``"fsr_best"`` (frequency-selective reconstruction, Seiler et al. 2015),
+both from opencv-contrib ``xphoto``, run through the same window, scale and tone lock; ``"telea"`` / ``"ns"``
+(Navier-Stokes, Bertalmio et al. 2001) diffuse every hole from its border.
 """
 
 from __future__ import annotations
@@ -73,8 +79,7 @@ class ClassicalEngine:
         PatchMatch patch radius in px (patches are ``2 * patch_size + 1`` wide); PyPatchMatch also tries
         radius 5 on its coarse levels.
     native_pixels : int
-        Largest fill window (hole box + context, px²) filled at native scale; larger windows are filled at
-        reduced scale and upscaled.
+        Largest window (px²) of the ``texture="patch"`` native-scale texture pass.
     context : float
         Context margin around the hole's bounding box, as a fraction of the hole's long side.
     min_context : int
@@ -87,6 +92,18 @@ class ClassicalEngine:
         Refuse crops with a larger masked fraction (there is too little context to copy from).
     max_hole_pixels : int
         Refuse holes with more pixels (a fill that large is an outpainting, which this engine does not do).
+    coarse_pixels : int
+        Size (px²) of the reduced copy on which large windows are filled.
+    texture : str
+        ``"grain"`` (default): native texture of reduced-scale fills from the harness's grain matching;
+        ``"patch"``: add the high-pass (Gaussian sigma ``texture_sigma`` / scale) of a second fill at up to
+        ``native_pixels``.
+    texture_sigma : float
+        See ``texture``.
+    native_above : float
+        A reduction factor at or above this fills at native scale instead (a slight reduction only blurs).
+    tone_lock : float
+        Scale of the tone lock as a fraction of the hole's long side (0 = off).
     """
 
     working_size: int | None = None
@@ -96,8 +113,7 @@ class ClassicalEngine:
                  context: float = 0.5, min_context: int = 48, thin_width: float = 6.0, radius: int = 5,
                  max_masked_fraction: float = 0.8, max_hole_pixels: int = 16_000_000,
                  coarse_pixels: int = 600_000, texture: str = "grain", texture_sigma: float = 0.6,
-                 rim: float = 0.0, coarse_hole: int | None = None, native_above: float = 0.7,
-                 tone_lock: float = 0.1):
+                 native_above: float = 0.7, tone_lock: float = 0.1):
         if method not in METHODS:
             raise InputError(f"unknown classical method '{method}'", f"choose one of: {', '.join(METHODS)}")
         if method in ("shiftmap", "fsr_fast", "fsr_best") and getattr(cv2, "xphoto", None) is None:
@@ -117,8 +133,6 @@ class ClassicalEngine:
         self.coarse_pixels = int(coarse_pixels)
         self.texture = texture
         self.texture_sigma = float(texture_sigma)
-        self.rim = float(rim)
-        self.coarse_hole = coarse_hole
         self.native_above = float(native_above)
         self.tone_lock = float(tone_lock)
         self.calls: list[dict] = []
@@ -205,8 +219,6 @@ class ClassicalEngine:
         wh, ww = whole.shape
         area = wh * ww
         scale = min(1.0, float(np.sqrt(self.coarse_pixels / area)))
-        if self.coarse_hole:
-            scale = min(scale, self.coarse_hole / max(hy1 - hy0, hx1 - hx0))
         if scale >= self.native_above:
             scale = 1.0  # a slight reduction only blurs: fill at native scale
         up = self._at_scale(win, whole, scale, seed)
@@ -219,8 +231,6 @@ class ClassicalEngine:
             up = np.clip(lo + hi + 0.5, 0, 255).astype(np.uint8)
         if self.tone_lock > 0:
             up = _lock_tone(win, up, whole, max(4.0, self.tone_lock * max(hy1 - hy0, hx1 - hx0)))
-        if self.rim > 0:
-            up = _continue_rim(win, up, whole, self.rim)
         out = rgb.copy()
         sub = out[y0:y1, x0:x1]
         sub[whole] = up[whole]
@@ -283,29 +293,6 @@ def _lock_tone(known_rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, sigma:
     lo_memb = cv2.GaussianBlur(memb, (0, 0), s).reshape(lh, lw, -1)
     corr = cv2.resize(lo_memb - lo_fill, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
     return np.clip(f + corr * hw[..., None] + 0.5, 0, 255).astype(np.uint8)
-
-
-def _continue_rim(known_rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, rim: float) -> np.ndarray:
-    """Make the fill's low frequencies continue the surroundings over the first ``rim`` px inside the hole.
-
-    A copied patch rarely has the exact local mean of what lies next to the hole, and that step draws the
-    hole's outline (a darker or brighter disc). Within ``rim`` px of the contour, the fill's local mean (a
-    Gaussian of sigma ``rim / 4`` over hole pixels only) is moved towards a smooth membrane of the
-    surroundings (push-pull, Gortler et al. 1996), fully at the contour and not at all at depth ``rim``,
-    with a smoothstep ramp; the fill's detail is kept.
-    """
-    f = fill.astype(np.float32)
-    inside = cv2.distanceTransform(hole.astype(np.uint8), cv2.DIST_L2, 5)
-    ramp = np.clip(1.0 - inside / rim, 0.0, 1.0)
-    ramp = (ramp * ramp * (3 - 2 * ramp)) * hole
-    sigma = max(1.0, rim / 4)
-    hw = hole.astype(np.float32)
-    lo_fill = cv2.GaussianBlur(f * hw[..., None], (0, 0), sigma) / np.maximum(
-        cv2.GaussianBlur(hw, (0, 0), sigma), 1e-4)[..., None]
-    memb = push_pull_fill(known_rgb.astype(np.float32), ~hole)
-    lo_memb = cv2.GaussianBlur(memb, (0, 0), sigma)
-    out = f + ramp[..., None] * (lo_memb - lo_fill)
-    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
 
 
 register_engine("classical", ClassicalEngine)

@@ -110,7 +110,7 @@ class ClassicalEngine:
     name = "classical"
 
     def __init__(self, method: str = "patchmatch", patch_size: int = 3, native_pixels: int = 2_000_000,
-                 context: float = 0.5, min_context: int = 48, thin_width: float = 6.0, radius: int = 5,
+                 context: float = 0.25, min_context: int = 48, thin_width: float = 6.0, radius: int = 5,
                  max_masked_fraction: float = 0.8, max_hole_pixels: int = 16_000_000,
                  coarse_pixels: int = 600_000, texture: str = "grain", texture_sigma: float = 0.6,
                  native_above: float = 0.7, tone_lock: float = 0.1):
@@ -267,14 +267,16 @@ class ClassicalEngine:
         return dst
 
 
-def _lock_tone(known_rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, sigma: float) -> np.ndarray:
+def _lock_tone(known_rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, sigma: float,
+               tolerance: float = 8.0) -> np.ndarray:
     """Give the fill the large-scale tone of a smooth membrane of its surroundings; keep its finer structure.
 
     Copied patches carry the brightness of wherever they came from (a glow next to the removed object, a
     darker corner), which reads as a lighter or darker disc in the hole's shape. Below the spatial scale
     ``sigma`` (Gaussian, px) the fill's local mean, taken over hole pixels only, is replaced by that of a
     push-pull membrane of the known pixels (Gortler et al. 1996): the minimum-assumption interpolation of
-    the surroundings. Computed on a copy reduced by ``sigma / 4``.
+    the surroundings. Differences well above ``tolerance`` (8-bit levels, RMS over channels) are content, not
+    drift, and are attenuated (by ``t² / (t² + d²)``). Computed on a copy reduced by ``sigma / 4``.
     """
     h, w = hole.shape
     k = max(1, int(sigma // 4))
@@ -291,7 +293,12 @@ def _lock_tone(known_rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, sigma:
         cv2.GaussianBlur(hw_d, (0, 0), s), 1e-4)[..., None]
     memb = push_pull_fill(down(known_rgb.astype(np.float32)), hw_d <= 0.0)
     lo_memb = cv2.GaussianBlur(memb, (0, 0), s).reshape(lh, lw, -1)
-    corr = cv2.resize(lo_memb - lo_fill, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
+    diff = lo_memb - lo_fill
+    # a drift (a few levels) is corrected fully; a difference in content (sky where a leaf was) is left alone,
+    # so that the membrane does not smear the surroundings' colours into the fill
+    size2 = np.sum(diff * diff, axis=2, keepdims=True) / diff.shape[2]
+    diff *= tolerance ** 2 / (tolerance ** 2 + size2)
+    corr = cv2.resize(diff, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
     return np.clip(f + corr * hw[..., None] + 0.5, 0, 255).astype(np.uint8)
 
 

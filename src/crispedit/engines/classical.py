@@ -1,13 +1,39 @@
-"""The classical engine: OpenCV inpainting, no weights (the embedded default).
+"""The classical engine: exemplar (patch-based) inpainting, no weights (the embedded default).
 
-Telea's fast-marching method (or Navier-Stokes) fills small holes from their border. On wide holes it draws
-radial streaks, so large holes are filled on a small copy (hole side ~``coarse_side`` px) by OpenCV's shift-map
-patch inpainting (He & Sun 2012, opencv-contrib xphoto), which continues the surrounding structure, or by a
-smooth push-pull membrane when xphoto is missing. The fill is upscaled; the harness then removes the step at
-the boundary and matches tone and grain, so the patch carries the photo's texture at 1:1.
+A hole is filled with patches copied from its surroundings, never invented and never taken from the hole:
+
+- **Exemplar fill** (default, ``method="patchmatch"``): PatchMatch inpainting (Barnes, Shechtman, Finkelstein &
+  Goldman, "PatchMatch: a randomized correspondence algorithm for structural image editing", SIGGRAPH 2009;
+  the EM completion of Wexler, Shechtman & Irani 2007) from the PyPatchMatch package (MIT). It is multi-scale by
+  construction: structure is decided on the coarse levels of its image pyramid, and the finest level votes
+  patches of the scale it runs at. Only known pixels are sources (the hole's own pixels never are).
+- **Context window**: the fill sees the hole's bounding box plus a context margin (``context`` x the hole's
+  long side, at least ``min_context`` px, clipped to the crop the harness passes).
+- **Scale**: a window up to ``coarse_pixels / native_above**2`` px (about 1.2 MP) is filled at native scale, so
+  the fill carries the photo's own texture at 1:1. A larger window is filled on a copy reduced to
+  ``coarse_pixels`` (where the layout is decided) and upscaled bicubically; native-scale texture then comes
+  from the harness, which lays the photo's own grain and fine detail (its residual, cut from the ring around
+  the mask) over the fill (``compositing.match_grain``). ``texture="patch"`` instead adds the high-pass of a
+  second PatchMatch fill at up to ``native_pixels`` (slower; measured in ``bench/removal.py``).
+- **Tone lock**: copied patches carry the brightness of wherever they came from (a glow next to the removed
+  object, a darker corner), which reads as a lighter or darker disc with the mask's outline. Below a spatial
+  scale of ``tone_lock`` x the hole's long side, the fill's local mean is replaced by that of a smooth
+  membrane of the surroundings (push-pull, Gortler et al. 1996).
+- **Thin strokes and dust** (no hole pixel farther than ``thin_width`` px from the context): Telea's fast
+  marching method (Telea 2004, OpenCV ``cv2.inpaint``), exact enough at that width and much cheaper.
+- **Honest limits**: a crop masked above ``max_masked_fraction`` (almost no context), or a hole larger than
+  ``max_hole_pixels`` (an outpainting), raises :class:`crispedit.errors.InputError` with one line saying what
+  to do, instead of returning a collage. No pixel is left unfilled (no black holes).
+
+The other ``method`` values are there to be measured against (``bench/removal.py --method``): ``"shiftmap"``
+(He & Sun 2012) and ``"fsr_fast"`` / ``"fsr_best"`` (frequency-selective reconstruction, Seiler et al. 2015),
+both from opencv-contrib ``xphoto``, run through the same window, scale and tone lock; ``"telea"`` / ``"ns"``
+(Navier-Stokes, Bertalmio et al. 2001) diffuse every hole from its border.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import cv2
 import numpy as np
@@ -17,60 +43,263 @@ from crispedit.engines.base import Region, register_engine
 from crispedit.errors import InputError
 from crispedit.membrane import push_pull_fill
 
-_METHODS = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
+_DIFFUSION = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
+_EXEMPLAR = ("patchmatch", "shiftmap", "fsr_fast", "fsr_best")
+METHODS = _EXEMPLAR + tuple(_DIFFUSION)
+
+
+def _patchmatch() -> Any:
+    """The PyPatchMatch module, or an InputError saying how to get it."""
+    try:
+        import patchmatch
+    except ImportError:  # pragma: no cover - a declared dependency
+        patchmatch = None
+    if patchmatch is None or not getattr(patchmatch, "patchmatch_available", False):
+        raise InputError("the classical engine needs PyPatchMatch's native library, which is not available",
+                         "pip install --force-reinstall PyPatchMatch (or pass engine option method=telea)")
+    return patchmatch
+
+
+def derive_seed(seed: int | None) -> int:
+    """The 32-bit seed of the randomized patch search, derived from the user's seed with ``SeedSequence``.
+
+    ``None`` means 0, so an engine call is repeatable even without a seed.
+    """
+    return int(np.random.SeedSequence(0 if seed is None else int(seed)).generate_state(1, np.uint32)[0])
 
 
 class ClassicalEngine:
-    """Object removal without a model. ``prompt`` is ignored (recorded in the info)."""
+    """Object removal without a model (see the module docstring). ``prompt`` is ignored.
+
+    Parameters
+    ----------
+    method : str
+        ``"patchmatch"`` (default), ``"shiftmap"``, ``"fsr_fast"``, ``"fsr_best"``, ``"telea"`` or ``"ns"``.
+    patch_size : int
+        PatchMatch patch radius in px (patches are ``2 * patch_size + 1`` wide); PyPatchMatch also tries
+        radius 5 on its coarse levels.
+    native_pixels : int
+        Largest window (px²) of the ``texture="patch"`` native-scale texture pass.
+    context : float
+        Context margin around the hole's bounding box, as a fraction of the hole's long side.
+    min_context : int
+        Smallest context margin in px.
+    thin_width : float
+        Holes whose every pixel lies within this many px of the context take the Telea path.
+    radius : int
+        Telea / Navier-Stokes neighbourhood radius in px.
+    max_masked_fraction : float
+        Refuse crops with a larger masked fraction (there is too little context to copy from).
+    max_hole_pixels : int
+        Refuse holes with more pixels (a fill that large is an outpainting, which this engine does not do).
+    coarse_pixels : int
+        Size (px²) of the reduced copy on which large windows are filled.
+    texture : str
+        ``"grain"`` (default): native texture of reduced-scale fills from the harness's grain matching;
+        ``"patch"``: add the high-pass (Gaussian sigma ``texture_sigma`` / scale) of a second fill at up to
+        ``native_pixels``.
+    texture_sigma : float
+        See ``texture``.
+    native_above : float
+        A reduction factor at or above this fills at native scale instead (a slight reduction only blurs).
+    tone_lock : float
+        Scale of the tone lock as a fraction of the hole's long side (0 = off).
+    """
 
     working_size: int | None = None
     name = "classical"
 
-    def __init__(self, method: str = "telea", radius: int = 5, small_hole: int = 160, coarse_side: int = 96):
-        if method not in _METHODS:
-            raise InputError(f"unknown classical method '{method}'", f"choose one of: {', '.join(_METHODS)}")
+    def __init__(self, method: str = "patchmatch", patch_size: int = 3, native_pixels: int = 2_000_000,
+                 context: float = 0.25, min_context: int = 48, thin_width: float = 6.0, radius: int = 5,
+                 max_masked_fraction: float = 0.8, max_hole_pixels: int = 16_000_000,
+                 coarse_pixels: int = 600_000, texture: str = "grain", texture_sigma: float = 0.6,
+                 native_above: float = 0.7, tone_lock: float = 0.1):
+        if method not in METHODS:
+            raise InputError(f"unknown classical method '{method}'", f"choose one of: {', '.join(METHODS)}")
+        if method in ("shiftmap", "fsr_fast", "fsr_best") and getattr(cv2, "xphoto", None) is None:
+            raise InputError(f"classical method '{method}' needs opencv-contrib (cv2.xphoto)",
+                             "pip install opencv-contrib-python-headless, or use method=patchmatch")
+        if not 0.0 < max_masked_fraction <= 1.0:
+            raise InputError(f"max_masked_fraction {max_masked_fraction} is outside (0, 1]", "use e.g. 0.8")
         self.method = method
-        self.radius = radius
-        self.small_hole = small_hole
-        self.coarse_side = coarse_side
+        self.patch_size = int(patch_size)
+        self.native_pixels = int(native_pixels)
+        self.context = float(context)
+        self.min_context = int(min_context)
+        self.thin_width = float(thin_width)
+        self.radius = int(radius)
+        self.max_masked_fraction = float(max_masked_fraction)
+        self.max_hole_pixels = int(max_hole_pixels)
+        self.coarse_pixels = int(coarse_pixels)
+        self.texture = texture
+        self.texture_sigma = float(texture_sigma)
+        self.native_above = float(native_above)
+        self.tone_lock = float(tone_lock)
         self.calls: list[dict] = []
 
     def inpaint(self, image: Image.Image, mask: Image.Image, prompt: str | None = None, *, seed: int | None = None,
                 strength: float = 1.0, region: Region | None = None) -> Image.Image:
-        rgb = np.asarray(image.convert("RGB"))
-        m = (np.asarray(mask.convert("L")) >= 128).astype(np.uint8) * 255
-        self.calls.append({"kind": "inpaint", "size": list(image.size), "strength": strength})
-        if not m.any():
+        """Fill the white part of ``mask`` from the rest of ``image``.
+
+        Parameters
+        ----------
+        image : PIL.Image.Image
+            RGB crop, 8-bit.
+        mask : PIL.Image.Image
+            L (or 1) image of the same size; >= 128 = fill.
+        prompt : str or None
+            Ignored.
+        seed : int or None
+            Seed of the randomized patch search (``derive_seed``); equal inputs and seeds give equal outputs.
+        strength : float
+            Ignored: every call fills from the context.
+        region : tuple of int or None
+            Where the crop lies in the full image (recorded only).
+
+        Returns
+        -------
+        PIL.Image.Image
+            RGB, same size; pixels outside the mask are those of ``image``.
+
+        Raises
+        ------
+        InputError
+            The crop is almost all hole, or the hole exceeds ``max_hole_pixels``.
+        """
+        m = np.asarray(mask.convert("L") if mask.mode not in ("L", "1") else mask)
+        hole = m >= 128 if m.dtype != np.bool_ else m
+        n = int(np.count_nonzero(hole))
+        call: dict[str, Any] = {"kind": "inpaint", "size": list(image.size), "strength": strength,
+                                "hole_pixels": n}
+        self.calls.append(call)
+        if n == 0:
             return image.convert("RGB")
-        return Image.fromarray(self._fill(rgb, m))
+        self._check_fillable(hole, n)
+        rgb = np.asarray(image.convert("RGB"))
+        used = derive_seed(seed)
+        call["seed"] = used
+        out, how = self.fill(rgb, hole, used)
+        call.update(how)
+        return Image.fromarray(out)
 
-    def _fill(self, rgb: np.ndarray, m: np.ndarray) -> np.ndarray:
-        flag = _METHODS[self.method]
-        ys, xs = np.nonzero(m)
-        hole = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
-        if hole <= self.small_hole:
-            return cv2.inpaint(rgb, m, self.radius, flag)
-        inside = m > 0
-        h, w = m.shape
-        s = self.coarse_side / hole
-        sw, sh = max(16, round(w * s)), max(16, round(h * s))
-        small = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
-        small_hole = cv2.resize(m, (sw, sh), interpolation=cv2.INTER_AREA) > 0
-        up = cv2.resize(_coarse_fill(small, small_hole), (w, h), interpolation=cv2.INTER_CUBIC)
+    def _check_fillable(self, hole: np.ndarray, n: int) -> None:
+        frac = n / hole.size
+        h, w = hole.shape
+        if frac > self.max_masked_fraction:
+            raise InputError(
+                f"the mask covers {100 * frac:.0f}% of its {w}x{h} px crop: the classical engine copies from the "
+                f"surroundings and there are almost none (limit {100 * self.max_masked_fraction:.0f}%)",
+                "mask only the object to remove, or use --engine sd15 to generate new content")
+        if n > self.max_hole_pixels:
+            raise InputError(
+                f"the hole is {n / 1e6:.1f} MP, more than the classical engine fills from context "
+                f"({self.max_hole_pixels / 1e6:.0f} MP; larger fills are outpainting)",
+                "mask smaller areas one at a time, or use --engine sd15 to generate new content")
+
+    # -- the fill -----------------------------------------------------------------------------------------------
+    def fill(self, rgb: np.ndarray, hole: np.ndarray, seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+        """Fill ``hole`` (bool HxW) in ``rgb`` (uint8 HxWx3); return the image and what was done.
+
+        Pixels outside ``hole`` are returned unchanged.
+        """
+        inside = cv2.distanceTransform(hole.astype(np.uint8), cv2.DIST_L2, 5)
+        depth = float(inside.max())
+        if self.method in _DIFFUSION or depth <= self.thin_width:
+            flag = _DIFFUSION.get(self.method, cv2.INPAINT_TELEA)
+            out = cv2.inpaint(np.ascontiguousarray(rgb), hole.astype(np.uint8) * 255, self.radius, flag)
+            return out, {"path": "thin" if self.method not in _DIFFUSION else self.method, "depth": round(depth, 1)}
+        # the window: the hole's box plus context, clipped to the crop
+        h, w = hole.shape
+        rows, cols = np.flatnonzero(hole.any(axis=1)), np.flatnonzero(hole.any(axis=0))
+        hy0, hy1, hx0, hx1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        pad = int(max(self.min_context, round(self.context * max(hy1 - hy0, hx1 - hx0))))
+        y0, y1, x0, x1 = max(0, hy0 - pad), min(h, hy1 + pad), max(0, hx0 - pad), min(w, hx1 + pad)
+        win = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+        whole = hole[y0:y1, x0:x1]
+        wh, ww = whole.shape
+        area = wh * ww
+        scale = min(1.0, float(np.sqrt(self.coarse_pixels / area)))
+        if scale >= self.native_above:
+            scale = 1.0  # a slight reduction only blurs: fill at native scale
+        up = self._at_scale(win, whole, scale, seed)
+        if scale < 1.0 and self.texture == "patch":
+            native = min(1.0, float(np.sqrt(self.native_pixels / area)))
+            texture = self._at_scale(win, whole, native, seed + 1)
+            sigma = self.texture_sigma / scale
+            lo = cv2.GaussianBlur(up.astype(np.float32), (0, 0), sigma)
+            hi = texture.astype(np.float32) - cv2.GaussianBlur(texture.astype(np.float32), (0, 0), sigma)
+            up = np.clip(lo + hi + 0.5, 0, 255).astype(np.uint8)
+        if self.tone_lock > 0:
+            up = _lock_tone(win, up, whole, max(4.0, self.tone_lock * max(hy1 - hy0, hx1 - hx0)))
         out = rgb.copy()
-        out[inside] = up[inside]
-        return out
+        sub = out[y0:y1, x0:x1]
+        sub[whole] = up[whole]
+        return out, {"path": self.method, "window": [x0, y0, x1, y1], "scale": round(scale, 4),
+                     "depth": round(depth, 1)}
 
+    def _at_scale(self, win: np.ndarray, hole: np.ndarray, scale: float, seed: int) -> np.ndarray:
+        """Exemplar fill of ``win`` at ``scale`` x native, returned at native size."""
+        if scale >= 1.0:
+            return self._exemplar(win, hole, seed)
+        wh, ww = hole.shape
+        sw, sh = max(8, round(ww * scale)), max(8, round(wh * scale))
+        small = cv2.resize(win, (sw, sh), interpolation=cv2.INTER_AREA)
+        # any hole pixel makes its small pixel a hole: no colour of the removed object leaks into the sources
+        small_hole = cv2.resize(hole.astype(np.float32), (sw, sh), interpolation=cv2.INTER_AREA) > 0
+        filled = self._exemplar(small, small_hole, seed)
+        return cv2.resize(filled, (ww, wh), interpolation=cv2.INTER_CUBIC)
 
-def _coarse_fill(small: np.ndarray, hole: np.ndarray) -> np.ndarray:
-    """Fill ``hole`` in a small RGB image: shift-map patches when opencv-contrib is there, else push-pull."""
-    xphoto = getattr(cv2, "xphoto", None)
-    if xphoto is not None:
-        dst = np.zeros_like(small)
-        xphoto.inpaint(small, (~hole).astype(np.uint8) * 255, dst, xphoto.INPAINT_SHIFTMAP)
+    def _exemplar(self, rgb: np.ndarray, hole: np.ndarray, seed: int) -> np.ndarray:
+        """One exemplar fill of a (possibly reduced) window at its own scale."""
+        if self.method == "patchmatch":
+            pm = _patchmatch()
+            pm.set_random_seed(seed)
+            return pm.inpaint(rgb, hole.astype(np.uint8), patch_size=self.patch_size)
+        known = (~hole).astype(np.uint8) * 255
+        if self.method == "shiftmap":
+            bgr = np.ascontiguousarray(rgb[..., ::-1])
+            dst = bgr.copy()
+            cv2.xphoto.inpaint(bgr, known, dst, cv2.xphoto.INPAINT_SHIFTMAP)
+            return np.ascontiguousarray(dst[..., ::-1])
+        flag = cv2.xphoto.INPAINT_FSR_FAST if self.method == "fsr_fast" else cv2.xphoto.INPAINT_FSR_BEST
+        dst = rgb.copy()
+        cv2.xphoto.inpaint(rgb, known, dst, flag)
         return dst
-    filled = push_pull_fill(small.astype(np.float32), ~hole)
-    return np.clip(filled + 0.5, 0, 255).astype(np.uint8)
+
+
+def _lock_tone(known_rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, sigma: float,
+               tolerance: float = 8.0) -> np.ndarray:
+    """Give the fill the large-scale tone of a smooth membrane of its surroundings; keep its finer structure.
+
+    Copied patches carry the brightness of wherever they came from (a glow next to the removed object, a
+    darker corner), which reads as a lighter or darker disc in the hole's shape. Below the spatial scale
+    ``sigma`` (Gaussian, px) the fill's local mean, taken over hole pixels only, is replaced by that of a
+    push-pull membrane of the known pixels (Gortler et al. 1996): the minimum-assumption interpolation of
+    the surroundings. Differences well above ``tolerance`` (8-bit levels, RMS over channels) are content, not
+    drift, and are attenuated (by ``t² / (t² + d²)``). Computed on a copy reduced by ``sigma / 4``.
+    """
+    h, w = hole.shape
+    k = max(1, int(sigma // 4))
+    lw, lh = max(2, round(w / k)), max(2, round(h / k))
+
+    def down(a: np.ndarray) -> np.ndarray:
+        return cv2.resize(a, (lw, lh), interpolation=cv2.INTER_AREA).reshape(lh, lw, -1)
+
+    s = max(0.5, sigma / k)
+    hw = hole.astype(np.float32)
+    f = fill.astype(np.float32)
+    hw_d = down(hw)[..., 0]
+    lo_fill = cv2.GaussianBlur(down(f * hw[..., None]), (0, 0), s).reshape(lh, lw, -1) / np.maximum(
+        cv2.GaussianBlur(hw_d, (0, 0), s), 1e-4)[..., None]
+    memb = push_pull_fill(down(known_rgb.astype(np.float32)), hw_d <= 0.0)
+    lo_memb = cv2.GaussianBlur(memb, (0, 0), s).reshape(lh, lw, -1)
+    diff = lo_memb - lo_fill
+    # a drift (a few levels) is corrected fully; a difference in content (sky where a leaf was) is left alone,
+    # so that the membrane does not smear the surroundings' colours into the fill
+    size2 = np.sum(diff * diff, axis=2, keepdims=True) / diff.shape[2]
+    diff *= tolerance ** 2 / (tolerance ** 2 + size2)
+    corr = cv2.resize(diff, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
+    return np.clip(f + corr * hw[..., None] + 0.5, 0, 255).astype(np.uint8)
 
 
 register_engine("classical", ClassicalEngine)

@@ -1,0 +1,178 @@
+"""The classical engine (issue 10): exemplar fill with no black pixels, no blocks, no ghost and honest limits.
+
+Small generated images; each test names the failure it guards against.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import photo_like
+from PIL import Image
+
+import crispedit
+from crispedit.engines.classical import ClassicalEngine, derive_seed
+from crispedit.errors import InputError
+
+
+def _img(h: int, w: int, seed: int = 0) -> np.ndarray:
+    return (photo_like(h, w, seed=seed) * 255 + 0.5).astype(np.uint8)
+
+
+def _fill(eng: ClassicalEngine, img: np.ndarray, hole: np.ndarray, seed: int | None = 0) -> np.ndarray:
+    res = eng.inpaint(Image.fromarray(img), Image.fromarray(hole.astype(np.uint8) * 255), None, seed=seed)
+    return np.asarray(res)
+
+
+def _stripes(h: int, w: int, period: int = 12) -> np.ndarray:
+    """Diagonal stripes with grain: a texture that a fill must continue, not smear."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = 0.5 + 0.25 * np.sin(2 * np.pi * (xx + 0.5 * yy) / period)
+    rng = np.random.default_rng(3)
+    img = np.stack([base, 0.8 * base + 0.1, 0.6 - 0.3 * base], axis=2) + rng.normal(0, 0.02, (h, w, 3))
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def test_large_fill_has_no_black_pixels_and_keeps_the_outside():
+    # the old engine left 13 % of a large fill pure black
+    img = _img(160, 224, seed=1)
+    hole = np.zeros(img.shape[:2], bool)
+    hole[20:140, 30:190] = True  # 54 % of the crop
+    out = _fill(ClassicalEngine(), img, hole)
+    assert out.shape == img.shape
+    assert not np.any(np.all(out[hole] <= 8, axis=-1)), "black pixels in the fill"
+    assert np.array_equal(out[~hole], img[~hole])
+    # the fill's colours are the context's, not a flat or dark patch
+    assert abs(float(out[hole].mean()) - float(img[~hole].mean())) < 20
+
+
+def test_reduced_scale_fill_has_no_black_pixels():
+    # a window above native_pixels is filled on a reduced copy and upscaled
+    img = _img(160, 224, seed=2)
+    hole = np.zeros(img.shape[:2], bool)
+    hole[30:130, 40:180] = True
+    eng = ClassicalEngine(native_pixels=8_000, coarse_pixels=8_000)
+    out = _fill(eng, img, hole)
+    assert eng.calls[-1]["scale"] < 1.0
+    assert not np.any(np.all(out[hole] <= 8, axis=-1))
+    assert np.array_equal(out[~hole], img[~hole])
+
+
+def _grid_energy(a: np.ndarray, sel: np.ndarray, block: int) -> float:
+    """Mean |horizontal + vertical step| on a block grid, over the mean step elsewhere, inside ``sel``."""
+    lum = a.astype(np.float32).mean(axis=2)
+    dx = np.abs(np.diff(lum, axis=1))[:, :]  # step between column x and x+1
+    dy = np.abs(np.diff(lum, axis=0))
+    sx, sy = sel[:, 1:] & sel[:, :-1], sel[1:, :] & sel[:-1, :]
+    on_x = np.zeros_like(sx)
+    on_x[:, block - 1::block] = True
+    on_y = np.zeros_like(sy)
+    on_y[block - 1::block, :] = True
+    grid = np.concatenate([dx[sx & on_x], dy[sy & on_y]]).mean()
+    rest = np.concatenate([dx[sx & ~on_x], dy[sy & ~on_y]]).mean()
+    return float(grid / rest)
+
+
+@pytest.mark.parametrize("kind", ["photo", "stripes"])
+def test_fill_has_no_block_edges(kind):
+    # the old engine pasted hard-edged rectangles of texture: steps on a block grid
+    img = _img(192, 192, seed=4) if kind == "photo" else _stripes(192, 192)
+    hole = np.zeros(img.shape[:2], bool)
+    hole[48:144, 40:152] = True
+    out = _fill(ClassicalEngine(), img, hole)
+    for block in (8, 16, 32):
+        assert _grid_energy(out, hole, block) < 1.25 * _grid_energy(img, ~hole, block) + 0.05, block
+
+
+def test_fill_continues_texture_instead_of_smearing_it():
+    img = _stripes(192, 192)
+    hole = np.zeros(img.shape[:2], bool)
+    hole[56:136, 56:136] = True
+    out = _fill(ClassicalEngine(), img, hole).astype(np.float32)
+    inner = np.zeros_like(hole)
+    inner[66:126, 66:126] = True
+    # the stripes' contrast survives inside (a diffusion fill would be flat there)
+    assert out[inner].std() > 0.6 * img[~hole].astype(np.float32).std()
+
+
+def test_sources_never_come_from_the_hole():
+    img = _img(160, 160, seed=5)
+    img[60:100, 60:100] = (0, 255, 0)  # the object to remove: a colour found nowhere else
+    hole = np.zeros(img.shape[:2], bool)
+    hole[54:106, 54:106] = True
+    out = _fill(ClassicalEngine(), img, hole)
+    green = (out[..., 1].astype(int) - np.maximum(out[..., 0], out[..., 2]).astype(int)) > 100
+    assert not green.any()
+
+
+def test_mostly_masked_crop_is_refused_with_one_line():
+    img = _img(96, 128)
+    hole = np.ones(img.shape[:2], bool)
+    hole[:8, :8] = False  # 99.5 % masked: nothing honest to copy from
+    with pytest.raises(InputError) as err:
+        _fill(ClassicalEngine(), img, hole)
+    assert "crop" in err.value.problem and "\n" not in str(err.value)
+    assert err.value.fix
+
+
+def test_mostly_masked_image_is_refused_by_the_harness_too():
+    img = _img(96, 128)
+    m = np.ones(img.shape[:2], bool)
+    m[:6, :6] = False
+    with pytest.raises(InputError, match="classical engine copies from the surroundings"):
+        crispedit.edit(img, m, seed=0)
+
+
+def test_hole_larger_than_the_limit_is_refused():
+    img = _img(96, 128)
+    hole = np.zeros(img.shape[:2], bool)
+    hole[20:70, 20:100] = True
+    with pytest.raises(InputError, match="outpainting"):
+        _fill(ClassicalEngine(max_hole_pixels=1000), img, hole)
+
+
+def test_thin_stroke_takes_the_cheap_path_and_disappears():
+    # a smooth gradient with a 3 px dark scratch across it
+    yy, xx = np.mgrid[0:96, 0:160].astype(np.float32)
+    base = np.stack([60 + xx, 80 + 0.5 * yy, 120 - 0.3 * xx], axis=2)
+    img = np.clip(base, 0, 255).astype(np.uint8)
+    scratch = img.copy()
+    scratch[46:49, 10:150] = 0
+    hole = np.zeros(img.shape[:2], bool)
+    hole[45:50, 8:152] = True
+    eng = ClassicalEngine()
+    out = _fill(eng, scratch, hole)
+    assert eng.calls[-1]["path"] == "thin"
+    err = np.abs(out[hole].astype(int) - img[hole].astype(int))
+    assert err.mean() < 3 and err.max() < 20
+
+
+def test_fill_is_deterministic_given_a_seed():
+    img = _img(128, 160, seed=6)
+    hole = np.zeros(img.shape[:2], bool)
+    hole[30:100, 40:120] = True
+    a = _fill(ClassicalEngine(), img, hole, seed=7)
+    b = _fill(ClassicalEngine(), img, hole, seed=7)
+    assert np.array_equal(a, b)
+    eng = ClassicalEngine()
+    _fill(eng, img, hole, seed=7)
+    assert eng.calls[-1]["seed"] == derive_seed(7)
+
+
+def test_fill_leaves_no_ghost_at_the_contour():
+    # the demo's removal left a darker disc with the mask's outline; inside next to the contour, the fill's
+    # local mean must continue the surroundings
+    img = _img(192, 192, seed=8)
+    yy, xx = np.mgrid[0:192, 0:192]
+    hole = (yy - 96) ** 2 + (xx - 96) ** 2 < 50 ** 2
+    out = _fill(ClassicalEngine(), img, hole).astype(np.float32).mean(axis=2)
+    ref = img.astype(np.float32).mean(axis=2)
+    d = np.hypot(yy - 96, xx - 96)
+    inner, outer = (d > 42) & (d < 48), (d > 52) & (d < 58)
+    step = (out[inner].mean() - ref[inner].mean()) - (out[outer].mean() - ref[outer].mean())
+    assert abs(step) < 2.0, step
+
+
+def test_unknown_method_is_an_input_error():
+    with pytest.raises(InputError, match="unknown classical method"):
+        ClassicalEngine(method="magic")

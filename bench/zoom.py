@@ -224,10 +224,10 @@ def _calls_summary(calls: list[dict]) -> dict[str, Any]:
             "refine_strength": sorted({round(c["strength"], 3) for c in ref})}
 
 
-def run_ours(image: np.ndarray, mask: np.ndarray, options: dict[str, Any]) -> dict[str, Any]:
+def run_ours(image: np.ndarray, mask: np.ndarray, options: dict[str, Any], variant: str = "soft0.8") -> dict[str, Any]:
     import crispedit
 
-    eng = OracleEngine(truth=image)
+    eng = OracleEngine.variant(variant, image)
     t = time.perf_counter()
     result = crispedit.edit(image, mask, engine=eng, seed=0, **options)
     dt = time.perf_counter() - t

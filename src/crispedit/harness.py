@@ -35,6 +35,7 @@ HARNESS_OPTIONS = {
     "tone",  # bool: local tone matching
     "grain",  # bool: grain matching
     "seam",  # bool: gradient-domain correction of the step along the engine mask's border
+    "sharpness",  # bool: match the engine's fine detail to the photo's (per-band Wiener gains) and keep the band's detail
     "engine_grow",  # px the engine mask is grown beyond the user's mask (None: from the band)
     "min_margin",  # minimum context margin in px
     "max_pixels",  # decompression-bomb limit for inputs
@@ -245,6 +246,8 @@ def _edit_region(data: ImageData, out: np.ndarray, m: np.ndarray, region: Region
     ws = eng.working_size
     t = timer.add("composite", t)
 
+    # ew: how much of each native-scale pixel of ``gen`` is the engine's last output (1) rather than the input (0)
+    ew = np.ones((h, w), np.float32)
     if ws is None:
         gen = _call(eng, rgb8, em, prompt, seed, 1.0, region.box, info, timer)
     else:
@@ -274,9 +277,13 @@ def _edit_region(data: ImageData, out: np.ndarray, m: np.ndarray, region: Region
                 cv2.resize(gen, (fw, fh), interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
             soft = compositing.blend_weight(em_f, max(4, int(band * f) // 4))[..., None]
             gen = base.astype(np.float32) / 255.0 * (1 - soft) + up * soft
+            if f == 1.0:
+                ew = soft[..., 0]
             timer.add("composite", t)
             if detail == "native":
-                gen = _refine_tiles(eng, gen, em_f, prompt, seed, region, f, hopts, info, timer, progress)
+                gen, covered = _refine_tiles(eng, gen, em_f, prompt, seed, region, f, hopts, info, timer, progress)
+                if f == 1.0:
+                    ew = np.where(covered, np.float32(1.0), ew)
                 if f < 1.0:
                     gen = _undrift(gen, base, em_f, band * f, hopts)
     t = time.perf_counter()
@@ -285,16 +292,29 @@ def _edit_region(data: ImageData, out: np.ndarray, m: np.ndarray, region: Region
     sub = (slice(py0, py1), slice(px0, px1))
     gen = _to_layout(gen[sub], data)
     orig = _colour_float(crop[sub])
-    em_p, cm_p = em[sub], cm[sub]
+    em_p, cm_p, ew_p = em[sub], cm[sub], ew[sub]
     dist = cv2.distanceTransform((~em_p).astype(np.uint8), cv2.DIST_L2, 5)
     ring = (dist > 2) & (dist <= 2 * band)
     target = dist <= band
+    if hopts.get("sharpness", True):
+        # the engine's softness (and grain) measured where its output should be the photo: pixels of its last
+        # output, clear of the soft edge of its mask
+        clean = ring & (dist > 8) & (ew_p >= 0.999)
+        fit = compositing.sharpness_gains(gen, orig, clean)
+        info.setdefault("sharpness", []).append(
+            {"box": list(region.box), "transfer": [round(float(v), 3) for v in fit["transfer"]],
+             "gain": [round(float(v), 3) for v in fit["gain"]], "ring_px": int(np.count_nonzero(clean))})
+        gen = compositing.match_sharpness(gen, orig, clean, ew_p, transfer=fit["transfer"], noise=fit["noise"],
+                                             signal=fit["signal"], level=em_p & (ew_p >= 0.999))
     if hopts.get("tone", True) and ring.any():
         gen = compositing.tone_match(gen, orig, ring, target, scale=float(band))
     if hopts.get("seam", True):
         gen = seam_correct(gen, orig, em_p, rim=max(4, band // 4), sigma=max(4.0, band / 4))
     if hopts.get("grain", True) and ring.any():
-        gen = compositing.match_grain(gen, orig, em_p, ring, seed=seed)
+        gen = compositing.match_grain(gen, orig, em_p, ring, seed=seed, sigmas=(0.7, 1.4, 3.0), tolerance=0.03)
+    if hopts.get("sharpness", True):
+        # the blend band keeps the photo's own fine structure: an edge crossing the contour stays as sharp as it was
+        gen = compositing.transfer_detail(gen, orig, cm_p, width=2.0)
     weight = compositing.blend_weight(cm_p, band)
     blended = compositing.multiband_blend(orig, gen, weight, band=band)
     keep = weight <= 0.0
@@ -341,11 +361,11 @@ def _stage_scales(ratio: float) -> list[float]:
 
 def _refine_tiles(eng: Engine, coarse: np.ndarray, em: np.ndarray, prompt: str | None, seed: int | None,
                   region: Region, scale: float, hopts: dict, info: dict, timer: _Timer,
-                  progress: Progress | None) -> np.ndarray:
+                  progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
     """Refine a composed crop (at ``scale`` x native) in overlapping tiles of the working size.
 
     Low-strength calls keep the composition and add detail; tiles are blended with raised-cosine weights and
-    only tiles that touch the mask are run.
+    only tiles that touch the mask are run. Returns the refined crop and the bool map of pixels the tiles covered.
     """
     ws = int(eng.working_size)
     h, w = em.shape
@@ -376,7 +396,7 @@ def _refine_tiles(eng: Engine, coarse: np.ndarray, em: np.ndarray, prompt: str |
     covered = wsum[..., 0] > 0
     gen = coarse.copy()
     gen[covered] = acc[covered] / wsum[covered]
-    return gen
+    return gen, covered
 
 
 #: Largest side `generate` accepts; beyond this even tiled sampling takes hours.

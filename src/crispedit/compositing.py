@@ -43,6 +43,8 @@ __all__ = [
     "tone_match",
     "match_grain",
     "match_sharpness",
+    "sharpness_gains",
+    "cap_detail",
     "transfer_detail",
     "restore_detail",
     "highpass",
@@ -900,6 +902,9 @@ def _calibrate_gains(e_vals: np.ndarray, t_vals: np.ndarray, ring: np.ndarray, m
 
 #: Band edges (Gaussian sigmas, px) of :func:`match_sharpness`: three octave bands of fine detail.
 SHARPNESS_SIGMAS = (0.7, 1.4, 2.8)
+_MODE = "pse"
+_BETA = 1.5
+_FRAC = 0.15
 
 
 def _band_stack(img: np.ndarray, sigmas: tuple[float, ...]) -> list[np.ndarray]:
@@ -948,7 +953,8 @@ def sharpness_gains(edited: np.ndarray, original: np.ndarray, ring: np.ndarray, 
     nb = len(sigmas)
     ones = np.ones(nb)
     if np.count_nonzero(rg) < 256:
-        return {"transfer": ones, "noise": np.zeros(nb), "signal": np.zeros(nb), "gain": ones.copy()}
+        return {"transfer": ones, "noise": np.zeros(nb), "signal": np.zeros(nb), "gain": ones.copy(),
+                "grain": np.zeros(nb)}
     vals = _band_values((edit, orig), rg, tuple(float(s) for s in sigmas)).astype(np.float64)
     vals = vals.reshape(vals.shape[0], nb, 2, c)
     e, o = vals[:, :, 0, :], vals[:, :, 1, :]
@@ -959,15 +965,16 @@ def sharpness_gains(edited: np.ndarray, original: np.ndarray, ring: np.ndarray, 
     signal = (o * o).mean(axis=(0, 2))
     gain = a * signal / np.maximum(a * a * signal + noise, 1e-20)
     gain = np.clip(gain, 0.0, max_gain)
-    return {"transfer": a, "noise": noise, "signal": signal, "gain": gain}
+    # the photo's stationary grain: robust (MAD) level of the original's band, mean over channels
+    grain = (_MAD_TO_STD * np.median(np.abs(o - np.median(o, axis=0)), axis=0)) ** 2
+    return {"transfer": a, "noise": noise, "signal": signal, "gain": gain, "grain": grain.mean(axis=1)}
 
 
 def match_sharpness(edited: np.ndarray, original: np.ndarray, ring: np.ndarray, weight: np.ndarray, *,
                     sigmas: tuple[float, ...] = SHARPNESS_SIGMAS, max_gain: float = 4.0,
                     overshoot: float = 1.0, gains: np.ndarray | None = None,
                     transfer: np.ndarray | None = None, noise: np.ndarray | None = None,
-                    signal: np.ndarray | None = None, level: np.ndarray | None = None,
-                    max_level: float = 2.0) -> np.ndarray:
+                    grain: np.ndarray | None = None) -> np.ndarray:
     """Bring an engine output's fine detail to the sharpness of the photo it was made from.
 
     A generative engine's decoder returns the crop slightly soft (SD 1.5's VAE: about a 0.5-1 px
@@ -1018,7 +1025,7 @@ def match_sharpness(edited: np.ndarray, original: np.ndarray, ring: np.ndarray, 
     out = edit.copy()
     if gains is None and transfer is None:
         fit = sharpness_gains(edit, orig, ring, sigmas=sigmas, max_gain=max_gain)
-        gains, transfer, noise, signal = fit["gain"], fit["transfer"], fit["noise"], fit["signal"]
+        gains, transfer, noise, grain = fit["gain"], fit["transfer"], fit["noise"], fit["grain"]
     gains = np.asarray(gains if gains is not None else np.ones(len(sigmas)), np.float64)
     if transfer is not None:
         transfer, noise = np.asarray(transfer, np.float64), np.asarray(noise, np.float64)
@@ -1038,20 +1045,16 @@ def match_sharpness(edited: np.ndarray, original: np.ndarray, ring: np.ndarray, 
         else:
             # adaptive (local) Wiener gain: the signal power is the band's local power less the engine's
             # noise, so textured content is restored fully while flat areas are not made grainy
-            power = _gauss((layer * layer).mean(axis=2, keepdims=True), 2.0 * float(sigmas[k]) + 2.0)
+            r = int(round(4.0 * float(sigmas[k]) + 3.0))  # local power: a box mean (O(1) per pixel)
+            power = _cv((layer * layer).mean(axis=2, keepdims=True), cv2.blur, (2 * r + 1, 2 * r + 1),
+                        borderType=cv2.BORDER_REFLECT)
             a, nz = float(max(transfer[k], 1e-3)), float(noise[k])
-            g = np.clip((power - nz) / np.maximum(a * power, 1e-20), 0.0, float(max_gain))
-            if level is not None and signal is not None:
-                # what noise hid for good (the top of the band under a strong blur) comes back as a level: the
-                # restored band's mean power inside is brought up to the photo's (ring) power, at most x level,
-                # only where the band carries signal (its Wiener weight), never above the photo's power
-                sel = level[y0:y1, x0:x1]
-                if np.count_nonzero(sel) >= 64:
-                    p_in = float(np.mean((layer[sel] * g[sel]) ** 2))
-                    boost = float(np.clip(np.sqrt(float(signal[k]) / max(p_in, 1e-20)), 1.0, max_level))
-                    if boost > 1.0:
-                        snr = np.clip((power - nz) / np.maximum(power, 1e-20), 0.0, 1.0)
-                        g = g * (1.0 + np.float32(boost - 1.0) * snr)
+            if _MODE == "wiener":
+                g = np.clip((power - nz) / np.maximum(a * power, 1e-20), 0.0, float(max_gain))
+            else:
+                floor = 0.0 if grain is None else float(grain[k])
+                s_est = np.maximum((power - np.float32(_BETA * nz)) / (a * a), np.float32(floor))
+                g = np.clip(np.sqrt(s_est / np.maximum(power, 1e-20)), 0.0, float(max_gain))
         corr += (g - np.float32(1.0)) * layer
     new = sub + corr * wt[y0:y1, x0:x1, None]
     if transfer is not None or gains.max() > 1.0:  # overshoot control: no halo beyond the local range of the input
@@ -1059,11 +1062,79 @@ def match_sharpness(edited: np.ndarray, original: np.ndarray, ring: np.ndarray, 
         vals = _band_values(orig, rg, (float(sigmas[0]),)) if rg.any() else np.zeros((0, c), np.float32)
         margin = (overshoot * _robust_sigma(vals)).astype(np.float32) if vals.shape[0] else np.zeros(c, np.float32)
         k = np.ones((3, 3), np.uint8)
-        lo = _cv(sub, cv2.erode, k, borderType=cv2.BORDER_REPLICATE) - margin
-        hi = _cv(sub, cv2.dilate, k, borderType=cv2.BORDER_REPLICATE) + margin
+        lo = _cv(sub, cv2.erode, k, borderType=cv2.BORDER_REPLICATE)
+        hi = _cv(sub, cv2.dilate, k, borderType=cv2.BORDER_REPLICATE)
+        slack = np.float32(_FRAC) * (hi - lo) + margin
+        lo -= slack
+        hi += slack
         np.clip(new, lo, hi, out=new)
     np.clip(new, 0.0, 1.0, out=new)
     out[y0:y1, x0:x1] = new
+    return _restore_shape(out, was_2d)
+
+
+def cap_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring: np.ndarray, *,
+               sigmas: tuple[float, ...] = SHARPNESS_SIGMAS[:2], limit: float = 1.2) -> np.ndarray:
+    """Keep an edit from being noisier than its surroundings: cap its fine-band power at the ring's.
+
+    Per band (``img - G_s0``, ``G_s0 - G_s1``), the mean power of the edit inside ``mask`` (eroded by
+    the filter reach) is compared with the original's on ``ring``; a band more than ``limit`` times
+    stronger is scaled down inside the mask to ``limit`` times the ring's power. An engine's own grain
+    (or noise amplified by sharpening) is what this removes; a band at or below the ring's level is
+    left alone.
+
+    Parameters
+    ----------
+    edited, original : ndarray, shape (H, W) or (H, W, C), float in [0, 1]
+    mask : ndarray of bool, shape (H, W)
+        Pixels that may change.
+    ring : ndarray of bool, shape (H, W)
+        Reference pixels of the original (outside the mask).
+    sigmas : tuple of float
+        Band edges in px.
+    limit : float
+        Largest allowed power ratio (edit inside / original on the ring) per band.
+
+    Returns
+    -------
+    ndarray of float32, same shape as ``edited``; unchanged outside ``mask``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> o = np.full((96, 96, 1), 0.5, np.float32) + 0.01 * rng.standard_normal((96, 96, 1)).astype(np.float32)
+    >>> m = np.zeros((96, 96), bool); m[24:72, 24:72] = True
+    >>> e = o + 0.05 * m[..., None] * rng.standard_normal((96, 96, 1)).astype(np.float32)
+    >>> out = cap_detail(e, o, m, ~m)
+    >>> bool(highpass(out, 1)[30:66, 30:66].std() < 0.5 * highpass(e, 1)[30:66, 30:66].std())
+    True
+    """
+    edit, was_2d = _as_image(edited, "edited")
+    orig, _ = _as_image(original, "original")
+    h, w, c = edit.shape
+    m = _as_mask(mask, (h, w))
+    rg = _as_mask(ring, (h, w), "ring") & ~m
+    out = edit.copy()
+    pad = _filter_pad(sigmas)
+    inner = _erode(m, pad)
+    if np.count_nonzero(inner) < 64 or np.count_nonzero(rg) < 64:
+        return _restore_shape(out, was_2d)
+    nb = len(sigmas)
+    e_vals = _band_values(edit, inner, sigmas).reshape(-1, nb, c)
+    o_vals = _band_values(orig, rg, sigmas).reshape(-1, nb, c)
+    p_in = (e_vals.astype(np.float64) ** 2).mean(axis=(0, 2))
+    p_ring = (o_vals.astype(np.float64) ** 2).mean(axis=(0, 2))
+    scale = np.sqrt(np.minimum(1.0, limit * p_ring / np.maximum(p_in, 1e-20)))
+    if np.all(scale > 0.99):
+        return _restore_shape(out, was_2d)
+    y0, y1, x0, x1 = _bbox(m, pad=pad)  # type: ignore[misc]
+    sub = edit[y0:y1, x0:x1]
+    corr = np.zeros_like(sub)
+    for g, layer in zip(scale, _band_stack(sub, tuple(sigmas))):
+        if g < 0.999:
+            corr += np.float32(g - 1.0) * layer
+    new = np.clip(sub + corr, 0.0, 1.0)
+    np.copyto(out[y0:y1, x0:x1], new, where=m[y0:y1, x0:x1, None])
     return _restore_shape(out, was_2d)
 
 

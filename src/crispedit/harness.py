@@ -246,15 +246,15 @@ def _edit_region(data: ImageData, out: np.ndarray, m: np.ndarray, region: Region
     ws = eng.working_size
     t = timer.add("composite", t)
 
-    # ew: how much of each native-scale pixel of ``gen`` is the engine's last output (1) rather than the input (0)
-    ew = np.ones((h, w), np.float32)
     if ws is None:
         gen = _call(eng, rgb8, em, prompt, seed, 1.0, region.box, info, timer)
+        gen = _sharpen_pass(gen, rgb8, em, None, band, hopts, info)
     else:
         if max(h, w) <= 1.25 * ws:
             # Small enough to compose at native scale; "native" detail still refines once, at low strength,
             # to restore what the engine's own decoder softened.
             gen = _call(eng, rgb8, em, prompt, seed, 1.0, region.box, info, timer)
+            gen = _sharpen_pass(gen, rgb8, em, None, band, hopts, info)
             gen = _undrift(gen, rgb8, em, band, hopts)
             scales = [1.0] if detail == "native" else []
         else:
@@ -266,6 +266,7 @@ def _edit_region(data: ImageData, out: np.ndarray, m: np.ndarray, region: Region
             small = cv2.resize(rgb8, (sw, sh), interpolation=cv2.INTER_AREA)
             small_m = cv2.resize(em.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_AREA) > 0
             gen = _call(eng, small, small_m, prompt, seed, 1.0, region.box, info, timer)
+            gen = _sharpen_pass(gen, small, small_m, None, band * s, hopts, info)
             gen = _undrift(gen, small, small_m, band * s, hopts)
             scales = _stage_scales(max(h, w) / ws) if detail == "native" else [1.0]
         for f in scales:
@@ -277,13 +278,10 @@ def _edit_region(data: ImageData, out: np.ndarray, m: np.ndarray, region: Region
                 cv2.resize(gen, (fw, fh), interpolation=cv2.INTER_CUBIC), 0.0, 1.0)
             soft = compositing.blend_weight(em_f, max(4, int(band * f) // 4))[..., None]
             gen = base.astype(np.float32) / 255.0 * (1 - soft) + up * soft
-            if f == 1.0:
-                ew = soft[..., 0]
             timer.add("composite", t)
             if detail == "native":
                 gen, covered = _refine_tiles(eng, gen, em_f, prompt, seed, region, f, hopts, info, timer, progress)
-                if f == 1.0:
-                    ew = np.where(covered, np.float32(1.0), ew)
+                gen = _sharpen_pass(gen, base, em_f, covered, band * f, hopts, info)
                 if f < 1.0:
                     gen = _undrift(gen, base, em_f, band * f, hopts)
     t = time.perf_counter()
@@ -292,24 +290,16 @@ def _edit_region(data: ImageData, out: np.ndarray, m: np.ndarray, region: Region
     sub = (slice(py0, py1), slice(px0, px1))
     gen = _to_layout(gen[sub], data)
     orig = _colour_float(crop[sub])
-    em_p, cm_p, ew_p = em[sub], cm[sub], ew[sub]
+    em_p, cm_p = em[sub], cm[sub]
     dist = cv2.distanceTransform((~em_p).astype(np.uint8), cv2.DIST_L2, 5)
     ring = (dist > 2) & (dist <= 2 * band)
     target = dist <= band
-    if hopts.get("sharpness", True):
-        # the engine's softness (and grain) measured where its output should be the photo: pixels of its last
-        # output, clear of the soft edge of its mask
-        clean = ring & (dist > 8) & (ew_p >= 0.999)
-        fit = compositing.sharpness_gains(gen, orig, clean)
-        info.setdefault("sharpness", []).append(
-            {"box": list(region.box), "transfer": [round(float(v), 3) for v in fit["transfer"]],
-             "gain": [round(float(v), 3) for v in fit["gain"]], "ring_px": int(np.count_nonzero(clean))})
-        gen = compositing.match_sharpness(gen, orig, clean, ew_p, transfer=fit["transfer"], noise=fit["noise"],
-                                             signal=fit["signal"], level=em_p & (ew_p >= 0.999))
     if hopts.get("tone", True) and ring.any():
         gen = compositing.tone_match(gen, orig, ring, target, scale=float(band))
     if hopts.get("seam", True):
         gen = seam_correct(gen, orig, em_p, rim=max(4, band // 4), sigma=max(4.0, band / 4))
+    if hopts.get("sharpness", True) and ring.any():
+        gen = compositing.cap_detail(gen, orig, em_p, ring)  # not noisier than the photo around it
     if hopts.get("grain", True) and ring.any():
         gen = compositing.match_grain(gen, orig, em_p, ring, seed=seed, sigmas=(0.7, 1.4, 3.0), tolerance=0.03)
     if hopts.get("sharpness", True):
@@ -328,6 +318,31 @@ def _pad_box(mask: np.ndarray, pad: int) -> tuple[int, int, int, int]:
     h, w = mask.shape
     return (max(0, int(rows[0]) - pad), min(h, int(rows[-1]) + 1 + pad),
             max(0, int(cols[0]) - pad), min(w, int(cols[-1]) + 1 + pad))
+
+
+def _sharpen_pass(gen: np.ndarray, base8: np.ndarray, em: np.ndarray, valid: np.ndarray | None, band: float,
+                  hopts: dict, info: dict) -> np.ndarray:
+    """Undo one engine pass's softness (and grain) before the next pass or the blend builds on it.
+
+    The engine's transfer per band is measured on the ring around ``em`` where ``gen`` is the engine's rendering
+    of ``base8`` (``valid``: pixels of this pass's output; None = all), clear of its mask's soft edge, and
+    undone inside (:func:`crispedit.compositing.match_sharpness`). The fit goes to ``info["sharpness"]``.
+    """
+    if not hopts.get("sharpness", True):
+        return gen
+    b = max(4, int(band))
+    ring = grow(em, 2 * b) & ~grow(em, 8)
+    if valid is not None:
+        ring &= valid
+    orig = base8.astype(np.float32) / 255.0
+    fit = compositing.sharpness_gains(gen, orig, ring)
+    info.setdefault("sharpness", []).append(
+        {"size": [int(gen.shape[1]), int(gen.shape[0])], "transfer": [round(float(v), 3) for v in fit["transfer"]],
+         "noise": [float(f"{v:.3g}") for v in fit["noise"]], "ring_px": int(np.count_nonzero(ring))})
+    near = grow(em, 2 * b)  # what later passes and the blend use of this pass
+    weight = (near if valid is None else near & valid).astype(np.float32)
+    return compositing.match_sharpness(gen, orig, ring, weight, transfer=fit["transfer"], noise=fit["noise"],
+                                       grain=fit["grain"])
 
 
 def _undrift(gen: np.ndarray, base8: np.ndarray, em: np.ndarray, band: float, hopts: dict) -> np.ndarray:

@@ -902,9 +902,6 @@ def _calibrate_gains(e_vals: np.ndarray, t_vals: np.ndarray, ring: np.ndarray, m
 
 #: Band edges (Gaussian sigmas, px) of :func:`match_sharpness`: three octave bands of fine detail.
 SHARPNESS_SIGMAS = (0.7, 1.4, 2.8)
-_MODE = "pse"
-_BETA = 1.5
-_FRAC = 0.15
 
 
 def _band_stack(img: np.ndarray, sigmas: tuple[float, ...]) -> list[np.ndarray]:
@@ -972,7 +969,7 @@ def sharpness_gains(edited: np.ndarray, original: np.ndarray, ring: np.ndarray, 
 
 def match_sharpness(edited: np.ndarray, original: np.ndarray, ring: np.ndarray, weight: np.ndarray, *,
                     sigmas: tuple[float, ...] = SHARPNESS_SIGMAS, max_gain: float = 4.0,
-                    overshoot: float = 1.0, gains: np.ndarray | None = None,
+                    overshoot: float = 1.0, overshoot_frac: float = 0.05, gains: np.ndarray | None = None,
                     transfer: np.ndarray | None = None, noise: np.ndarray | None = None,
                     grain: np.ndarray | None = None) -> np.ndarray:
     """Bring an engine output's fine detail to the sharpness of the photo it was made from.
@@ -980,12 +977,20 @@ def match_sharpness(edited: np.ndarray, original: np.ndarray, ring: np.ndarray, 
     A generative engine's decoder returns the crop slightly soft (SD 1.5's VAE: about a 0.5-1 px
     Gaussian) and may add grain of its own. Both act on the whole crop it returns, so they can be
     measured where the engine's output should equal the original: on ``ring``,
-    :func:`sharpness_gains` fits per band the engine's transfer and noise and the Wiener gain that
-    undoes them. The gains are applied to the edit's bands (``E + sum_k (g_k - 1) E_k``) in
-    proportion to ``weight``. A band gain above 1 restores detail a blur took away, one below 1 takes
-    out the engine's grain. Overshoot control: the result is limited to the local range (3x3
-    min/max) of the input plus ``overshoot`` x the ring's finest-band level, so a sharpened edge
-    gets no halo (as in unsharp masking with clamping, e.g. GIMP's/ImageMagick's ``-adaptive``).
+    :func:`sharpness_gains` fits per band (:data:`SHARPNESS_SIGMAS`) the engine's transfer ``a_k``
+    and noise power ``N_k``. Each band of the edit is then equalised locally (power-spectrum
+    equalisation, Cannon 1976, per sub-band with a local power estimate as in the adaptive Wiener
+    filter of Lee 1980): with ``P`` the band's local power (box mean), the signal's local power is
+    estimated as ``S = max((P - N_k) / a_k^2, grain_k)`` (``grain_k``: the photo's own robust band
+    level) and the band is multiplied by ``sqrt(S / P)`` (at most ``max_gain``). So a blurred edit
+    gets its detail back, an engine's grain in flat areas is taken down to the photo's, and the
+    restored band has the expected power of the signal: never sharper than the photo. With
+    ``gains`` (and no ``transfer``) fixed per-band gains are used instead.
+
+    Overshoot control: the result stays within the local range (3x3 min/max) of the input widened by
+    ``overshoot_frac`` of that range plus ``overshoot`` x the ring's finest-band level, so a
+    sharpened edge gets no halo (clamped unsharp masking). The correction is applied in proportion
+    to ``weight``.
 
     Parameters
     ----------
@@ -996,10 +1001,14 @@ def match_sharpness(edited: np.ndarray, original: np.ndarray, ring: np.ndarray, 
         How much of the correction each pixel gets (1 where the pixel is the engine's output; 0
         leaves a pixel untouched).
     sigmas, max_gain : see :func:`sharpness_gains`.
-    overshoot : float
-        Allowed excursion beyond the local range, in units of the ring's finest-band level.
+    overshoot, overshoot_frac : float
+        Allowed excursion beyond the local range: ``overshoot`` x the ring's finest-band robust
+        level plus ``overshoot_frac`` x the local range.
     gains : ndarray, shape (len(sigmas),), optional
-        Use these band gains instead of fitting them.
+        Fixed band gains (used when ``transfer`` is not given).
+    transfer, noise, grain : ndarray, shape (len(sigmas),), optional
+        The engine's fit (from :func:`sharpness_gains`); fitted on ``ring`` when neither these nor
+        ``gains`` are given.
 
     Returns
     -------
@@ -1043,18 +1052,17 @@ def match_sharpness(edited: np.ndarray, original: np.ndarray, ring: np.ndarray, 
         if transfer is None or noise is None:
             g = np.float32(gains[k])
         else:
-            # adaptive (local) Wiener gain: the signal power is the band's local power less the engine's
-            # noise, so textured content is restored fully while flat areas are not made grainy
+            # local power-spectrum equalisation: the signal's local power is the band's local power less the
+            # engine's noise, over a^2, and never below the photo's own grain level; the gain brings the band's
+            # power to it (textured content fully restored, engine grain in flat areas taken down)
             r = int(round(4.0 * float(sigmas[k]) + 3.0))  # local power: a box mean (O(1) per pixel)
             power = _cv((layer * layer).mean(axis=2, keepdims=True), cv2.blur, (2 * r + 1, 2 * r + 1),
                         borderType=cv2.BORDER_REFLECT)
             a, nz = float(max(transfer[k], 1e-3)), float(noise[k])
-            if _MODE == "wiener":
-                g = np.clip((power - nz) / np.maximum(a * power, 1e-20), 0.0, float(max_gain))
-            else:
-                floor = 0.0 if grain is None else float(grain[k])
-                s_est = np.maximum((power - np.float32(_BETA * nz)) / (a * a), np.float32(floor))
-                g = np.clip(np.sqrt(s_est / np.maximum(power, 1e-20)), 0.0, float(max_gain))
+            floor = 0.0 if grain is None else float(grain[k])
+            s_est = np.maximum((power - np.float32(nz)) / (a * a), np.float32(floor))
+            g = np.sqrt(s_est / np.maximum(power, 1e-20))
+            g = np.clip(g, 0.0, float(max_gain))
         corr += (g - np.float32(1.0)) * layer
     new = sub + corr * wt[y0:y1, x0:x1, None]
     if transfer is not None or gains.max() > 1.0:  # overshoot control: no halo beyond the local range of the input
@@ -1064,7 +1072,7 @@ def match_sharpness(edited: np.ndarray, original: np.ndarray, ring: np.ndarray, 
         k = np.ones((3, 3), np.uint8)
         lo = _cv(sub, cv2.erode, k, borderType=cv2.BORDER_REPLICATE)
         hi = _cv(sub, cv2.dilate, k, borderType=cv2.BORDER_REPLICATE)
-        slack = np.float32(_FRAC) * (hi - lo) + margin
+        slack = np.float32(overshoot_frac) * (hi - lo) + margin
         lo -= slack
         hi += slack
         np.clip(new, lo, hi, out=new)

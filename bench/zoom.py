@@ -297,7 +297,8 @@ def run_anchor(image: np.ndarray, mask: np.ndarray, variant: str = "soft0.8", wh
 
 
 def run(photos: list[str] | None, radii: tuple[int, ...], anchor: bool, ours: bool, options: dict[str, Any],
-        verbose: bool = True, variants: tuple[str, ...] = tuple(VARIANTS)) -> list[Case]:
+        verbose: bool = True, variants: tuple[str, ...] = tuple(VARIANTS), jsonl: Path | None = None) -> list[Case]:
+    """Run every (photo, radius, variant) case; with ``jsonl`` each finished case is appended there as one line."""
     cases: list[Case] = []
     for photo, path in get_photo_info(photos):
         image = load_rgb(path)
@@ -317,6 +318,9 @@ def run(photos: list[str] | None, radii: tuple[int, ...], anchor: bool, ours: bo
                     case.a1111 = run_anchor(image, mask, v, "a1111")
                     case.diffusers = run_anchor(image, mask, v, "diffusers")
                 cases.append(case)
+                if jsonl is not None:
+                    with open(jsonl, "a") as fh:
+                        fh.write(json.dumps(asdict(case)) + "\n")
                 if verbose:
                     print(f"  {photo.name:9s} r={r:3d} {v:10s}: ours {_short(case.ours)} | a1111 {_short(case.a1111)}"
                           f" | diffusers {_short(case.diffusers)}", file=sys.stderr, flush=True)
@@ -502,6 +506,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="harness option passed to crispedit.edit (value parsed as JSON when possible)")
     ap.add_argument("--write", action="store_true", help="update the section in docs/benchmarks.md")
     ap.add_argument("--json", type=Path, help="write per-case results as JSON")
+    ap.add_argument("--jsonl", type=Path, help="append each case as a JSON line as soon as it is done")
+    ap.add_argument("--from-jsonl", type=Path, help="report (and --write) the cases of an earlier --jsonl run")
     args = ap.parse_args(argv)
     photos = args.photos or (["seeding", "sunset"] if args.quick else None)
     variants = tuple(args.variants or VARIANTS)
@@ -515,8 +521,11 @@ def main(argv: list[str] | None = None) -> int:
             options[k] = v
     commit = source_state()
     t = time.perf_counter()
-    cases = run(photos, radii, anchor=not args.no_anchor, ours=not args.anchor_only, options=options,
-                variants=variants)
+    if args.from_jsonl:
+        cases = [Case(**json.loads(line)) for line in args.from_jsonl.read_text().splitlines() if line.strip()]
+    else:
+        cases = run(photos, radii, anchor=not args.no_anchor, ours=not args.anchor_only, options=options,
+                    variants=variants, jsonl=args.jsonl)
     seconds = time.perf_counter() - t
     print(summary(cases))
     print()

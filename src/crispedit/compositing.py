@@ -164,7 +164,7 @@ def _robust_sigma(values: np.ndarray) -> np.ndarray:
     return _MAD_TO_STD * np.median(np.abs(values - med), axis=0).astype(np.float64)
 
 
-def _subsample(idx: np.ndarray, limit: int = 120_000) -> np.ndarray:
+def _subsample(idx: np.ndarray, limit: int = 30_000) -> np.ndarray:
     """Thin an index array to at most ``limit`` entries (deterministic pseudo-random picks).
 
     Robust statistics do not need millions of samples; random picks avoid the aliasing of a
@@ -814,7 +814,7 @@ def match_grain(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring
         # against the ring's so normalising cannot blow its few stray values up into salt-and-pepper noise
         bank /= np.maximum(bank_sig, np.maximum(0.25 * ring_sig, 1e-6)).astype(np.float32)
         # a few hundred windowed patches cut at random offsets, later laid out at random
-        npatch = 384
+        npatch = 192
         k = rng.integers(0, n, size=npatch)
         oy = _GRID * rng.integers(0, (win - size) // _GRID + 1, size=npatch)
         ox = _GRID * rng.integers(0, (win - size) // _GRID + 1, size=npatch)
@@ -857,7 +857,7 @@ def match_grain(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring
     side = int(min(max(bh, bw), 384))
     sample = grain(side + 2 * pad, side + 2 * pad)
     t_vals = _bands(sample, sigmas)[pad:pad + side, pad:pad + side].reshape(-1, nb, nb, c)
-    count = int(min(60_000, t_vals.shape[0], in_vals.shape[0]))
+    count = int(min(30_000, t_vals.shape[0], in_vals.shape[0]))
     t_vals = t_vals[rng.choice(t_vals.shape[0], size=count, replace=False)]
     e_vals = in_vals[rng.choice(in_vals.shape[0], size=count, replace=False)].reshape(-1, nb, c)
     gains = _calibrate_gains(e_vals, t_vals, ring_sig.reshape(nb, c), missing.reshape(nb, c))
@@ -952,7 +952,8 @@ def sharpness_gains(edited: np.ndarray, original: np.ndarray, ring: np.ndarray, 
     if np.count_nonzero(rg) < 256:
         return {"transfer": ones, "noise": np.zeros(nb), "signal": np.zeros(nb), "gain": ones.copy(),
                 "grain": np.zeros(nb)}
-    vals = _band_values((edit, orig), rg, tuple(float(s) for s in sigmas)).astype(np.float64)
+    vals = _band_values((edit, orig), rg, tuple(float(s) for s in sigmas), budget=65_536, block=64)
+    vals = vals.astype(np.float64)
     vals = vals.reshape(vals.shape[0], nb, 2, c)
     e, o = vals[:, :, 0, :], vals[:, :, 1, :]
     so = np.maximum((o * o).sum(axis=(0, 2)), 1e-20)
@@ -1067,7 +1068,8 @@ def match_sharpness(edited: np.ndarray, original: np.ndarray, ring: np.ndarray, 
     new = sub + corr * wt[y0:y1, x0:x1, None]
     if transfer is not None or gains.max() > 1.0:  # overshoot control: no halo beyond the local range of the input
         rg = _as_mask(ring, (h, w), "ring")
-        vals = _band_values(orig, rg, (float(sigmas[0]),)) if rg.any() else np.zeros((0, c), np.float32)
+        vals = (_band_values(orig, rg, (float(sigmas[0]),), budget=65_536, block=64) if rg.any()
+                else np.zeros((0, c), np.float32))
         margin = (overshoot * _robust_sigma(vals)).astype(np.float32) if vals.shape[0] else np.zeros(c, np.float32)
         k = np.ones((3, 3), np.uint8)
         lo = _cv(sub, cv2.erode, k, borderType=cv2.BORDER_REPLICATE)

@@ -5,18 +5,21 @@ through the ``region`` the harness passes (where the crop lies in the full-resol
 calls it at the wrong place or scale gets the wrong content back.
 
 - **Full-strength call** (``strength >= 0.99``) at about the working size: inside the mask, the true content of
-  ``region`` resized to the size of the call (so a downscaled call lacks native detail); outside, the input. The
-  whole returned crop is then degraded as SD's VAE degrades it: Gaussian blur (sigma 0.8 px at the call size),
-  a small smooth tone drift (+2-4 % brightness and a slight colour cast that varies smoothly across the crop)
-  and light quantisation.
+  ``region`` resized to the size of the call (so a downscaled call lacks native detail); outside, the input.
+- **Every call** (refinements included) is then decoded as SD's VAE decodes it: a Gaussian blur of
+  ``softness`` px (default 0.8) at the size of the call, over the whole returned crop; optionally the engine's own
+  grain (``noise``: white Gaussian noise of that std in 8-bit levels, slightly correlated, sigma 0.5 px); a small
+  smooth tone drift (``drift=+1``: +2-4 % brightness, ``-1``: -2-4 %, plus a slight colour cast varying smoothly
+  across the crop) and light quantisation.
 - **Full-strength call far above the working size** (long side > 1.5 x ``working_size``): SD's composition
   breaks, the mask area is garbage (the truth shuffled in blocks, heavily blurred, plus noise); the rest gets the
   same drift.
 - **Refine call** (``strength < 1``): keeps the coarse structure it was handed (Gaussian low-pass of the input,
   sigma 2.5 px) and brings the true fine detail (high-pass of the truth region at the call's scale) inside the
-  mask; the whole crop gets the same kind of tone drift.
+  mask; then the same decode (blur, grain, drift, quantisation) as a full-strength call.
 
-Every call is recorded in ``self.calls``.
+:data:`VARIANTS` names the engine models the zoom benchmark runs (softness 0.4 / 0.8 / 1.2 px, drift up and down,
+a noisy engine); ``OracleEngine.variant(name, truth)`` builds one. Every call is recorded in ``self.calls``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from PIL import Image
 
 Region = tuple[int, int, int, int]
 
-#: Gaussian sigma (px at the call size) of the VAE softening at full strength.
+#: Gaussian sigma (px at the call size) of the VAE softening of every call (the default variant).
 BLUR_SIGMA = 0.8
 #: sigma (px) splitting "coarse structure" from "fine detail" in refine calls.
 REFINE_SIGMA = 2.5
@@ -38,6 +41,15 @@ REFINE_SIGMA = 2.5
 QUANT_STEP = 2.0
 #: full-strength calls with a long side above GARBAGE_FACTOR x working_size return garbage.
 GARBAGE_FACTOR = 1.5
+
+#: Engine models of the zoom benchmark: constructor options of :class:`OracleEngine` per variant name.
+VARIANTS: dict[str, dict[str, float]] = {
+    "soft0.4": {"softness": 0.4, "drift": 1.0, "noise": 0.0},
+    "soft0.8": {"softness": 0.8, "drift": 1.0, "noise": 0.0},
+    "soft1.2": {"softness": 1.2, "drift": 1.0, "noise": 0.0},
+    "drift-down": {"softness": 0.8, "drift": -1.0, "noise": 0.0},
+    "noisy": {"softness": 0.8, "drift": 1.0, "noise": 2.0},
+}
 
 
 def _gauss(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -52,6 +64,9 @@ class OracleEngine:
     truth : uint8 array HxWx3 (HxW or HxWx4 are converted), the full-resolution image the edit should reproduce.
     working_size : square side at which it "composes" (like SD 1.5's 512).
     seed : base seed of the degradations (a call's ``seed`` is mixed in).
+    softness : Gaussian sigma (px at the call's size) of the decode blur applied to every call; 0 = none.
+    drift : +1 brightens by 2-4 %, -1 darkens by 2-4 % (plus the colour cast either way); 0 = no drift.
+    noise : std (8-bit levels) of the engine's own grain added to every call's output; 0 = none.
 
     Examples
     --------
@@ -70,7 +85,8 @@ class OracleEngine:
     name = "oracle"
 
     def __init__(self, truth: np.ndarray, working_size: int = 512, seed: int = 0,
-                 refine_sigma: float = REFINE_SIGMA) -> None:
+                 refine_sigma: float = REFINE_SIGMA, softness: float = BLUR_SIGMA, drift: float = 1.0,
+                 noise: float = 0.0) -> None:
         t = np.asarray(truth)
         if t.dtype != np.uint8:
             if t.dtype == np.uint16:
@@ -89,7 +105,15 @@ class OracleEngine:
         self.working_size = working_size
         self.seed = int(seed)
         self.refine_sigma = float(refine_sigma)
+        self.softness = float(softness)
+        self.drift = float(drift)
+        self.noise = float(noise)
         self.calls: list[dict[str, Any]] = []
+
+    @classmethod
+    def variant(cls, name: str, truth: np.ndarray, **kwargs: Any) -> "OracleEngine":
+        """The oracle for one of :data:`VARIANTS` (``KeyError`` for an unknown name)."""
+        return cls(truth, **{**VARIANTS[name], **kwargs})
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _truth_region(self, region: Region | None, size: tuple[int, int]) -> np.ndarray:
@@ -114,12 +138,12 @@ class OracleEngine:
         return np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
 
     @staticmethod
-    def _drift(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """SD's VAE tone drift: +2-4 % brightness and a slight colour cast, varying smoothly over the whole crop."""
+    def _drift(rgb: np.ndarray, rng: np.random.Generator, sign: float = 1.0) -> np.ndarray:
+        """SD's VAE tone drift: +-2-4 % brightness and a slight colour cast, varying smoothly over the whole crop."""
         h, w = rgb.shape[:2]
         yy = np.linspace(-1.0, 1.0, h, dtype=np.float32)[:, None]
         xx = np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, :]
-        gain = rng.uniform(1.02, 1.04)
+        gain = 1.0 + sign * rng.uniform(0.02, 0.04)
         # smooth spatial variation of the gain (about +-1 %) and of the cast (about +-1 % per channel)
         ax, ay, ph = rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5), rng.uniform(0, 2 * np.pi)
         field = np.sin(np.pi * (ax * xx + ay * yy) + ph)  # one slow wave across the crop
@@ -174,7 +198,6 @@ class OracleEngine:
         if full:
             content = self._garbage(true, rng) if garbage else true
             out = rgb * (1.0 - sm) + content * sm
-            out = _gauss(np.ascontiguousarray(out), BLUR_SIGMA)
         else:
             amount = min(1.0, max(0.0, strength) / 0.25)  # very low strengths add less detail
             s = self.refine_sigma
@@ -182,5 +205,13 @@ class OracleEngine:
             fine = true - _gauss(true, s)
             inside = coarse + amount * fine
             out = rgb * (1.0 - sm) + inside * sm
-        out = self._drift(out, rng)
+        # the VAE decode of every call: soft, optionally grainy, drifting in tone
+        if self.softness > 0:
+            out = _gauss(np.ascontiguousarray(out, dtype=np.float32), self.softness)
+        if self.noise > 0:
+            grain = _gauss(rng.standard_normal(out.shape).astype(np.float32), 0.5)
+            grain *= np.float32(self.noise / 255.0) / max(1e-6, float(grain.std()))
+            out = out + grain
+        if self.drift:
+            out = self._drift(out, rng, 1.0 if self.drift > 0 else -1.0)
         return Image.fromarray(self._quantise(out), "RGB")

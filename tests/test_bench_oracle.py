@@ -119,7 +119,7 @@ def test_full_strength_far_above_working_size_is_garbage(truth):
 
 
 def test_refine_keeps_coarse_input_and_brings_true_detail(truth):
-    eng = OracleEngine(truth)
+    eng = OracleEngine(truth, softness=0.0)  # the refinement's content, before the VAE-like decode
     region = (300, 200, 812, 712)
     t = truth[200:712, 300:812]
     # what a harness hands over: a soft (upscaled) composition, and a +20-level offset the oracle must keep
@@ -165,3 +165,51 @@ def test_zoom_metrics_identity_and_anchor(truth):
     assert r["outside"] == 0  # pasted with a 4-px blurred mask: nothing changes beyond the band
     assert 25 < r["lp_psnr"] < 45 and r["detail"] < 0.8  # right content, soft
     assert eng.calls[-1]["size"][0] == 512 or eng.calls[-1]["size"][1] == 512
+
+
+def test_every_call_is_vae_soft_including_refinement(truth):
+    """Issue 9: the decode softens refine calls too, by the variant's softness."""
+    region = (300, 200, 812, 712)
+    t = truth[200:712, 300:812]
+    coarse = np.clip(cv2.GaussianBlur(t.astype(np.float32), (0, 0), 3.0), 0, 255).astype(np.uint8)
+    mask = np.zeros(t.shape[:2], bool)
+    mask[64:448, 64:448] = True
+    inner = (slice(80, 432), slice(80, 432))
+    energy = {}
+    for name in ("soft0.4", "soft0.8", "soft1.2"):
+        out = _call(OracleEngine.variant(name, truth), coarse, mask, region, strength=0.35)
+        energy[name] = _lap_energy(out[inner]) / _lap_energy(t[inner])
+        full = _call(OracleEngine.variant(name, truth), t.copy(), mask, region)
+        assert _lap_energy(full[inner]) < 0.9 * _lap_energy(t[inner])  # full-strength calls too
+    assert energy["soft0.4"] > energy["soft0.8"] > energy["soft1.2"]
+    assert energy["soft0.8"] < 0.6 and energy["soft0.4"] > 0.3
+
+
+def test_variants_drift_direction_and_noise(truth):
+    assert set(oracle.VARIANTS) == {"soft0.4", "soft0.8", "soft1.2", "drift-down", "noisy"}
+    region = (256, 128, 768, 640)
+    crop = truth[128:640, 256:768]
+    mask = np.zeros(crop.shape[:2], bool)
+    mask[100:400, 100:400] = True
+    up = _call(OracleEngine.variant("soft0.8", truth), crop, mask, region)
+    down = _call(OracleEngine.variant("drift-down", truth), crop, mask, region)
+    ratio_up = _lp(up, 8)[8:-8, 8:-8].mean() / _lp(crop, 8)[8:-8, 8:-8].mean()
+    ratio_down = _lp(down, 8)[8:-8, 8:-8].mean() / _lp(crop, 8)[8:-8, 8:-8].mean()
+    assert 1.008 < ratio_up < 1.06 and 0.94 < ratio_down < 0.992
+    noisy = _call(OracleEngine.variant("noisy", truth), crop, mask, region)
+    # the noisy engine's own grain: far more fine energy than the same call without it, same content
+    assert _lap_energy(noisy) > 1.5 * _lap_energy(up)
+    assert _psnr(_lp(noisy, 2.0), _lp(up, 2.0)) > 35
+    with pytest.raises(KeyError):
+        OracleEngine.variant("nope", truth)
+
+
+def test_zoom_diffusers_anchor_pastes_hard_mask_inside_crop(truth):
+    mask = zoom.place_blob(768, 1024, zoom.blob_shape(100, np.random.default_rng(2)), np.random.default_rng(2))
+    eng = OracleEngine(truth)
+    out = zoom.anchor_padding_mask_crop(truth, mask, eng)
+    assert eng.calls[-1]["size"] == (512, 512)
+    assert np.array_equal(out[~mask], truth[~mask])  # hard-mask paste: nothing outside the mask changes
+    assert not np.array_equal(out[mask], truth[mask])
+    x0, y0, x1, y1 = eng.calls[-1]["region"]
+    assert abs((x1 - x0) - (y1 - y0)) <= 2  # grown to the 512x512 aspect

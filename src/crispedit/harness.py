@@ -35,6 +35,7 @@ HARNESS_OPTIONS = {
     "tone",  # bool: local tone matching
     "grain",  # bool: grain matching
     "seam",  # bool: gradient-domain correction of the step along the engine mask's border
+    "sharpness",  # bool: match the engine's fine detail to the photo's (per-band Wiener gains) and keep the band's detail
     "engine_grow",  # px the engine mask is grown beyond the user's mask (None: from the band)
     "min_margin",  # minimum context margin in px
     "max_pixels",  # decompression-bomb limit for inputs
@@ -79,7 +80,9 @@ def edit(image: Any, mask: Any = None, prompt: str | None = None, engine: str | 
     mask : path, PIL image or array; white / nonzero / True = edit. None = whole-image edit.
     prompt : text for engines that use one.
     engine : registered name (``"classical"``, ``"sd15"``) or an object with ``working_size`` and ``inpaint``.
-    seed : makes the engine and the grain synthesis repeatable.
+    seed : makes the engine and the grain synthesis repeatable; None draws one, recorded in ``info["seed"]``.
+        The seeds of each region's composition, refinement tiles and grain are derived from it with numpy's
+        ``SeedSequence`` (keyed by the region's box), so they are independent streams, not ``seed + i``.
     **options : harness options (see ``HARNESS_OPTIONS``); the rest configure the engine (e.g. ``model``).
 
     Examples
@@ -91,6 +94,8 @@ def edit(image: Any, mask: Any = None, prompt: str | None = None, engine: str | 
     """
     timer = _Timer()
     t0 = time.perf_counter()
+    if seed is None:  # draw one and record it: every edit can be repeated
+        seed = int(np.random.SeedSequence().generate_state(1, np.uint32)[0])
     hopts, eopts = _split_options(options)
     progress: Progress | None = hopts.get("progress")
     data = image if isinstance(image, ImageData) else load_image(
@@ -217,6 +222,18 @@ def _call(eng: Engine, rgb: np.ndarray, mask: np.ndarray, prompt: str | None, se
     return to_float(np.asarray(res))
 
 
+def _seed_int(ss: np.random.SeedSequence) -> int:
+    """A 32-bit int seed (what engines take) from a SeedSequence."""
+    return int(ss.generate_state(1, np.uint32)[0])
+
+
+def _region_seeds(seed: int | None, box: tuple[int, int, int, int]) -> tuple[int, np.random.SeedSequence, int]:
+    """Composition seed, refinement SeedSequence (one child per stage, one grandchild per tile) and grain seed of
+    one region: children of ``SeedSequence(seed)`` keyed by the region's box (independent of the region order)."""
+    comp, refine, grain = np.random.SeedSequence(seed, spawn_key=tuple(int(v) for v in box)).spawn(3)
+    return _seed_int(comp), refine, _seed_int(grain)
+
+
 def _tile_window(h: int, w: int, ramp: int) -> np.ndarray:
     """Tile weight: 1 in the middle, a raised-cosine (Gaussian-like) ramp over ``ramp`` px at each edge."""
     def ramp1(n: int) -> np.ndarray:
@@ -239,6 +256,7 @@ def _edit_region(data: ImageData, out: np.ndarray, m: np.ndarray, region: Region
     cm = m[y0:y1, x0:x1]
     h, w = cm.shape
     t = time.perf_counter()
+    comp_seed, refine_ss, grain_seed = _region_seeds(seed, region.box)
     rgb8 = _engine_rgb(crop)
     eg = hopts.get("engine_grow")
     em = grow(cm, int(eg if eg is not None else max(2, band // 8)))
@@ -246,12 +264,14 @@ def _edit_region(data: ImageData, out: np.ndarray, m: np.ndarray, region: Region
     t = timer.add("composite", t)
 
     if ws is None:
-        gen = _call(eng, rgb8, em, prompt, seed, 1.0, region.box, info, timer)
+        gen = _call(eng, rgb8, em, prompt, comp_seed, 1.0, region.box, info, timer)
+        gen = _sharpen_pass(gen, rgb8, em, None, band, hopts, info)
     else:
         if max(h, w) <= 1.25 * ws:
             # Small enough to compose at native scale; "native" detail still refines once, at low strength,
             # to restore what the engine's own decoder softened.
-            gen = _call(eng, rgb8, em, prompt, seed, 1.0, region.box, info, timer)
+            gen = _call(eng, rgb8, em, prompt, comp_seed, 1.0, region.box, info, timer)
+            gen = _sharpen_pass(gen, rgb8, em, None, band, hopts, info)
             gen = _undrift(gen, rgb8, em, band, hopts)
             scales = [1.0] if detail == "native" else []
         else:
@@ -262,7 +282,8 @@ def _edit_region(data: ImageData, out: np.ndarray, m: np.ndarray, region: Region
             sw, sh = max(8, int(round(w * s / 8)) * 8), max(8, int(round(h * s / 8)) * 8)
             small = cv2.resize(rgb8, (sw, sh), interpolation=cv2.INTER_AREA)
             small_m = cv2.resize(em.astype(np.uint8), (sw, sh), interpolation=cv2.INTER_AREA) > 0
-            gen = _call(eng, small, small_m, prompt, seed, 1.0, region.box, info, timer)
+            gen = _call(eng, small, small_m, prompt, comp_seed, 1.0, region.box, info, timer)
+            gen = _sharpen_pass(gen, small, small_m, None, band * s, hopts, info)
             gen = _undrift(gen, small, small_m, band * s, hopts)
             scales = _stage_scales(max(h, w) / ws) if detail == "native" else [1.0]
         for f in scales:
@@ -276,7 +297,9 @@ def _edit_region(data: ImageData, out: np.ndarray, m: np.ndarray, region: Region
             gen = base.astype(np.float32) / 255.0 * (1 - soft) + up * soft
             timer.add("composite", t)
             if detail == "native":
-                gen = _refine_tiles(eng, gen, em_f, prompt, seed, region, f, hopts, info, timer, progress)
+                gen, covered = _refine_tiles(eng, gen, em_f, prompt, refine_ss.spawn(1)[0], region, f, hopts,
+                                             info, timer, progress)
+                gen = _sharpen_pass(gen, base, em_f, covered, band * f, hopts, info)
                 if f < 1.0:
                     gen = _undrift(gen, base, em_f, band * f, hopts)
     t = time.perf_counter()
@@ -293,8 +316,13 @@ def _edit_region(data: ImageData, out: np.ndarray, m: np.ndarray, region: Region
         gen = compositing.tone_match(gen, orig, ring, target, scale=float(band))
     if hopts.get("seam", True):
         gen = seam_correct(gen, orig, em_p, rim=max(4, band // 4), sigma=max(4.0, band / 4))
+    if hopts.get("sharpness", True) and ring.any():
+        gen = compositing.cap_detail(gen, orig, em_p, ring, limit=1.5)  # never much noisier than the photo around
     if hopts.get("grain", True) and ring.any():
-        gen = compositing.match_grain(gen, orig, em_p, ring, seed=seed)
+        gen = compositing.match_grain(gen, orig, em_p, ring, seed=grain_seed)
+    if hopts.get("sharpness", True):
+        # the blend band keeps the photo's own fine structure: an edge crossing the contour stays as sharp as it was
+        gen = compositing.transfer_detail(gen, orig, cm_p, width=2.0)
     weight = compositing.blend_weight(cm_p, band)
     blended = compositing.multiband_blend(orig, gen, weight, band=band)
     keep = weight <= 0.0
@@ -308,6 +336,31 @@ def _pad_box(mask: np.ndarray, pad: int) -> tuple[int, int, int, int]:
     h, w = mask.shape
     return (max(0, int(rows[0]) - pad), min(h, int(rows[-1]) + 1 + pad),
             max(0, int(cols[0]) - pad), min(w, int(cols[-1]) + 1 + pad))
+
+
+def _sharpen_pass(gen: np.ndarray, base8: np.ndarray, em: np.ndarray, valid: np.ndarray | None, band: float,
+                  hopts: dict, info: dict) -> np.ndarray:
+    """Undo one engine pass's softness (and grain) before the next pass or the blend builds on it.
+
+    The engine's transfer per band is measured on the ring around ``em`` where ``gen`` is the engine's rendering
+    of ``base8`` (``valid``: pixels of this pass's output; None = all), clear of its mask's soft edge, and
+    undone inside (:func:`crispedit.compositing.match_sharpness`). The fit goes to ``info["sharpness"]``.
+    """
+    if not hopts.get("sharpness", True):
+        return gen
+    b = max(4, int(band))
+    ring = grow(em, 2 * b) & ~grow(em, 8)
+    if valid is not None:
+        ring &= valid
+    orig = base8.astype(np.float32) / 255.0
+    fit = compositing.sharpness_gains(gen, orig, ring)
+    info.setdefault("sharpness", []).append(
+        {"size": [int(gen.shape[1]), int(gen.shape[0])], "transfer": [round(float(v), 3) for v in fit["transfer"]],
+         "noise": [float(f"{v:.3g}") for v in fit["noise"]], "ring_px": int(np.count_nonzero(ring))})
+    near = grow(em, 2 * b)  # what later passes and the blend use of this pass
+    weight = (near if valid is None else near & valid).astype(np.float32)
+    return compositing.match_sharpness(gen, orig, ring, weight, transfer=fit["transfer"], noise=fit["noise"],
+                                       grain=fit["grain"])
 
 
 def _undrift(gen: np.ndarray, base8: np.ndarray, em: np.ndarray, band: float, hopts: dict) -> np.ndarray:
@@ -339,13 +392,14 @@ def _stage_scales(ratio: float) -> list[float]:
     return [1.0 / 2 ** (n - j) for j in range(1, n + 1)]
 
 
-def _refine_tiles(eng: Engine, coarse: np.ndarray, em: np.ndarray, prompt: str | None, seed: int | None,
+def _refine_tiles(eng: Engine, coarse: np.ndarray, em: np.ndarray, prompt: str | None, seeds: np.random.SeedSequence,
                   region: Region, scale: float, hopts: dict, info: dict, timer: _Timer,
-                  progress: Progress | None) -> np.ndarray:
+                  progress: Progress | None) -> tuple[np.ndarray, np.ndarray]:
     """Refine a composed crop (at ``scale`` x native) in overlapping tiles of the working size.
 
     Low-strength calls keep the composition and add detail; tiles are blended with raised-cosine weights and
-    only tiles that touch the mask are run.
+    only tiles that touch the mask are run; tile ``i`` gets the seed of child ``i`` of ``seeds``. Returns the
+    refined crop and the bool map of pixels the tiles covered.
     """
     ws = int(eng.working_size)
     h, w = em.shape
@@ -355,11 +409,12 @@ def _refine_tiles(eng: Engine, coarse: np.ndarray, em: np.ndarray, prompt: str |
     wsum = np.zeros((h, w, 1), np.float32)
     tiles = [tb for tb in tile_grid(h, w, ws, overlap) if em[tb[1]:tb[3], tb[0]:tb[2]].any()]
     coarse8 = from_float(coarse, np.uint8)
+    tile_seeds = [_seed_int(ss) for ss in seeds.spawn(len(tiles))]
     x0, y0 = region.box[:2]
     for i, (tx0, ty0, tx1, ty1) in enumerate(tiles):
         if progress:
             progress(f"refine x{scale:g}", i, len(tiles))
-        tile_seed = None if seed is None else seed + 1 + i
+        tile_seed = tile_seeds[i]
         rw, rh = region.size
         sx, sy = w / rw, h / rh  # exact per-axis scale of this stage (its size is rounded to multiples of 8)
         full_res = (x0 + int(round(tx0 / sx)), y0 + int(round(ty0 / sy)), x0 + int(round(tx1 / sx)),
@@ -376,7 +431,7 @@ def _refine_tiles(eng: Engine, coarse: np.ndarray, em: np.ndarray, prompt: str |
     covered = wsum[..., 0] > 0
     gen = coarse.copy()
     gen[covered] = acc[covered] / wsum[covered]
-    return gen
+    return gen, covered
 
 
 #: Largest side `generate` accepts; beyond this even tiled sampling takes hours.

@@ -361,8 +361,9 @@ def _with_seed(spec: dict[str, Any], seed: int) -> dict[str, Any]:
         spec["args"] = dict(spec["args"], seed=seed)
         spec["seeds"] = {"edit": seed}
     else:
-        spec["seeds"] = {node: derive_seed(seed, digest(node), 0) for node in spec["seed_nodes"]}
-        spec["overrides"] = list(spec["overrides"]) + [f"{n}.seed={s}" for n, s in spec["seeds"].items()]
+        derived = {node: derive_seed(seed, digest(node), 0) for node in spec["seed_nodes"]}
+        spec["seeds"] = {**spec["seeds"], **derived}
+        spec["overrides"] = list(spec["overrides"]) + [f"{n}.seed={s}" for n, s in derived.items()]
     return spec
 
 

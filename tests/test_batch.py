@@ -275,3 +275,31 @@ nodes:
     bad = _write_table(photos / "wfbad.csv", [{"photo.path": "p1.png", "remove.sed": "3"}])
     code, text = _batch(bad, "--workflow", wf, "-o", tmp_path / "ds2")
     assert code == 2 and "row 1 (line 2)" in text and "did you mean 'seed'" in text
+
+
+def test_tables_in_three_formats_plan_the_same_items(photos, tmp_path):
+    from crispedit.batch.table import plan_items
+
+    rows = [{"image": "p0.png", "box": "30,20,80,70", "seed": 2, "prompt": '["a", "b"]'},
+            {"image": "p1.png", "ellipse": "20,20,100,80"}]
+    (photos / "t.yaml").write_text("- {image: p0.png, box: [30, 20, 80, 70], seed: 2, prompt: [a, b]}\n"
+                                   "- {image: p1.png, ellipse: '20,20,100,80'}\n")
+    plans = [plan_items(_write_table(photos / "t.csv", rows), tmp_path),
+             plan_items(photos / "t.yaml", tmp_path),
+             plan_items(_write_table(photos / "t.jsonl", [dict(rows[0], prompt=["a", "b"]), rows[1]]), tmp_path)]
+    assert [[it.key for it in p] for p in plans[1:]] == [[it.key for it in plans[0]]] * 2
+    first = plans[0][0].spec["args"]
+    assert first["prompt_variants"] == ["a", "b"] and first["candidates"] == 2
+    assert plans[0][1].spec["seed_source"] == "derived"
+    assert plan_items(photos / "t.yaml", tmp_path, batch_seed=1)[1].key != plans[0][1].key  # seed root matters
+    assert plans[0][0].resources["memory"] > 0 and plans[0][0].resources["num_gpus"] == 0
+
+
+def test_ray_flag_address_is_optional():
+    from crispedit.batch.cli import expand_ray_flag
+
+    assert expand_ray_flag(["batch", "j.csv", "-o", "d", "--ray"]) == ["batch", "j.csv", "-o", "d", "--ray", "local"]
+    assert expand_ray_flag(["batch", "--ray", "j.csv", "-o", "d"])[:3] == ["batch", "--ray", "local"]
+    assert expand_ray_flag(["batch", "j.csv", "--ray", "ray://head:10001"])[-1] == "ray://head:10001"
+    assert expand_ray_flag(["batch", "j.csv", "--ray", "10.0.0.5:6379"])[-1] == "10.0.0.5:6379"
+    assert expand_ray_flag(["edit", "--ray"]) == ["edit", "--ray"]

@@ -152,14 +152,21 @@ def run_ray(items: list[Item], address: Optional[str], workers: Optional[int], o
     try:
         cluster = ray.cluster_resources()
         has_gpu = cluster.get("GPU", 0) > 0
+        # a request larger than every node would wait forever ("infeasible"): ask for the largest node instead
+        node_mem = max((n.get("Resources", {}).get("memory", 0) for n in ray.nodes() if n.get("Alive")), default=0)
         task = ray.remote(max_retries=MAX_ATTEMPTS, retry_exceptions=False)(run_item)
-        for it in items:
-            r = it.resources
-            opts = {"num_cpus": r.get("num_cpus", 1), "memory": int(r.get("memory", 0)) or None,
-                    "num_gpus": r.get("num_gpus", 0) if has_gpu else 0}
-            refs[task.options(**{k: v for k, v in opts.items() if v is not None}).remote(it.spec)] = it
-        while refs:
-            done, _ = ray.wait(list(refs), num_returns=1, timeout=0.5)
+        # Ray's "limit pending tasks" pattern: keep a few tasks per CPU in flight, not the whole table.
+        cap = max(16, 4 * int(cluster.get("CPU", 1)))
+        queue = list(reversed(items))
+        while queue or refs:
+            while queue and len(refs) < cap:
+                it = queue.pop()
+                r = it.resources
+                mem = int(min(r.get("memory", 0), node_mem or r.get("memory", 0)))
+                opts = {"num_cpus": r.get("num_cpus", 1), "memory": mem or None,
+                        "num_gpus": r.get("num_gpus", 0) if has_gpu else 0}
+                refs[task.options(**{k: v for k, v in opts.items() if v is not None}).remote(it.spec)] = it
+            done, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0.5)
             for ref in done:
                 it = refs.pop(ref)
                 try:

@@ -242,6 +242,7 @@ def test_ray_worker_killed_mid_task_exactly_once(photos, local_run, ray_cluster,
     keys = [json.loads(x)["key"] for x in (out / "records.jsonl").read_text().splitlines()]
     assert len(keys) == 4 == len(set(keys))
     assert _edits(out) == _edits(local_run)
+    assert not [p for p in out.rglob(".*.tmp")]
 
 
 def test_workflow_table_matches_crispedit_run(photos, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from crispedit.batch.dataset import assemble, copy_originals, prepare_outdir
+from crispedit.batch.dataset import assemble, copy_originals, prepare_outdir, remove_temporary
 from crispedit.batch.runner import BatchResult, run_items
 from crispedit.batch.table import Item, plan_items
 
@@ -61,5 +61,6 @@ def run_batch(jobs: PathLike, outdir: PathLike, *, workflow: Optional[PathLike] 
 
         on_plan(items, sum(1 for it in items if is_complete(it.spec)))
     result = run_items(items, workers=workers, ray_address=ray_address, use_ray=use_ray, on_record=on_record)
+    remove_temporary(outdir)  # the workers are gone: what a killed one was writing is garbage
     summary = assemble(outdir, manifest)
     return result, summary

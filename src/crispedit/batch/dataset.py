@@ -68,18 +68,27 @@ def prepare_outdir(outdir: Path, manifest: dict[str, Any], resume: bool) -> dict
     outdir.mkdir(parents=True, exist_ok=True)
     for sub in FOLDERS:
         (outdir / sub).mkdir(exist_ok=True)
-    removed = 0
-    for sub in (outdir, *(outdir / s for s in (*FOLDERS, "originals"))):
-        if sub.is_dir():
-            for p in sub.glob(".*.tmp"):
-                p.unlink(missing_ok=True)
-                removed += 1
+    removed = remove_temporary(outdir)
     runs = list((old or {}).get("runs", []))
     runs.append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "jobs": manifest.get("jobs"),
                  "jobs_blake2b": manifest.get("jobs_blake2b")})
     data = dict(manifest, runs=runs[-50:])
     _atomic_text(mpath, json.dumps(data, indent=1, sort_keys=True))
     return {"stale_temporary_files_removed": removed, "resumed": old is not None}
+
+
+def remove_temporary(outdir: Path) -> int:
+    """Remove the temporary files (``.NAME.RANDOM.tmp``) of atomic writes a killed worker left; returns how many.
+
+    Call only while no worker writes into ``outdir`` (before a run, or after its workers are gone).
+    """
+    removed = 0
+    for sub in (outdir, *(outdir / s for s in (*FOLDERS, "originals", "reports"))):
+        if sub.is_dir():
+            for p in sub.glob(".*.tmp"):
+                p.unlink(missing_ok=True)
+                removed += 1
+    return removed
 
 
 def copy_originals(items: list[Any], outdir: Path) -> None:

@@ -23,6 +23,7 @@ import argparse
 import hashlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -63,6 +64,12 @@ def prepare(tmp: Path, n: int) -> Path:
     return table
 
 
+def _child_cpu() -> float:
+    """CPU seconds (user + sys) of the finished children this process waited for (and theirs)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "crispedit.cli", *args]
 
@@ -73,42 +80,47 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=src + (os.pathsep + path if path else ""))
 
 
-def time_single_cli(tmp: Path, table: Path, n: int) -> list[float]:
-    out = []
+def time_single_cli(tmp: Path, table: Path, n: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of one `crispedit edit` process per item."""
+    wall, cpu = [], []
     rows = [json.loads(x) for x in table.read_text().splitlines()][:n]
     for i, r in enumerate(rows):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), _child_cpu()
         subprocess.run(_cli("edit", str(tmp / r["image"]), "-o", str(tmp / f"single{i}.png"), "--ellipse",
                             r["ellipse"], "--seed", str(r["seed"])), env=_env(), check=True, capture_output=True)
-        out.append(time.perf_counter() - t)
-    return out
+        wall.append(time.perf_counter() - t)
+        cpu.append(_child_cpu() - c)
+    return wall, cpu
 
 
-def time_in_process(tmp: Path, table: Path, n: int) -> list[float]:
+def time_in_process(tmp: Path, table: Path, n: int) -> tuple[list[float], list[float]]:
+    """Wall and CPU seconds of the edit in this process (warm)."""
     sys.path.insert(0, str(ROOT / "src"))
     from crispedit.workflow import builtin
 
     rows = [json.loads(x) for x in table.read_text().splitlines()][:n]
-    out = []
+    wall, cpu = [], []
     for i, r in enumerate([rows[0]] + rows):  # the first call warms imports and is not counted
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         builtin.run_edit(cache=False, image=str(tmp / r["image"]), output=str(tmp / f"inproc{i}.png"),
                          ellipse=r["ellipse"], seed=r["seed"])
         if i:
-            out.append(time.perf_counter() - t)
-    return out
+            wall.append(time.perf_counter() - t)
+            cpu.append(time.process_time() - c)
+    return wall, cpu
 
 
 def time_batch(tmp: Path, table: Path, name: str, *opts: str) -> dict:
     outdir = tmp / f"ds-{name}"
-    t = time.perf_counter()
+    t, c = time.perf_counter(), _child_cpu()
     res = subprocess.run(_cli("batch", str(table), "-o", str(outdir), "--json", *opts), env=_env(),
                          capture_output=True, text=True)
     wall = time.perf_counter() - t
+    cpu = _child_cpu() - c
     if res.returncode != 0:
         raise RuntimeError(f"batch {name} failed ({res.returncode}): {res.stderr[-2000:]}")
     summary = json.loads(res.stdout)
-    return {"name": name, "wall": wall, "items": summary["ok"], "workers": summary["workers"],
+    return {"name": name, "wall": wall, "cpu": cpu, "items": summary["ok"], "workers": summary["workers"],
             "edits": sorted(hashlib.blake2b(p.read_bytes()).hexdigest() for p in (outdir / "edits").iterdir())}
 
 
@@ -125,8 +137,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="crispedit-bench-batch-") as d:
         tmp = Path(d)
         table = prepare(tmp, args.items)
-        single = time_single_cli(tmp, table, args.single)
-        inproc = time_in_process(tmp, table, args.single)
+        single, single_cpu = time_single_cli(tmp, table, args.single)
+        inproc, inproc_cpu = time_in_process(tmp, table, args.single)
         runs = [time_batch(tmp, table, "local-1", "--workers", "1"),
                 time_batch(tmp, table, "local-2", "--workers", "2")]
         if not args.no_ray:
@@ -139,7 +151,8 @@ def main() -> None:
     thr = {r["name"]: 60.0 * r["items"] / r["wall"] for r in runs}
     one = runs[0]["wall"] / n
     rows = "\n".join(f"| {r['name']} | {r['workers']} | {r['items']} | {r['wall']:.1f} | {thr[r['name']]:.2f} | "
-                     f"{r['wall'] / n:.2f} |" for r in runs)
+                     f"{r['wall'] / n:.2f} | {r['cpu'] / n:.2f} |" for r in runs)
+    cpu_one = runs[0]["cpu"] / n
     eff2 = thr["local-2"] / (2 * thr["local-1"])
     ray_line = ""
     if "ray-2" in thr:
@@ -155,14 +168,17 @@ numbers are lower bounds for a quiet machine).
 {n} items: 3840x2160 JPEG crops of real photos, an ellipse of ~600x500 px each, classical engine, quality gate on,
 PNG out. Wall time of the whole command (process start, planning, pool or cluster start, dataset assembly).
 
-| run | workers | items | wall s | items/min | s per item |
-|---|---|---|---|---|---|
+| run | workers | items | wall s | items/min | wall s per item | CPU s per item |
+|---|---|---|---|---|---|---|
 {rows}
 
-- One `crispedit edit` process per item: {per_single:.2f} s per item ({60 / per_single:.2f} items/min, mean of
-  {len(single)}); the edit in process (warm, `run_edit`): {per_inproc:.2f} s.
-- Batch overhead per item with 1 worker: {one - per_inproc:+.2f} s over the in-process edit; against one
-  `crispedit edit` per item: {one - per_single:+.2f} s per item.
+- One `crispedit edit` process per item: {per_single:.2f} s wall, {statistics.mean(single_cpu):.2f} s CPU per item
+  ({60 / per_single:.2f} items/min, mean of {len(single)}); the edit in process (warm, `run_edit`):
+  {per_inproc:.2f} s wall, {statistics.mean(inproc_cpu):.2f} s CPU.
+- Batch overhead per item with 1 worker, wall: {one - per_inproc:+.2f} s over the in-process edit,
+  {one - per_single:+.2f} s against one `crispedit edit` process per item; CPU (load-independent):
+  {cpu_one - statistics.mean(inproc_cpu):+.2f} s over the in-process edit, {cpu_one - statistics.mean(single_cpu):+.2f} s
+  against `crispedit edit`. CPU of Ray runs counts only the driver's own children (Ray's workers are not).
 - Scaling efficiency, 2 local workers vs 1: {eff2:.2f} (throughput ratio {thr['local-2'] / thr['local-1']:.2f} of an
   ideal 2).
 {ray_line}- Edits byte-identical across runs: {'yes' if same else 'NO'}.

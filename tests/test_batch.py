@@ -180,7 +180,7 @@ def test_local_worker_killed_mid_item_exactly_once(photos, local_run, tmp_path, 
 def test_sigint_then_resume_redoes_nothing(photos, local_run, tmp_path):
     faults = tmp_path / "faults"
     faults.mkdir()
-    (faults / "delay").write_text("1.5")
+    (faults / "delay").write_text("3")
     out = tmp_path / "ds"
     env = dict(os.environ, PYTHONPATH=str(SRC), **{FAULT_ENV: str(faults)})
     cmd = [sys.executable, "-m", "crispedit.cli", "batch", str(photos / "jobs.jsonl"), "-o", str(out),

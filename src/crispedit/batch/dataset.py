@@ -179,8 +179,8 @@ def dataset_card(s: dict[str, Any], manifest: dict[str, Any]) -> str:
 
 Made with `crispedit batch` (crispedit {manifest.get('crispedit')}) from `{manifest.get('jobs')}`
 {f"with the workflow `{manifest.get('workflow')}` " if manifest.get('workflow') else ""}on {time.strftime('%Y-%m-%d', time.gmtime())}.
-Every edit is full resolution ({size}, {s['megapixels']} Mpx in all): pasted back into the original, pixels
-outside the edit and its blend band bit-identical to it.
+Every edit is full resolution ({size}, {s['megapixels']} Mpx in all), pasted back into the original: for masked
+edits the pixels outside the edit and its blend band are bit-identical to it.
 
 ## Counts
 

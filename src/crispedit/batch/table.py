@@ -427,7 +427,7 @@ def _plan_edit_row(row: EditRow, base: Path, where: str, errors: list[str]
                       "params": {k: v for k, v in params.items() if k != "seed"}}, 16)
     spec: dict[str, Any] = {"mode": "edit", "args": dict(args, image=str(image), mask=None if mask is None
                                                           else str(mask)),
-                            "inputs": inputs, "engine": row.engine, "model": row.model,
+                            "inputs": inputs, "engine": row.engine, "model": args.get("model"),
                             "seed_source": "row" if row.seed is not None else "derived",
                             "seeds": {"edit": row.seed}, "size": list(size) if size else None}
     return content, spec, estimate_resources(size, row.engine, row.device)

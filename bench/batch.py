@@ -158,6 +158,10 @@ def main() -> None:
     if "ray-2" in thr:
         ray_line = (f"- Ray (new local cluster, 2 CPUs, start included) vs local pool with 2 workers: "
                     f"{thr['ray-2'] / thr['local-2']:.2f}x the throughput.\n")
+    cores = os.cpu_count() or 1
+    busy = max(float(load_before.split(",")[0]), float(load_after.split(",")[0])) > cores
+    caveat = (f"  The load average was above the {cores} cores: the workers competed with other jobs for CPU, so "
+              "this ratio says little about scaling on a free machine.\n" if busy else "")
     cmd = "python bench/batch.py " + " ".join(sys.argv[1:])
     body = f"""## Batch throughput (crispedit batch, 4K classical edits)
 
@@ -181,7 +185,7 @@ PNG out. Wall time of the whole command (process start, planning, pool or cluste
   against `crispedit edit`. CPU of Ray runs counts only the driver's own children (Ray's workers are not).
 - Scaling efficiency, 2 local workers vs 1: {eff2:.2f} (throughput ratio {thr['local-2'] / thr['local-1']:.2f} of an
   ideal 2).
-{ray_line}- Edits byte-identical across runs: {'yes' if same else 'NO'}.
+{caveat}{ray_line}- Edits byte-identical across runs: {'yes' if same else 'NO'}.
 """
     print(body)
     if args.write:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import photo_like
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import photo_like
 from crispedit.batch.dataset import read_jsonl
 from crispedit.batch.worker import FAULT_ENV
 from crispedit.cli import app

@@ -149,7 +149,9 @@ def assemble(outdir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 def summarize(recs: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in recs if r.get("status") == "ok"]
     cands = [c for r in ok for c in (r.get("candidates") or [])]
-    sizes = [(r["image"]["width"], r["image"]["height"]) for r in ok if isinstance(r.get("image"), dict)]
+    sizes: list[tuple[int, int]] = [(int(r["image"]["width"]), int(r["image"]["height"])) for r in ok
+                                    if isinstance(r.get("image"), dict)]
+    by_area = sorted(sizes, key=lambda wh: wh[0] * wh[1])
     return {
         "items": len(recs), "ok": len(ok), "failed": len(recs) - len(ok),
         "verdicts": dict(collections.Counter(r.get("verdict", "unchecked") for r in ok)),
@@ -158,8 +160,8 @@ def summarize(recs: list[dict[str, Any]]) -> dict[str, Any]:
         "candidates": len(cands),
         "candidate_status": dict(collections.Counter(str(c.get("status")) for c in cands)),
         "errors": dict(collections.Counter(str(r.get("error_type")) for r in recs if r.get("status") != "ok")),
-        "min_size": list(min(sizes, key=lambda s: s[0] * s[1])) if sizes else None,
-        "max_size": list(max(sizes, key=lambda s: s[0] * s[1])) if sizes else None,
+        "min_size": list(by_area[0]) if by_area else None,
+        "max_size": list(by_area[-1]) if by_area else None,
         "megapixels": round(sum(w * h for w, h in sizes) / 1e6, 2),
     }
 

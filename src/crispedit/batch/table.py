@@ -20,7 +20,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -155,7 +154,7 @@ def read_table(path: Union[str, Path]) -> list[tuple[int, dict[str, Any]]]:
                 continue
             try:
                 obj = json.loads(line)
-            except ValueError as exc:
+            except json.JSONDecodeError as exc:
                 raise InputError(f"{p}: line {i} is not JSON ({exc.msg})", "write one JSON object per line") from None
             if not isinstance(obj, dict):
                 raise InputError(f"{p}: line {i} is not a JSON object", "write one {\"image\": ...} object per line")
@@ -164,16 +163,16 @@ def read_table(path: Union[str, Path]) -> list[tuple[int, dict[str, Any]]]:
         reader = csv.reader(io.StringIO(text), delimiter="\t" if ext == ".tsv" else ",")
         header: Optional[list[str]] = None
         for rec in reader:
-            line = reader.line_num
+            lineno = reader.line_num
             if header is None:
                 header = [h.strip() for h in rec]
                 continue
             if not any(c.strip() for c in rec):
                 continue
             if len(rec) > len(header):
-                raise InputError(f"{p}: line {line} has {len(rec)} cells but the header {len(header)}",
+                raise InputError(f"{p}: line {lineno} has {len(rec)} cells but the header {len(header)}",
                                  "quote cells that contain commas")
-            rows.append((line, {h: c for h, c in zip(header, rec) if not _empty(c)}))
+            rows.append((lineno, {h: c for h, c in zip(header, rec) if not _empty(c)}))
     elif ext in (".yaml", ".yml"):
         import yaml
 
@@ -192,10 +191,10 @@ def read_table(path: Union[str, Path]) -> list[tuple[int, dict[str, Any]]]:
     else:
         raise InputError(f"cannot read job table '{ext or p.name}'", "use a .jsonl, .csv or .yaml file")
     out = []
-    for line, obj in rows:
+    for lineno, obj in rows:
         clean = {str(k).strip().replace("-", "_") if "." not in str(k) else str(k).strip(): v
                  for k, v in obj.items() if not _empty(v)}
-        out.append((line, clean))
+        out.append((lineno, clean))
     if not out:
         raise InputError(f"{p}: the table has no rows", "add one row per item")
     return out

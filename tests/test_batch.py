@@ -151,13 +151,22 @@ def test_corrupt_item_recorded_batch_goes_on(photos, tmp_path):
             {"image": "corrupt.png", "box": "30,20,80,70", "seed": 1},
             {"image": "p1.png", "mask": "small_mask.png", "seed": 1}]
     out = tmp_path / "ds"
-    code, text = _batch(_write_table(photos / "corrupt.jsonl", rows), "-o", out, "--workers", "1")
+    code, text = _batch(_write_table(photos / "corrupt.jsonl", rows), "-o", out, "--workers", "1",
+                        "--copy-originals")
     assert code == 1
     recs = {r["row"]: r for r in read_jsonl(out / "records.jsonl")}
     assert recs[1]["status"] == "ok"
     assert recs[2]["status"] == "failed" and "corrupt.png" in recs[2]["error"]
     assert recs[3]["status"] == "failed" and "mask is 128x80" in recs[3]["error"]
     assert "failed: 2" in (out / "README.md").read_text()
+    copy = out / "originals" / f"{recs[1]['key']}.png"
+    assert copy.read_bytes() == (photos / "p0.png").read_bytes()
+    # another table into the same dataset: refused unless --resume (then the done item is skipped)
+    other = _write_table(photos / "other.jsonl", rows[:1])
+    code, text = _batch(other, "-o", out)
+    assert code == 2 and "--resume" in text
+    code, text = _batch(other, "-o", out, "--resume", "--json")
+    assert code == 1 and '"skipped": 1' in text  # the dataset still holds the two failed items
 
 
 def test_local_worker_killed_mid_item_exactly_once(photos, local_run, tmp_path, monkeypatch):

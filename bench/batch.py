@@ -151,7 +151,8 @@ def main() -> None:
     thr = {r["name"]: 60.0 * r["items"] / r["wall"] for r in runs}
     one = runs[0]["wall"] / n
     rows = "\n".join(f"| {r['name']} | {r['workers']} | {r['items']} | {r['wall']:.1f} | {thr[r['name']]:.2f} | "
-                     f"{r['wall'] / n:.2f} | {r['cpu'] / n:.2f} |" for r in runs)
+                     f"{r['wall'] / n:.2f} | {'n/a' if r['name'].startswith('ray') else format(r['cpu'] / n, '.2f')} |"
+                     for r in runs)
     cpu_one = runs[0]["cpu"] / n
     eff2 = thr["local-2"] / (2 * thr["local-1"])
     ray_line = ""
@@ -182,7 +183,7 @@ PNG out. Wall time of the whole command (process start, planning, pool or cluste
 - Batch overhead per item with 1 worker, wall: {one - per_inproc:+.2f} s over the in-process edit,
   {one - per_single:+.2f} s against one `crispedit edit` process per item; CPU (load-independent):
   {cpu_one - statistics.mean(inproc_cpu):+.2f} s over the in-process edit, {cpu_one - statistics.mean(single_cpu):+.2f} s
-  against `crispedit edit`. CPU of Ray runs counts only the driver's own children (Ray's workers are not).
+  against `crispedit edit`. (Ray's workers are not children of the command: their CPU is not counted, n/a.)
 - Scaling efficiency, 2 local workers vs 1: {eff2:.2f} (throughput ratio {thr['local-2'] / thr['local-1']:.2f} of an
   ideal 2).
 {caveat}{ray_line}- Edits byte-identical across runs: {'yes' if same else 'NO'}.

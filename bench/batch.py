@@ -183,7 +183,8 @@ PNG out. Wall time of the whole command (process start, planning, pool or cluste
 - Batch overhead per item with 1 worker, wall: {one - per_inproc:+.2f} s over the in-process edit,
   {one - per_single:+.2f} s against one `crispedit edit` process per item; CPU (load-independent):
   {cpu_one - statistics.mean(inproc_cpu):+.2f} s over the in-process edit,
-  {cpu_one - statistics.mean(single_cpu):+.2f} s against `crispedit edit`. (Ray's workers are not children of the command: their CPU is not counted, n/a.)
+  {cpu_one - statistics.mean(single_cpu):+.2f} s against `crispedit edit`. (Ray's workers are not children of the
+  command: their CPU is not counted, n/a.)
 - Scaling efficiency, 2 local workers vs 1: {eff2:.2f} (throughput ratio {thr['local-2'] / thr['local-1']:.2f} of an
   ideal 2).
 {caveat}{ray_line}- Edits byte-identical across runs: {'yes' if same else 'NO'}.

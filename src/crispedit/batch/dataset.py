@@ -177,10 +177,14 @@ def dataset_card(s: dict[str, Any], manifest: dict[str, Any]) -> str:
     """The dataset card (Markdown): what is in the folder, how it was made, and whom to cite."""
     size = (f"{s['min_size'][0]}x{s['min_size'][1]} to {s['max_size'][0]}x{s['max_size'][1]} px"
             if s.get("min_size") else "n/a")
+    wf = f"with the workflow `{manifest.get('workflow')}` " if manifest.get("workflow") else ""
+    models = f"### Models\n\n{_table(s['models'], 'model')}" if s["models"] else ""
+    failures = (f"### Failures\n\n{_table(s['errors'], 'error')}\nFailed items have a record with `status: failed` "
+                "and the error; rerun the same command to retry them.\n") if s["failed"] else ""
     return f"""# crispedit batch dataset
 
 Made with `crispedit batch` (crispedit {manifest.get('crispedit')}) from `{manifest.get('jobs')}`
-{f"with the workflow `{manifest.get('workflow')}` " if manifest.get('workflow') else ""}on {time.strftime('%Y-%m-%d', time.gmtime())}.
+{wf}on {time.strftime('%Y-%m-%d', time.gmtime())}.
 Every edit is full resolution ({size}, {s['megapixels']} Mpx in all), pasted back into the original: for masked
 edits the pixels outside the edit and its blend band are bit-identical to it.
 
@@ -198,8 +202,8 @@ edits the pixels outside the edit and its blend band are bit-identical to it.
 ### Engines
 
 {_table(s['engines'], 'engine')}
-{('### Models' + chr(10) + chr(10) + _table(s['models'], 'model')) if s['models'] else ''}
-{('### Failures' + chr(10) + chr(10) + _table(s['errors'], 'error') + chr(10) + 'Failed items have a record with `status: failed` and the error; rerun the same command to retry them.' + chr(10)) if s['failed'] else ''}
+{models}
+{failures}
 ## Layout
 
 - `edits/KEY.{manifest.get('format', 'png')}`: the kept edit; `masks/KEY.png`: the mask (255 = edited);

@@ -143,6 +143,7 @@ def test_rerun_skips_everything_done(photos, local_run):
     assert code == 0
     summary = json.loads(text[text.index("{"):text.rindex("}") + 1])
     assert summary["skipped"] == 4 and summary["ok"] == 0
+    assert len(json.loads((local_run / "input-hashes.json").read_text())) >= 5  # 4 images and a mask
     assert before == {p.name: p.stat().st_mtime_ns for p in (local_run / "records").iterdir()}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-from crispedit.batch.dataset import assemble, copy_originals, prepare_outdir, remove_temporary
+from crispedit.batch.dataset import assemble, copy_originals, load_hashes, prepare_outdir, remove_temporary, save_hashes
 from crispedit.batch.runner import BatchResult, run_items
 from crispedit.batch.table import Item, plan_items
 
@@ -49,11 +49,14 @@ def run_batch(jobs: PathLike, outdir: PathLike, *, workflow: Optional[PathLike] 
     from crispedit.workflow.runner import _version, file_hash
 
     outdir = Path(outdir)
+    if (outdir / "batch.json").is_file():
+        load_hashes(outdir)  # a rerun stats its inputs instead of reading them all again
     items = plan_items(jobs, outdir, workflow=workflow, batch_seed=batch_seed, edit_format=edit_format)
     manifest = {"crispedit": _version(), "jobs": str(Path(jobs).resolve()), "jobs_blake2b": file_hash(jobs),
                 "workflow": str(Path(workflow).resolve()) if workflow else None, "format": edit_format,
                 "batch_seed": batch_seed, "items": len(items)}
     prepare_outdir(outdir, manifest, resume)
+    save_hashes(outdir)
     if copy_inputs:
         copy_originals(items, outdir.resolve())
     if on_plan is not None:

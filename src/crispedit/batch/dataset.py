@@ -10,6 +10,7 @@ Layout of OUTDIR::
     records/KEY.json    one record per item, written atomically when the item is done (the source of truth)
     records.jsonl       all records, one line per item, assembled from records/ (sorted by row, one per key)
     README.md           the dataset card: counts, verdict histogram, engines and models, how to cite
+    input-hashes.json   blake2b of the input files by (path, size, mtime, inode): a rerun does not read them again
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Optional
 from crispedit.errors import InputError
 
 FOLDERS = ("edits", "masks", "records")
+HASHES = "input-hashes.json"
 
 
 def _atomic_text(path: Path, text: str) -> None:
@@ -54,7 +56,7 @@ def prepare_outdir(outdir: Path, manifest: dict[str, Any], resume: bool) -> dict
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"-o {outdir} is a file", "give a folder for the dataset")
     mpath = outdir / "batch.json"
-    if outdir.is_dir() and any(outdir.iterdir()) and not mpath.is_file():
+    if outdir.is_dir() and any(p.name != HASHES for p in outdir.iterdir()) and not mpath.is_file():
         raise InputError(f"{outdir} is not empty and holds no crispedit batch", "choose a new or empty -o folder")
     old: Optional[dict[str, Any]] = None
     if mpath.is_file():
@@ -75,6 +77,34 @@ def prepare_outdir(outdir: Path, manifest: dict[str, Any], resume: bool) -> dict
     data = dict(manifest, runs=runs[-50:])
     _atomic_text(mpath, json.dumps(data, indent=1, sort_keys=True))
     return {"stale_temporary_files_removed": removed, "resumed": old is not None}
+
+
+def load_hashes(outdir: Path) -> int:
+    """Seed the per-process file-hash memo of :func:`crispedit.workflow.runner.file_hash` from ``OUTDIR``.
+
+    Entries are keyed by (path, size, mtime, inode), so a changed file is hashed again; a rerun over a large
+    dataset then stats its inputs instead of reading them all. Returns the number of entries loaded.
+    """
+    from crispedit.workflow import runner
+
+    try:
+        rows = json.loads((Path(outdir) / HASHES).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return 0
+    n = 0
+    for row in rows if isinstance(rows, list) else []:
+        if isinstance(row, list) and len(row) == 5:
+            runner._FILE_HASHES[(str(row[0]), int(row[1]), int(row[2]), int(row[3]))] = str(row[4])
+            n += 1
+    return n
+
+
+def save_hashes(outdir: Path) -> None:
+    """Write this process's file-hash memo to ``OUTDIR/input-hashes.json`` (atomically)."""
+    from crispedit.workflow import runner
+
+    rows = [[*k, v] for k, v in runner._FILE_HASHES.items()]
+    _atomic_text(Path(outdir) / HASHES, json.dumps(rows))
 
 
 def remove_temporary(outdir: Path) -> int:

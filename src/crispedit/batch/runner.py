@@ -53,13 +53,29 @@ class BatchResult:
 
 
 def auto_workers(items: list[Item]) -> int:
-    """Local workers: the cores, capped by available memory over the largest item's estimated need (>= 1)."""
+    """Local workers: the cores, capped by available memory over the largest item's estimated need (>= 1) and,
+    when items need a GPU and CUDA is here, by the number of GPUs."""
     import psutil
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     need = max((it.resources.get("memory", 0) for it in items), default=0) or 1
     by_mem = int(psutil.virtual_memory().available * 0.8 // need)
-    return max(1, min(cores, by_mem, len(items) or 1))
+    n = max(1, min(cores, by_mem, len(items) or 1))
+    if any(it.resources.get("num_gpus") for it in items):
+        gpus = _local_gpus()
+        if gpus:  # one SD pipeline per GPU: more workers would each load the model onto the same card
+            n = min(n, gpus)
+    return n
+
+
+def _local_gpus() -> int:
+    """CUDA devices visible here (0 without torch or CUDA)."""
+    try:
+        import torch
+
+        return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+    except Exception:  # noqa: BLE001 - no usable torch/CUDA means no GPU
+        return 0
 
 
 def _init_worker(threads: int) -> None:

@@ -212,10 +212,14 @@ _register_optional("nodes", "crispedit.workflow.cli", "nodes_cmd")
 _register_optional("describe", "crispedit.workflow.cli", "describe_cmd")
 _register_optional("serve", "crispedit.server.cli", "serve_cmd")
 
+_register_optional("batch", "crispedit.batch.cli", "batch_cmd")
+
 
 def main() -> None:
     try:
-        app()
+        from crispedit.batch.cli import expand_ray_flag  # `batch --ray` with its address optional
+
+        app(args=expand_ray_flag(sys.argv[1:]))
     except CrispEditError as exc:  # raised by registered commands that do not catch it themselves
         err.print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True)
         sys.exit(exc.exit_code)

@@ -91,7 +91,21 @@ def _init_worker(threads: int) -> None:
 
 
 def run_local(items: list[Item], workers: int, on_record: OnRecord) -> None:
-    """Run ``items`` in a process pool of ``workers`` spawned processes; call ``on_record`` per finished item."""
+    """Run ``items`` in a process pool of ``workers`` spawned processes; call ``on_record`` per finished item.
+
+    Parameters
+    ----------
+    items : the items to run (none of them complete).
+    workers : pool size; each worker gets ``cores // workers`` OpenCV / BLAS threads.
+    on_record : called in this process with each item's record (also for items recorded as failed here).
+
+    Notes
+    -----
+    Library: :class:`concurrent.futures.ProcessPoolExecutor` (``spawn`` context). A dead worker breaks the
+    pool; the pool is restarted and the items without a complete record run again (exactly once in the
+    dataset because outputs are keyed and atomic); an item in a round that finishes nothing counts an attempt,
+    and after :data:`MAX_ATTEMPTS` it is recorded as failed.
+    """
     cores = os.cpu_count() or 1
     threads = max(1, cores // max(1, workers))
     pending = {it.key: it for it in items}
@@ -160,7 +174,23 @@ def _ray_init(address: Optional[str], workers: Optional[int]) -> bool:
 
 
 def run_ray(items: list[Item], address: Optional[str], workers: Optional[int], on_record: OnRecord) -> int:
-    """Run each item as a Ray task with declared resources; returns the cluster's CPU count."""
+    """Run each item as a Ray task with declared resources; returns the cluster's CPU count.
+
+    Parameters
+    ----------
+    items : the items to run.
+    address : ``None`` / ``"local"``: start a local cluster (``workers`` CPUs); else ``auto``,
+        ``ray://host:port`` or ``host:port`` (see :func:`ray.init`). An already initialised Ray is used as is.
+    workers : CPUs of a new local cluster (default: all).
+    on_record : called with each item's record.
+
+    Notes
+    -----
+    Library: Ray tasks (``ray.remote(max_retries=3)``: a task whose worker or node died runs again), with
+    ``num_cpus``, ``memory`` (bytes, from the image size, capped at the largest node) and ``num_gpus`` (SD
+    engines, when the cluster has GPUs); at most ``max(16, 4 x CPUs)`` tasks in flight, collected with
+    ``ray.wait``. Input and output paths must be visible to every node (a shared file system).
+    """
     import ray
 
     started = _ray_init(address, workers)

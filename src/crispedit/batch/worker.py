@@ -114,8 +114,25 @@ def _run_edit(spec: dict[str, Any]) -> tuple[dict[str, Any], Any]:
 
 
 def run_item(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run one item and write its record; returns the record.
+    """Run one item and write its record (``records/KEY.json``, atomically, last).
 
+    Parameters
+    ----------
+    spec : dict
+        ``Item.spec`` from :func:`crispedit.batch.table.plan_items`: ``mode`` (``edit`` runs
+        :func:`crispedit.workflow.builtin.run_edit` with ``args``, exactly as ``crispedit edit``; ``workflow`` runs
+        :func:`crispedit.workflow.runner.run_workflow` with ``overrides``), ``key``, ``row``, ``outdir`` and the
+        output paths ``edit``, ``mask_out``, ``record``.
+
+    Returns
+    -------
+    dict
+        The record: ``status`` (``ok`` / ``failed``), ``error``, ``inputs`` (paths, blake2b), ``seeds``,
+        ``engine``, ``model``, ``outputs`` (paths, blake2b, bytes), ``verdict``, ``quality`` (every metric of the
+        gate), ``candidates`` (kept / passed / rejected with scores), ``timings`` (s), ``seconds`` (s, wall).
+
+    Notes
+    -----
     Failures of the item (a corrupt image, a mask of the wrong size, an engine error) are caught and recorded
     with ``status: failed``; only ``KeyboardInterrupt`` / ``SystemExit`` propagate (and leave no record).
     """

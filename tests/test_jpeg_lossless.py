@@ -282,3 +282,28 @@ def test_mpo_second_picture_kept_and_reindexed(tmp_path):
         im.seek(1)
         orig.seek(1)
         assert np.array_equal(np.asarray(im), np.asarray(orig))
+
+
+def test_unsupported_inputs_fall_back_with_a_note(tmp_path):
+    # CMYK JPEG: converted on load, so the whole picture is re-encoded, and the note says why
+    cmyk = tmp_path / "cmyk.jpg"
+    Image.fromarray((photo_like(32, 48, channels=3) * 255).astype(np.uint8)).convert("CMYK").save(cmyk, quality=90)
+    data = load_image(cmyk)
+    info: dict = {}
+    save_image(data, tmp_path / "out.jpg", edit_box(data, 4, 8, 4, 8), info=info)
+    assert info["mode"] == "reencode"
+    assert any("input's blocks cannot be kept" in n and "CMYK" in n for n in data.notes)
+    # arithmetic coding (written by libjpeg through jpeglib): no block-level write
+    arith = tmp_path / "arith.jpg"
+    with jpeglib.version("turbo210"):
+        im = jpeglib.from_spatial((photo_like(32, 48) * 255).astype(np.uint8))
+        im.write_spatial(str(arith), qt=90, flags=["+ARITH_CODE"])
+    data = load_image(arith)
+    info = {}
+    save_image(data, tmp_path / "out2.jpg", edit_box(data, 4, 8, 4, 8), info=info)
+    assert info["mode"] == "reencode" and any("arithmetic" in n for n in data.notes)
+    # a resized picture: nothing to keep, the regular encode
+    data = load_image(camera_jpeg(tmp_path / "in.jpg", 32, 48))
+    info = {}
+    save_image(data, tmp_path / "small.jpg", np.ascontiguousarray(data.array[:16, :24]), info=info)
+    assert info["mode"] == "reencode"

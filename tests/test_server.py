@@ -596,3 +596,33 @@ def test_default_model_from_the_command_line(root, tmp_path, monkeypatch):
         done = _wait(c, j["id"])
         assert done["state"] == "failed" and done["error"] == "stop here — test"
         assert seen["model"] == "/models/sd15.safetensors" and seen["engine"] == "sd15"
+
+
+def test_cli_serve_runs_uvicorn_and_cleans_up(root, tmp_path):
+    """The real command: uvicorn on a free port, the printed URL answers, Ctrl+C deletes the work folder."""
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    work = tmp_path / "w"
+    proc = subprocess.Popen([sys.executable, "-m", "crispedit.cli", "serve", str(root / "a.png"), "--port", "0",
+                             "--work-dir", str(work)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        line = ""
+        deadline = time.monotonic() + 60
+        while "editor at" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line and proc.poll() is not None:
+                break
+        m = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
+        assert m, line
+        cfg = httpx.get(m.group(1) + "api/config", timeout=30).json()
+        assert [d["source"] for d in cfg["docs"]] == ["a.png"]
+        assert len(list(work.iterdir())) == 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    assert list(work.iterdir()) == []

@@ -495,6 +495,14 @@ def test_cli_serve_refusals_are_one_line(tmp_path):
     assert r.exit_code == 2 and "photo not found" in r.output
     r = runner.invoke(app, ["serve", "--root", str(tmp_path / "nowhere")])
     assert r.exit_code == 2 and "--root folder not found" in r.output
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        r = runner.invoke(app, ["serve", "--root", str(tmp_path), "--port", str(port)])
+        assert r.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in r.output and "--port" in r.output
 
 
 @pytest.mark.slow

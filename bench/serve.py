@@ -3,7 +3,8 @@
 Measures, per run (a fresh document each time, so nothing comes from a cache):
 
 * **first view**: from asking the server to open the 8K JPEG until the fit-to-window view has every tile it needs
-  (server decode + pyramid levels + tiles + drawing), and the bytes the browser received for it;
+  (server decode + pyramid levels + tiles + drawing), and the bytes the browser received for it; ``open_request``
+  is the part spent in the open request (the library's full decode of the photo);
 * **1:1 view**: from a zoom to 1:1 at the image centre until the 1:1 view is complete, and its bytes;
 * **mask stroke latency**: from mouse-up of a 300-px brush stroke until the server has rasterised it and the
   overlay shows it (POST + overlay tiles), at 1:1; the page's own measure of the same (``in_page``: POST sent to
@@ -72,7 +73,14 @@ def main() -> None:
             browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS, headless=True)
             page = browser.new_page(viewport={"width": args.width, "height": args.height})
             got: list[tuple[str, int]] = []
-            page.on("requestfinished", lambda r: got.append((r.url, r.sizes()["responseBodySize"])))
+            timings: dict[str, float] = {}
+
+            def finished(r) -> None:
+                got.append((r.url, r.sizes()["responseBodySize"]))
+                if r.url.endswith("/api/open"):
+                    timings["open"] = r.timing["responseEnd"] / 1000.0  # ms from the request's start
+
+            page.on("requestfinished", finished)
             page.goto(url + "/")
             while not page.evaluate("!!(window.crispedit && crispedit.S.viewer)"):
                 time.sleep(0.05)
@@ -113,7 +121,9 @@ def main() -> None:
                 page.click("#tool-pan")
                 doc = page.evaluate("crispedit.S.doc.id")
                 page.evaluate(f"fetch('/api/docs/{doc}', {{method: 'DELETE'}})")
-                rows.append({"run": run + 1, "first_view_s": round(first_s, 3), "first_view_bytes": first_bytes,
+                rows.append({"run": run + 1, "first_view_s": round(first_s, 3),
+                             "open_request_s": round(timings.get("open", float("nan")), 3),
+                             "first_view_bytes": first_bytes,
                              "first_view_tiles": first_tiles, "one_to_one_s": round(one_s, 3),
                              "one_to_one_bytes": one_bytes, "one_to_one_tiles": one_tiles,
                              "zoom_reached": round(zoom, 4),

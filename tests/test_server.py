@@ -495,6 +495,14 @@ def test_cli_serve_refusals_are_one_line(tmp_path):
     assert r.exit_code == 2 and "photo not found" in r.output
     r = runner.invoke(app, ["serve", "--root", str(tmp_path / "nowhere")])
     assert r.exit_code == 2 and "--root folder not found" in r.output
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        r = runner.invoke(app, ["serve", "--root", str(tmp_path), "--port", str(port)])
+        assert r.exit_code == 2 and f"cannot listen on 127.0.0.1:{port}" in r.output and "--port" in r.output
 
 
 @pytest.mark.slow
@@ -596,3 +604,33 @@ def test_default_model_from_the_command_line(root, tmp_path, monkeypatch):
         done = _wait(c, j["id"])
         assert done["state"] == "failed" and done["error"] == "stop here — test"
         assert seen["model"] == "/models/sd15.safetensors" and seen["engine"] == "sd15"
+
+
+def test_cli_serve_runs_uvicorn_and_cleans_up(root, tmp_path):
+    """The real command: uvicorn on a free port, the printed URL answers, Ctrl+C deletes the work folder."""
+    import re
+    import signal
+    import subprocess
+    import sys
+
+    import httpx
+
+    work = tmp_path / "w"
+    proc = subprocess.Popen([sys.executable, "-m", "crispedit.cli", "serve", str(root / "a.png"), "--port", "0",
+                             "--work-dir", str(work)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    try:
+        line = ""
+        deadline = time.monotonic() + 60
+        while "editor at" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line and proc.poll() is not None:
+                break
+        m = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
+        assert m, line
+        cfg = httpx.get(m.group(1) + "api/config", timeout=30).json()
+        assert [d["source"] for d in cfg["docs"]] == ["a.png"]
+        assert len(list(work.iterdir())) == 1
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    assert list(work.iterdir()) == []

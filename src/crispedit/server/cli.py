@@ -65,6 +65,8 @@ def _serve(photos, root, host, port, open_browser, token, allow_host, max_pixels
     cfg = ServerConfig(root=root, host=host, port=port, token=token, max_pixels=max_pixels,
                        max_upload_bytes=max_upload_mb * 1024 * 1024, work_dir=work_dir,
                        allow_hosts=tuple(allow_host or ()), photos=tuple(photos), model=model)
+    if port:
+        _check_port(host, port)
     app = create_app(cfg)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
@@ -96,6 +98,22 @@ def _serve(photos, root, host, port, open_browser, token, allow_host, max_pixels
 
     threading.Thread(target=announce, daemon=True).start()
     server.run()
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse, with the CLI's one-line message, a port we cannot bind (in use, privileged, out of range)."""
+    import socket
+
+    if not 0 < port < 65536:
+        raise InputError(f"--port {port} is out of range", "use 1-65535, or 0 for any free port")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise InputError(f"cannot listen on {host}:{port}: {exc.strerror or exc}",
+                             "pass another --port (or --port 0 for any free one)") from None
 
 
 @contextmanager

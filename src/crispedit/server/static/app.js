@@ -158,7 +158,7 @@ function maskSource(doc) {
 async function refreshMask() {
   const d = S.doc;
   const show = $("show-mask").checked;
-  const key = show ? `${d.id}/m${d.mask.rev}` : null;
+  const key = show && d.mask.painted_px > 0 ? `${d.id}/m${d.mask.rev}` : null;   // no layer (no requests) while empty
   await setLayer("mask", key, key ? maskSource(d) : null, 99, { opacity: 1 });
   const m = d.mask;
   $("mask-info").textContent = m.painted_px ? `${m.painted_px.toLocaleString()} px painted` : "mask empty";

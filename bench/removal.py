@@ -114,8 +114,8 @@ def measure(truth: np.ndarray, edit: np.ndarray, mask: np.ndarray, seconds: floa
     r = metrics(truth, edit, mask)
     out = {k: r[k] for k in ("lp_psnr", "detail", "boundary", "tone")}
     out["ghost"] = ghost_step(truth, edit, mask)
-    out["black"] = int(np.count_nonzero(np.all(edit[mask] <= 2, axis=-1)) - np.count_nonzero(
-        np.all(truth[mask] <= 2, axis=-1)))
+    # pixels in the mask that the fill left (near-)black where the truth is not
+    out["black"] = int(np.count_nonzero(np.all(edit[mask] <= 2, axis=-1) & ~np.all(truth[mask] <= 2, axis=-1)))
     out["seconds"] = round(seconds, 2)
     return out
 

@@ -1148,8 +1148,8 @@ def cap_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring:
     return _restore_shape(out, was_2d)
 
 
-def transfer_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, *, width: float = 4.0,
-                    sigma: float = 2.0) -> np.ndarray:
+def transfer_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, *, width: float = 2.0,
+                    sigma: float = 3.0) -> np.ndarray:
     """Give the pixels outside ``mask`` the original's own fine structure back.
 
     In the blend band the edit's low frequencies carry the tone and content join, but its fine detail

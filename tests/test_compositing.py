@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
+
+from crispedit import compositing
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -385,3 +387,144 @@ def test_grayscale_and_single_channel_inputs_keep_their_shape():
         assert g.shape == o.shape and g.dtype == np.float32
         assert restore_detail(e, highpass(o, 1.0), mask, sigma=1.0).shape == o.shape
         assert noise_sigma(o, ring).shape == ((1,) if o.ndim == 2 else (o.shape[2],))
+
+
+# --------------------------------------------------------------------------------------------------
+# sharpness matching and the band's own detail (issue 9)
+# --------------------------------------------------------------------------------------------------
+
+
+def _texture(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Smooth tone + fine texture + a few hard edges, float RGB in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    base = 0.45 + 0.15 * np.sin(xx / 23.0)[..., None] * np.cos(yy / 31.0)[..., None] * np.ones(3, np.float32)
+    base[h // 4:h // 2, :] += 0.15
+    base[:, w // 3:w // 3 + 6] -= 0.2
+    fine = cv2.GaussianBlur(rng.standard_normal((h, w, 3)).astype(np.float32), (0, 0), 0.7) * 0.06
+    return np.clip(base + fine, 0, 1).astype(np.float32)
+
+
+def _octaves(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Stationary texture with a photo-like spectrum: noise octaves from 0.5 to 8 px, float RGB."""
+    rng = np.random.default_rng(seed)
+    acc = np.zeros((h, w, 3), np.float32)
+    for s, a in ((0.5, 0.012), (1.0, 0.02), (2.0, 0.03), (4.0, 0.04), (8.0, 0.05)):
+        acc += a * s * cv2.GaussianBlur(rng.standard_normal((h, w, 3)).astype(np.float32), (0, 0), s)
+    return np.clip(0.5 + acc, 0, 1).astype(np.float32)
+
+
+def _lap_energy(x: np.ndarray, sel: np.ndarray) -> float:
+    lum = x[..., :3] @ np.array([0.299, 0.587, 0.114], np.float32)
+    return float(np.mean(cv2.Laplacian(lum, cv2.CV_32F, ksize=1)[sel] ** 2))
+
+
+def _decode(x: np.ndarray, sigma: float, noise: float = 0.0, seed: int = 1) -> np.ndarray:
+    """What a VAE-like engine hands back: blurred, optionally grainy, quantised to 8 bits."""
+    out = cv2.GaussianBlur(x, (0, 0), sigma) if sigma > 0 else x.copy()
+    if noise:
+        out = out + noise * np.random.default_rng(seed).standard_normal(x.shape).astype(np.float32)
+    return np.round(np.clip(out, 0, 1) * 255).astype(np.float32) / 255
+
+
+@pytest.mark.parametrize("sigma", [0.5, 1.0])
+def test_match_sharpness_brings_a_blurred_edit_back(sigma):
+    o = _octaves(192, 192)
+    e = _decode(o, sigma)
+    ring = np.zeros((192, 192), bool)
+    ring[:, :64] = True
+    wt = np.zeros((192, 192), np.float32)
+    wt[:, 64:] = 1.0
+    inner = np.zeros((192, 192), bool)
+    inner[8:-8, 72:-8] = True
+    before = _lap_energy(e, inner) / _lap_energy(o, inner)
+    out = compositing.match_sharpness(e, o, ring, wt)
+    after = _lap_energy(out, inner) / _lap_energy(o, inner)
+    if sigma <= 0.5:
+        assert before < 0.6 and 0.8 <= after <= 1.25, (before, after)
+    else:  # a 1 px blur takes the top octave below the 8-bit noise: much comes back, never too much
+        assert before < 0.2 and after > 2.5 * before and after <= 1.25, (before, after)
+    # closer to the photo, not just sharper
+    assert np.abs(out - o)[inner].mean() < np.abs(e - o)[inner].mean()
+    assert np.array_equal(out[:, :64], e[:, :64])  # weight 0: untouched
+
+
+def test_match_sharpness_no_halo_at_a_step_edge():
+    rng = np.random.default_rng(0)
+    o = np.full((96, 96, 3), 0.3, np.float32)
+    o[:, 48:] = 0.7
+    o += 0.003 * rng.standard_normal(o.shape).astype(np.float32)
+    e = _decode(o, 1.0)
+    ring = np.zeros((96, 96), bool)
+    ring[:32] = True
+    wt = np.zeros((96, 96), np.float32)
+    wt[40:] = 1.0
+    out = compositing.match_sharpness(e, o, ring, wt)
+    rows = out[48:90, :, 0]
+    step = 0.4
+    assert rows.max() <= 0.7 + 0.03 * step + 0.01 and rows.min() >= 0.3 - 0.03 * step - 0.01  # no overshoot
+    # and the edge is steeper than the engine left it
+    slope = lambda x: float(np.abs(np.diff(x[48:90, 40:56, 0], axis=1)).max(axis=1).mean())  # noqa: E731
+    assert slope(out) > 1.3 * slope(e)
+
+
+def test_match_sharpness_noisy_engine_not_noisier():
+    o = _texture(160, 160, seed=2)
+    e = _decode(o, 0.0, noise=0.03)  # an engine that adds its own grain, no blur
+    ring = np.zeros((160, 160), bool)
+    ring[:, :56] = True
+    wt = np.zeros((160, 160), np.float32)
+    wt[:, 56:] = 1.0
+    inner = np.zeros((160, 160), bool)
+    inner[8:-8, 64:-8] = True
+    fit = compositing.sharpness_gains(e, o, ring)
+    assert fit["noise"][0] > 10 * fit["noise"][2]  # the grain is seen in the finest band
+    out = compositing.match_sharpness(e, o, ring, wt)
+    r_before = _lap_energy(e, inner) / _lap_energy(o, inner)
+    r_after = _lap_energy(out, inner) / _lap_energy(o, inner)
+    assert r_before > 1.5 and r_after < 0.75 * r_before, (r_before, r_after)
+
+
+def test_sharpness_gains_identity_engine_is_a_no_op():
+    o = _texture(96, 96)
+    ring = np.ones((96, 96), bool)
+    fit = compositing.sharpness_gains(o, o, ring)
+    assert np.allclose(fit["transfer"], 1.0) and np.allclose(fit["noise"], 0.0, atol=1e-12)
+    out = compositing.match_sharpness(o, o, ring, np.ones((96, 96), np.float32))
+    assert np.array_equal(out, o)
+
+
+def test_transfer_detail_keeps_an_edge_crossing_the_contour():
+    o = _texture(128, 128)
+    o[:, 60:64] = 0.9  # a sharp vertical line crossing the mask's horizontal contour at y = 64
+    m = np.zeros((128, 128), bool)
+    m[64:, :] = True
+    soft = cv2.GaussianBlur(o, (0, 0), 1.2)
+    out = compositing.transfer_detail(soft, o, m, width=2.0)
+
+    def grad_energy(x, rows):
+        lum = x @ np.array([0.299, 0.587, 0.114], np.float32)
+        gx = cv2.Sobel(lum, cv2.CV_32F, 1, 0)
+        return float(np.mean(gx[rows] ** 2))
+    outside = slice(50, 61)  # 3-14 px outside the contour
+    assert grad_energy(soft, outside) < 0.7 * grad_energy(o, outside)
+    assert 0.85 < grad_energy(out, outside) / grad_energy(o, outside) < 1.15
+    assert np.array_equal(out[m], soft[m])  # the mask keeps the edit
+    fine = lambda x: compositing.highpass(x, 1.0)[8:40]  # noqa: E731
+    assert np.abs(fine(out) - fine(o)).max() < 0.01 < np.abs(fine(soft) - fine(o)).max()  # the photo's detail
+
+
+def test_cap_detail_takes_engine_grain_down_to_the_ring_level():
+    o = _texture(128, 128)
+    m = np.zeros((128, 128), bool)
+    m[32:96, 32:96] = True
+    e = o.copy()
+    e[m] += 0.05 * np.random.default_rng(3).standard_normal((int(m.sum()), 3)).astype(np.float32)
+    out = compositing.cap_detail(e, o, m, ~m, limit=1.2)
+    inner = np.zeros_like(m)
+    inner[40:88, 40:88] = True
+    assert _lap_energy(out, inner) < 0.6 * _lap_energy(e, inner)
+    assert np.array_equal(out[~m], e[~m])
+    t = _octaves(128, 128, seed=4)
+    calm = compositing.cap_detail(t, t, m, ~m)  # at the ring's level: nothing to take down
+    assert np.array_equal(calm, t)

@@ -964,7 +964,8 @@ def sharpness_gains(edited: np.ndarray, original: np.ndarray, ring: np.ndarray, 
     gain = a * signal / np.maximum(a * a * signal + noise, 1e-20)
     gain = np.clip(gain, 0.0, max_gain)
     # the photo's stationary grain: robust (MAD) level of the original's band, mean over channels
-    grain = (_MAD_TO_STD * np.median(np.abs(o - np.median(o, axis=0)), axis=0)) ** 2
+    os_ = o[_subsample(np.arange(o.shape[0]))]
+    grain = (_MAD_TO_STD * np.median(np.abs(os_ - np.median(os_, axis=0)), axis=0)) ** 2
     return {"transfer": a, "noise": noise, "signal": signal, "gain": gain, "grain": grain.mean(axis=1)}
 
 
@@ -1148,8 +1149,8 @@ def cap_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring:
     return _restore_shape(out, was_2d)
 
 
-def transfer_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, *, width: float = 4.0,
-                    sigma: float = 2.0) -> np.ndarray:
+def transfer_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, *, width: float = 2.0,
+                    sigma: float = 3.0) -> np.ndarray:
     """Give the pixels outside ``mask`` the original's own fine structure back.
 
     In the blend band the edit's low frequencies carry the tone and content join, but its fine detail

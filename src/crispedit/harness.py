@@ -349,7 +349,9 @@ def _sharpen_pass(gen: np.ndarray, base8: np.ndarray, em: np.ndarray, valid: np.
     if not hopts.get("sharpness", True):
         return gen
     b = max(4, int(band))
-    ring = grow(em, 2 * b) & ~grow(em, 8)
+    dist = cv2.distanceTransform((~em).astype(np.uint8), cv2.DIST_L2, 5)
+    near = dist <= 2 * b  # what later passes and the blend use of this pass
+    ring = near & (dist > 8)
     if valid is not None:
         ring &= valid
     orig = base8.astype(np.float32) / 255.0
@@ -357,7 +359,6 @@ def _sharpen_pass(gen: np.ndarray, base8: np.ndarray, em: np.ndarray, valid: np.
     info.setdefault("sharpness", []).append(
         {"size": [int(gen.shape[1]), int(gen.shape[0])], "transfer": [round(float(v), 3) for v in fit["transfer"]],
          "noise": [float(f"{v:.3g}") for v in fit["noise"]], "ring_px": int(np.count_nonzero(ring))})
-    near = grow(em, 2 * b)  # what later passes and the blend use of this pass
     weight = (near if valid is None else near & valid).astype(np.float32)
     return compositing.match_sharpness(gen, orig, ring, weight, transfer=fit["transfer"], noise=fit["noise"],
                                        grain=fit["grain"])

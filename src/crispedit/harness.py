@@ -193,7 +193,10 @@ def _masked_edit(data: ImageData, m: np.ndarray, soft: np.ndarray | None, eng: E
     """Edit region after region, each on the result so far (crops may overlap; each mask pixel is edited by
     exactly one region). ``soft``: the user's weights for a soft mask (their own blend), else None."""
     t = time.perf_counter()
-    plan = plan_mask(m, min_margin=int(hopts.get("min_margin") or 64))
+    # nearby parts share a crop (one engine call) up to about the engine's working size; an engine without one
+    # (classical) costs the same per pixel in one call or many, so its crops stay close to each part's own
+    ws = getattr(eng, "working_size", None)
+    plan = plan_mask(m, min_margin=int(hopts.get("min_margin") or 64), max_crop=int(1.25 * ws) if ws else 0)
     regions = plan.regions
     t = timer.add("plan", t)
     info["mode"] = "masked"

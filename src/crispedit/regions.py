@@ -192,14 +192,11 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int], list[tup
     # as off the mask, so a component cut by the image edge reads a little narrower: a narrower band)
     dist = cv2.distanceTransform(cv2.copyMakeBorder(sub, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0),
                                  cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
-    from scipy import ndimage
-
-    radius = ndimage.maximum(dist, labels, index=np.arange(1, n)) if n > 1 else []
-    del dist
     comps = []
     for i in range(1, n):
         x, y, bw, bh, area = (int(v) for v in stats[i])
-        comps.append((i, (ox + x, oy + y, ox + x + bw, oy + y + bh), area, max(1.0, 2.0 * float(radius[i - 1]) - 1.0)))
+        radius = float(dist[y:y + bh, x:x + bw][labels[y:y + bh, x:x + bw] == i].max())
+        comps.append((i, (ox + x, oy + y, ox + x + bw, oy + y + bh), area, max(1.0, 2.0 * radius - 1.0)))
     return labels, (ox, oy), comps
 
 
@@ -241,7 +238,7 @@ def plan_mask(mask: np.ndarray, *, min_margin: int = 64, max_crop: int = MAX_MER
     Notes
     -----
     Components: ``cv2.connectedComponentsWithStats`` (8-connected); widths: ``cv2.distanceTransform``
-    (exact Euclidean) with ``scipy.ndimage.maximum`` per label. Merging compares crop boxes pairwise with
+    (exact Euclidean), its maximum per component over the component's box. Merging compares crop boxes pairwise with
     numpy, a few passes; cost is independent of the image size.
     """
     h, w = mask.shape

@@ -46,9 +46,14 @@ class ClassicalEngine:
 
     def _fill(self, rgb: np.ndarray, m: np.ndarray) -> np.ndarray:
         flag = _METHODS[self.method]
-        ys, xs = np.nonzero(m)
-        hole = max(ys.max() - ys.min() + 1, xs.max() - xs.min() + 1)
-        if hole <= self.small_hole:
+        # Telea when every separate hole is small, or the holes are thin (inscribed diameter <= small_hole / 4,
+        # scratches and wires), however far they spread; the coarse fill works at the size of the largest hole
+        mu = (m > 0).astype(np.uint8)
+        _, _, stats, _ = cv2.connectedComponentsWithStats(mu, connectivity=8)
+        hole = int(stats[1:, 2:4].max())
+        width = 2.0 * float(cv2.distanceTransform(cv2.copyMakeBorder(mu, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0),
+                                                  cv2.DIST_L2, 3).max())
+        if hole <= self.small_hole or width <= self.small_hole / 4:
             return cv2.inpaint(rgb, m, self.radius, flag)
         inside = m > 0
         h, w = m.shape

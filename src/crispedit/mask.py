@@ -117,11 +117,13 @@ def _unit(a: np.ndarray) -> np.ndarray:
 
 
 def _is_label_image(a: np.ndarray) -> bool:
-    """An integer mask below half its range with few levels (0/1, a label map): every nonzero pixel is edit."""
+    """An integer mask of small labels (0/1 up to 0..15: a label map): every nonzero pixel is edit.
+
+    (A grey stroke at partial opacity, e.g. a flat 127, is not a label image but a soft mask.)
+    """
     if a.dtype == bool or not np.issubdtype(a.dtype, np.integer) or not a.size:
         return False
-    half = 128 if a.dtype == np.uint8 else (32768 if a.dtype == np.uint16 else 1)
-    return int(a.max()) < half and np.unique(a).size <= 4
+    return 0 < int(a.max()) <= 15
 
 
 def soft_fraction(values: np.ndarray) -> float:
@@ -173,13 +175,14 @@ def mask_weights(values: Any) -> tuple[np.ndarray, MaskReading]:
 
     - **Which channel.** An alpha channel that varies is the mask when the colour under it is constant (an
       opacity stroke on a transparent layer, black or white strokes on transparent); when the visible colour
-      varies too the mask is colour x alpha (transparent = no edit). A constant alpha is ignored and the grey
+      varies too (more than 0.1 % of the visible pixels 10 % away from its median) the mask is colour x alpha
+      (transparent = no edit). A constant alpha is ignored and the grey
       level is the mask (files: Pillow's luma; arrays: the brightest of R, G, B).
     - **Binary or soft.** The mask is *soft* when at least ``SOFT_FRACTION`` = 1 % of its support (and at least
       16 px) is an intermediate level (10-90 %) more than 2 px from the 50 % contour (see
       :func:`soft_fraction`): a soft brush, a feathered selection, a stroke at partial opacity. Anything else
       (hard strokes, anti-aliased edges, JPEG-saved black/white masks) is *binary*.
-    - **Binary** masks are cut at 50 % (a 0/1 label image: every nonzero pixel) and get the harness's own blend
+    - **Binary** masks are cut at 50 % (an integer label image of values up to 15: every nonzero pixel) and get the harness's own blend
       band. **Soft** masks are the user's blend: weights below 4/255 are 0 (nothing changes there, no band is
       added), above 251/255 are 1 (full edit), in between the edit is mixed in proportion.
 
@@ -213,9 +216,9 @@ def _weights(a: np.ndarray, *, from_image: bool) -> tuple[np.ndarray, MaskReadin
     label = False
     if alpha is not None and alpha.size and alpha.max() != alpha.min():
         au, cu = _unit(alpha), _unit(colour)
-        visible = au > 0
-        lo, hi = np.percentile(cu[visible], [1, 99]) if visible.any() else (0.0, 0.0)
-        if hi - lo <= 0.1:
+        visible = cu[au > 0]
+        off = np.count_nonzero(np.abs(visible - np.median(visible)) > 0.1) if visible.size else 0
+        if off <= max(16, visible.size // 1000):  # the colour under the alpha is constant
             v, source = au, "alpha"
         else:
             v, source = cu * au, f"{colour_name}*alpha"

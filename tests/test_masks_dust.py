@@ -80,6 +80,21 @@ def test_dust_spots_change_only_their_own_band(photo):
     assert all(max(r["size"]) <= 400 for r in res.info["regions"])  # crops stay near each spot
 
 
+def test_dust_merged_into_shared_crops_keeps_each_spots_band(photo):
+    """An engine with a working size shares crops between nearby spots; each spot still blends in its own band."""
+    from test_harness import CountingEngine
+
+    m = dust(*photo.shape[:2], n=80, seed=2)
+    eng = CountingEngine(working_size=512)
+    res = crispedit.edit(photo, m, engine=eng, seed=0, detail="fast")
+    regions = res.info["regions"]
+    assert len(regions) < 40 and any(r["components"] > 3 and len(r["bands"]) > 1 for r in regions)
+    assert all(max(r["size"]) <= 640 for r in regions)
+    ch = changed(photo, res.array)
+    assert ch[m].mean() > 0.9 and (ch & ~m).any()  # the engine's change is blended outside the spots
+    assert dist_to(m)[ch].max() <= 16 and not (ch & ~within_own_band(m)).any()
+
+
 def test_dust_next_to_a_large_object_keeps_small_bands(photo):
     m = np.zeros(photo.shape[:2], bool)
     cv2.circle(m.view(np.uint8), (450, 300), 120, 1, -1)

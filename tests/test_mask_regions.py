@@ -114,3 +114,25 @@ def test_band_and_tiles():
     for x0, y0, x1, y1 in tiles:
         cov[y0:y1, x0:x1] += 1
     assert cov.min() >= 1
+
+
+def test_wire_with_a_blob_keeps_a_narrow_band_along_the_wire():
+    m = np.zeros((800, 2400), bool)
+    cv2.line(m.view(np.uint8), (50, 400), (2350, 420), 1, 5)
+    cv2.circle(m.view(np.uint8), (2300, 419), 40, 1, -1)  # a blob at one end, same component
+    plan = plan_mask(m, max_crop=640)
+    parts = [p for r in plan.regions for p in r.parts]
+    assert len({p.label for p in parts}) == 1 and len(parts) > 4
+    assert max(p.band for p in parts) > 22  # the blob's piece: its own width
+    assert sum(p.band == 6 for p in parts) >= len(parts) - 2  # the wire: 6 px wherever the blob is not
+
+
+def test_overlapping_pairs_sweep_matches_brute_force():
+    from crispedit.regions import _overlap, _overlapping_pairs
+
+    rng = np.random.default_rng(0)
+    xy = rng.integers(0, 1000, (300, 2))
+    wh = rng.integers(1, 120, (300, 2))
+    c = np.concatenate([xy, xy + wh], axis=1)
+    brute = [(i, j) for i in range(300) for j in range(i + 1, 300) if _overlap(tuple(c[i]), tuple(c[j]))]
+    assert _overlapping_pairs(c) == brute

@@ -182,22 +182,42 @@ class MaskPlan:
         return sorted(groups.items(), key=lambda kv: -kv[0])
 
 
-def _components(mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int], list[tuple[int, Box, int, float]]]:
-    """Label the mask's bounding box; per component (label, box, area, width)."""
+def _parts(mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int], list[Part]]:
+    """Label the mask's bounding box and make its parts: one per component, long thin ones cut in pieces.
+
+    A component's width is 2 x its largest inscribed radius (``cv2.distanceTransform``; the box edge counts as
+    off the mask, so a component cut by the image edge reads a little narrower: a narrower band). Whether it is
+    long and thin is judged on its typical width, the median over its medial ridge (local maxima of the
+    distance), so a wire with a blob at one end is still a wire; each piece then takes its band from its own
+    (local) width.
+    """
     rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
     oy, ox = int(rows[0]), int(cols[0])  # label only the mask's bounding box: cheap on 8K+ images
     sub = np.ascontiguousarray(mask[oy:rows[-1] + 1, ox:cols[-1] + 1], dtype=np.uint8)
     n, labels, stats, _ = cv2.connectedComponentsWithStats(sub, connectivity=8, ltype=cv2.CV_32S)
-    # width: 2 x the largest inscribed radius (distance to the nearest pixel off the mask; the box edge counts
-    # as off the mask, so a component cut by the image edge reads a little narrower: a narrower band)
     dist = cv2.distanceTransform(cv2.copyMakeBorder(sub, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0),
                                  cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[1:-1, 1:-1]
-    comps = []
+    del sub
+    parts: list[Part] = []
     for i in range(1, n):
         x, y, bw, bh, area = (int(v) for v in stats[i])
-        radius = float(dist[y:y + bh, x:x + bw][labels[y:y + bh, x:x + bw] == i].max())
-        comps.append((i, (ox + x, oy + y, ox + x + bw, oy + y + bh), area, max(1.0, 2.0 * radius - 1.0)))
-    return labels, (ox, oy), comps
+        own = labels[y:y + bh, x:x + bw] == i
+        d = np.where(own, dist[y:y + bh, x:x + bw], np.float32(0))
+        width = max(1.0, 2.0 * float(d.max()) - 1.0)
+        box = (ox + x, oy + y, ox + x + bw, oy + y + bh)
+        if max(bw, bh) > 2 * piece_side(1.0) and area < 0.25 * bw * bh:  # maybe long and thin
+            ridge = own & (d >= cv2.dilate(d, np.ones((3, 3), np.uint8)))
+            typical = max(1.0, 2.0 * float(np.median(d[ridge])) - 1.0)
+            if _is_thin(box, area, typical):
+                side = piece_side(typical)
+                for pb in _pieces(labels, (ox, oy), i, box, side):
+                    pd = dist[pb[1] - oy:pb[3] - oy, pb[0] - ox:pb[2] - ox][
+                        labels[pb[1] - oy:pb[3] - oy, pb[0] - ox:pb[2] - ox] == i]
+                    pw = max(1.0, 2.0 * float(pd.max()) - 1.0)
+                    parts.append(Part(i, pb, component_band(pb, pw), pw))
+                continue
+        parts.append(Part(i, box, component_band(box, width), width))
+    return labels, (ox, oy), parts
 
 
 def _pieces(labels: np.ndarray, origin: tuple[int, int], label: int, box: Box, side: int) -> list[Box]:
@@ -212,6 +232,21 @@ def _pieces(labels: np.ndarray, origin: tuple[int, int], label: int, box: Box, s
             if r.size:
                 out.append((cx + int(c[0]), cy + int(r[0]), cx + int(c[-1]) + 1, cy + int(r[-1]) + 1))
     return out
+
+
+def _overlapping_pairs(c: np.ndarray) -> list[tuple[int, int]]:
+    """Pairs (i, j), i < j, of boxes (N x 4: x0, y0, x1, y1) that overlap; a sweep along x, O(N log N + pairs)."""
+    order = np.argsort(c[:, 0], kind="stable")
+    xs = c[order, 0]
+    pairs = []
+    for k, i in enumerate(order.tolist()):
+        hi = int(np.searchsorted(xs, c[i, 2], side="left"))
+        if hi <= k + 1:
+            continue
+        cand = order[k + 1:hi]
+        hit = cand[(c[cand, 1] < c[i, 3]) & (c[i, 1] < c[cand, 3])]
+        pairs += [(min(i, j), max(i, j)) for j in hit.tolist()]
+    return sorted(pairs)
 
 
 def plan_mask(mask: np.ndarray, *, min_margin: int = 64, max_crop: int = MAX_MERGED_CROP) -> MaskPlan:
@@ -238,32 +273,21 @@ def plan_mask(mask: np.ndarray, *, min_margin: int = 64, max_crop: int = MAX_MER
     Notes
     -----
     Components: ``cv2.connectedComponentsWithStats`` (8-connected); widths: ``cv2.distanceTransform``
-    (exact Euclidean), its maximum per component over the component's box. Merging compares crop boxes pairwise with
-    numpy, a few passes; cost is independent of the image size.
+    (exact Euclidean) over each component's box. Merging finds overlapping crops with a sweep along x, a few
+    passes; cost grows with the mask's components, not with the image size.
     """
     h, w = mask.shape
     if not mask.any():
         return MaskPlan([], np.zeros((0, 0), np.int32), (0, 0))
-    labels, origin, comps = _components(mask)
-    parts: list[Part] = []
-    for label, box, area, width in comps:
-        band = component_band(box, width)
-        if _is_thin(box, area, width):
-            parts += [Part(label, b, band, width) for b in _pieces(labels, origin, label, box, piece_side(width))]
-        else:
-            parts.append(Part(label, box, band, width))
+    labels, origin, parts = _parts(mask)
     # groups: [parts, crop, largest own crop side]
     groups = []
     for p in parts:
         crop = _crop_for(p.box, w, h, min_margin, p.band)
         groups.append([[p], crop, max(crop[2] - crop[0], crop[3] - crop[1])])
     while len(groups) > 1:
-        c = np.array([g[1] for g in groups], np.int64)
-        ov = ((c[:, None, 0] < c[None, :, 2]) & (c[None, :, 0] < c[:, None, 2])
-              & (c[:, None, 1] < c[None, :, 3]) & (c[None, :, 1] < c[:, None, 3]))
-        pairs = np.argwhere(np.triu(ov, 1))
         used: set[int] = set()
-        for i, j in pairs.tolist():
+        for i, j in _overlapping_pairs(np.array([g[1] for g in groups], np.int64)):
             if i in used or j in used:
                 continue
             gi, gj = groups[i], groups[j]

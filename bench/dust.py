@@ -2,13 +2,15 @@
 
 Usage::
 
-    PYTHONPATH=src python bench/dust.py [--photo seeding] [--spots 100 400] [--scratch] [--engine classical]
+    PYTHONPATH=src python bench/dust.py [--photo seeding] [--spots 100 400] [--scratch] [--engine classical|oracle]
 
 Each case runs in its own process (peak RSS is per process) and prints one JSON line: the case, image size,
 wall time of ``crispedit.edit`` (the harness plus engine), peak RSS of the process, the number of changed
 pixels, the largest distance (px) of a changed pixel from the mask, and the regions the harness planned.
 Masks are random (``numpy.random.default_rng(seed)``): dust = discs of radius 3-8 px; scratch = a 7 px wide
-sine curve from the left edge to the right edge across the whole photo.
+sine curve from the left edge to the right edge across the whole photo. ``--engine oracle`` runs
+``bench/oracle.py``'s SD-like engine (working size 512: nearby spots share crops; the whole crop comes back
+blurred and tone-drifted, so the blend band is exercised).
 """
 
 from __future__ import annotations
@@ -62,8 +64,14 @@ def run_case(photo: str, case: str, n: int, engine: str, seed: int) -> dict:
     img = data.array
     h, w = img.shape[:2]
     mask = scratch_mask(h, w, seed=seed) if case == "scratch" else dust_mask(h, w, n, seed=seed)
+    eng: object = engine
+    if engine == "oracle":  # an engine that behaves like SD 1.5 (working size 512, VAE blur, tone drift)
+        sys.path.insert(0, str(Path(__file__).parent))
+        from oracle import OracleEngine  # type: ignore
+
+        eng = OracleEngine(img[..., :3], working_size=512, seed=seed)
     t = time.perf_counter()
-    res = crispedit.edit(data, mask, engine=engine, seed=seed)
+    res = crispedit.edit(data, mask, engine=eng, seed=seed)
     dt = time.perf_counter() - t
     n_changed, dmax = changed_distance(img, res.array, mask)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)

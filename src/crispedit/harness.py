@@ -256,7 +256,8 @@ def _edit_region(data: ImageData, out: np.ndarray, plan: MaskPlan, user_w: np.nd
     t = time.perf_counter()
     rgb8 = _engine_rgb(crop)
     eg = hopts.get("engine_grow")
-    em = grow(cm, int(eg if eg is not None else max(2, band // 8)))
+    eg = int(eg if eg is not None else max(2, band // 8))
+    em = grow(cm, eg)
     ws = eng.working_size
     t = timer.add("composite", t)
 
@@ -294,6 +295,53 @@ def _edit_region(data: ImageData, out: np.ndarray, plan: MaskPlan, user_w: np.nd
                 gen = _refine_tiles(eng, gen, em_f, prompt, seed, region, f, hopts, info, timer, progress)
                 if f < 1.0:
                     gen = _undrift(gen, base, em_f, band * f, hopts)
+    # one pass per cluster of parts: the crop's parts whose boxes (with ring and band) overlap, not their union
+    for cbox in _part_clusters(region, eg + 2 * band + 8):
+        em_c, cm_c = _restrict(em, cbox), _restrict(cm, cbox)
+        if em_c.any():
+            _finish_region(data, out, plan, user_w, region, crop, gen, em_c, cm_c, band, seed, hopts, timer)
+
+
+def _part_clusters(region: Region, pad: int) -> list[tuple[int, int, int, int]]:
+    """Boxes (crop px, x0, y0, x1, y1) of the clusters of ``region``'s parts whose boxes grown by ``pad`` overlap."""
+    from crispedit.regions import _overlapping_pairs, _union
+
+    cx, cy, cw, ch = region.box[0], region.box[1], *region.size
+    boxes = [(max(0, p.box[0] - cx - pad), max(0, p.box[1] - cy - pad), min(cw, p.box[2] - cx + pad),
+              min(ch, p.box[3] - cy + pad)) for p in region.parts] or [(0, 0, cw, ch)]
+    while len(boxes) > 1:
+        pairs = _overlapping_pairs(np.array(boxes, np.int64))
+        if not pairs:
+            break
+        root = list(range(len(boxes)))
+
+        def find(i: int) -> int:
+            while root[i] != i:
+                root[i] = root[root[i]]
+                i = root[i]
+            return i
+
+        for i, j in pairs:
+            root[find(j)] = find(i)
+        merged: dict[int, tuple[int, int, int, int]] = {}
+        for i, b in enumerate(boxes):
+            r = find(i)
+            merged[r] = _union(merged[r], b) if r in merged else b
+        boxes = list(merged.values())
+    return boxes
+
+
+def _restrict(mask: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    out = np.zeros_like(mask)
+    out[box[1]:box[3], box[0]:box[2]] = mask[box[1]:box[3], box[0]:box[2]]
+    return out
+
+
+def _finish_region(data: ImageData, out: np.ndarray, plan: MaskPlan, user_w: np.ndarray | None, region: Region,
+                   crop: np.ndarray, gen: np.ndarray, em: np.ndarray, cm: np.ndarray, band: int, seed: int | None,
+                   hopts: dict, timer: _Timer) -> None:
+    """Tone, seam, grain and blend of one cluster of a region's parts (``em``/``cm``: its engine / own mask)."""
+    x0, y0 = region.box[:2]
     t = time.perf_counter()
     # Everything after the engine works on the box that holds the engine mask, its ring and the blend band.
     py0, py1, px0, px1 = _pad_box(em, 2 * band + 8)

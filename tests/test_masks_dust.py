@@ -14,10 +14,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from conftest import photo_like
 from PIL import Image
 
 import crispedit
-from conftest import photo_like
 from crispedit.mask import load_mask, load_mask_weights, mask_weights, soft_fraction
 from crispedit.regions import blend_band, plan_mask
 

@@ -314,21 +314,22 @@ def _part_clusters(region: Region, pad: int) -> list[tuple[int, int, int, int]]:
         if not pairs:
             break
         root = list(range(len(boxes)))
-
-        def find(i: int) -> int:
-            while root[i] != i:
-                root[i] = root[root[i]]
-                i = root[i]
-            return i
-
         for i, j in pairs:
-            root[find(j)] = find(i)
+            root[_find(root, j)] = _find(root, i)
         merged: dict[int, tuple[int, int, int, int]] = {}
         for i, b in enumerate(boxes):
-            r = find(i)
+            r = _find(root, i)
             merged[r] = _union(merged[r], b) if r in merged else b
         boxes = list(merged.values())
     return boxes
+
+
+def _find(root: list[int], i: int) -> int:
+    """Union-find root of ``i`` (with path halving)."""
+    while root[i] != i:
+        root[i] = root[root[i]]
+        i = root[i]
+    return i
 
 
 def _restrict(mask: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:

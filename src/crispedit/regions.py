@@ -86,7 +86,7 @@ def component_band(mask_box: Box, width: float) -> int:
     ``BAND_CLASSES``. A dust spot of radius 3-8 px gets 6-11 px, a 7 px scratch 6 px, an object wider than
     43 px the region rule (32 px and up).
     """
-    b = min(blend_band(mask_box), max(MIN_BAND, int(math.ceil(BAND_PER_WIDTH * width))))
+    b = min(blend_band(mask_box), max(MIN_BAND, math.ceil(BAND_PER_WIDTH * width)))
     if b < 32:
         b = max(c for c in BAND_CLASSES if c <= b)
     return int(b)

@@ -136,3 +136,20 @@ def test_overlapping_pairs_sweep_matches_brute_force():
     c = np.concatenate([xy, xy + wh], axis=1)
     brute = [(i, j) for i in range(300) for j in range(i + 1, 300) if _overlap(tuple(c[i]), tuple(c[j]))]
     assert _overlapping_pairs(c) == brute
+
+
+def test_part_clusters_are_disjoint_and_cover_every_part():
+    from crispedit.regions import part_clusters
+
+    m = np.zeros((700, 700), bool)
+    for x, y in ((100, 100), (130, 100), (400, 400), (600, 120)):
+        cv2.circle(m.view(np.uint8), (x, y), 5, 1, -1)
+    (region,) = plan_mask(m, min_margin=300, max_crop=700).regions
+    boxes = part_clusters(region, 20)
+    assert len(boxes) == 3  # the two close spots share one box
+    for i, a in enumerate(boxes):
+        assert all(not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]) for b in boxes[i + 1:])
+    cx, cy = region.box[:2]
+    for p in region.parts:
+        assert any(b[0] <= p.box[0] - cx and p.box[2] - cx <= b[2] and b[1] <= p.box[1] - cy
+                   and p.box[3] - cy <= b[3] for b in boxes)

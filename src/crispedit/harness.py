@@ -24,7 +24,7 @@ from crispedit.errors import InputError
 from crispedit.imageio import ImageData, from_float, load_image, to_float, to_pil
 from crispedit.mask import grow, load_mask_weights
 from crispedit.membrane import seam_correct
-from crispedit.regions import MaskPlan, Region, plan_mask, tile_grid
+from crispedit.regions import MaskPlan, Region, part_clusters, plan_mask, tile_grid
 
 Progress = Callable[[str, int, int], None]
 
@@ -296,40 +296,10 @@ def _edit_region(data: ImageData, out: np.ndarray, plan: MaskPlan, user_w: np.nd
                 if f < 1.0:
                     gen = _undrift(gen, base, em_f, band * f, hopts)
     # one pass per cluster of parts: the crop's parts whose boxes (with ring and band) overlap, not their union
-    for cbox in _part_clusters(region, eg + 2 * band + 8):
+    for cbox in part_clusters(region, eg + 2 * band + 8):
         em_c, cm_c = _restrict(em, cbox), _restrict(cm, cbox)
         if em_c.any():
             _finish_region(data, out, plan, user_w, region, crop, gen, em_c, cm_c, band, seed, hopts, timer)
-
-
-def _part_clusters(region: Region, pad: int) -> list[tuple[int, int, int, int]]:
-    """Boxes (crop px, x0, y0, x1, y1) of the clusters of ``region``'s parts whose boxes grown by ``pad`` overlap."""
-    from crispedit.regions import _overlapping_pairs, _union
-
-    cx, cy, cw, ch = region.box[0], region.box[1], *region.size
-    boxes = [(max(0, p.box[0] - cx - pad), max(0, p.box[1] - cy - pad), min(cw, p.box[2] - cx + pad),
-              min(ch, p.box[3] - cy + pad)) for p in region.parts] or [(0, 0, cw, ch)]
-    while len(boxes) > 1:
-        pairs = _overlapping_pairs(np.array(boxes, np.int64))
-        if not pairs:
-            break
-        root = list(range(len(boxes)))
-        for i, j in pairs:
-            root[_find(root, j)] = _find(root, i)
-        merged: dict[int, tuple[int, int, int, int]] = {}
-        for i, b in enumerate(boxes):
-            r = _find(root, i)
-            merged[r] = _union(merged[r], b) if r in merged else b
-        boxes = list(merged.values())
-    return boxes
-
-
-def _find(root: list[int], i: int) -> int:
-    """Union-find root of ``i`` (with path halving)."""
-    while root[i] != i:
-        root[i] = root[root[i]]
-        i = root[i]
-    return i
 
 
 def _restrict(mask: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:

@@ -310,6 +310,39 @@ def plan_mask(mask: np.ndarray, *, min_margin: int = 64, max_crop: int = MAX_MER
     return MaskPlan(regions, labels, origin)
 
 
+def _find(root: list[int], i: int) -> int:
+    """Union-find root of ``i`` (with path halving)."""
+    while root[i] != i:
+        root[i] = root[root[i]]
+        i = root[i]
+    return i
+
+
+def part_clusters(region: Region, pad: int) -> list[Box]:
+    """Clusters of a region's parts whose boxes, grown by ``pad`` px, overlap: their grown boxes in crop px.
+
+    The harness finishes (tone, seam, grain, blend) each cluster on its own box, so a crop shared by scattered
+    spots costs the spots' boxes, not the crop. Boxes are (x0, y0, x1, y1), clipped to the crop, disjoint.
+    """
+    cx, cy = region.box[:2]
+    cw, ch = region.size
+    boxes = [(max(0, p.box[0] - cx - pad), max(0, p.box[1] - cy - pad), min(cw, p.box[2] - cx + pad),
+              min(ch, p.box[3] - cy + pad)) for p in region.parts] or [(0, 0, cw, ch)]
+    while len(boxes) > 1:
+        pairs = _overlapping_pairs(np.array(boxes, np.int64))
+        if not pairs:
+            break
+        root = list(range(len(boxes)))
+        for i, j in pairs:
+            root[_find(root, j)] = _find(root, i)
+        merged: dict[int, Box] = {}
+        for i, b in enumerate(boxes):
+            k = _find(root, i)
+            merged[k] = _union(merged[k], b) if k in merged else b
+        boxes = list(merged.values())
+    return boxes
+
+
 def plan_regions(mask: np.ndarray, *, min_margin: int = 64) -> list[Region]:
     """The regions of :func:`plan_mask` (crops, bands, parts), sorted top to bottom."""
     return plan_mask(mask, min_margin=min_margin).regions

@@ -280,3 +280,23 @@ def test_dust_400_spots_small(tmp_path):
 @pytest.mark.slow
 def test_dust_400_spots_on_a_5k_photo(tmp_path):
     _dust_run(tmp_path, 2988, 5312, 400)
+
+
+def test_cli_and_workflow_honour_a_soft_alpha_mask(tmp_path, photo):
+    """The CLI runs the edit workflow (LoadMask -> Inpaint): a soft alpha mask is the user's blend there too."""
+    from test_cli import crispedit as cli
+
+    h, w = photo.shape[:2]
+    r = _radial(h, w, 450, 300)
+    alpha = np.where(r <= 60, 128, np.clip(128 * (160 - r) / 100, 0, 128)).astype(np.uint8)
+    rgba = np.zeros((h, w, 4), np.uint8)
+    rgba[..., 3] = alpha  # black, 50 % opacity at the centre, fading out
+    Image.fromarray(photo).save(tmp_path / "p.png")
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "m.png")
+    out = cli("edit", tmp_path / "p.png", "--mask", tmp_path / "m.png", "-o", tmp_path / "o.png", "--seed", "0",
+              "--no-check", "--json")
+    assert out.returncode == 0, out.stderr
+    lib = crispedit.edit(photo, tmp_path / "m.png", seed=0)
+    assert lib.info["mask"]["source"] == "alpha" and lib.info["mask"]["kind"] == "soft"
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "o.png")), lib.array)
+    assert np.array_equal(lib.array[alpha == 0], photo[alpha == 0])

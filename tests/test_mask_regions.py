@@ -1,13 +1,31 @@
 import cv2
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from crispedit.errors import InputError
-from crispedit.mask import (feather, grow, invert, load_mask, mask_from_box, mask_from_ellipse, parse_box, shrink,
-                            to_bool_mask, union)
-from crispedit.regions import MIN_BAND, blend_band, component_band, plan_mask, plan_regions, tile_grid
+from crispedit.mask import (
+    feather,
+    grow,
+    invert,
+    load_mask,
+    mask_from_box,
+    mask_from_ellipse,
+    parse_box,
+    shrink,
+    to_bool_mask,
+    union,
+)
+from crispedit.regions import (
+    MIN_BAND,
+    blend_band,
+    component_band,
+    plan_mask,
+    plan_regions,
+    tile_grid,
+)
 
 
 def test_binarise_variants():

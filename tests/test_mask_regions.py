@@ -1,12 +1,31 @@
+import cv2
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from crispedit.errors import InputError
-from crispedit.mask import (feather, grow, invert, load_mask, mask_from_box, mask_from_ellipse, parse_box, shrink,
-                            to_bool_mask, union)
-from crispedit.regions import blend_band, plan_regions, tile_grid
+from crispedit.mask import (
+    feather,
+    grow,
+    invert,
+    load_mask,
+    mask_from_box,
+    mask_from_ellipse,
+    parse_box,
+    shrink,
+    to_bool_mask,
+    union,
+)
+from crispedit.regions import (
+    MIN_BAND,
+    blend_band,
+    component_band,
+    plan_mask,
+    plan_regions,
+    tile_grid,
+)
 
 
 def test_binarise_variants():
@@ -66,21 +85,39 @@ def test_regions_merge_close_and_keep_far_apart():
 
 
 @settings(max_examples=40, deadline=None)
-@given(h=st.integers(20, 400), w=st.integers(20, 400), data=st.data())
-def test_regions_cover_mask_without_overlap(h, w, data):
+@given(h=st.integers(20, 400), w=st.integers(20, 400), max_crop=st.sampled_from([0, 640]), data=st.data())
+def test_regions_own_every_mask_pixel_once(h, w, max_crop, data):
     rng = np.random.default_rng(data.draw(st.integers(0, 10**6)))
     m = np.zeros((h, w), bool)
     for _ in range(data.draw(st.integers(1, 5))):
         y, x = rng.integers(0, h), rng.integers(0, w)
         m[y:y + rng.integers(1, 60), x:x + rng.integers(1, 60)] = True
-    regions = plan_regions(m)
-    cover = np.zeros((h, w), np.int32)
-    for r in regions:
+    plan = plan_mask(m, max_crop=max_crop)
+    owners = np.zeros((h, w), np.int32)
+    for r in plan.regions:
         x0, y0, x1, y1 = r.box
-        cover[y0:y1, x0:x1] += 1
-        assert r.band <= max(32, 0.04 * np.hypot(r.mask_box[2] - r.mask_box[0], r.mask_box[3] - r.mask_box[1])) + 1
-    assert cover.max() == 1 or len(regions) == 1 or (cover[m] == 1).all()
-    assert (cover[m] >= 1).all()
+        own = plan.own_mask(r)
+        owners[y0:y1, x0:x1] += own
+        mx0, my0, mx1, my1 = r.mask_box
+        assert x0 <= mx0 and mx1 <= x1 and y0 <= my0 and my1 <= y1 and own.any()
+        for part in r.parts:  # each part's band: the region rule, capped by the part's width
+            assert MIN_BAND <= part.band <= blend_band(part.box)
+            assert part.band <= max(MIN_BAND, np.ceil(0.75 * part.width))
+        assert r.band == max(p.band for p in r.parts) and r.bands[0] == r.band
+    assert (owners[m] == 1).all() and not owners[~m].any()  # crops may overlap, mask pixels are owned once
+    assert plan_regions(m) == plan_mask(m).regions
+
+
+def test_bands_follow_each_component():
+    m = np.zeros((1200, 1600), bool)
+    cv2.circle(m.view(np.uint8), (800, 600), 300, 1, -1)  # a large object: the region rule
+    cv2.circle(m.view(np.uint8), (800, 200), 6, 1, -1)  # dust in its context: its own small band
+    cv2.line(m.view(np.uint8), (100, 1100), (1500, 1150), 1, 3)  # a wire: a band from its width
+    plan = plan_mask(m)
+    bands = {p.band for r in plan.regions for p in r.parts}
+    assert bands == {6, 8, blend_band((500, 300, 1101, 901))}
+    assert component_band((0, 0, 13, 13), 13.0) == 8 and component_band((0, 0, 7, 2000), 7.0) == 6
+    assert component_band((0, 0, 400, 400), 400.0) == 32 and component_band((0, 0, 40, 40), 40.0) == 22
 
 
 def test_band_and_tiles():
@@ -95,3 +132,42 @@ def test_band_and_tiles():
     for x0, y0, x1, y1 in tiles:
         cov[y0:y1, x0:x1] += 1
     assert cov.min() >= 1
+
+
+def test_wire_with_a_blob_keeps_a_narrow_band_along_the_wire():
+    m = np.zeros((800, 2400), bool)
+    cv2.line(m.view(np.uint8), (50, 400), (2350, 420), 1, 5)
+    cv2.circle(m.view(np.uint8), (2300, 419), 40, 1, -1)  # a blob at one end, same component
+    plan = plan_mask(m, max_crop=640)
+    parts = [p for r in plan.regions for p in r.parts]
+    assert len({p.label for p in parts}) == 1 and len(parts) > 4
+    assert max(p.band for p in parts) > 22  # the blob's piece: its own width
+    assert sum(p.band == 6 for p in parts) >= len(parts) - 2  # the wire: 6 px wherever the blob is not
+
+
+def test_overlapping_pairs_sweep_matches_brute_force():
+    from crispedit.regions import _overlap, _overlapping_pairs
+
+    rng = np.random.default_rng(0)
+    xy = rng.integers(0, 1000, (300, 2))
+    wh = rng.integers(1, 120, (300, 2))
+    c = np.concatenate([xy, xy + wh], axis=1)
+    brute = [(i, j) for i in range(300) for j in range(i + 1, 300) if _overlap(tuple(c[i]), tuple(c[j]))]
+    assert _overlapping_pairs(c) == brute
+
+
+def test_part_clusters_are_disjoint_and_cover_every_part():
+    from crispedit.regions import part_clusters
+
+    m = np.zeros((700, 700), bool)
+    for x, y in ((100, 100), (130, 100), (400, 400), (600, 120)):
+        cv2.circle(m.view(np.uint8), (x, y), 5, 1, -1)
+    (region,) = plan_mask(m, min_margin=300, max_crop=700).regions
+    boxes = part_clusters(region, 20)
+    assert len(boxes) == 3  # the two close spots share one box
+    for i, a in enumerate(boxes):
+        assert all(not (a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]) for b in boxes[i + 1:])
+    cx, cy = region.box[:2]
+    for p in region.parts:
+        assert any(b[0] <= p.box[0] - cx and p.box[2] - cx <= b[2] and b[1] <= p.box[1] - cy
+                   and p.box[3] - cy <= b[3] for b in boxes)

@@ -68,7 +68,7 @@ def _engine_options(**kw: Any) -> dict[str, Any]:
 def edit(
     image: Path = typer.Argument(..., help="Image to edit (JPEG, PNG, WebP, TIFF)."),
     output: Path = typer.Option(..., "-o", "--output", help="Where to write the result."),
-    mask: Optional[Path] = typer.Option(None, "--mask", "-m", help="Mask image, white = edit."),
+    mask: Optional[Path] = typer.Option(None, "--mask", "-m", help="Mask image, white = edit; alpha and soft (grey) masks honoured (README, Inputs)."),
     box: Optional[str] = typer.Option(None, "--box", help="Rectangle to edit: X0,Y0,X1,Y1 (px)."),
     ellipse: Optional[str] = typer.Option(None, "--ellipse", help="Ellipse inscribed in X0,Y0,X1,Y1 (px)."),
     prompt: Optional[str] = typer.Option(None, "--prompt", "-p", help="What to paint (SD engines)."),

@@ -22,9 +22,9 @@ from crispedit import compositing
 from crispedit.engines.base import Engine, get_engine
 from crispedit.errors import InputError
 from crispedit.imageio import ImageData, from_float, load_image, to_float, to_pil
-from crispedit.mask import grow, load_mask
+from crispedit.mask import grow, load_mask_weights
 from crispedit.membrane import seam_correct
-from crispedit.regions import Region, plan_regions, tile_grid
+from crispedit.regions import MaskPlan, Region, part_clusters, plan_mask, tile_grid
 
 Progress = Callable[[str, int, int], None]
 
@@ -102,7 +102,12 @@ def edit(image: Any, mask: Any = None, prompt: str | None = None, engine: str | 
         image, max_pixels=hopts.get("max_pixels") or 300_000_000)
     t = timer.add("decode", t0) if not isinstance(image, ImageData) else t0
     size = (data.width, data.height)
-    m = None if mask is None else load_mask(mask, size)
+    m = soft = reading = None
+    if mask is not None:
+        weights, reading = load_mask_weights(mask, size)
+        m = weights > 0
+        soft = weights if reading.kind == "soft" else None
+        del weights
     if m is not None and not m.any():
         raise InputError("the mask is empty (no white pixels)", "paint the area to edit in white, or drop --mask for a whole-image edit")
     whole = m is None or bool(m.all())
@@ -115,12 +120,16 @@ def edit(image: Any, mask: Any = None, prompt: str | None = None, engine: str | 
         "prompt": prompt, "seed": seed,
         "options": {k: v for k, v in {**hopts, **eopts}.items() if k != "progress"},
     }
+    if reading is not None:
+        info["mask"] = reading.as_dict()
     if whole:
         if m is not None:
             info.setdefault("notes", []).append("the mask covers the whole image: running a whole-image edit")
         out = _whole_image(data, eng, prompt, seed, hopts, info, timer)
+        if soft is not None:
+            out = _assemble(data.array, _soft_mix(_colour_float(data.array), _colour_float(out), soft), soft <= 0)
     else:
-        out = _masked_edit(data, m, eng, prompt, seed, hopts, info, timer, progress)
+        out = _masked_edit(data, m, soft, eng, prompt, seed, hopts, info, timer, progress)
     info["engine_calls"] = info.get("engine_calls", [])
     info["timings"] = {k: round(v, 4) for k, v in timer.t.items()}
     return EditResult(image=to_pil(data, out), array=out, info=info, source=data)
@@ -184,10 +193,16 @@ def _assemble(original: np.ndarray, colour: np.ndarray, keep: np.ndarray | None)
     return out
 
 
-def _masked_edit(data: ImageData, m: np.ndarray, eng: Engine, prompt: str | None, seed: int | None, hopts: dict,
-                 info: dict, timer: _Timer, progress: Progress | None) -> np.ndarray:
+def _masked_edit(data: ImageData, m: np.ndarray, soft: np.ndarray | None, eng: Engine, prompt: str | None,
+                 seed: int | None, hopts: dict, info: dict, timer: _Timer, progress: Progress | None) -> np.ndarray:
+    """Edit region after region, each on the result so far (crops may overlap; each mask pixel is edited by
+    exactly one region). ``soft``: the user's weights for a soft mask (their own blend), else None."""
     t = time.perf_counter()
-    regions = plan_regions(m, min_margin=int(hopts.get("min_margin") or 64))
+    # nearby parts share a crop (one engine call) up to about the engine's working size; an engine without one
+    # (classical) costs the same per pixel in one call or many, so its crops stay close to each part's own
+    ws = getattr(eng, "working_size", None)
+    plan = plan_mask(m, min_margin=int(hopts.get("min_margin") or 64), max_crop=int(1.25 * ws) if ws else 0)
+    regions = plan.regions
     t = timer.add("plan", t)
     info["mode"] = "masked"
     info["regions"] = [r.as_dict() for r in regions]
@@ -200,7 +215,7 @@ def _masked_edit(data: ImageData, m: np.ndarray, eng: Engine, prompt: str | None
     for i, region in enumerate(regions):
         if progress:
             progress("region", i, len(regions))
-        _edit_region(data, out, m, region, eng, prompt, seed, detail, hopts, info, timer, progress)
+        _edit_region(data, out, plan, soft, region, eng, prompt, seed, detail, hopts, info, timer, progress)
     if progress:
         progress("region", len(regions), len(regions))
     return out
@@ -247,19 +262,20 @@ def _tile_window(h: int, w: int, ramp: int) -> np.ndarray:
     return np.outer(ramp1(h), ramp1(w)) + 1e-4
 
 
-def _edit_region(data: ImageData, out: np.ndarray, m: np.ndarray, region: Region, eng: Engine,
-                 prompt: str | None, seed: int | None, detail: str, hopts: dict, info: dict, timer: _Timer,
-                 progress: Progress | None) -> None:
+def _edit_region(data: ImageData, out: np.ndarray, plan: MaskPlan, user_w: np.ndarray | None, region: Region,
+                 eng: Engine, prompt: str | None, seed: int | None, detail: str, hopts: dict, info: dict,
+                 timer: _Timer, progress: Progress | None) -> None:
     x0, y0, x1, y1 = region.box
     band = region.band
-    crop = data.array[y0:y1, x0:x1]
-    cm = m[y0:y1, x0:x1]
+    crop = out[y0:y1, x0:x1].copy()  # crops may overlap: edit the result so far
+    cm = plan.own_mask(region)
     h, w = cm.shape
     t = time.perf_counter()
     comp_seed, refine_ss, grain_seed = _region_seeds(seed, region.box)
     rgb8 = _engine_rgb(crop)
     eg = hopts.get("engine_grow")
-    em = grow(cm, int(eg if eg is not None else max(2, band // 8)))
+    eg = int(eg if eg is not None else max(2, band // 8))
+    em = grow(cm, eg)
     ws = eng.working_size
     t = timer.add("composite", t)
 
@@ -302,6 +318,25 @@ def _edit_region(data: ImageData, out: np.ndarray, m: np.ndarray, region: Region
                 gen = _sharpen_pass(gen, base, em_f, covered, band * f, hopts, info)
                 if f < 1.0:
                     gen = _undrift(gen, base, em_f, band * f, hopts)
+    # one pass per cluster of parts: the crop's parts whose boxes (with ring and band) overlap, not their union
+    for cbox in part_clusters(region, eg + 2 * band + 8):
+        em_c, cm_c = _restrict(em, cbox), _restrict(cm, cbox)
+        if em_c.any():
+            _finish_region(data, out, plan, user_w, region, crop, gen, em_c, cm_c, band, grain_seed, hopts, timer)
+
+
+def _restrict(mask: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    out = np.zeros_like(mask)
+    out[box[1]:box[3], box[0]:box[2]] = mask[box[1]:box[3], box[0]:box[2]]
+    return out
+
+
+def _finish_region(data: ImageData, out: np.ndarray, plan: MaskPlan, user_w: np.ndarray | None, region: Region,
+                   crop: np.ndarray, gen: np.ndarray, em: np.ndarray, cm: np.ndarray, band: int, seed: int | None,
+                   hopts: dict, timer: _Timer) -> None:
+    """Tone, seam, grain and blend of one cluster of a region's parts (``em``/``cm``: its engine / own mask;
+    ``seed``: the region's grain seed)."""
+    x0, y0 = region.box[:2]
     t = time.perf_counter()
     # Everything after the engine works on the box that holds the engine mask, its ring and the blend band.
     py0, py1, px0, px1 = _pad_box(em, 2 * band + 8)
@@ -319,15 +354,43 @@ def _edit_region(data: ImageData, out: np.ndarray, m: np.ndarray, region: Region
     if hopts.get("sharpness", True) and ring.any():
         gen = compositing.cap_detail(gen, orig, em_p, ring, limit=1.5)  # never much noisier than the photo around
     if hopts.get("grain", True) and ring.any():
-        gen = compositing.match_grain(gen, orig, em_p, ring, seed=grain_seed)
+        gen = compositing.match_grain(gen, orig, em_p, ring, seed=seed)
     if hopts.get("sharpness", True):
         # the blend band keeps the photo's own fine structure: an edge crossing the contour stays as sharp as it was
         gen = compositing.transfer_detail(gen, orig, cm_p, width=2.0)
-    weight = compositing.blend_weight(cm_p, band)
-    blended = compositing.multiband_blend(orig, gen, weight, band=band)
-    keep = weight <= 0.0
+    box_p = (x0 + px0, y0 + py0, x0 + px1, y0 + py1)
+    blended, keep = _blend(orig, gen, plan, region, box_p,
+                           None if user_w is None else user_w[y0 + py0:y0 + py1, x0 + px0:x0 + px1])
     out[y0 + py0:y0 + py1, x0 + px0:x0 + px1] = _assemble(crop[sub], blended, keep)
     timer.add("composite", t)
+
+
+def _soft_mix(orig: np.ndarray, gen: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """The user's own blend of a soft mask: ``orig + w (gen - orig)`` per pixel."""
+    return orig + weight[..., None] * (gen - orig)
+
+
+def _blend(orig: np.ndarray, gen: np.ndarray, plan: MaskPlan, region: Region, box: tuple[int, int, int, int],
+           soft: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Blend ``gen`` into ``orig`` over ``box`` (image px); returns the blend and the pixels to keep.
+
+    A soft mask is the user's blend (:func:`_soft_mix`; nothing changes where it is 0). A binary mask is blended
+    per band class: each class of parts with :func:`compositing.multiband_blend` over its own band, widest
+    first, so every changed pixel lies within the band of its own component.
+    """
+    if soft is not None:
+        own = plan.own_mask(region, box)
+        w = np.where(own, soft, np.float32(0.0))
+        return _soft_mix(orig, gen, w), w <= 0.0
+    blended = orig
+    keep = np.ones(orig.shape[:2], bool)
+    for b, cls in plan.band_masks(region, box):
+        if not cls.any():
+            continue
+        weight = compositing.blend_weight(cls, b)
+        blended = compositing.multiband_blend(blended, gen, weight, band=b)
+        keep &= weight <= 0.0
+    return blended, keep
 
 
 def _pad_box(mask: np.ndarray, pad: int) -> tuple[int, int, int, int]:

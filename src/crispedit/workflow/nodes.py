@@ -558,15 +558,18 @@ def _load_image(ctx: NodeContext, path: str, max_pixels: int) -> dict[str, Any]:
     return {"image": data}
 
 
-@node("LoadMask", "Read a mask file (white = edit) and check it matches the image's size.",
+@node("LoadMask", "Read a mask file (white = edit; alpha and soft masks as painted, README 'Inputs') and check "
+      "it matches the image's size.",
       inputs=[Port("image", IMG, "the image the mask belongs to (for its size)")],
-      outputs=[Port("mask", "mask", "bool mask, True = edit")],
+      outputs=[Port("mask", "mask", "bool mask, True = edit (a soft mask: its float32 weights in [0, 1])")],
       params=[Param("path", str, REQUIRED, "mask file (relative to the workflow file)", kind="input_file")],
-      category="mask", library="crispedit.mask.load_mask", store=False)
+      category="mask", library="crispedit.mask.load_mask_weights", store=False)
 def _load_mask(ctx: NodeContext, image: Any, path: str) -> dict[str, Any]:
-    from crispedit.mask import load_mask
+    from crispedit.mask import load_mask_weights
 
-    return {"mask": load_mask(path, image_size(image))}
+    weights, reading = load_mask_weights(path, image_size(image))
+    # a soft mask travels as its weights, so Inpaint (crispedit.edit) blends as the user painted
+    return {"mask": weights if reading.kind == "soft" else weights > 0}
 
 
 def _check_shape(params: dict[str, Any]) -> list[tuple[str, str]]:
@@ -625,6 +628,10 @@ def _check_maskops(params: dict[str, Any]) -> list[tuple[str, str]]:
       output_types=_maskops_types, check=_check_maskops)
 def _mask_ops(ctx: NodeContext, mask: Any, other: Any, op: str, px: float) -> dict[str, Any]:
     from crispedit import mask as M
+
+    # a soft mask (float weights from LoadMask) is shaped by its painted support
+    mask = mask if mask.dtype == bool else mask > 0
+    other = other if other is None or other.dtype == bool else other > 0
 
     if op == "union":
         if other is None:

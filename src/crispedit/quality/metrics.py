@@ -1239,7 +1239,8 @@ def _line_stats(d: np.ndarray, ad: np.ndarray, length: int, with_break: bool = T
 
 
 def _regular_lines(profile: np.ndarray, thr: float, tol: float = 3.0) -> int:
-    """Most lines (peaks of ``profile`` above ``thr``, at least 8 px apart) that fit one lattice ``c0 + k p``."""
+    """Most lines (peaks of ``profile`` above ``thr``, at least 8 px apart) that fit one lattice ``c0 + k p`` (+-
+    ``tol`` px), with at least 3/4 of the lattice positions between its first and last line holding a line."""
     ys = np.flatnonzero(profile > thr)
     if ys.size == 0:
         return 0
@@ -1254,7 +1255,11 @@ def _regular_lines(profile: np.ndarray, thr: float, tol: float = 3.0) -> int:
             if p < 8:
                 continue
             k = (c - c[i]) / p
-            best = max(best, int(np.count_nonzero(np.abs(k - np.round(k)) * p <= tol)))
+            on = np.abs(k - np.round(k)) * p <= tol
+            ks = np.unique(np.round(k[on]).astype(int))
+            # a lattice, not a coincidence: its positions between the first and last line mostly hold a line
+            if ks.size >= 3 and ks.size >= 0.75 * (ks.max() - ks.min() + 1):
+                best = max(best, int(ks.size))
     return best
 
 

@@ -78,7 +78,7 @@ class Thresholds:
     #: texture break inside the fill above the surroundings' 99.9th percentile plus this (log units)
     edge_break_margin: float = 0.35
     #: this many distinct straight lines or more: a grid
-    grid_lines_min: int = 3
+    grid_lines_min: int = 4
     #: whole-image change: global ΔE2000 and median luminance shift (levels) allowed
     global_delta_e_max: float = 1.0
     global_tone_max: float = 1.5
@@ -379,12 +379,18 @@ def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th
         unmeasured.append(f"{name}: {why}")
     # --- seam: the whole contour and its worst stretch
     z = metrics.get("seam_z") or {}
+    # the inside kept its content and its tone, yet the outline shows: the change is a ring along it
+    kept = metrics.get("tone_structure_kept")
+    off = metrics.get("tone_step_original")
+    halo_like = _finite(kept) and kept >= 0.8 and _finite(off) and abs(off) <= th.tone_step_max / 2
     if _finite(metrics.get("seam_score")):
         v = metrics["seam_score"]
         checks["seam_score"] = "pass" if v <= th.seam_max else "fail"
         if v > th.seam_max:
             top = max(z, key=lambda k: abs(z[k])) if z else ""
             kind = "ghost" if top.startswith("coherence") else ("halo" if z.get(top, 0) < 0 else "seam")
+            if halo_like:
+                kind = "halo"
             what = {"ghost": "a tone step along the outline", "halo": "a smeared band or halo along the outline",
                     "seam": "a visible seam along the outline"}[kind]
             add(kind, "seam_score", v, th.seam_max, f"{what}: seam_score {v:.1f} > {th.seam_max:g}")
@@ -394,8 +400,9 @@ def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th
         v = metrics["seam_local_max"]
         checks["seam_local_max"] = "pass" if v <= th.seam_local_max else "fail"
         if v > th.seam_local_max:
-            add("seam", "seam_local_max", v, th.seam_local_max,
-                f"a visible seam at x={at[0]}, y={at[1]}: seam_local_max {v:.1f} > {th.seam_local_max:g}")
+            what = "a halo along the outline" if halo_like else "a visible seam"
+            add("halo" if halo_like else "seam", "seam_local_max", v, th.seam_local_max,
+                f"{what} at x={at[0]}, y={at[1]}: seam_local_max {v:.1f} > {th.seam_local_max:g}")
     else:
         checks["seam_local_max"] = "n/a"
     # --- tone step (ghost: a darker or lighter disc)

@@ -318,10 +318,11 @@ def _units(mask: np.ndarray) -> list[tuple[str, int, np.ndarray]]:
     return out
 
 
-def _measure_unit(original: np.ndarray, edited: np.ndarray, m: np.ndarray, band: int, changed: np.ndarray,
+def _measure_unit(original: np.ndarray, edited: np.ndarray, m: np.ndarray, band: int, zone: np.ndarray,
                   all_mask: np.ndarray, source: str, seed: int, cache: dict[str, Any],
                   timings: dict[str, float]) -> tuple[dict[str, Any], list[tuple[int, int, float]], list[str]]:
-    """Every metric of one region (or pool of regions)."""
+    """Every metric of one region (or pool of regions). ``zone``: the mask and the changed pixels (kept out of
+    the null placements and of the surroundings' reference)."""
     metrics: dict[str, Any] = {"mask_pixels": int(np.count_nonzero(m)), "band": band}
     nan = float("nan")
 
@@ -329,7 +330,7 @@ def _measure_unit(original: np.ndarray, edited: np.ndarray, m: np.ndarray, band:
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
 
     t = time.perf_counter()
-    seam = M.seam_visibility(edited, m, band, forbidden=changed | all_mask, seed=seed, cache=cache)
+    seam = M.seam_visibility(edited, m, band, forbidden=zone, seed=seed, cache=cache)
     tick("seam", t)
     measured_seam = bool(seam.scale_z)
     metrics["seam_score"] = seam.seam_score if measured_seam else nan
@@ -344,7 +345,8 @@ def _measure_unit(original: np.ndarray, edited: np.ndarray, m: np.ndarray, band:
     x0, y0, x1, y1 = M._crop_box(m.shape, bb, band + ring_w + 8)
     # with a mask found from the difference, the blend band is already inside it: the ring starts at 2 px
     ring_offset = 2 if source == "difference" else band
-    others = (all_mask | changed)[y0:y1, x0:x1] & ~m[y0:y1, x0:x1]
+    # other regions stay out of this one's ring (its own blend band's changes are where the ring starts)
+    others = all_mask[y0:y1, x0:x1] & ~m[y0:y1, x0:x1]
     dn = M.detail_noise_consistency(original[y0:y1, x0:x1], edited[y0:y1, x0:x1], m[y0:y1, x0:x1], band,
                                     ring_offset=ring_offset, exclude=others)
     metrics.update(dn)
@@ -356,7 +358,7 @@ def _measure_unit(original: np.ndarray, edited: np.ndarray, m: np.ndarray, band:
     metrics.update(M.tone_step(original, edited, m, band))
     tick("tone", t)
     t = time.perf_counter()
-    metrics.update(M.straight_edges(original, edited, m, band, exclude=all_mask | changed))
+    metrics.update(M.straight_edges(original, edited, m, band, exclude=zone))
     tick("edges", t)
     return metrics, seam.worst_places, seam.notes
 
@@ -681,8 +683,9 @@ def assess(
         if n_out > 0.01 * h * w:
             touched = np.zeros_like(changed)
             notes.append("pixels changed all over the image: reference areas avoid only the mask")
+        zone = touched | mask
         for name, index, m in units:
-            um, wp, unotes = _measure_unit(original, edited, m, bands[name], touched, mask, source, seed, cache,
+            um, wp, unotes = _measure_unit(original, edited, m, bands[name], zone, mask, source, seed, cache,
                                            timings)
             bbu = M.mask_bbox(m)
             if bbu is not None:

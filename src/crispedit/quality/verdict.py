@@ -59,11 +59,12 @@ class Thresholds:
     #: noise ratio (inside / ring) allowed range
     noise_min: float = 0.70
     noise_max: float = 1.60
-    #: where the edit kept the content (a retouch, a regrain: ``tone_structure_kept >= 0.8``), detail and noise
-    #: are compared with what was there only, in these ranges
-    kept_detail_min: float = 0.85
+    #: where the edit kept the content (a retouch, a regrain: ``tone_structure_kept >= kept_structure_min``),
+    #: detail and noise are compared with what was there only, in these ranges
+    kept_structure_min: float = 0.7
+    kept_detail_min: float = 0.90
     kept_detail_max: float = 1.30
-    kept_noise_min: float = 0.80
+    kept_noise_min: float = 0.85
     kept_noise_max: float = 1.30
     #: ΔE2000 of the inner side's colour against the original's (or the outer side's, after a removal)
     colour_delta_e_max: float = 2.0
@@ -443,7 +444,7 @@ def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th
                 unmeasured.append(f"{name}: no ring of untouched pixels around it to compare detail and grain")
             continue
         alt = metrics.get(key + "_original")
-        kept = _finite(metrics.get("tone_structure_kept")) and metrics["tone_structure_kept"] >= 0.8
+        kept = _finite(metrics.get("tone_structure_kept")) and metrics["tone_structure_kept"] >= th.kept_structure_min
         if kept and _finite(alt):
             # the content was kept: it must keep its own sharpness and grain
             klo, khi = ((th.kept_detail_min, th.kept_detail_max) if key == "detail_ratio"

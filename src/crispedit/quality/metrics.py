@@ -323,14 +323,29 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
 
 
 class _HF:
-    """High-frequency maps of one grey image (float32 [0, 1]): Laplacian, Immerkær response, gradient magnitude."""
+    """High-frequency responses of one grey image (float32 [0, 1]): 3x3 Laplacian, Immerkær response, Sobel
+    gradient magnitude, evaluated only at the pixels asked for (a gather of their 3x3 neighbourhoods; border
+    pixels repeat the edge, as OpenCV's BORDER_REFLECT), so a region spread thinly over a large crop costs its
+    own pixels, not the crop's."""
 
     def __init__(self, gray: np.ndarray):
-        self.lap = cv2.Laplacian(gray, cv2.CV_32F, ksize=1, borderType=cv2.BORDER_REFLECT)
-        self.resp = cv2.filter2D(gray, cv2.CV_32F, _IMMERKAER, borderType=cv2.BORDER_REFLECT)
-        gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
-        gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
-        self.mag = cv2.magnitude(gx, gy)
+        self.g = np.ascontiguousarray(gray, dtype=np.float32)
+
+    def _at(self, region: np.ndarray, what: str) -> tuple[np.ndarray, ...]:
+        g = self.g
+        h, w = g.shape
+        ys, xs = np.nonzero(region)
+        yl, yh = np.maximum(ys - 1, 0), np.minimum(ys + 1, h - 1)
+        xl, xh = np.maximum(xs - 1, 0), np.minimum(xs + 1, w - 1)
+        c, n, s, wv, e = g[ys, xs], g[yl, xs], g[yh, xs], g[ys, xl], g[ys, xh]
+        cross = n + s + wv + e
+        if what == "lap":
+            return (cross - 4.0 * c,)
+        nw, ne, sw, se = g[yl, xl], g[yl, xh], g[yh, xl], g[yh, xh]
+        resp = (nw + ne + sw + se) - 2.0 * cross + 4.0 * c
+        gx = (ne + 2.0 * e + se) - (nw + 2.0 * wv + sw)
+        gy = (sw + 2.0 * s + se) - (nw + 2.0 * n + ne)
+        return resp, np.sqrt(gx * gx + gy * gy)
 
     def noise(self, region: np.ndarray) -> float:
         region = region.copy()
@@ -338,8 +353,8 @@ class _HF:
         region[:, :1] = region[:, -1:] = False
         if not region.any():
             return float("nan")
-        m = self.mag[region]
-        r = np.abs(self.resp[region])
+        resp, m = self._at(region, "noise")
+        r = np.abs(resp)
         flat = m <= np.median(m)
         if np.count_nonzero(flat) >= 16:
             r = r[flat]
@@ -353,7 +368,7 @@ class _HF:
     def detail(self, region: np.ndarray) -> float:
         if not region.any():
             return float("nan")
-        return float(np.mean(np.abs(self.lap[region])))
+        return float(np.mean(np.abs(self._at(region, "lap")[0])))
 
 
 def noise_sigma(gray: np.ndarray, region: np.ndarray | None = None) -> float:
@@ -1407,7 +1422,7 @@ def global_change(original: np.ndarray, edited: np.ndarray, *, max_side: int = 1
     r = hf_side // 2
     box = (slice(max(0, cy - r), cy + r), slice(max(0, cx - r), cx + r))
     ho, he = _HF(grey_float(original[box])), _HF(grey_float(edited[box]))
-    region = _subsample(np.ones(ho.lap.shape, bool))
+    region = _subsample(np.ones(ho.g.shape, bool))
     d0, d1 = ho.detail(region), he.detail(region)
     n0, n1 = ho.noise(region), he.noise(region)
     return {

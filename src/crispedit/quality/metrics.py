@@ -323,14 +323,29 @@ def _luma(rgb: np.ndarray) -> np.ndarray:
 
 
 class _HF:
-    """High-frequency maps of one grey image (float32 [0, 1]): Laplacian, Immerkær response, gradient magnitude."""
+    """High-frequency responses of one grey image (float32 [0, 1]): 3x3 Laplacian, Immerkær response, Sobel
+    gradient magnitude, evaluated only at the pixels asked for (a gather of their 3x3 neighbourhoods; border
+    pixels repeat the edge, as OpenCV's BORDER_REFLECT), so a region spread thinly over a large crop costs its
+    own pixels, not the crop's."""
 
     def __init__(self, gray: np.ndarray):
-        self.lap = cv2.Laplacian(gray, cv2.CV_32F, ksize=1, borderType=cv2.BORDER_REFLECT)
-        self.resp = cv2.filter2D(gray, cv2.CV_32F, _IMMERKAER, borderType=cv2.BORDER_REFLECT)
-        gx = cv2.Sobel(gray, cv2.CV_32F, 1, 0, ksize=3)
-        gy = cv2.Sobel(gray, cv2.CV_32F, 0, 1, ksize=3)
-        self.mag = cv2.magnitude(gx, gy)
+        self.g = np.ascontiguousarray(gray, dtype=np.float32)
+
+    def _at(self, region: np.ndarray, what: str) -> tuple[np.ndarray, ...]:
+        g = self.g
+        h, w = g.shape
+        ys, xs = np.nonzero(region)
+        yl, yh = np.maximum(ys - 1, 0), np.minimum(ys + 1, h - 1)
+        xl, xh = np.maximum(xs - 1, 0), np.minimum(xs + 1, w - 1)
+        c, n, s, wv, e = g[ys, xs], g[yl, xs], g[yh, xs], g[ys, xl], g[ys, xh]
+        cross = n + s + wv + e
+        if what == "lap":
+            return (cross - 4.0 * c,)
+        nw, ne, sw, se = g[yl, xl], g[yl, xh], g[yh, xl], g[yh, xh]
+        resp = (nw + ne + sw + se) - 2.0 * cross + 4.0 * c
+        gx = (ne + 2.0 * e + se) - (nw + 2.0 * wv + sw)
+        gy = (sw + 2.0 * s + se) - (nw + 2.0 * n + ne)
+        return resp, np.sqrt(gx * gx + gy * gy)
 
     def noise(self, region: np.ndarray) -> float:
         region = region.copy()
@@ -338,8 +353,8 @@ class _HF:
         region[:, :1] = region[:, -1:] = False
         if not region.any():
             return float("nan")
-        m = self.mag[region]
-        r = np.abs(self.resp[region])
+        resp, m = self._at(region, "noise")
+        r = np.abs(resp)
         flat = m <= np.median(m)
         if np.count_nonzero(flat) >= 16:
             r = r[flat]
@@ -353,7 +368,7 @@ class _HF:
     def detail(self, region: np.ndarray) -> float:
         if not region.any():
             return float("nan")
-        return float(np.mean(np.abs(self.lap[region])))
+        return float(np.mean(np.abs(self._at(region, "lap")[0])))
 
 
 def noise_sigma(gray: np.ndarray, region: np.ndarray | None = None) -> float:
@@ -1239,7 +1254,8 @@ def _line_stats(d: np.ndarray, ad: np.ndarray, length: int, with_break: bool = T
 
 
 def _regular_lines(profile: np.ndarray, thr: float, tol: float = 3.0) -> int:
-    """Most lines (peaks of ``profile`` above ``thr``, at least 8 px apart) that fit one lattice ``c0 + k p``."""
+    """Most lines (peaks of ``profile`` above ``thr``, at least 8 px apart) that fit one lattice ``c0 + k p`` (+-
+    ``tol`` px), with at least 3/4 of the lattice positions between its first and last line holding a line."""
     ys = np.flatnonzero(profile > thr)
     if ys.size == 0:
         return 0
@@ -1254,7 +1270,11 @@ def _regular_lines(profile: np.ndarray, thr: float, tol: float = 3.0) -> int:
             if p < 8:
                 continue
             k = (c - c[i]) / p
-            best = max(best, int(np.count_nonzero(np.abs(k - np.round(k)) * p <= tol)))
+            on = np.abs(k - np.round(k)) * p <= tol
+            ks = np.unique(np.round(k[on]).astype(int))
+            # a lattice, not a coincidence: its positions between the first and last line mostly hold a line
+            if ks.size >= 3 and ks.size >= 0.75 * (ks.max() - ks.min() + 1):
+                best = max(best, int(ks.size))
     return best
 
 
@@ -1402,7 +1422,7 @@ def global_change(original: np.ndarray, edited: np.ndarray, *, max_side: int = 1
     r = hf_side // 2
     box = (slice(max(0, cy - r), cy + r), slice(max(0, cx - r), cx + r))
     ho, he = _HF(grey_float(original[box])), _HF(grey_float(edited[box]))
-    region = _subsample(np.ones(ho.lap.shape, bool))
+    region = _subsample(np.ones(ho.g.shape, bool))
     d0, d1 = ho.detail(region), he.detail(region)
     n0, n1 = ho.noise(region), he.noise(region)
     return {

@@ -59,11 +59,12 @@ class Thresholds:
     #: noise ratio (inside / ring) allowed range
     noise_min: float = 0.70
     noise_max: float = 1.60
-    #: where the edit kept the content (a retouch, a regrain: ``tone_structure_kept >= 0.8``), detail and noise
-    #: are compared with what was there only, in these ranges
-    kept_detail_min: float = 0.85
+    #: where the edit kept the content (a retouch, a regrain: ``tone_structure_kept >= kept_structure_min``),
+    #: detail and noise are compared with what was there only, in these ranges
+    kept_structure_min: float = 0.7
+    kept_detail_min: float = 0.90
     kept_detail_max: float = 1.30
-    kept_noise_min: float = 0.80
+    kept_noise_min: float = 0.85
     kept_noise_max: float = 1.30
     #: ΔE2000 of the inner side's colour against the original's (or the outer side's, after a removal)
     colour_delta_e_max: float = 2.0
@@ -78,7 +79,7 @@ class Thresholds:
     #: texture break inside the fill above the surroundings' 99.9th percentile plus this (log units)
     edge_break_margin: float = 0.35
     #: this many distinct straight lines or more: a grid
-    grid_lines_min: int = 3
+    grid_lines_min: int = 4
     #: whole-image change: global ΔE2000 and median luminance shift (levels) allowed
     global_delta_e_max: float = 1.0
     global_tone_max: float = 1.5
@@ -318,10 +319,11 @@ def _units(mask: np.ndarray) -> list[tuple[str, int, np.ndarray]]:
     return out
 
 
-def _measure_unit(original: np.ndarray, edited: np.ndarray, m: np.ndarray, band: int, changed: np.ndarray,
+def _measure_unit(original: np.ndarray, edited: np.ndarray, m: np.ndarray, band: int, zone: np.ndarray,
                   all_mask: np.ndarray, source: str, seed: int, cache: dict[str, Any],
                   timings: dict[str, float]) -> tuple[dict[str, Any], list[tuple[int, int, float]], list[str]]:
-    """Every metric of one region (or pool of regions)."""
+    """Every metric of one region (or pool of regions). ``zone``: the mask and the changed pixels (kept out of
+    the null placements and of the surroundings' reference)."""
     metrics: dict[str, Any] = {"mask_pixels": int(np.count_nonzero(m)), "band": band}
     nan = float("nan")
 
@@ -329,7 +331,7 @@ def _measure_unit(original: np.ndarray, edited: np.ndarray, m: np.ndarray, band:
         timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
 
     t = time.perf_counter()
-    seam = M.seam_visibility(edited, m, band, forbidden=changed | all_mask, seed=seed, cache=cache)
+    seam = M.seam_visibility(edited, m, band, forbidden=zone, seed=seed, cache=cache)
     tick("seam", t)
     measured_seam = bool(seam.scale_z)
     metrics["seam_score"] = seam.seam_score if measured_seam else nan
@@ -344,7 +346,8 @@ def _measure_unit(original: np.ndarray, edited: np.ndarray, m: np.ndarray, band:
     x0, y0, x1, y1 = M._crop_box(m.shape, bb, band + ring_w + 8)
     # with a mask found from the difference, the blend band is already inside it: the ring starts at 2 px
     ring_offset = 2 if source == "difference" else band
-    others = (all_mask | changed)[y0:y1, x0:x1] & ~m[y0:y1, x0:x1]
+    # other regions stay out of this one's ring (its own blend band's changes are where the ring starts)
+    others = all_mask[y0:y1, x0:x1] & ~m[y0:y1, x0:x1]
     dn = M.detail_noise_consistency(original[y0:y1, x0:x1], edited[y0:y1, x0:x1], m[y0:y1, x0:x1], band,
                                     ring_offset=ring_offset, exclude=others)
     metrics.update(dn)
@@ -356,7 +359,7 @@ def _measure_unit(original: np.ndarray, edited: np.ndarray, m: np.ndarray, band:
     metrics.update(M.tone_step(original, edited, m, band))
     tick("tone", t)
     t = time.perf_counter()
-    metrics.update(M.straight_edges(original, edited, m, band, exclude=all_mask | changed))
+    metrics.update(M.straight_edges(original, edited, m, band, exclude=zone))
     tick("edges", t)
     return metrics, seam.worst_places, seam.notes
 
@@ -379,12 +382,18 @@ def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th
         unmeasured.append(f"{name}: {why}")
     # --- seam: the whole contour and its worst stretch
     z = metrics.get("seam_z") or {}
+    # the inside kept its content and its tone, yet the outline shows: the change is a ring along it
+    kept = metrics.get("tone_structure_kept")
+    off = metrics.get("tone_step_original")
+    halo_like = _finite(kept) and kept >= 0.8 and _finite(off) and abs(off) <= th.tone_step_max / 2
     if _finite(metrics.get("seam_score")):
         v = metrics["seam_score"]
         checks["seam_score"] = "pass" if v <= th.seam_max else "fail"
         if v > th.seam_max:
             top = max(z, key=lambda k: abs(z[k])) if z else ""
             kind = "ghost" if top.startswith("coherence") else ("halo" if z.get(top, 0) < 0 else "seam")
+            if halo_like:
+                kind = "halo"
             what = {"ghost": "a tone step along the outline", "halo": "a smeared band or halo along the outline",
                     "seam": "a visible seam along the outline"}[kind]
             add(kind, "seam_score", v, th.seam_max, f"{what}: seam_score {v:.1f} > {th.seam_max:g}")
@@ -394,8 +403,9 @@ def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th
         v = metrics["seam_local_max"]
         checks["seam_local_max"] = "pass" if v <= th.seam_local_max else "fail"
         if v > th.seam_local_max:
-            add("seam", "seam_local_max", v, th.seam_local_max,
-                f"a visible seam at x={at[0]}, y={at[1]}: seam_local_max {v:.1f} > {th.seam_local_max:g}")
+            what = "a halo along the outline" if halo_like else "a visible seam"
+            add("halo" if halo_like else "seam", "seam_local_max", v, th.seam_local_max,
+                f"{what} at x={at[0]}, y={at[1]}: seam_local_max {v:.1f} > {th.seam_local_max:g}")
     else:
         checks["seam_local_max"] = "n/a"
     # --- tone step (ghost: a darker or lighter disc)
@@ -434,7 +444,7 @@ def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th
                 unmeasured.append(f"{name}: no ring of untouched pixels around it to compare detail and grain")
             continue
         alt = metrics.get(key + "_original")
-        kept = _finite(metrics.get("tone_structure_kept")) and metrics["tone_structure_kept"] >= 0.8
+        kept = _finite(metrics.get("tone_structure_kept")) and metrics["tone_structure_kept"] >= th.kept_structure_min
         if kept and _finite(alt):
             # the content was kept: it must keep its own sharpness and grain
             klo, khi = ((th.kept_detail_min, th.kept_detail_max) if key == "detail_ratio"
@@ -674,8 +684,9 @@ def assess(
         if n_out > 0.01 * h * w:
             touched = np.zeros_like(changed)
             notes.append("pixels changed all over the image: reference areas avoid only the mask")
+        zone = touched | mask
         for name, index, m in units:
-            um, wp, unotes = _measure_unit(original, edited, m, bands[name], touched, mask, source, seed, cache,
+            um, wp, unotes = _measure_unit(original, edited, m, bands[name], zone, mask, source, seed, cache,
                                            timings)
             bbu = M.mask_bbox(m)
             if bbu is not None:

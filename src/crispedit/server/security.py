@@ -111,6 +111,26 @@ def resolve_under(root: Path, rel: Optional[str]) -> Path:
     return full
 
 
+def _limited(receive, limit: int):
+    """Wrap an ASGI ``receive`` so that a request body over ``limit`` bytes ends the request with HTTP 413
+    (FastAPI passes an ``HTTPException`` raised while it reads the body on to its exception handlers)."""
+    from starlette.exceptions import HTTPException
+
+    received = 0
+
+    async def limited_receive():
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise HTTPException(413, f"refused: request body over {limit // (1024 * 1024)} MiB "
+                                         "(photos go to /api/upload)")
+        return message
+
+    return limited_receive
+
+
 class Guard:
     """ASGI middleware: refuse requests with a bad Host, a foreign Origin / cross-site fetch, or no valid token.
 
@@ -144,6 +164,8 @@ class Guard:
             await send({"type": "http.response.body", "body": body})
             return
         page_csp = CSP_REPORT if scope["path"].endswith("/report") else CSP_PAGE
+        if scope["type"] == "http" and scope["path"] != "/api/upload":
+            receive = _limited(receive, MAX_JSON_BODY)  # also bodies sent chunked, without a Content-Length
 
         async def send_with_headers(message) -> None:
             if message["type"] == "http.response.start":

@@ -201,3 +201,17 @@ def test_exif_rotated_jpeg_mask_lands_where_the_user_painted_and_report_escapes_
     ys, xs = np.nonzero(big)
     assert len(xs) > 100 and xs.min() >= 110 and ys.max() <= 110  # inside the painted box (+ blend ring)
     assert prompt not in rep.text and "sandbox" in rep.headers["content-security-policy"]
+
+
+def test_two_servers_on_one_host_keep_their_own_token_cookies(root, tmp_path):
+    # cookies are per host name, not per port: one shared cookie name let the second server's token replace the
+    # first's in the browser, and the first tab got 401s
+    with _client(root, tmp_path / "a", token="first") as a, _client(root, tmp_path / "b", token="second") as b:
+        ra = a.get("/", params={"token": "first"}, headers={"host": "127.0.0.1:8765"}, follow_redirects=False)
+        rb = b.get("/", params={"token": "second"}, headers={"host": "127.0.0.1:8766"}, follow_redirects=False)
+        assert ra.headers["set-cookie"].startswith("crispedit_token_8765=first")
+        assert rb.headers["set-cookie"].startswith("crispedit_token_8766=second")
+        jar = {"cookie": "crispedit_token_8765=first; crispedit_token_8766=second"}  # what the browser sends
+        assert a.get("/api/config", headers=jar).status_code == 200
+        assert b.get("/api/config", headers={**jar, "host": "127.0.0.1:8766"}).status_code == 200
+        assert a.get("/api/config", headers={"cookie": "crispedit_token_8766=second"}).status_code == 401

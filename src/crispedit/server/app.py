@@ -54,7 +54,7 @@ from crispedit.errors import CrispEditError, InputError
 from crispedit.server import tiles
 from crispedit.server.jobs import Job, JobQueue
 from crispedit.server.maskcanvas import MaskCanvas
-from crispedit.server.security import TOKEN_COOKIE, Guard, PathRefused, allowed_hostnames, resolve_under
+from crispedit.server.security import Guard, PathRefused, allowed_hostnames, resolve_under, token_cookie
 
 STATIC = Path(__file__).parent / "static"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"}
@@ -465,7 +465,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         tok = request.query_params.get("token")
         if cfg.token and tok:
             r = RedirectResponse("/", status_code=303)
-            r.set_cookie(TOKEN_COOKIE, cfg.token, httponly=True, samesite="strict")
+            r.set_cookie(token_cookie(request.headers.get("host", "")), cfg.token, httponly=True, samesite="strict")
             return r
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 

@@ -43,6 +43,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def token_cookie(host_header: str) -> str:
+    """The token cookie's name for the server the ``Host`` header names: ``crispedit_token_<port>``.
+
+    Browsers keep cookies per host name, not per port, so two ``crispedit serve`` runs on one machine (different
+    ports, different tokens) would overwrite each other's cookie under one name and lock the first tab out."""
+    _host, port = split_host(host_header)
+    return f"{TOKEN_COOKIE}_{port}" if port and port.isdigit() else TOKEN_COOKIE
+
+
 def new_token() -> str:
     """A URL-safe random token (``secrets.token_urlsafe``, 192 bits)."""
     return secrets.token_urlsafe(24)
@@ -141,7 +150,7 @@ class Guard:
         Host names accepted in the ``Host`` header (DNS-rebinding defence).
     token : str or None
         When set, every request must carry it: ``Authorization: Bearer``, ``X-Crispedit-Token``, the
-        ``crispedit_token`` cookie (set by ``/?token=...``) or a ``token`` query parameter.
+        ``crispedit_token_<port>`` cookie (set by ``/?token=...``) or a ``token`` query parameter.
     """
 
     def __init__(self, app, hostnames: set[str], token: Optional[str]) -> None:
@@ -209,7 +218,7 @@ class Guard:
             given.append(headers[TOKEN_HEADER])
         for part in headers.get("cookie", "").split(";"):
             k, _, v = part.strip().partition("=")
-            if k == TOKEN_COOKIE:
+            if k == TOKEN_COOKIE or k.startswith(TOKEN_COOKIE + "_"):  # crispedit_token_<port>: see token_cookie()
                 given.append(v)
         qs = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         given += qs.get("token", [])

@@ -27,7 +27,8 @@ def test_tile_level_far_out_of_range_is_404_not_a_hang(client):
     assert tiles.tile_rect(640, 480, -10 ** 20, 0, 0) is None and tiles.tile_rect(640, 480, 10 ** 30, 0, 0) is None
     d = _open(client)
     for level in (10 ** 30, -10 ** 20, -1, 11):
-        for url in (f"/api/docs/{d['id']}/v/0/image_files/{level}/0_0.jpeg", f"/api/docs/{d['id']}/mask/0/{level}/0_0.png"):
+        for url in (f"/api/docs/{d['id']}/v/0/image_files/{level}/0_0.jpeg",
+                    f"/api/docs/{d['id']}/mask/0/{level}/0_0.png"):
             r = client.get(url)
             assert r.status_code == 404 and r.json()["error"].startswith("no such tile"), (url, r.text)
 
@@ -101,7 +102,8 @@ def test_undo_keeps_one_copy_per_step_within_a_byte_budget(monkeypatch):
 
 def test_bad_bodies_and_unknown_routes_get_the_one_line_error_shape(client):
     d = _open(client)
-    for r in (_json(client, f"/api/docs/{d['id']}/mask", b"{not json"), client.post(f"/api/docs/{d['id']}/mask", json=[1])):
+    url = f"/api/docs/{d['id']}/mask"
+    for r in (_json(client, url, b"{not json"), client.post(url, json=[1])):
         assert r.status_code == 422 and r.json()["error"].startswith("bad request:") and "detail" not in r.json()
     r = client.get("/api/no-such-endpoint")
     assert r.status_code == 404 and "error" in r.json()
@@ -215,3 +217,22 @@ def test_two_servers_on_one_host_keep_their_own_token_cookies(root, tmp_path):
         assert a.get("/api/config", headers=jar).status_code == 200
         assert b.get("/api/config", headers={**jar, "host": "127.0.0.1:8766"}).status_code == 200
         assert a.get("/api/config", headers={"cookie": "crispedit_token_8766=second"}).status_code == 401
+
+
+@pytest.mark.parametrize("erase", [False, True])
+def test_stroke_in_blocks_equals_one_distance_transform(monkeypatch, erase):
+    # a long stroke with a big brush used to hold several float arrays the size of its whole bounding box
+    # (about 1 GB for a 2048-px diagonal on 8000 x 6000); now it is rasterised block by block, with the same result
+    rng = np.random.default_rng(3)
+    pts = np.stack([rng.uniform(-80, 700, 12), rng.uniform(-80, 500, 12)], 1).tolist()
+    base = rng.integers(0, 256, (420, 620), dtype=np.uint8)
+    out = []
+    for block in (10 ** 6, 37):
+        monkeypatch.setattr(maskcanvas, "STROKE_BLOCK", block)
+        m = MaskCanvas(620, 420)
+        m.array[:] = base
+        m.stroke(pts, 90, 0.3, erase=erase)
+        out.append(m.array.copy())
+    diff = np.abs(out[0].astype(int) - out[1].astype(int))
+    assert diff.max() <= 1 and np.count_nonzero(diff) <= 5  # float rounding of the distances at most
+    assert np.count_nonzero(out[0] != base) > 1000

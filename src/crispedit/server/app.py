@@ -493,7 +493,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         try:
             listing = sorted(folder.iterdir(), key=lambda q: q.name.lower())
         except OSError as exc:
-            raise InputError(f"cannot list folder '{dir or '.'}': {exc.strerror or exc}", "pick another folder") from None
+            raise InputError(f"cannot list folder '{dir or '.'}': {exc.strerror or exc}",
+                             "pick another folder") from None
         for p in listing:
             if p.name.startswith("."):
                 continue

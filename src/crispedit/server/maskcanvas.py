@@ -22,6 +22,7 @@ MAX_UNDO = 40
 MAX_UNDO_BYTES = 512 * 1024 * 1024  # pixels kept for undo/redo (older steps are dropped first; the last is kept)
 MAX_POINTS = 20_000
 MAX_BRUSH = 2048  # px, brush diameter
+STROKE_BLOCK = 1024  # px, side of the blocks a stroke is rasterised in
 
 Box = tuple[int, int, int, int]
 
@@ -136,8 +137,8 @@ class MaskCanvas:
         if box is None:
             return None
         x0, y0, x1, y1 = box
-        # distance to the centre line at pixel centres, on a canvas that also holds centre-line points outside
-        # the image (a brush centred just off the edge still paints its part inside)
+        # the centre line rasterised on a canvas that also holds centre-line points outside the image (a brush
+        # centred just off the edge still paints its part inside)
         fx0 = int(np.floor(min(pts[:, 0].min(), x0)))
         fy0 = int(np.floor(min(pts[:, 1].min(), y0)))
         fx1 = int(np.ceil(max(pts[:, 0].max() + 1, x1)))
@@ -148,16 +149,29 @@ class MaskCanvas:
             line[np.clip(local[0, 1], 0, fy1 - fy0 - 1), np.clip(local[0, 0], 0, fx1 - fx0 - 1)] = 0
         else:
             cv2.polylines(line, [local.reshape(-1, 1, 2)], False, 0, 1, lineType=cv2.LINE_8)
-        dist = cv2.distanceTransform(line, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[y0 - fy0:y1 - fy0, x0 - fx0:x1 - fx0]
         soft = max(r * (1.0 - h), 1e-3)
-        alpha = np.clip((r - dist) / soft, 0.0, 1.0)
+        g = int(np.ceil(r)) + 2  # a block's window sees every centre-line pixel closer than r to the block
         with self.lock:
-            cur = self.array[y0:y1, x0:x1].astype(np.float32)
-            if erase:
-                new = cur * (1.0 - alpha)
-            else:
-                new = np.maximum(cur, alpha * 255.0)
-            return self._commit(box, np.round(new).astype(np.uint8))
+            new = self.array[y0:y1, x0:x1].copy()
+            # distances block by block, so a long stroke with a big brush on a large image holds a few MB of float
+            # at a time instead of several arrays the size of its bounding box; blocks far from the line are
+            # skipped. Same result as one distance transform (up to float rounding, at most 1 grey level): below
+            # r, a pixel's nearest line pixel lies in its block's window, and at r or more alpha is 0 either way.
+            for by in range(y0, y1, STROKE_BLOCK):
+                for bx in range(x0, x1, STROKE_BLOCK):
+                    ex, ey = min(bx + STROKE_BLOCK, x1), min(by + STROKE_BLOCK, y1)
+                    wx0, wy0 = max(bx - g - fx0, 0), max(by - g - fy0, 0)
+                    win = line[wy0:ey + g - fy0, wx0:ex + g - fx0]
+                    if win.all():
+                        continue
+                    ox, oy = bx - fx0 - wx0, by - fy0 - wy0
+                    dist = cv2.distanceTransform(win, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[oy:oy + ey - by,
+                                                                                           ox:ox + ex - bx]
+                    alpha = np.clip((r - dist) / soft, 0.0, 1.0)
+                    part = new[by - y0:ey - y0, bx - x0:ex - x0]
+                    cur = part.astype(np.float32)
+                    part[...] = np.round(cur * (1.0 - alpha) if erase else np.maximum(cur, alpha * 255.0))
+            return self._commit(box, new)
 
     def shape(self, kind: str, box: list, erase: bool = False) -> Optional[Box]:
         """Fill (or erase) a rectangle or the ellipse inscribed in ``box = [x0, y0, x1, y1]`` (image px)."""

@@ -236,3 +236,23 @@ def test_stroke_in_blocks_equals_one_distance_transform(monkeypatch, erase):
     diff = np.abs(out[0].astype(int) - out[1].astype(int))
     assert diff.max() <= 1 and np.count_nonzero(diff) <= 5  # float rounding of the distances at most
     assert np.count_nonzero(out[0] != base) > 1000
+
+
+def test_document_closed_while_its_edit_finishes_gets_no_version_nor_pyramid(client, monkeypatch):
+    from crispedit.workflow import builtin
+
+    state = client.app.app.state.crispedit
+    real = builtin.run_edit
+
+    def edit_then_close(**kw):  # the user closes the photo during an engine call that reports no progress
+        info = real(**kw)
+        state.close(doc_id)
+        return info
+
+    monkeypatch.setattr(builtin, "run_edit", edit_then_close)
+    d = _open(client)
+    doc_id = d["id"]
+    client.post(f"/api/docs/{doc_id}/mask", json={"op": "rect", "box": [10, 10, 60, 60]})
+    job = client.post(f"/api/docs/{doc_id}/jobs", json={"engine": "classical"}).json()
+    assert _wait(client, job["id"])["state"] == "cancelled"
+    assert not [k for k in state.pyramids if k[0] == doc_id]  # no full-resolution copy kept for a closed photo

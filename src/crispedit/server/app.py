@@ -52,7 +52,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crispedit.errors import CrispEditError, InputError
 from crispedit.server import tiles
-from crispedit.server.jobs import Job, JobQueue
+from crispedit.server.jobs import Job, JobCancelled, JobQueue
 from crispedit.server.maskcanvas import MaskCanvas
 from crispedit.server.security import Guard, PathRefused, allowed_hostnames, resolve_under, token_cookie
 
@@ -362,6 +362,8 @@ def _make_job(state: State, doc: Document, params: dict[str, Any]) -> Job:
     def work(progress) -> dict[str, Any]:
         t0 = time.perf_counter()
         info = builtin.run_edit(cache=False, progress=progress, **args)
+        if doc.id not in state.docs:  # closed while the edit ran (no progress call came after the cancel)
+            raise JobCancelled()
         wf_path = doc.folder / f"edit-{tag}-workflow.yaml"
         dump_workflow(_portable_workflow(doc, args, parent, len(doc.versions)), wf_path)
         keep = {"params": {k: v for k, v in params.items()}, "mask_file": str(mask_path) if mask_path else None, "seed": info.get("seed", params.get("seed")),

@@ -449,7 +449,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _on_bad_body(_req: Request, exc: RequestValidationError) -> JSONResponse:
         first = (exc.errors() or [{}])[0]
-        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body")
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body" and not isinstance(x, int))
         problem = f"bad request: {first.get('msg', 'invalid input')}" + (f" at {where}" if where else "")
         return _error(InputError(problem, "send a JSON object as the editor page does"), 422)
 

@@ -462,7 +462,7 @@ def test_token_required_on_every_request(root, tmp_path):
         assert c.get("/api/config", headers={"x-crispedit-token": "s3cret"}).status_code == 200
         r = c.get("/", params={"token": "s3cret"}, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == "/"
-        assert "crispedit_token=s3cret" in r.headers["set-cookie"] and "HttpOnly" in r.headers["set-cookie"]
+        assert "crispedit_token_8765=s3cret" in r.headers["set-cookie"] and "HttpOnly" in r.headers["set-cookie"]
         c.cookies.set("crispedit_token", "s3cret")
         assert c.get("/api/config").status_code == 200
 

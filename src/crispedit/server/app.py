@@ -45,14 +45,16 @@ from typing import Any, Optional
 
 import numpy as np
 from fastapi import Body, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from crispedit.errors import CrispEditError, InputError
 from crispedit.server import tiles
-from crispedit.server.jobs import Job, JobQueue
+from crispedit.server.jobs import Job, JobCancelled, JobQueue
 from crispedit.server.maskcanvas import MaskCanvas
-from crispedit.server.security import TOKEN_COOKIE, Guard, PathRefused, allowed_hostnames, resolve_under
+from crispedit.server.security import Guard, PathRefused, allowed_hostnames, resolve_under, token_cookie
 
 STATIC = Path(__file__).parent / "static"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff"}
@@ -170,7 +172,7 @@ class State:
         base = cfg.work_dir
         if base is not None:
             base.mkdir(parents=True, exist_ok=True)
-        self.work = Path(tempfile.mkdtemp(prefix="crispedit-serve-", dir=base))
+        self.work = Path(tempfile.mkdtemp(prefix="crispedit-serve-", dir=base)).resolve()
         atexit.register(shutil.rmtree, self.work, True)  # also when the lifespan shutdown never ran
         self.docs: dict[str, Document] = {}
         self.pyramids: OrderedDict[tuple[str, int], tiles.Pyramid] = OrderedDict()
@@ -199,6 +201,8 @@ class State:
             data = load_image(path, max_pixels=self.cfg.max_pixels)
         except CrispEditError as exc:  # the library's message, naming the file as the user knows it
             problem = exc.problem.replace(str(path.resolve()), name).replace(str(path), name)
+            if folder is not None:  # an upload: the library names the work copy, the user knows their file name
+                problem = problem.replace(path.name, Path(name).name)
             raise type(exc)(problem, exc.fix) from None
         doc_id = secrets.token_hex(4)
         if folder is None:
@@ -271,8 +275,18 @@ class _NotFound(CrispEditError):
     pass
 
 
-def _error(exc: CrispEditError) -> JSONResponse:
-    status = 404 if isinstance(exc, _NotFound) else 403 if isinstance(exc, PathRefused) else 400
+def _existing(path: Any, what: str) -> Path:
+    """``path`` if the file is still there, else a 404 one-liner (a photo under root deleted or moved after
+    opening, or a work file removed by hand)."""
+    p = Path(path)
+    if not p.is_file():
+        raise _NotFound(f"the {what} is gone: {p.name} was deleted or moved after it was opened",
+                        "open the photo again")
+    return p
+
+
+def _error(exc: CrispEditError, status: Optional[int] = None) -> JSONResponse:
+    status = status or (404 if isinstance(exc, _NotFound) else 403 if isinstance(exc, PathRefused) else 400)
     return JSONResponse({"error": str(exc), "problem": exc.problem, "fix": exc.fix}, status_code=status)
 
 
@@ -295,12 +309,21 @@ def _run_params(body: dict[str, Any]) -> dict[str, Any]:
     if engine not in ENGINES:
         raise InputError(f"unknown engine '{engine}'", f"use one of: {', '.join(ENGINES)}")
     p["engine"] = engine
+    for k in ("prompt", "negative_prompt", "model", "scheduler", "device", "dtype"):
+        if k in p and not isinstance(p[k], str):
+            raise InputError(f"{k} must be text, got {type(p[k]).__name__}", f"send {k} as a string")
     for k, typ in (("seed", int), ("steps", int), ("candidates", int), ("strength", float), ("guidance", float)):
         if k in p:
             try:
                 p[k] = typ(p[k])
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise InputError(f"--{k} must be a number, got {p[k]!r}", f"give a number for {k}") from None
+    if not 0 <= p.get("seed", 0) < 2 ** 63:
+        raise InputError(f"--seed {p['seed']} is out of range", "use a seed from 0 to 2**63 - 1")
+    if p.get("guidance") is not None and not 0.0 <= p["guidance"] < float("inf"):
+        raise InputError(f"--guidance {p['guidance']} must be a finite number >= 0", "use a value such as 7.5")
+    if not isinstance(p.get("no_check", False), bool):
+        raise InputError(f"no_check must be true or false, got {p['no_check']!r}", "send a JSON boolean")
     if p.get("candidates") is not None and p["candidates"] < 1:
         raise InputError(f"--candidates {p['candidates']} must be at least 1", "use e.g. --candidates 4")
     if p.get("candidates") is not None and p["candidates"] > 16:
@@ -321,7 +344,7 @@ def _make_job(state: State, doc: Document, params: dict[str, Any]) -> Job:
 
     with doc.lock:
         parent = doc.current
-        src = doc.versions[parent].path
+        src = _existing(doc.versions[parent].path, f"file of version {parent}")
         mask = doc.mask.snapshot()
     tag = secrets.token_hex(3)
     mask_path = doc.folder / f"mask-{tag}.png" if mask.any() else None
@@ -339,6 +362,8 @@ def _make_job(state: State, doc: Document, params: dict[str, Any]) -> Job:
     def work(progress) -> dict[str, Any]:
         t0 = time.perf_counter()
         info = builtin.run_edit(cache=False, progress=progress, **args)
+        if doc.id not in state.docs:  # closed while the edit ran (no progress call came after the cancel)
+            raise JobCancelled()
         wf_path = doc.folder / f"edit-{tag}-workflow.yaml"
         dump_workflow(_portable_workflow(doc, args, parent, len(doc.versions)), wf_path)
         keep = {"params": {k: v for k, v in params.items()}, "mask_file": str(mask_path) if mask_path else None, "seed": info.get("seed", params.get("seed")),
@@ -421,6 +446,20 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     async def _on_error(_req: Request, exc: CrispEditError) -> JSONResponse:
         return _error(exc)
 
+    @app.exception_handler(RequestValidationError)
+    async def _on_bad_body(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        first = (exc.errors() or [{}])[0]
+        where = ".".join(str(x) for x in first.get("loc", ()) if x != "body" and not isinstance(x, int))
+        problem = f"bad request: {first.get('msg', 'invalid input')}" + (f" at {where}" if where else "")
+        return _error(InputError(problem, "send a JSON object as the editor page does"), 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _on_http_error(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        text = str(exc.detail)
+        problem, _, fix = text.partition(" (")
+        return JSONResponse({"error": text, "problem": problem, "fix": fix.rstrip(")")},
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     @app.get("/", include_in_schema=False)
@@ -428,7 +467,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         tok = request.query_params.get("token")
         if cfg.token and tok:
             r = RedirectResponse("/", status_code=303)
-            r.set_cookie(TOKEN_COOKIE, cfg.token, httponly=True, samesite="strict")
+            r.set_cookie(token_cookie(request.headers.get("host", "")), cfg.token, httponly=True, samesite="strict")
             return r
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
@@ -439,13 +478,26 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 "jobs": [j.to_dict() for j in state.jobs.jobs.values() if not j.finished_state],
                 "formats": sorted(IMAGE_SUFFIXES), "docs": [d.to_dict() for d in state.docs.values()]}
 
+    def under_root(rel: str) -> Path:
+        """``resolve_under(root, rel)``, also refusing this run's work folder (uploads and results of every
+        document) when ``--work-dir`` or the temp folder lies under ``--root``."""
+        full = resolve_under(state.root, rel)
+        if full == state.work or full.is_relative_to(state.work):
+            raise PathRefused(f"path '{rel}' is in the editor's work folder", "open photos from --root")
+        return full
+
     @app.get("/api/files")
     def files(dir: str = "") -> dict[str, Any]:  # noqa: A002 - the query parameter's name
-        folder = resolve_under(state.root, dir)
+        folder = under_root(dir)
         if not folder.is_dir():
             raise _NotFound(f"folder not found: {dir}", "pick a folder from the list")
         entries = []
-        for p in sorted(folder.iterdir(), key=lambda q: q.name.lower()):
+        try:
+            listing = sorted(folder.iterdir(), key=lambda q: q.name.lower())
+        except OSError as exc:
+            raise InputError(f"cannot list folder '{dir or '.'}': {exc.strerror or exc}",
+                             "pick another folder") from None
+        for p in listing:
             if p.name.startswith("."):
                 continue
             try:
@@ -454,11 +506,13 @@ def create_app(cfg: ServerConfig) -> FastAPI:
                 continue
             if real != state.root and not real.is_relative_to(state.root):
                 continue  # a symlink out of the root is not listed
+            if real == state.work or real.is_relative_to(state.work):
+                continue  # nor the work folder (when it lies under the root)
             rel = real.relative_to(state.root).as_posix() if p.is_symlink() else \
                 p.relative_to(state.root).as_posix()
             if real.is_dir():
                 entries.append({"name": p.name, "path": rel, "type": "dir"})
-            elif real.suffix.lower() in IMAGE_SUFFIXES:
+            elif real.suffix.lower() in IMAGE_SUFFIXES and real.is_file():  # not a dangling link or a pipe
                 entries.append({"name": p.name, "path": rel, "type": "image", "bytes": real.stat().st_size})
         rel_dir = folder.relative_to(state.root).as_posix()
         return {"dir": "" if rel_dir == "." else rel_dir, "entries": entries}
@@ -468,7 +522,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         rel = body.get("path")
         if not isinstance(rel, str) or not rel:
             raise InputError("no path given", "send {\"path\": \"photo.jpg\"} relative to --root")
-        path = resolve_under(state.root, rel)
+        path = under_root(rel)
         return state.open_file(path, rel, rel).to_dict()
 
     @app.post("/api/upload")
@@ -559,7 +613,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         doc = state.doc(doc_id)
         try:
             n = int(body.get("version"))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InputError("no version given", "send {\"version\": N}") from None
         state.version(doc, n)
         with doc.lock:
@@ -614,7 +668,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
     def download(doc_id: str, n: int) -> FileResponse:
         doc = state.doc(doc_id)
         v = state.version(doc, n)
-        return FileResponse(v.path, filename=download_name(doc, n), headers={"Cache-Control": "no-store"})
+        return FileResponse(_existing(v.path, f"file of version {n}"), filename=download_name(doc, n),
+                            headers={"Cache-Control": "no-store"})
 
     @app.get("/api/docs/{doc_id}/v/{n}/mask.png")
     def version_mask(doc_id: str, n: int) -> FileResponse:
@@ -622,7 +677,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         v = state.version(doc, n)
         if not v.info.get("mask_file"):
             raise _NotFound("this version was not made with a mask", "pick an edit made with a mask")
-        return FileResponse(v.info["mask_file"], media_type="image/png",
+        return FileResponse(_existing(v.info["mask_file"], "mask"), media_type="image/png",
                             filename=f"{Path(doc.name).stem}-edit{n}-mask.png")
 
     @app.get("/api/docs/{doc_id}/v/{n}/report")
@@ -630,7 +685,8 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         v = state.version(state.doc(doc_id), n)
         if not v.info.get("report"):
             raise _NotFound("this version has no report", "run an edit with the quality check on")
-        return FileResponse(v.info["report"], media_type="text/html", headers={"Cache-Control": "no-store"})
+        return FileResponse(_existing(v.info["report"], "report"), media_type="text/html",
+                            headers={"Cache-Control": "no-store"})
 
     @app.get("/api/docs/{doc_id}/v/{n}/workflow.yaml")
     def workflow(doc_id: str, n: int) -> FileResponse:
@@ -638,7 +694,7 @@ def create_app(cfg: ServerConfig) -> FastAPI:
         v = state.version(doc, n)
         if not v.info.get("workflow_file"):
             raise _NotFound("this version was not made by a run", "export the workflow of an edit result")
-        return FileResponse(v.info["workflow_file"], media_type="application/x-yaml",
+        return FileResponse(_existing(v.info["workflow_file"], "workflow"), media_type="application/x-yaml",
                             filename=f"{Path(doc.name).stem}-edit{n}.yaml")
 
     for photo in cfg.photos:  # PHOTO arguments of crispedit serve, opened at start

@@ -19,17 +19,26 @@ import numpy as np
 from crispedit.errors import InputError
 
 MAX_UNDO = 40
+MAX_UNDO_BYTES = 512 * 1024 * 1024  # pixels kept for undo/redo (older steps are dropped first; the last is kept)
 MAX_POINTS = 20_000
 MAX_BRUSH = 2048  # px, brush diameter
+STROKE_BLOCK = 1024  # px, side of the blocks a stroke is rasterised in
 
 Box = tuple[int, int, int, int]
 
 
 @dataclass
 class _Change:
+    """One undoable step: ``other`` holds the box's pixels of the state not shown now (before the change while it
+    is on the undo stack, after it while on the redo stack), so undo and redo are the same swap. An invert keeps
+    no pixels (``other is None``): it undoes itself."""
+
     box: Box  # x0, y0, x1, y1 (exclusive)
-    before: np.ndarray
-    after: np.ndarray
+    other: Optional[np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        return 0 if self.other is None else self.other.nbytes
 
 
 class MaskCanvas:
@@ -58,11 +67,26 @@ class MaskCanvas:
         if np.array_equal(before, after):
             return None
         self.array[y0:y1, x0:x1] = after
-        self._undo.append(_Change(box, before, after))
-        del self._undo[:-MAX_UNDO]
-        self._redo.clear()
-        self._changed(box)
+        self._push(_Change(box, before))
         return box
+
+    def _push(self, ch: _Change) -> None:
+        self._undo.append(ch)
+        self._redo.clear()
+        del self._undo[:-MAX_UNDO]
+        total = sum(c.nbytes for c in self._undo)
+        while len(self._undo) > 1 and total > MAX_UNDO_BYTES:  # e.g. many clears of a 300 MP mask
+            total -= self._undo.pop(0).nbytes
+        self._changed(ch.box)
+
+    def _swap(self, ch: _Change) -> None:
+        x0, y0, x1, y1 = ch.box
+        if ch.other is None:
+            np.subtract(255, self.array, out=self.array)
+        else:
+            shown = self.array[y0:y1, x0:x1].copy()
+            self.array[y0:y1, x0:x1] = ch.other
+            ch.other = shown
 
     def _changed(self, box: Optional[Box] = None) -> None:
         """Bump the revision and bring the cached overlay levels up to date inside ``box`` (all of them if None)."""
@@ -102,19 +126,19 @@ class MaskCanvas:
     def stroke(self, points: list, size: float, hardness: float = 1.0, erase: bool = False) -> Optional[Box]:
         """Paint (or erase) along the polyline ``points`` (image px) with a round brush of diameter ``size``."""
         pts = _points(points)
-        r = float(size) / 2.0
+        r = _number(size, "brush size", f"use a size between 1 and {MAX_BRUSH} px") / 2.0
         if not (0.5 <= r <= MAX_BRUSH / 2):
             raise InputError(f"brush size {size} is out of range", f"use a size between 1 and {MAX_BRUSH} px")
         pad = r + 2  # centre-line points further off the image than this cannot paint inside it
         pts = np.stack([np.clip(pts[:, 0], -pad, self.width + pad), np.clip(pts[:, 1], -pad, self.height + pad)], 1)
-        h = min(max(float(hardness), 0.0), 1.0)
+        h = min(max(_number(hardness, "brush hardness", "use a hardness between 0 and 1"), 0.0), 1.0)
         box = self._clip(pts[:, 0].min() - r - 1, pts[:, 1].min() - r - 1,
                          pts[:, 0].max() + r + 2, pts[:, 1].max() + r + 2)
         if box is None:
             return None
         x0, y0, x1, y1 = box
-        # distance to the centre line at pixel centres, on a canvas that also holds centre-line points outside
-        # the image (a brush centred just off the edge still paints its part inside)
+        # the centre line rasterised on a canvas that also holds centre-line points outside the image (a brush
+        # centred just off the edge still paints its part inside)
         fx0 = int(np.floor(min(pts[:, 0].min(), x0)))
         fy0 = int(np.floor(min(pts[:, 1].min(), y0)))
         fx1 = int(np.ceil(max(pts[:, 0].max() + 1, x1)))
@@ -125,16 +149,29 @@ class MaskCanvas:
             line[np.clip(local[0, 1], 0, fy1 - fy0 - 1), np.clip(local[0, 0], 0, fx1 - fx0 - 1)] = 0
         else:
             cv2.polylines(line, [local.reshape(-1, 1, 2)], False, 0, 1, lineType=cv2.LINE_8)
-        dist = cv2.distanceTransform(line, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[y0 - fy0:y1 - fy0, x0 - fx0:x1 - fx0]
         soft = max(r * (1.0 - h), 1e-3)
-        alpha = np.clip((r - dist) / soft, 0.0, 1.0)
+        g = int(np.ceil(r)) + 2  # a block's window sees every centre-line pixel closer than r to the block
         with self.lock:
-            cur = self.array[y0:y1, x0:x1].astype(np.float32)
-            if erase:
-                new = cur * (1.0 - alpha)
-            else:
-                new = np.maximum(cur, alpha * 255.0)
-            return self._commit(box, np.round(new).astype(np.uint8))
+            new = self.array[y0:y1, x0:x1].copy()
+            # distances block by block, so a long stroke with a big brush on a large image holds a few MB of float
+            # at a time instead of several arrays the size of its bounding box; blocks far from the line are
+            # skipped. Same result as one distance transform (up to float rounding, at most 1 grey level): below
+            # r, a pixel's nearest line pixel lies in its block's window, and at r or more alpha is 0 either way.
+            for by in range(y0, y1, STROKE_BLOCK):
+                for bx in range(x0, x1, STROKE_BLOCK):
+                    ex, ey = min(bx + STROKE_BLOCK, x1), min(by + STROKE_BLOCK, y1)
+                    wx0, wy0 = max(bx - g - fx0, 0), max(by - g - fy0, 0)
+                    win = line[wy0:ey + g - fy0, wx0:ex + g - fx0]
+                    if win.all():
+                        continue
+                    ox, oy = bx - fx0 - wx0, by - fy0 - wy0
+                    dist = cv2.distanceTransform(win, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)[oy:oy + ey - by,
+                                                                                           ox:ox + ex - bx]
+                    alpha = np.clip((r - dist) / soft, 0.0, 1.0)
+                    part = new[by - y0:ey - y0, bx - x0:ex - x0]
+                    cur = part.astype(np.float32)
+                    part[...] = np.round(cur * (1.0 - alpha) if erase else np.maximum(cur, alpha * 255.0))
+            return self._commit(box, new)
 
     def shape(self, kind: str, box: list, erase: bool = False) -> Optional[Box]:
         """Fill (or erase) a rectangle or the ellipse inscribed in ``box = [x0, y0, x1, y1]`` (image px)."""
@@ -157,21 +194,19 @@ class MaskCanvas:
             cur = self.array[y0:y1, x0:x1].copy()
             if kind == "rect":
                 cur[:] = value
-            else:
-                sel = np.zeros(cur.shape, np.uint8)
-                cx, cy = (ax0 + ax1) / 2 - x0, (ay0 + ay1) / 2 - y0
-                axes = (max(0.5, (ax1 - ax0) / 2), max(0.5, (ay1 - ay0) / 2))
-                sh = 4  # sub-pixel precision for OpenCV's fixed-point ellipse
-                cv2.ellipse(sel, (int(round(cx * 16)), int(round(cy * 16))),
-                            (int(round(axes[0] * 16)), int(round(axes[1] * 16))), 0, 0, 360, 255, -1,
-                            lineType=cv2.LINE_8, shift=sh)
-                cur[sel > 0] = value
+            else:  # the library's ellipse (as ``crispedit edit --ellipse``), drawn in the clipped box only, in
+                # float coordinates: a box far larger than the image cannot overflow (OpenCV's ellipse takes ints)
+                from crispedit.mask import mask_from_ellipse
+
+                cur[mask_from_ellipse((x1 - x0, y1 - y0), (ax0 - x0, ay0 - y0, ax1 - x0, ay1 - y0))] = value
             return self._commit(clip, cur)
 
     def invert(self) -> Optional[Box]:
         """Swap edit and keep everywhere (``255 - mask``)."""
         with self.lock:
-            return self._commit((0, 0, self.width, self.height), 255 - self.array)
+            np.subtract(255, self.array, out=self.array)  # in place, and nothing kept for undo: it undoes itself
+            self._push(_Change((0, 0, self.width, self.height), None))
+            return 0, 0, self.width, self.height
 
     def clear(self) -> Optional[Box]:
         """Erase the whole mask."""
@@ -184,8 +219,7 @@ class MaskCanvas:
             if not self._undo:
                 return None
             ch = self._undo.pop()
-            x0, y0, x1, y1 = ch.box
-            self.array[y0:y1, x0:x1] = ch.before
+            self._swap(ch)
             self._redo.append(ch)
             self._changed(ch.box)
             return ch.box
@@ -196,8 +230,7 @@ class MaskCanvas:
             if not self._redo:
                 return None
             ch = self._redo.pop()
-            x0, y0, x1, y1 = ch.box
-            self.array[y0:y1, x0:x1] = ch.after
+            self._swap(ch)
             self._undo.append(ch)
             self._changed(ch.box)
             return ch.box
@@ -235,6 +268,17 @@ def _half(a: np.ndarray) -> np.ndarray:
     if h % 2 or w % 2:
         a = np.pad(a, ((0, h % 2), (0, w % 2)))
     return cv2.resize(a, (a.shape[1] // 2, a.shape[0] // 2), interpolation=cv2.INTER_AREA)
+
+
+def _number(value: Any, what: str, fix: str) -> float:
+    """``value`` as a finite float, else the one-line :class:`InputError` (JSON strings, lists, NaN, ...)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        v = float("nan")
+    if isinstance(value, bool) or not np.isfinite(v):
+        raise InputError(f"{what} must be a finite number, got {value!r}", fix)
+    return v
 
 
 def _points(points: Any) -> np.ndarray:

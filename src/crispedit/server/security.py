@@ -43,6 +43,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def token_cookie(host_header: str) -> str:
+    """The token cookie's name for the server the ``Host`` header names: ``crispedit_token_<port>``.
+
+    Browsers keep cookies per host name, not per port, so two ``crispedit serve`` runs on one machine (different
+    ports, different tokens) would overwrite each other's cookie under one name and lock the first tab out."""
+    _host, port = split_host(host_header)
+    return f"{TOKEN_COOKIE}_{port}" if port and port.isdigit() else TOKEN_COOKIE
+
+
 def new_token() -> str:
     """A URL-safe random token (``secrets.token_urlsafe``, 192 bits)."""
     return secrets.token_urlsafe(24)
@@ -111,6 +120,26 @@ def resolve_under(root: Path, rel: Optional[str]) -> Path:
     return full
 
 
+def _limited(receive, limit: int):
+    """Wrap an ASGI ``receive`` so that a request body over ``limit`` bytes ends the request with HTTP 413
+    (FastAPI passes an ``HTTPException`` raised while it reads the body on to its exception handlers)."""
+    from starlette.exceptions import HTTPException
+
+    received = 0
+
+    async def limited_receive():
+        nonlocal received
+        message = await receive()
+        if message["type"] == "http.request":
+            received += len(message.get("body", b""))
+            if received > limit:
+                raise HTTPException(413, f"refused: request body over {limit // (1024 * 1024)} MiB "
+                                         "(photos go to /api/upload)")
+        return message
+
+    return limited_receive
+
+
 class Guard:
     """ASGI middleware: refuse requests with a bad Host, a foreign Origin / cross-site fetch, or no valid token.
 
@@ -121,7 +150,7 @@ class Guard:
         Host names accepted in the ``Host`` header (DNS-rebinding defence).
     token : str or None
         When set, every request must carry it: ``Authorization: Bearer``, ``X-Crispedit-Token``, the
-        ``crispedit_token`` cookie (set by ``/?token=...``) or a ``token`` query parameter.
+        ``crispedit_token_<port>`` cookie (set by ``/?token=...``) or a ``token`` query parameter.
     """
 
     def __init__(self, app, hostnames: set[str], token: Optional[str]) -> None:
@@ -144,6 +173,8 @@ class Guard:
             await send({"type": "http.response.body", "body": body})
             return
         page_csp = CSP_REPORT if scope["path"].endswith("/report") else CSP_PAGE
+        if scope["type"] == "http" and scope["path"] != "/api/upload":
+            receive = _limited(receive, MAX_JSON_BODY)  # also bodies sent chunked, without a Content-Length
 
         async def send_with_headers(message) -> None:
             if message["type"] == "http.response.start":
@@ -187,7 +218,7 @@ class Guard:
             given.append(headers[TOKEN_HEADER])
         for part in headers.get("cookie", "").split(";"):
             k, _, v = part.strip().partition("=")
-            if k == TOKEN_COOKIE:
+            if k == TOKEN_COOKIE or k.startswith(TOKEN_COOKIE + "_"):  # crispedit_token_<port>: see token_cookie()
                 given.append(v)
         qs = parse_qs(scope.get("query_string", b"").decode("latin-1"))
         given += qs.get("token", [])

@@ -43,9 +43,9 @@ def dzi_xml(width: int, height: int, fmt: str) -> str:
 
 def tile_rect(width: int, height: int, level: int, col: int, row: int) -> Optional[tuple[int, int, int, int]]:
     """Pixel rectangle ``(x0, y0, x1, y1)`` of a tile (overlap included) inside its level, or None if outside."""
+    if not 0 <= level <= max_level(width, height) or col < 0 or row < 0:
+        return None  # checked before level_size: 2 ** (max_level - level) of a huge level would never end
     lw, lh = level_size(width, height, level)
-    if level < 0 or level > max_level(width, height) or col < 0 or row < 0:
-        return None
     x0, y0 = col * TILE, row * TILE
     if x0 >= lw or y0 >= lh:
         return None

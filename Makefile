@@ -13,7 +13,6 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[test]'
-	$(PY) -m pip install --quiet --no-deps brisque==0.2.0  # ships the fitted BRISQUE model the quality gate reads
 	touch $(STAMP)
 
 install: $(STAMP)

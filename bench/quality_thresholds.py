@@ -155,12 +155,12 @@ def table(args: argparse.Namespace) -> int:
         for r in recs:
             groups[(r["group"], r["kind"], r["strength"])].append(r)
         missed = []
-        for (group, kind, s), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "clean", kv[0][1], kv[0][2])):
+        for (_group, kind, s), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "clean", kv[0][1], kv[0][2])):
             res = [rejudge(r, th) for r in rs]
             n_fail = sum(v == "fail" for v, _ in res)
             n_unm = sum(v == "unmeasured" for v, _ in res)
             by = defaultdict(int)
-            for v, ks in res:
+            for _v, ks in res:
                 for k in sorted(set(ks)):
                     by[k] += 1
             must = rs[0]["must_fail"]

@@ -171,11 +171,11 @@ def edits_table(rows: list[dict[str, Any]]) -> str:
 # -- (b) full-size architecture ------------------------------------------------------------------------------------
 def bench_full(vae_side: int, repeats: int) -> list[tuple[str, str]]:
     import torch
+    from sd15_speed import build_sd15_random, photo_like, pipeline_from
 
     from crispedit import tiling
     from crispedit.engines.sd15 import SD15Engine
     from crispedit.tiling import tile_grid
-    from sd15_speed import build_sd15_random, photo_like, pipeline_from
 
     rows: list[tuple[str, str]] = []
     t0 = time.perf_counter()

@@ -31,7 +31,7 @@ def photo_like(width: int, height: int, seed: int = 0) -> np.ndarray:
                      (width, height), interpolation=cv2.INTER_LINEAR)
     img = 0.6 * base + 0.3 * mid
     yy, xx = np.mgrid[0:height:64, 0:width:64]
-    for k in range(6):  # a few hard-edged shapes
+    for _ in range(6):  # a few hard-edged shapes
         cx, cy = rng.integers(0, width), rng.integers(0, height)
         r = int(rng.integers(height // 20, height // 6))
         cv2.circle(img, (int(cx), int(cy)), r, tuple(float(v) for v in rng.random(3)), -1, cv2.LINE_AA)

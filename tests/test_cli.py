@@ -7,9 +7,8 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import photo_like
+from PIL import Image
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1"}
 

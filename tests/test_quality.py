@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
@@ -22,7 +21,7 @@ from crispedit.quality.candidates import (
     load_prompt_variants,
     select_best,
 )
-from crispedit.quality.metrics import ciede2000, changed_mask, noise_sigma
+from crispedit.quality.metrics import changed_mask, ciede2000, noise_sigma
 from crispedit.quality.verdict import QualityReport, Thresholds, assess
 
 H, W = 512, 640

@@ -23,8 +23,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
 from tiny_sd import (  # noqa: E402
-    one_torch_thread,  # noqa: F401  (autouse fixture)
     build_tiny_pipeline,
+    one_torch_thread,  # noqa: F401  (autouse fixture)
     save_tiny_folder,
     save_tiny_single_file,
     write_tiny_tokenizer_files,

@@ -12,9 +12,8 @@ import sys
 import cv2
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import photo_like
+from PIL import Image
 from tiny_sd import save_tiny_folder, save_tiny_single_file
 
 W, H = 3840, 2160

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from serve_helpers import photo_like
 from typer.testing import CliRunner
 
 from crispedit.errors import InputError
@@ -19,7 +20,6 @@ from crispedit.server import tiles
 from crispedit.server.app import ServerConfig, create_app
 from crispedit.server.jobs import Job, JobCancelled, JobQueue
 from crispedit.server.maskcanvas import MaskCanvas
-from serve_helpers import photo_like
 
 BASE = "http://127.0.0.1:8765"
 
@@ -536,8 +536,9 @@ def test_sd15_run_streams_denoise_progress(root, tmp_path, monkeypatch):
 
 
 def test_evicted_version_is_decoded_once_for_many_tile_requests(client, monkeypatch):
-    import crispedit.imageio as imageio
     from concurrent.futures import ThreadPoolExecutor
+
+    import crispedit.imageio as imageio
 
     d = _open(client)
     state = client.app.app.state.crispedit  # Guard -> FastAPI app

@@ -10,14 +10,13 @@ from __future__ import annotations
 import os
 import re
 import time
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from serve_helpers import CHROMIUM_ARGS, chromium_path, live_server, photo_like
 
 from crispedit.server.app import ServerConfig
-from serve_helpers import CHROMIUM_ARGS, chromium_path, live_server, photo_like
 
 REQUIRED = os.environ.get("CRISPEDIT_REQUIRE_BROWSER") == "1"  # set by .ci/run: never skip in CI
 

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import io
-import json
 import struct
-import time
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
+from serve_helpers import photo_like
+from test_server import _client, _open, _wait, client, root  # noqa: F401 - fixtures
 
 from crispedit.server import maskcanvas, tiles
 from crispedit.server.maskcanvas import MaskCanvas
-from serve_helpers import photo_like
-from test_server import _client, _open, _wait, client, root  # noqa: F401 - fixtures
 
 
 def _json(c, url, raw: bytes):

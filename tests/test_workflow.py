@@ -12,9 +12,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import photo_like
 from PIL import Image
 
-from conftest import photo_like
 from crispedit.errors import InputError
 from crispedit.workflow import nodes as N
 from crispedit.workflow.describe import describe, describe_workflow
@@ -628,8 +628,9 @@ def test_candidates_example_runs_with_the_classical_engine(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
     try:
-        import crispedit.engines.sd15  # noqa: F401
         from tiny_sd import save_tiny_folder
+
+        import crispedit.engines.sd15  # noqa: F401
     except Exception as exc:  # pragma: no cover - depends on the SD engine issue
         pytest.skip(f"sd15 engine or tests/tiny_sd.py not available ({type(exc).__name__}: {exc})")
     base = tmp_path_factory.mktemp("tiny")

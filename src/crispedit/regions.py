@@ -353,7 +353,8 @@ def _balanced(length: int, tile: int, overlap: int, multiple: int) -> list[tuple
     if length <= tile:
         return [(0, length)]
     n = -(-(length - overlap) // (tile - overlap))
-    size = min(tile, -(-(-(-(length + (n - 1) * overlap) // n)) // multiple) * multiple)
+    per_tile = math.ceil((length + (n - 1) * overlap) / n)  # smallest common size with n tiles
+    size = min(tile, math.ceil(per_tile / multiple) * multiple)
     starts = np.linspace(0, length - size, n).round().astype(int)
     return [(int(a), int(a) + size) for a in starts]
 

@@ -78,7 +78,7 @@ def clear_pipeline_cache() -> None:
         _PIPELINES.clear()
 
 
-def resolve_device_dtype(device: Any = None, dtype: Any = None) -> tuple["torch.device", "torch.dtype"]:
+def resolve_device_dtype(device: Any = None, dtype: Any = None) -> tuple[torch.device, torch.dtype]:
     """Pick the device (CUDA > MPS > CPU) and dtype (fp16 on CUDA/MPS, fp32 on CPU); validate overrides."""
     import torch
 
@@ -290,7 +290,7 @@ class SD15Engine:
         return lambda done, total: progress(stage, done, total)
 
     @classmethod
-    def from_pipeline(cls, pipe: Any, **options: Any) -> "SD15Engine":
+    def from_pipeline(cls, pipe: Any, **options: Any) -> SD15Engine:
         """An engine around an already built diffusers SD pipeline (e.g. random full-size weights in a benchmark).
 
         ``options``: the constructor's keywords except ``model`` and ``config``; the pipeline is moved to the
@@ -305,7 +305,7 @@ class SD15Engine:
 
     # --- loading -------------------------------------------------------------------------------------------
 
-    def load(self) -> "SD15Engine":
+    def load(self) -> SD15Engine:
         """Read the weights now (otherwise done on the first call)."""
         self._load()
         return self
@@ -378,8 +378,12 @@ class SD15Engine:
 
     def _make_scheduler(self) -> Any:
         """A fresh scheduler of the chosen kind (schedulers keep per-run state)."""
-        from diffusers import (DDIMScheduler, DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler,
-                               UniPCMultistepScheduler)
+        from diffusers import (
+            DDIMScheduler,
+            DPMSolverMultistepScheduler,
+            EulerAncestralDiscreteScheduler,
+            UniPCMultistepScheduler,
+        )
 
         base = dict(self._load().scheduler.config)
         if self.scheduler == "dpmpp_2m_karras":
@@ -391,7 +395,7 @@ class SD15Engine:
             return EulerAncestralDiscreteScheduler.from_config(base)
         return UniPCMultistepScheduler.from_config(base)
 
-    def _encode_prompt(self, prompt: str | None) -> "torch.Tensor":
+    def _encode_prompt(self, prompt: str | None) -> torch.Tensor:
         """CLIP embeddings: ``[uncond, cond]`` (2, 77, D) with guidance > 1, else ``[cond]``; cached per prompt."""
         import torch
 
@@ -412,7 +416,7 @@ class SD15Engine:
             self._prompt_cache.popitem(last=False)
         return emb
 
-    def _vae_encode(self, image_tensor: "torch.Tensor") -> "torch.Tensor":
+    def _vae_encode(self, image_tensor: torch.Tensor) -> torch.Tensor:
         """Pixels (B, 3, H, W) in [-1, 1] -> scaled latents (B, 4, H/8, W/8), float32 (distribution mean).
 
         Images larger than ``untiled_max`` are encoded by the tiled VAE (shared GroupNorm statistics); the image
@@ -430,7 +434,7 @@ class SD15Engine:
             lat = vae.encode(x).latent_dist.mode().float()
         return (lat - shift) * float(vae.config.scaling_factor)
 
-    def _vae_decode(self, latents: "torch.Tensor") -> "torch.Tensor":
+    def _vae_decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents (B, 4, h, w) -> pixels (B, 3, 8h, 8w) in [-1, 1], float32.
 
         Images larger than ``untiled_max`` are decoded by the tiled VAE into a CPU tensor (tiles on the device)."""
@@ -448,7 +452,7 @@ class SD15Engine:
         z = (latents / float(vae.config.scaling_factor) + shift).to(self.device, vae.dtype)
         return vae.decode(z).sample.float().clamp(-1.0, 1.0)
 
-    def _predict_noise(self, latents_in: "torch.Tensor", t: Any, cond: "torch.Tensor") -> "torch.Tensor":
+    def _predict_noise(self, latents_in: torch.Tensor, t: Any, cond: torch.Tensor) -> torch.Tensor:
         """One UNet evaluation with classifier-free guidance. ``latents_in``: the full UNet input (B, C_in, h, w)
         (for the 9-channel UNet already ``[latents, mask, masked-image latents]``); returns eps (B, 4, h, w) fp32."""
         import torch
@@ -466,17 +470,17 @@ class SD15Engine:
 
     def _denoise(
         self,
-        latents: "torch.Tensor",
-        timesteps: "torch.Tensor",
-        cond: "torch.Tensor",
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        cond: torch.Tensor,
         *,
-        mask_latents: "torch.Tensor | None" = None,
-        known_latents: "torch.Tensor | None" = None,
-        masked_image_latents: "torch.Tensor | None" = None,
+        mask_latents: torch.Tensor | None = None,
+        known_latents: torch.Tensor | None = None,
+        masked_image_latents: torch.Tensor | None = None,
         scheduler: Any = None,
-        generator: "torch.Generator | None" = None,
-        noise: "torch.Tensor | None" = None,
-    ) -> "torch.Tensor":
+        generator: torch.Generator | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The sampling loop over ``timesteps`` (already cut to the strength).
 
         ``masked_image_latents`` given: the 9-channel UNet input ``[latents, mask_latents, masked_image_latents]``.
@@ -533,7 +537,7 @@ class SD15Engine:
 
     # --- helpers ---------------------------------------------------------------------------------------------
 
-    def _timesteps(self, scheduler: Any, strength: float) -> "torch.Tensor":
+    def _timesteps(self, scheduler: Any, strength: float) -> torch.Tensor:
         """diffusers' img2img schedule: the last ``steps * strength`` steps (at least one)."""
         scheduler.set_timesteps(self.steps, device=self.device)
         init = min(max(int(self.steps * strength), 1), self.steps)
@@ -543,7 +547,7 @@ class SD15Engine:
         return scheduler.timesteps[start:]
 
     @staticmethod
-    def _image_tensor(image: Image.Image, pw: int, ph: int) -> "torch.Tensor":
+    def _image_tensor(image: Image.Image, pw: int, ph: int) -> torch.Tensor:
         """PIL RGB -> (1, 3, ph, pw) float32 in [-1, 1], padded right/bottom by edge replication."""
         import torch
 
@@ -556,7 +560,7 @@ class SD15Engine:
         return out.div_(127.5).sub_(1.0)
 
     @staticmethod
-    def _mask_tensor(mask: Image.Image, pw: int, ph: int) -> "torch.Tensor":
+    def _mask_tensor(mask: Image.Image, pw: int, ph: int) -> torch.Tensor:
         """PIL L -> (1, 1, ph, pw) float32 {0, 1} (>= 128 is regenerated), padded with 0 (keep)."""
         import torch
 
@@ -567,7 +571,7 @@ class SD15Engine:
         return torch.from_numpy(m)[None, None]
 
     @staticmethod
-    def _to_pil(pixels: "torch.Tensor", w: int, h: int) -> Image.Image:
+    def _to_pil(pixels: torch.Tensor, w: int, h: int) -> Image.Image:
         import torch
 
         px = torch.nan_to_num(pixels[0].float(), nan=0.0, posinf=1.0, neginf=-1.0).cpu()  # fp16 overflow: no crash

@@ -31,7 +31,7 @@ from typing import Any, Callable, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from crispedit.errors import InputError, ModelError
-from crispedit.quality.verdict import QualityReport, Thresholds, assess, DEFAULT_THRESHOLDS
+from crispedit.quality.verdict import DEFAULT_THRESHOLDS, QualityReport, Thresholds, assess
 
 __all__ = [
     "Judge",

@@ -727,7 +727,7 @@ def _choose_placements(
     return chosen
 
 
-def seam_visibility(
+def seam_visibility(  # noqa: C901 - to be split (issue 12)
     edited: np.ndarray,
     mask: np.ndarray,
     band: int,

@@ -364,7 +364,7 @@ def _measure_unit(original: np.ndarray, edited: np.ndarray, m: np.ndarray, band:
     return metrics, seam.worst_places, seam.notes
 
 
-def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th: Thresholds, index: int,
+def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th: Thresholds, index: int,  # noqa: C901 - to be split (issue 12)
                 name: str, min_px: int) -> tuple[dict[str, str], list[Defect], list[str]]:
     """Checks, defects and unmeasured reasons of one region's metrics."""
     checks: dict[str, str] = {}
@@ -538,7 +538,7 @@ def _global_checks(g: dict[str, Any], th: Thresholds) -> tuple[dict[str, str], l
     return checks, defects
 
 
-def assess(
+def assess(  # noqa: C901 - to be split (issue 12)
     original: np.ndarray,
     edited: np.ndarray,
     mask: np.ndarray | None = None,

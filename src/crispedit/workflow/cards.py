@@ -44,7 +44,7 @@ class ModelCard:
                 "licence": self.licence, "weights_needed": self.weights_needed, "facts": list(self.facts),
                 "limits": list(self.limits), "references": [r.to_dict() for r in self.references]}
 
-    def with_model(self, model: Optional[str]) -> "ModelCard":
+    def with_model(self, model: Optional[str]) -> ModelCard:
         if not model:
             return self
         from dataclasses import replace

@@ -246,7 +246,7 @@ _TRUE = {"true", "yes", "on", "1", "t", "y"}
 _FALSE = {"false", "no", "off", "0", "f", "n"}
 
 
-def _fast(ann: Any, v: Any) -> Any:
+def _fast(ann: Any, v: Any) -> Any:  # noqa: C901 - to be split (issue 12)
     """Lax validation of the simple types without pydantic (fast on first use); _MISSING = does not fit;
     NotImplemented = not a simple type."""
     if ann is Any:

@@ -253,7 +253,7 @@ class CacheStore:
                 entries.append((used, size, ent.path))
                 total += size
         freed = 0
-        for used, size, path in sorted(entries):
+        for _used, size, path in sorted(entries):
             if total - freed <= max_bytes:
                 break
             shutil.rmtree(path, ignore_errors=True)
@@ -424,7 +424,7 @@ def _with_node(exc: CrispEditError, name: str, type_: str) -> CrispEditError:
     return new
 
 
-def run_workflow(src: Union[str, Path, dict, Workflow], *, overrides: list[str] = (),  # type: ignore[assignment]
+def run_workflow(src: Union[str, Path, dict, Workflow], *, overrides: list[str] = (),  # type: ignore[assignment]  # noqa: C901 - to be split (issue 12)
                  cache: bool = True, cache_root: Optional[Path] = None,
                  progress: Optional[Callable[[NodeEvent], None]] = None,
                  keep: Optional[set[str]] = None, base_dir: Optional[Path] = None) -> RunResult:

@@ -391,7 +391,7 @@ def _parse_link(text: Any) -> Optional[tuple[str, Optional[str]]]:
     return node, (out or None)
 
 
-def validate_workflow(raw: dict[str, Any], *, base_dir: Path, path: Optional[Path] = None,
+def validate_workflow(raw: dict[str, Any], *, base_dir: Path, path: Optional[Path] = None,  # noqa: C901 - to be split (issue 12)
                       origin: str = "workflow") -> Workflow:
     """Check everything that can be checked before running; return the Workflow or raise WorkflowError."""
     errors = _structure_errors(raw)

@@ -3,10 +3,11 @@
 For every cluster of mask components the harness cuts a crop with context and lets the engine compose the
 edit: at native scale when the crop is about the engine's working size, else on a copy reduced to that size,
 then climbs back to native scale in 2x stages, each refined in overlapping tiles with ``strength < 1`` (the
-"native" detail mode). Each pass's tone drift is measured on a ring of untouched pixels and removed; the step
-left along the boundary is corrected in the gradient domain; the photo's own grain is matched; and the result
-is blended across a band with a Laplacian pyramid. Every pixel farther than the band from the mask is copied
-from the input, bit for bit."""
+"native" detail mode). Each pass's softness and grain (a VAE decode's) and its tone drift are measured on a ring
+of untouched pixels and undone (per-band equalisation, local tone membrane); the step left along the boundary is
+corrected in the gradient domain; the photo's own grain is matched; the band outside the user's mask keeps the
+photo's own fine structure; and the result is blended across a band with a Laplacian pyramid. Every pixel
+farther than the band from the mask is copied from the input, bit for bit."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ HARNESS_OPTIONS = {
     "tone",  # bool: local tone matching
     "grain",  # bool: grain matching
     "seam",  # bool: gradient-domain correction of the step along the engine mask's border
-    "sharpness",  # bool: match the engine's fine detail to the photo's (per-band Wiener gains) and keep the band's detail
+    "sharpness",  # bool: undo each engine pass's softness/grain per band, keep the photo's own detail in the band
     "engine_grow",  # px the engine mask is grown beyond the user's mask (None: from the band)
     "min_margin",  # minimum context margin in px
     "max_pixels",  # decompression-bomb limit for inputs

@@ -111,7 +111,7 @@ class OracleEngine:
         self.calls: list[dict[str, Any]] = []
 
     @classmethod
-    def variant(cls, name: str, truth: np.ndarray, **kwargs: Any) -> "OracleEngine":
+    def variant(cls, name: str, truth: np.ndarray, **kwargs: Any) -> OracleEngine:
         """The oracle for one of :data:`VARIANTS` (``KeyError`` for an unknown name)."""
         return cls(truth, **{**VARIANTS[name], **kwargs})
 

@@ -444,7 +444,7 @@ def machine_line(commit: str | None = None) -> str:
     except OSError:
         pass
     commit = source_state() if commit is None else commit
-    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    date = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return (f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {mem}; Python {platform.python_version()}; "
             f"date {date}; commit {commit}.")
 

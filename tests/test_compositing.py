@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import cv2
 import numpy as np
-
-from crispedit import compositing
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from crispedit import compositing
 from crispedit.compositing import (
     blend_weight,
     distance_from,

@@ -1,12 +1,13 @@
 import cv2
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from conftest import photo_like
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 import crispedit
 from crispedit.errors import InputError
-from conftest import photo_like
 
 
 def dist_from(mask: np.ndarray) -> np.ndarray:

@@ -418,7 +418,7 @@ def test_job_queue_one_per_engine_and_errors():
     a = q.submit(Job("classical", "d", work("a")))
     b = q.submit(Job("classical", "d", work("b", InputError("bad thing", "fix it"))))
     c = q.submit(Job("sd15", "d", work("c")))
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 120  # an upper bound only: the jobs are instant, the machine may be busy
     while c.state != "done" and time.monotonic() < deadline:
         time.sleep(0.01)
     assert c.state == "done" and a.state == "running" and b.state == "queued"  # other engines do not wait

@@ -70,7 +70,7 @@ def test_paint_run_download_and_1to1(browser, tmp_path):
         page.on("response", lambda r: errors.append(f"{r.status} {r.url}") if r.status >= 400 else None)
         page.goto(url + "/")
         page.set_input_files("#upload", str(photo))
-        page.wait_for_selector("body[data-viewer=ready]", timeout=30_000)
+        page.wait_for_selector("body[data-viewer=ready]", timeout=120_000)
         assert page.evaluate("crispedit.S.doc.width") == w
 
         # fit-to-window view: only coarse levels were fetched, never the 1:1 level (level 12 for 3840 px)
@@ -89,20 +89,20 @@ def test_paint_run_download_and_1to1(browser, tmp_path):
         page.mouse.down()
         page.mouse.move(box["x"] + b[0], box["y"] + b[1], steps=12)
         page.mouse.up()
-        page.wait_for_selector("body[data-mask=rev1]", timeout=15_000)
+        page.wait_for_selector("body[data-mask=rev1]", timeout=180_000)
         painted = page.evaluate("crispedit.S.doc.mask.painted_px")
         assert 50_000 < painted < 200_000  # ~ 520 px long x 120 px wide
         page.click("#undo")
-        page.wait_for_selector("body[data-mask=rev2]", timeout=15_000)
+        page.wait_for_selector("body[data-mask=rev2]", timeout=180_000)
         assert page.evaluate("crispedit.S.doc.mask.painted_px") == 0
         page.click("#redo")
-        page.wait_for_selector("body[data-mask=rev3]", timeout=15_000)
+        page.wait_for_selector("body[data-mask=rev3]", timeout=180_000)
         assert page.evaluate("crispedit.S.doc.mask.painted_px") == painted
 
         # run the classical engine and wait for the result
         page.select_option("#engine", "classical")
         page.click("#run")
-        page.wait_for_selector("body[data-job=done]", timeout=60_000)
+        page.wait_for_selector("body[data-job=done]", timeout=180_000)
         assert page.locator("#compare-panel").is_visible()
         assert "quality" in page.inner_text("#verdict")
 
@@ -162,7 +162,7 @@ def test_paint_run_download_and_1to1(browser, tmp_path):
             page.mouse.down()
             page.mouse.move(box["x"] + 700, box["y"] + 220 + 60 * k, steps=4)
             page.mouse.up()
-        page.wait_for_selector(f"body[data-mask=rev{rev + 3}]", timeout=20_000)
+        page.wait_for_selector(f"body[data-mask=rev{rev + 3}]", timeout=60_000)
         wait_js(page, "(() => { const w = crispedit.S.viewer.world; let n = 0;"
                       " for (let i = 0; i < w.getItemCount(); i++) n += w.getItemAt(i)._layer === 'mask';"
                       " return n === 1; })()", 10)
@@ -170,7 +170,7 @@ def test_paint_run_download_and_1to1(browser, tmp_path):
         # close: the document and its work files go away
         doc_id = page.evaluate("crispedit.S.doc.id")
         page.click("#close-doc")
-        page.wait_for_selector("body[data-viewer=empty]", timeout=10_000)
+        page.wait_for_selector("body[data-viewer=empty]", timeout=60_000)
         assert page.evaluate(f"fetch('/api/docs/{doc_id}').then(r => r.status)") == 404
         assert not list((tmp_path / "work").rglob("*.png"))
         page.close()

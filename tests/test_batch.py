@@ -314,3 +314,80 @@ def test_ray_flag_address_is_optional():
     assert expand_ray_flag(["batch", "j.csv", "--ray", "ray://head:10001"])[-1] == "ray://head:10001"
     assert expand_ray_flag(["batch", "j.csv", "--ray", "10.0.0.5:6379"])[-1] == "10.0.0.5:6379"
     assert expand_ray_flag(["edit", "--ray"]) == ["edit", "--ray"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a demanding user's tables and reruns
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_csv_with_bom_any_case_headers_and_quoted_commas(photos, tmp_path):
+    from crispedit.batch.table import plan_items
+
+    jobs = photos / "excel.csv"  # as Excel writes it: BOM, capitalised headers, commas inside quoted cells
+    jobs.write_bytes('\ufeffImage,Box,Prompt,Negative Prompt,Seed\r\n'
+                     'p0.png,"30,20,80,70","a cat, sitting","blurry, dark",4\r\n'.encode("utf-8"))
+    [item] = plan_items(jobs, tmp_path)
+    args = item.spec["args"]
+    assert args["prompt"] == "a cat, sitting" and args["negative_prompt"] == "blurry, dark"
+    assert args["box"] == "30,20,80,70" and args["seed"] == 4
+
+
+def test_yaml_mapping_instead_of_list_says_how_to_fix(photos, tmp_path):
+    from crispedit.batch.table import plan_items
+    from crispedit.errors import InputError
+
+    jobs = photos / "one.yaml"
+    jobs.write_text("image: p0.png\nbox: 30,20,80,70\n")
+    with pytest.raises(InputError) as exc:
+        plan_items(jobs, tmp_path)
+    assert "mapping (image, box)" in exc.value.problem and "`- `" in exc.value.fix
+
+
+def test_repeated_rows_reported_and_json_stdout_only(photos, tmp_path):
+    row = {"image": "p0.png", "box": "30,20,80,70", "seed": 9}
+    jobs = _write_table(photos / "dups.jsonl", [row, dict(row, image="./p0.png"), dict(row, seed=8), row])
+    res = CliRunner().invoke(app, ["batch", str(jobs), "-o", str(tmp_path / "ds"), "--workers", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)  # stdout is the JSON document and nothing else
+    assert summary["total"] == 2 and summary["ok"] == 2 and summary["duplicate_rows"] == {"1": [2, 4]}
+    assert "rows 2, 4 = row 1" in res.stderr
+    assert len((tmp_path / "ds" / "records.jsonl").read_text().splitlines()) == 2
+
+
+def test_ctrl_c_while_planning_exits_130(photos, tmp_path, monkeypatch):
+    import crispedit.batch.api as api
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "plan_items", interrupted)
+    code, text = _batch(photos / "jobs.jsonl", "-o", tmp_path / "ds")
+    assert code == 130 and "interrupted" in text and "Aborted" not in text
+
+
+def test_edited_row_redoes_only_that_item_and_reverting_restores_it(photos, tmp_path):
+    rows = [{"image": "p0.png", "box": "30,20,80,70", "seed": 1}, {"image": "p1.png", "box": "30,20,80,70", "seed": 1}]
+    jobs = _write_table(photos / "edited.jsonl", rows)
+    out = tmp_path / "ds"
+
+    def run() -> dict:
+        res = CliRunner().invoke(app, ["batch", str(jobs), "-o", str(out), "--workers", "1", "--json"])
+        assert res.exit_code == 0, res.output  # the same table, edited: a rerun, no --resume needed
+        return json.loads(res.stdout)
+
+    run()
+    first = read_jsonl(out / "records.jsonl")
+    _write_table(jobs, [rows[0], dict(rows[1], seed=2)])
+    summary = run()
+    assert summary["ok"] == 1 and summary["skipped"] == 1  # only the changed row redone
+    recs = read_jsonl(out / "records.jsonl")
+    assert sorted(r["seeds"]["edit"] for r in recs) == [1, 2] and summary["dataset"]["items"] == 2
+    assert len(list((out / "edits").iterdir())) == 2 == len(list((out / "masks").iterdir()))
+    old = next(r for r in first if r["row"] == 2)
+    assert (out / "superseded" / old["outputs"]["edit"]["path"]).is_file()
+    assert "`superseded/`: 1 item(s)" in (out / "README.md").read_text()
+    _write_table(jobs, rows)  # reverting the row brings the earlier item back instead of redoing it
+    summary = run()
+    assert summary["ok"] == 0 and summary["skipped"] == 2
+    assert sorted(r["key"] for r in read_jsonl(out / "records.jsonl")) == sorted(r["key"] for r in first)

@@ -55,7 +55,7 @@ def run_batch(jobs: PathLike, outdir: PathLike, *, workflow: Optional[PathLike] 
     manifest = {"crispedit": _version(), "jobs": str(Path(jobs).resolve()), "jobs_blake2b": file_hash(jobs),
                 "workflow": str(Path(workflow).resolve()) if workflow else None, "format": edit_format,
                 "batch_seed": batch_seed, "items": len(items)}
-    prepare_outdir(outdir, manifest, resume)
+    manifest = prepare_outdir(outdir, manifest, resume, [it.key for it in items])
     save_hashes(outdir)
     if copy_inputs:
         copy_originals(items, outdir.resolve())

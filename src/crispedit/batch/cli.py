@@ -95,11 +95,18 @@ def batch_cmd(
     progress: Optional[Progress] = None
     task_id: Any = None
     failures: list[str] = []
+    duplicates: dict[int, list[int]] = {}
 
     def on_plan(items: list, skip: int) -> None:
         nonlocal progress, task_id
         mode = f"Ray ({ray})" if ray else "local"
         err.print(f"batch: {len(items)} item(s), {skip} already complete, running {len(items) - skip} ({mode})")
+        duplicates.update({it.row: it.duplicate_rows for it in items if it.duplicate_rows})
+        if duplicates:
+            same = "; ".join(f"row{'s' if len(d) > 1 else ''} {', '.join(map(str, d))} = row {r}" for r, d in list(duplicates.items())[:10])
+            more = f" (+{len(duplicates) - 10} more)" if len(duplicates) > 10 else ""
+            err.print(f"note: {sum(map(len, duplicates.values()))} row(s) repeat an earlier row (same image, "
+                      f"parameters and seed) and are done once: {same}{more}", soft_wrap=True)
         if live and len(items) - skip > 0:
             progress = Progress(TextColumn("[bold]batch[/bold]"), BarColumn(), MofNCompleteColumn(),
                                 ThroughputColumn(skip), TextColumn("{task.fields[failed]} failed"),
@@ -129,6 +136,11 @@ def batch_cmd(
             progress.stop()
         err.print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True)
         raise typer.Exit(code=exc.exit_code) from None
+    except KeyboardInterrupt:  # while planning or assembling (the run itself returns `interrupted`)
+        if progress is not None:
+            progress.stop()
+        err.print("interrupted: finished items are kept; run the same command again to resume")
+        raise typer.Exit(code=130) from None
     finally:
         if progress is not None:
             progress.stop()
@@ -140,8 +152,8 @@ def batch_cmd(
               f"failed, {result.skipped} skipped{rate} ({result.runner}, {result.workers} worker(s)); dataset: "
               f"{summary['ok']}/{summary['items']} item(s) done, verdicts: {verdicts} -> {outdir}")
     if json_out:
-        typer.echo(json.dumps({**result.to_dict(), "dataset": summary, "outdir": str(outdir)}, indent=2,
-                              default=str))
+        typer.echo(json.dumps({**result.to_dict(), "duplicate_rows": {str(r): d for r, d in duplicates.items()},
+                               "dataset": summary, "outdir": str(outdir)}, indent=2, default=str))
     if result.interrupted:
         err.print("interrupted: finished items are kept; run the same command again to resume")
         raise typer.Exit(code=130)

@@ -118,6 +118,8 @@ class Item:
     key: str
     spec: dict[str, Any]
     resources: dict[str, Any] = field(default_factory=dict)
+    #: Later rows identical to this one (same key: same inputs, parameters and seed): planned once, run once.
+    duplicate_rows: list[int] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -127,6 +129,16 @@ class Item:
 
 def _empty(v: Any) -> bool:
     return v is None or (isinstance(v, str) and v.strip() == "")
+
+
+def column_name(name: Any) -> str:
+    """A header as a column name: edit options are matched case-insensitively, with ``-`` or spaces as ``_``
+    (``Negative Prompt`` -> ``negative_prompt``); ``node.param`` overrides are kept as written (node names are
+    case-sensitive)."""
+    text = str(name).strip()
+    if "." in text:
+        return text
+    return "_".join(text.lower().replace("-", " ").split())
 
 
 def read_table(path: Union[str, Path]) -> list[tuple[int, dict[str, Any]]]:
@@ -182,6 +194,10 @@ def read_table(path: Union[str, Path]) -> list[tuple[int, dict[str, Any]]]:
             raise InputError(f"{p}: not valid YAML ({exc})", "write a list of mappings, one per item") from None
         if isinstance(data, dict) and isinstance(data.get("items"), list):
             data = data["items"]
+        if isinstance(data, dict):
+            raise InputError(f"{p}: the top level is a mapping ({', '.join(map(str, list(data)[:4]))}), not a list "
+                             "of rows", "start each row with `- ` (`- {image: a.jpg, box: ...}`), or list the rows "
+                             "under `items:`")
         if not isinstance(data, list):
             raise InputError(f"{p}: expected a list of rows", "write `- {image: a.jpg, box: ...}` per item")
         for i, obj in enumerate(data, 1):
@@ -192,8 +208,7 @@ def read_table(path: Union[str, Path]) -> list[tuple[int, dict[str, Any]]]:
         raise InputError(f"cannot read job table '{ext or p.name}'", "use a .jsonl, .csv or .yaml file")
     out = []
     for lineno, obj in rows:
-        clean = {str(k).strip().replace("-", "_") if "." not in str(k) else str(k).strip(): v
-                 for k, v in obj.items() if not _empty(v)}
+        clean = {column_name(k): v for k, v in obj.items() if not _empty(v)}
         out.append((lineno, clean))
     if not out:
         raise InputError(f"{p}: the table has no rows", "add one row per item")
@@ -300,7 +315,8 @@ def plan_items(jobs: Union[str, Path], outdir: Union[str, Path], *, workflow: Op
     Returns
     -------
     list of Item
-        In table order; rows identical to an earlier one (same key) are dropped with no work lost.
+        In table order; a row identical to an earlier one (same key) is not planned again, its number is added to
+        the earlier item's ``duplicate_rows``.
 
     Raises
     ------
@@ -344,8 +360,9 @@ def plan_items(jobs: Union[str, Path], outdir: Union[str, Path], *, workflow: Op
             spec = _with_seed(spec, derive_seed(batch_seed, content, occ))
         key = digest({"content": content, "seeds": spec.get("seeds"), "format": edit_format}, 16)
         if key in seen:
+            items[seen[key]].duplicate_rows.append(n)
             continue
-        seen[key] = n
+        seen[key] = len(items)
         spec = dict(spec, key=key, row=n, outdir=str(outdir), format=edit_format,
                     edit=str(outdir / "edits" / f"{key}.{edit_format}"),
                     mask_out=str(outdir / "masks" / f"{key}.png"),

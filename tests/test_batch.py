@@ -391,3 +391,16 @@ def test_edited_row_redoes_only_that_item_and_reverting_restores_it(photos, tmp_
     summary = run()
     assert summary["ok"] == 0 and summary["skipped"] == 2
     assert sorted(r["key"] for r in read_jsonl(out / "records.jsonl")) == sorted(r["key"] for r in first)
+
+
+def test_rows_the_edit_workflow_would_reject_are_caught_up_front(photos, tmp_path):
+    from crispedit.batch.table import BatchTableError, plan_items
+
+    rows = [{"image": "p0.png", "box": "30,20,80,70"},
+            {"image": "p0.png", "box": "80,70,30,20"},  # reversed corners: the MaskFromShape node refuses it
+            {"image": "p0.png", "box": "30,20,80,70", "engine": "classicl"}]
+    with pytest.raises(BatchTableError) as exc:
+        plan_items(_write_table(photos / "late.jsonl", rows), tmp_path)
+    msgs = exc.value.messages
+    assert len(msgs) == 2 and msgs[0].startswith("row 2 (line 2): ") and "x0 < x1" in msgs[0]
+    assert msgs[1].startswith("row 3 (line 3): unknown engine 'classicl'") and "did you mean 'classical'" in msgs[1]

@@ -423,9 +423,21 @@ def _plan_edit_row(row: EditRow, base: Path, where: str, errors: list[str]
                     parse_box(args[shape], size)
                 except InputError as exc:
                     problems.append(f"{where}: {shape}: {exc.problem}")
+    if row.engine not in ("classical", "sd15"):  # the built-in names need no import (sd15 would pull in torch)
+        from crispedit.engines.base import engine_names
+        from crispedit.workflow.nodes import did_you_mean
+
+        names = engine_names()
+        if row.engine not in names:
+            problems.append(f"{where}: unknown engine '{row.engine}'{did_you_mean(row.engine, names)} "
+                            f"(choose one of: {', '.join(names)})")
     if not problems:
+        from crispedit.workflow.schema import WorkflowError, load_workflow
+
         try:  # the same checks `crispedit edit` makes, on the workflow it would run
-            builtin.edit_workflow(image=image, output=base / "x.png", mask=mask, **args)
+            load_workflow(builtin.edit_workflow(image=image, output=base / "x.png", mask=mask, **args), base_dir=base)
+        except WorkflowError as exc:
+            problems.extend(f"{where}: {m}" for m in exc.messages)
         except InputError as exc:
             problems.append(f"{where}: {exc}")
     if problems:

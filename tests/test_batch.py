@@ -168,6 +168,8 @@ def test_corrupt_item_recorded_batch_goes_on(photos, tmp_path):
     assert code == 2 and "--resume" in text
     code, text = _batch(other, "-o", out, "--resume", "--json")
     assert code == 1 and '"skipped": 1' in text  # the dataset still holds the two failed items
+    card = (out / "README.md").read_text()
+    assert "corrupt.jsonl`" in card and "other.jsonl`" in card  # the card names every table of the dataset
 
 
 def test_local_worker_killed_mid_item_exactly_once(photos, local_run, tmp_path, monkeypatch):
@@ -404,3 +406,18 @@ def test_rows_the_edit_workflow_would_reject_are_caught_up_front(photos, tmp_pat
     msgs = exc.value.messages
     assert len(msgs) == 2 and msgs[0].startswith("row 2 (line 2): ") and "x0 < x1" in msgs[0]
     assert msgs[1].startswith("row 3 (line 3): unknown engine 'classicl'") and "did you mean 'classical'" in msgs[1]
+
+
+def test_assemble_keeps_items_of_a_table_added_by_a_concurrent_run(tmp_path):
+    from crispedit.batch.dataset import assemble, prepare_outdir
+    from crispedit.batch.worker import write_json_atomic
+
+    out = tmp_path / "ds"
+    run_a = prepare_outdir(out, {"jobs": "/a.jsonl", "jobs_blake2b": "a"}, False, ["ka"])
+    prepare_outdir(out, {"jobs": "/b.jsonl", "jobs_blake2b": "b"}, True, ["kb"])  # started while A runs
+    for key, row in (("ka", 1), ("kb", 1), ("old", 2)):
+        write_json_atomic(out / "records" / f"{key}.json", {"key": key, "row": row, "status": "ok", "outputs": {}})
+    summary = assemble(out, run_a)  # A finishes with its own (older) manifest in memory
+    assert summary["items"] == 2 and summary["superseded"] == 1
+    assert sorted(r["key"] for r in read_jsonl(out / "records.jsonl")) == ["ka", "kb"]
+    assert (out / "superseded" / "records" / "old.json").is_file()

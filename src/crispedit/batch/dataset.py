@@ -234,8 +234,14 @@ def assemble(outdir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     """Move items no table lists to ``superseded/``, write ``records.jsonl`` and ``README.md`` from ``records/``
     (atomically); return the dataset's summary."""
     outdir = Path(outdir)
-    if "tables" in manifest:
-        supersede(outdir, {k for keys in manifest["tables"].values() for k in keys})
+    try:  # the tables on disk: another batch may have added its table to this OUTDIR (--resume) meanwhile
+        tables = json.loads((outdir / "batch.json").read_text(encoding="utf-8")).get("tables")
+    except (OSError, ValueError, AttributeError):
+        tables = None
+    tables = tables if isinstance(tables, dict) else manifest.get("tables")
+    if isinstance(tables, dict):
+        supersede(outdir, {k for keys in tables.values() for k in keys})
+        manifest = dict(manifest, tables=tables)
     recs = load_records(outdir)
     _atomic_text(outdir / "records.jsonl", "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in recs))
     summary = summarize(recs)
@@ -276,12 +282,13 @@ def dataset_card(s: dict[str, Any], manifest: dict[str, Any]) -> str:
     size = (f"{s['min_size'][0]}x{s['min_size'][1]} to {s['max_size'][0]}x{s['max_size'][1]} px"
             if s.get("min_size") else "n/a")
     wf = f"with the workflow `{manifest.get('workflow')}` " if manifest.get("workflow") else ""
+    jobs = ", ".join(f"`{t}`" for t in (manifest.get("tables") or {}) if t) or f"`{manifest.get('jobs')}`"
     models = f"### Models\n\n{_table(s['models'], 'model')}" if s["models"] else ""
     failures = (f"### Failures\n\n{_table(s['errors'], 'error')}\nFailed items have a record with `status: failed` "
                 "and the error; rerun the same command to retry them.\n") if s["failed"] else ""
     return f"""# crispedit batch dataset
 
-Made with `crispedit batch` (crispedit {manifest.get('crispedit')}) from `{manifest.get('jobs')}`
+Made with `crispedit batch` (crispedit {manifest.get('crispedit')}) from {jobs}
 {wf}on {time.strftime('%Y-%m-%d', time.gmtime())}.
 Every edit is full resolution ({size}, {s['megapixels']} Mpx in all), pasted back into the original: for masked
 edits the pixels outside the edit and its blend band are bit-identical to it.

@@ -421,3 +421,15 @@ def test_assemble_keeps_items_of_a_table_added_by_a_concurrent_run(tmp_path):
     assert summary["items"] == 2 and summary["superseded"] == 1
     assert sorted(r["key"] for r in read_jsonl(out / "records.jsonl")) == ["ka", "kb"]
     assert (out / "superseded" / "records" / "old.json").is_file()
+
+
+def test_box_checked_against_the_exif_rotated_size(photos, tmp_path):
+    from crispedit.batch.table import plan_items
+
+    im = Image.fromarray((photo_like(64, 80, seed=7) * 255 + 0.5).astype(np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = 6  # stored 80x64, shown (and edited by `crispedit edit`) as 64x80
+    im.save(photos / "portrait.jpg", exif=exif.tobytes())
+    jobs = _write_table(photos / "rot.jsonl", [{"image": "portrait.jpg", "box": "10,70,60,78", "seed": 1}])
+    [item] = plan_items(jobs, tmp_path)  # y 70..78 lies inside the 80 px tall image as shown
+    assert item.spec["size"] == [64, 80]

@@ -241,12 +241,14 @@ def derive_seed(batch_seed: int, content: str, occurrence: int) -> int:
 
 
 def image_size(path: Union[str, Path]) -> Optional[tuple[int, int]]:
-    """(width, height) from the file header (no decode), or None when unreadable."""
+    """(width, height) as ``crispedit edit`` sees the image: from the file header (no decode), swapped when the
+    EXIF orientation turns it by 90 degrees (5-8), as the loader applies it; None when unreadable."""
     try:
         from PIL import Image
 
         with Image.open(path) as im:
-            return im.size
+            w, h = im.size
+            return (h, w) if im.getexif().get(0x0112) in (5, 6, 7, 8) else (w, h)
     except Exception:  # noqa: BLE001 - a corrupt file fails later, inside its item, and is recorded there
         return None
 

@@ -433,3 +433,17 @@ def test_box_checked_against_the_exif_rotated_size(photos, tmp_path):
     jobs = _write_table(photos / "rot.jsonl", [{"image": "portrait.jpg", "box": "10,70,60,78", "seed": 1}])
     [item] = plan_items(jobs, tmp_path)  # y 70..78 lies inside the 80 px tall image as shown
     assert item.spec["size"] == [64, 80]
+
+
+def test_table_encodings_utf16_read_cp1252_refused_clearly(photos, tmp_path):
+    from crispedit.batch.table import plan_items
+    from crispedit.errors import InputError
+
+    text = 'image\tbox\tprompt\np0.png\t30,20,80,70\tcafé au lait\n'
+    (photos / "unicode.tsv").write_bytes(text.encode("utf-16"))  # Excel's "Unicode text": UTF-16 with a BOM
+    [item] = plan_items(photos / "unicode.tsv", tmp_path)
+    assert item.spec["args"]["prompt"] == "café au lait"
+    (photos / "ansi.tsv").write_bytes(text.encode("cp1252"))
+    with pytest.raises(InputError) as exc:  # not a UnicodeDecodeError traceback
+        plan_items(photos / "ansi.tsv", tmp_path)
+    assert "line 2 is not UTF-8" in exc.value.problem and "0xe9" in exc.value.problem

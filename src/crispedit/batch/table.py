@@ -141,6 +141,32 @@ def column_name(name: Any) -> str:
     return "_".join(text.lower().replace("-", " ").split())
 
 
+def _decode(path: Path) -> str:
+    """The table's text: UTF-8 (a BOM allowed), or UTF-16 / UTF-32 when a BOM says so (Excel's "Unicode text").
+
+    Raises
+    ------
+    crispedit.errors.InputError
+        Bytes that are not UTF-8 (e.g. a table saved as Windows-1252), with the line and byte named: guessing
+        the encoding could silently change prompts and paths.
+    """
+    import codecs
+
+    data = path.read_bytes()
+    for bom, enc in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                     (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            break
+    else:
+        enc = "utf-8"
+    try:
+        return data.decode(enc)
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise InputError(f"{path}: line {line} is not {enc.upper().removesuffix('-SIG')} text (byte "
+                         f"0x{data[exc.start]:02x})", "save the table as UTF-8 (Excel: 'CSV UTF-8')") from None
+
+
 def read_table(path: Union[str, Path]) -> list[tuple[int, dict[str, Any]]]:
     """Rows of a JSONL (``.jsonl``/``.ndjson``), CSV (``.csv``/``.tsv``) or YAML (``.yaml``/``.yml``) table.
 
@@ -158,7 +184,7 @@ def read_table(path: Union[str, Path]) -> list[tuple[int, dict[str, Any]]]:
     if not p.is_file():
         raise InputError(f"job table not found: {p}", "give a .jsonl, .csv or .yaml file, one row per item")
     ext = p.suffix.lower()
-    text = p.read_text(encoding="utf-8-sig")
+    text = _decode(p)
     rows: list[tuple[int, dict[str, Any]]] = []
     if ext in (".jsonl", ".ndjson"):
         for i, line in enumerate(text.splitlines(), 1):

@@ -447,3 +447,15 @@ def test_table_encodings_utf16_read_cp1252_refused_clearly(photos, tmp_path):
     with pytest.raises(InputError) as exc:  # not a UnicodeDecodeError traceback
         plan_items(photos / "ansi.tsv", tmp_path)
     assert "line 2 is not UTF-8" in exc.value.problem and "0xe9" in exc.value.problem
+
+
+def test_csv_repeated_column_and_oversized_cell_are_input_errors(photos, tmp_path):
+    from crispedit.batch.table import plan_items
+    from crispedit.errors import InputError
+
+    (photos / "twice.csv").write_text('image,box,Image\np0.png,"30,20,80,70",p1.png\n')
+    with pytest.raises(InputError, match="image appear more than once"):
+        plan_items(photos / "twice.csv", tmp_path)  # not silently the last 'image' column
+    (photos / "huge.csv").write_text('image,box,prompt\np0.png,"30,20,80,70",' + "a" * 200_000 + "\n")
+    with pytest.raises(InputError, match="line 2 is not valid CSV"):
+        plan_items(photos / "huge.csv", tmp_path)

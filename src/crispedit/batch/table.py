@@ -152,7 +152,10 @@ def _decode(path: Path) -> str:
     """
     import codecs
 
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read the job table {path}: {exc.strerror or exc}", "check the file") from None
     for bom, enc in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
                      (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
         if data.startswith(bom):
@@ -200,10 +203,19 @@ def read_table(path: Union[str, Path]) -> list[tuple[int, dict[str, Any]]]:
     elif ext in (".csv", ".tsv"):
         reader = csv.reader(io.StringIO(text), delimiter="\t" if ext == ".tsv" else ",")
         header: Optional[list[str]] = None
-        for rec in reader:
-            lineno = reader.line_num
+        try:
+            records = [(reader.line_num, rec) for rec in reader]
+        except csv.Error as exc:
+            raise InputError(f"{p}: line {reader.line_num} is not valid CSV ({exc})",
+                             "check the quoting of that line (a cell over 128 KiB is refused)") from None
+        for lineno, rec in records:
             if header is None:
                 header = [h.strip() for h in rec]
+                names = [column_name(h) for h in header if h]
+                twice = sorted({h for h in names if names.count(h) > 1})
+                if twice:
+                    raise InputError(f"{p}: column(s) {', '.join(twice)} appear more than once in the header",
+                                     "keep one column of each name")
                 continue
             if not any(c.strip() for c in rec):
                 continue

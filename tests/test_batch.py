@@ -459,3 +459,16 @@ def test_csv_repeated_column_and_oversized_cell_are_input_errors(photos, tmp_pat
     (photos / "huge.csv").write_text('image,box,prompt\np0.png,"30,20,80,70",' + "a" * 200_000 + "\n")
     with pytest.raises(InputError, match="line 2 is not valid CSV"):
         plan_items(photos / "huge.csv", tmp_path)
+
+
+def test_card_counts_items_not_run_yet_after_an_interruption(tmp_path):
+    from crispedit.batch.dataset import assemble, prepare_outdir
+    from crispedit.batch.worker import write_json_atomic
+
+    out = tmp_path / "ds"
+    manifest = prepare_outdir(out, {"jobs": "/t.jsonl", "jobs_blake2b": "t"}, False, ["k1", "k2", "k3"])
+    write_json_atomic(out / "records" / "k1.json", {"key": "k1", "row": 1, "status": "ok", "outputs": {}})
+    summary = assemble(out, manifest)  # what an interrupted run assembles
+    assert (summary["items"], summary["ok"], summary["failed"], summary["pending"]) == (3, 1, 0, 2)
+    assert "items: **3** — done: 1, failed: 0, not run yet: 2" in (out / "README.md").read_text()
+    assert len((out / "records.jsonl").read_text().splitlines()) == 1

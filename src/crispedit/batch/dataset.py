@@ -239,12 +239,17 @@ def assemble(outdir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     except (OSError, ValueError, AttributeError):
         tables = None
     tables = tables if isinstance(tables, dict) else manifest.get("tables")
+    live: Optional[set[str]] = None
     if isinstance(tables, dict):
-        supersede(outdir, {k for keys in tables.values() for k in keys})
+        live = {k for keys in tables.values() for k in keys}
+        supersede(outdir, live)
         manifest = dict(manifest, tables=tables)
     recs = load_records(outdir)
     _atomic_text(outdir / "records.jsonl", "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in recs))
     summary = summarize(recs)
+    # items the tables list but no record yet (an interrupted run): counted, so "done" reads against the whole
+    summary["pending"] = len(live - {r["key"] for r in recs}) if live is not None else 0
+    summary["items"] += summary["pending"]
     summary["superseded"] = len(list((outdir / SUPERSEDED / "records").glob("*.json")))
     _atomic_text(outdir / "README.md", dataset_card(summary, manifest))
     return summary
@@ -282,6 +287,8 @@ def dataset_card(s: dict[str, Any], manifest: dict[str, Any]) -> str:
     size = (f"{s['min_size'][0]}x{s['min_size'][1]} to {s['max_size'][0]}x{s['max_size'][1]} px"
             if s.get("min_size") else "n/a")
     wf = f"with the workflow `{manifest.get('workflow')}` " if manifest.get("workflow") else ""
+    pending = (f", not run yet: {s['pending']} (interrupted: run the same command again to finish)"
+               if s.get("pending") else "")
     jobs = ", ".join(f"`{t}`" for t in (manifest.get("tables") or {}) if t) or f"`{manifest.get('jobs')}`"
     models = f"### Models\n\n{_table(s['models'], 'model')}" if s["models"] else ""
     failures = (f"### Failures\n\n{_table(s['errors'], 'error')}\nFailed items have a record with `status: failed` "
@@ -295,7 +302,7 @@ edits the pixels outside the edit and its blend band are bit-identical to it.
 
 ## Counts
 
-- items: **{s['items']}** — done: {s['ok']}, failed: {s['failed']}
+- items: **{s['items']}** — done: {s['ok']}, failed: {s['failed']}{pending}
 - candidates judged: {s['candidates']}
 
 ### Quality verdict of the kept edits (crispedit's zoom-level gate)

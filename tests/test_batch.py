@@ -472,3 +472,25 @@ def test_card_counts_items_not_run_yet_after_an_interruption(tmp_path):
     assert (summary["items"], summary["ok"], summary["failed"], summary["pending"]) == (3, 1, 0, 2)
     assert "items: **3** — done: 1, failed: 0, not run yet: 2" in (out / "README.md").read_text()
     assert len((out / "records.jsonl").read_text().splitlines()) == 1
+
+
+def test_unreachable_ray_address_is_an_input_error_fast(monkeypatch):
+    import socket
+
+    from crispedit.batch.runner import _ray_init
+    from crispedit.errors import InputError
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(InputError, match="cannot reach the Ray cluster"):
+        _ray_init(f"ray://127.0.0.1:{port}", None)  # instead of Ray retrying for minutes
+    ray = pytest.importorskip("ray")
+
+    def no_cluster(*a, **k):
+        raise ConnectionError("Could not find any running Ray instance.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", no_cluster)
+    with pytest.raises(InputError, match="cannot connect to the Ray cluster at auto"):
+        _ray_init("auto", None)  # not a ConnectionError traceback with exit 1

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from crispedit.batch.table import Item
+from crispedit.errors import InputError
 from crispedit.batch.worker import failed_record, is_complete, run_item
 
 MAX_ATTEMPTS = 3
@@ -168,9 +169,36 @@ def _ray_init(address: Optional[str], workers: Optional[int]) -> bool:
     env = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}} if os.environ.get("PYTHONPATH") else None
     if address in (None, "", "local"):
         ray.init(num_cpus=workers, object_store_memory=200 * 2**20, **kw)
-    else:
+        return True
+    check_reachable(address)
+    try:
         ray.init(address=address, runtime_env=env, **kw)
+    except (ConnectionError, TimeoutError, ValueError) as exc:  # e.g. `auto` with no cluster running here
+        raise InputError(f"cannot connect to the Ray cluster at {address}: {str(exc).strip().splitlines()[0]}",
+                         "start one (`ray start --head`) or check the address; `--ray` alone starts a local "
+                         "cluster") from None
     return True
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a ``host:port`` / ``ray://host:port`` nobody listens on (:func:`ray.init` retries for minutes).
+
+    Raises
+    ------
+    crispedit.errors.InputError
+        The TCP connection to the address is refused or times out (``timeout`` seconds).
+    """
+    import socket
+
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        return  # `auto` and other forms: left to Ray
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise InputError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc})",
+                         "start it (`ray start --head`) or check the address; `--ray` alone starts a local "
+                         "cluster") from None
 
 
 def run_ray(items: list[Item], address: Optional[str], workers: Optional[int], on_record: OnRecord) -> int:

@@ -316,6 +316,9 @@ def test_ray_flag_address_is_optional():
     assert expand_ray_flag(["batch", "j.csv", "--ray", "ray://head:10001"])[-1] == "ray://head:10001"
     assert expand_ray_flag(["batch", "j.csv", "--ray", "10.0.0.5:6379"])[-1] == "10.0.0.5:6379"
     assert expand_ray_flag(["edit", "--ray"]) == ["edit", "--ray"]
+    for table in ("/data/local/jobs.csv", "auto_jobs.csv"):  # a table path is not an address
+        assert expand_ray_flag(["batch", "--ray", table, "-o", "d"])[:4] == ["batch", "--ray", "local", table]
+    assert expand_ray_flag(["batch", "j.csv", "--ray", "auto"])[-1] == "auto"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -29,8 +29,6 @@ from crispedit.errors import CrispEditError
 
 err = Console(stderr=True, highlight=False)
 
-_ADDRESS_HINTS = ("://", "auto", "local")
-
 
 def expand_ray_flag(argv: list[str]) -> list[str]:
     """Let ``--ray`` go without a value: ``batch ... --ray`` -> ``--ray local``.
@@ -45,7 +43,7 @@ def expand_ray_flag(argv: list[str]) -> list[str]:
         out.append(tok)
         if tok == "--ray":
             nxt = argv[i + 1] if i + 1 < len(argv) else None
-            looks = nxt is not None and (any(h in nxt for h in _ADDRESS_HINTS) or
+            looks = nxt is not None and (nxt in ("auto", "local") or "://" in nxt or
                                           (":" in nxt and nxt.rsplit(":", 1)[-1].isdigit()))
             if not looks:
                 out.append("local")

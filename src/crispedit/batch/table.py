@@ -82,12 +82,21 @@ class EditRow(BaseModel):
     @field_validator("prompt", mode="before")
     @classmethod
     def _prompt_list(cls, v: Any) -> Any:
-        if isinstance(v, str) and v.strip().startswith("["):
+        if isinstance(v, str) and v.strip().startswith("[") and v.strip().endswith("]"):
             try:
-                parsed = json.loads(v)
+                return json.loads(v)
             except ValueError:
-                return v
-            return parsed
+                pass
+            import yaml  # a CSV cell written as in YAML: [a red car, a blue car]
+
+            try:
+                parsed = yaml.safe_load(v)
+            except yaml.YAMLError:
+                parsed = None
+            if not isinstance(parsed, list):
+                raise ValueError("prompt looks like a list but is not one: write [\"a\", \"b\"] or [a, b] (a "
+                                 "prompt that is itself in brackets: [\"[...]\"])")
+            return [str(p) for p in parsed]
         return v
 
     @model_validator(mode="after")
@@ -334,7 +343,7 @@ def _pydantic_messages(exc: ValidationError, where: str) -> list[str]:
         if e.get("type") == "extra_forbidden":
             msgs.append(f"{where}: unknown column '{loc}'{did_you_mean(loc, EDIT_COLUMNS)}")
         elif loc:
-            msgs.append(f"{where}: column '{loc}': {msg}")
+            msgs.append(f"{where}: column '{loc}': {msg.removeprefix('Value error, ')}")
         else:
             msgs.append(f"{where}: {msg.removeprefix('Value error, ')}")
     return msgs

@@ -506,7 +506,7 @@ def test_csv_prompt_list_written_as_in_yaml(photos, tmp_path):
     jobs.write_text('image,box,prompt\np0.png,"30,20,80,70","[a red car, a blue car]"\n')
     [item] = plan_items(jobs, tmp_path)  # two prompt variants, not the literal text "[a red car, a blue car]"
     assert item.spec["args"]["prompt_variants"] == ["a red car", "a blue car"]
-    jobs.write_text('image,box,prompt\np0.png,"30,20,80,70","[a red car, [oops"\n')
+    jobs.write_text('image,box,prompt\np0.png,"30,20,80,70","[a red car, [oops]"\n')
     with pytest.raises(BatchTableError) as exc:
         plan_items(jobs, tmp_path)
     assert exc.value.messages[0].startswith("row 1 (line 2): column 'prompt': prompt looks like a list")

@@ -93,7 +93,7 @@ class EditRow(BaseModel):
                 parsed = yaml.safe_load(v)
             except yaml.YAMLError:
                 parsed = None
-            if not isinstance(parsed, list):
+            if not isinstance(parsed, list) or any(isinstance(x, (list, dict)) for x in parsed):
                 raise ValueError("prompt looks like a list but is not one: write [\"a\", \"b\"] or [a, b] (a "
                                  "prompt that is itself in brackets: [\"[...]\"])")
             return [str(p) for p in parsed]

@@ -208,6 +208,8 @@ def test_sigint_then_resume_redoes_nothing(photos, local_run, tmp_path):
     assert proc.returncode == 130, stderr.decode()
     first = {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")}
     assert 1 <= len(first) < 4
+    assert f": {len(first)} ok, 0 failed" in stderr.decode()  # items finished during the shutdown are counted
+    assert f"{len(first)}/4 item(s) done" in " ".join(stderr.decode().split())
     assert not [p for p in out.rglob(".*.tmp")]
     (faults / "delay").unlink()
     res = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, timeout=300)

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional
 
 from crispedit.batch.table import Item
 from crispedit.errors import InputError
-from crispedit.batch.worker import failed_record, is_complete, run_item
+from crispedit.batch.worker import failed_record, is_complete, read_record, run_item
 
 MAX_ATTEMPTS = 3
 
@@ -136,6 +136,10 @@ def run_local(items: list[Item], workers: int, on_record: OnRecord) -> None:
                     on_record(rec)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
+            for it in list(pending.values()):  # items that finished while the pool shut down count as done
+                rec = read_record(Path(it.spec["record"])) if is_complete(it.spec) else None
+                if rec is not None:
+                    on_record(rec)
             raise
         pool.shutdown(wait=True, cancel_futures=True)
         if not broken:

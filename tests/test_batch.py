@@ -512,3 +512,11 @@ def test_csv_prompt_list_written_as_in_yaml(photos, tmp_path):
     with pytest.raises(BatchTableError) as exc:
         plan_items(jobs, tmp_path)
     assert exc.value.messages[0].startswith("row 1 (line 2): column 'prompt': prompt looks like a list")
+
+
+def test_outdir_that_cannot_be_created_is_an_input_error(photos, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    jobs = _write_table(photos / "one.jsonl", [{"image": "p0.png", "box": "30,20,80,70"}])
+    code, text = _batch(jobs, "-o", blocker / "ds")  # a file where a parent folder should be
+    assert code == 2 and "cannot create the dataset folder" in text and "Traceback" not in text

@@ -81,10 +81,14 @@ def prepare_outdir(outdir: Path, manifest: dict[str, Any], resume: bool, keys: O
         if old and old.get("jobs_blake2b") != manifest.get("jobs_blake2b") and not same_table and not resume:
             raise InputError(f"{outdir} holds a batch of another job table ({old.get('jobs')})",
                              "pass --resume to add these items to that dataset, or choose another -o")
-    outdir.mkdir(parents=True, exist_ok=True)
-    for sub in FOLDERS:
-        (outdir / sub).mkdir(exist_ok=True)
-    removed = remove_temporary(outdir)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        for sub in FOLDERS:
+            (outdir / sub).mkdir(exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the dataset folder -o {outdir}: {exc.strerror or exc}",
+                         "give a folder you can write to") from None
+    remove_temporary(outdir)
     runs = list((old or {}).get("runs", []))
     runs.append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "jobs": manifest.get("jobs"),
                  "jobs_blake2b": manifest.get("jobs_blake2b")})

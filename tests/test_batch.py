@@ -485,18 +485,18 @@ def test_unreachable_ray_address_is_an_input_error_fast(monkeypatch):
     from crispedit.batch.runner import _ray_init
     from crispedit.errors import InputError
 
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with pytest.raises(InputError, match="cannot reach the Ray cluster"):
-        _ray_init(f"ray://127.0.0.1:{port}", None)  # instead of Ray retrying for minutes
     ray = pytest.importorskip("ray")
 
     def no_cluster(*a, **k):
         raise ConnectionError("Could not find any running Ray instance.")
 
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh `crispedit batch` process
     monkeypatch.setattr(ray, "init", no_cluster)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(InputError, match="cannot reach the Ray cluster"):
+        _ray_init(f"ray://127.0.0.1:{port}", None)  # instead of Ray retrying for minutes
     with pytest.raises(InputError, match="cannot connect to the Ray cluster at auto"):
         _ray_init("auto", None)  # not a ConnectionError traceback with exit 1
 

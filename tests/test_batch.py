@@ -520,3 +520,19 @@ def test_outdir_that_cannot_be_created_is_an_input_error(photos, tmp_path):
     jobs = _write_table(photos / "one.jsonl", [{"image": "p0.png", "box": "30,20,80,70"}])
     code, text = _batch(jobs, "-o", blocker / "ds")  # a file where a parent folder should be
     assert code == 2 and "cannot create the dataset folder" in text and "Traceback" not in text
+
+
+@pytest.mark.slow
+def test_item_that_always_kills_its_worker_is_failed_alone(photos, tmp_path, monkeypatch):
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    (faults / "crash-1").touch()  # row 1 kills its worker at every attempt
+    (faults / "delay-2").write_text("4")  # row 2 is still running each time row 1 breaks the pool
+    monkeypatch.setenv(FAULT_ENV, str(faults))
+    rows = [{"image": "p0.png", "box": "30,20,80,70", "seed": 1}, {"image": "p1.png", "box": "30,20,80,70", "seed": 1}]
+    out = tmp_path / "ds"
+    code, text = _batch(_write_table(photos / "crash.jsonl", rows), "-o", out, "--workers", "2")
+    assert code == 1, text
+    recs = {r["row"]: r for r in read_jsonl(out / "records.jsonl")}
+    assert recs[1]["status"] == "failed" and "worker died 3 times" in recs[1]["error"]
+    assert recs[2]["status"] == "ok"  # not blamed for the crashes of the item beside it

@@ -104,17 +104,19 @@ def run_local(items: list[Item], workers: int, on_record: OnRecord) -> None:
     -----
     Library: :class:`concurrent.futures.ProcessPoolExecutor` (``spawn`` context). A dead worker breaks the
     pool; the pool is restarted and the items without a complete record run again (exactly once in the
-    dataset because outputs are keyed and atomic); an item in a round that finishes nothing counts an attempt,
-    and after :data:`MAX_ATTEMPTS` it is recorded as failed.
+    dataset because outputs are keyed and atomic). After a round that finishes nothing, the items run one at a
+    time, in order, until the culprit is known: the first unfinished item then counts an attempt (the items
+    that were merely running beside it do not), and after :data:`MAX_ATTEMPTS` it is recorded as failed.
     """
     cores = os.cpu_count() or 1
     threads = max(1, cores // max(1, workers))
     pending = {it.key: it for it in items}
     attempts = {k: 0 for k in pending}
     ctx = mp.get_context("spawn")
+    isolate = False  # one worker: items run in submission order, so the first unfinished one killed the pool
     while pending:
         finished_this_round = 0
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx,
+        pool = ProcessPoolExecutor(max_workers=1 if isolate else min(workers, len(pending)), mp_context=ctx,
                                    initializer=_init_worker, initargs=(threads,))
         broken = False
         try:
@@ -153,13 +155,17 @@ def run_local(items: list[Item], workers: int, on_record: OnRecord) -> None:
                 rec = json.loads(Path(spec["record"]).read_text(encoding="utf-8"))
                 on_record(rec)
                 finished_this_round += 1
-        if finished_this_round == 0:
-            for key in list(pending):
-                attempts[key] += 1
-                if attempts[key] >= MAX_ATTEMPTS:
-                    it = pending.pop(key)
-                    on_record(failed_record(it.spec, f"the worker died {MAX_ATTEMPTS} times on this item "
-                                                     "(out of memory? a crash in a library?)"))
+        if finished_this_round == 0 and pending:
+            if not isolate and len(pending) > 1:
+                isolate = True  # several items were running: find which one kills the worker
+                continue
+            key = next(iter(pending))
+            attempts[key] += 1
+            if attempts[key] >= MAX_ATTEMPTS:
+                it = pending.pop(key)
+                on_record(failed_record(it.spec, f"the worker died {MAX_ATTEMPTS} times on this item "
+                                                 "(out of memory? a crash in a library?)"))
+                isolate = False
 
 
 def _ray_init(address: Optional[str], workers: Optional[int]) -> bool:

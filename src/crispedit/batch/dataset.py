@@ -293,8 +293,8 @@ def dataset_card(s: dict[str, Any], manifest: dict[str, Any]) -> str:
     wf = f"with the workflow `{manifest.get('workflow')}` " if manifest.get("workflow") else ""
     pending = (f", not run yet: {s['pending']} (interrupted: run the same command again to finish)"
                if s.get("pending") else "")
-    superseded = (f"- `superseded/`: {s['superseded']} item(s) of earlier versions of the rows (a changed row, "
-                  "seed, format or workflow), same layout, not counted above.\n" if s.get("superseded") else "")
+    superseded = (f"\n- `superseded/`: {s['superseded']} item(s) of earlier versions of the rows (a changed row, "
+                  "seed, format or workflow), same layout, not counted above." if s.get("superseded") else "")
     jobs = ", ".join(f"`{t}`" for t in (manifest.get("tables") or {}) if t) or f"`{manifest.get('jobs')}`"
     models = f"### Models\n\n{_table(s['models'], 'model')}" if s["models"] else ""
     failures = (f"### Failures\n\n{_table(s['errors'], 'error')}\nFailed items have a record with `status: failed` "
@@ -332,8 +332,7 @@ edits the pixels outside the edit and its blend band are bit-identical to it.
   row gave it or it was derived with numpy `SeedSequence`), `engine`, `model`, `image` (size, bit depth),
   `outputs` (paths and hashes), `verdict`, `reasons`, `quality` (every metric of the gate), `candidates`
   (per candidate: seed, prompt, score, passed, status kept/passed/rejected, metrics), `timings`, `worker`.
-- `batch.json`: the manifest (job table and its hash, format, batch seed, runs, the item keys of each table).
-{superseded}
+- `batch.json`: the manifest (job table and its hash, format, batch seed, runs, the item keys of each table).{superseded}
 
 ## How to cite
 

@@ -363,7 +363,7 @@ def test_repeated_rows_reported_and_json_stdout_only(photos, tmp_path):
 
 
 def test_ctrl_c_while_planning_exits_130(photos, tmp_path, monkeypatch):
-    import crispedit.batch.api as api
+    from crispedit.batch import api
 
     def interrupted(*a, **k):
         raise KeyboardInterrupt

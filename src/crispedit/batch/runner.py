@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from crispedit.batch.table import Item
-from crispedit.errors import InputError
 from crispedit.batch.worker import failed_record, is_complete, read_record, run_item
+from crispedit.errors import InputError
 
 MAX_ATTEMPTS = 3
 

@@ -536,3 +536,12 @@ def test_item_that_always_kills_its_worker_is_failed_alone(photos, tmp_path, mon
     recs = {r["row"]: r for r in read_jsonl(out / "records.jsonl")}
     assert recs[1]["status"] == "failed" and "worker died 3 times" in recs[1]["error"]
     assert recs[2]["status"] == "ok"  # not blamed for the crashes of the item beside it
+
+
+def test_missing_sd_model_refused_up_front_once_per_model(photos, tmp_path):
+    rows = [{"image": f"p{i}.png", "box": "30,20,80,70", "engine": "sd15", "model": str(tmp_path / "nope.safetensors")}
+            for i in range(3)]
+    out = tmp_path / "ds"
+    code, text = _batch(_write_table(photos / "sd.jsonl", rows), "-o", out, "--workers", "1")
+    assert code == 2 and "rows 1, 2, 3: model path" in text and "does not exist" in text
+    assert not out.exists()  # not three items failing one by one after the batch started

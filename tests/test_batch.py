@@ -545,3 +545,52 @@ def test_missing_sd_model_refused_up_front_once_per_model(photos, tmp_path):
     code, text = _batch(_write_table(photos / "sd.jsonl", rows), "-o", out, "--workers", "1")
     assert code == 2 and "rows 1, 2, 3: model path" in text and "does not exist" in text
     assert not out.exists()  # not three items failing one by one after the batch started
+
+
+def _live(procs: list) -> list:
+    import psutil
+
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_batch_process_stopped_or_killed_leaves_no_workers(photos, tmp_path, sig):
+    import psutil
+
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    (faults / "delay").write_text("4")
+    rows = [{"image": f"p{i}.png", "box": "30,20,80,70", "seed": 1} for i in range(3)]
+    jobs = _write_table(photos / f"stop{int(sig)}.jsonl", rows)
+    out = tmp_path / "ds"
+    env = dict(os.environ, PYTHONPATH=str(SRC), **{FAULT_ENV: str(faults)})
+    err = open(tmp_path / "stderr.txt", "wb")  # a file, not a pipe: orphaned workers would hold a pipe open
+    proc = subprocess.Popen([sys.executable, "-m", "crispedit.cli", "batch", str(jobs), "-o", str(out), "--workers",
+                             "2"], env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    err.close()
+    deadline = time.time() + 120
+    workers: list = []
+    while time.time() < deadline and len(workers) < 2 and proc.poll() is None:
+        workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if "spawn_main" in " ".join(c.cmdline())]
+        time.sleep(0.1)
+    assert len(workers) == 2, "the pool did not start"
+    os.kill(proc.pid, sig)  # the batch process only, as a job scheduler or the OOM killer would
+    try:
+        proc.wait(timeout=120)
+        if sig == signal.SIGTERM:  # stopped like Ctrl-C: finished items kept
+            assert proc.returncode == 130, (tmp_path / "stderr.txt").read_text()
+        deadline = time.time() + 60
+        while time.time() < deadline and _live(workers):
+            time.sleep(0.2)
+        assert not _live(workers), "worker processes outlived the batch"
+    finally:
+        for p in _live(workers):
+            p.kill()

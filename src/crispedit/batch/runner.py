@@ -79,8 +79,26 @@ def _local_gpus() -> int:
         return 0
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this worker when the batch process dies (``prctl(PR_SET_PDEATHSIG)``), so a
+    driver killed outright (SIGKILL, out of memory) leaves no worker waiting forever; elsewhere a no-op."""
+    if not os.uname().sysname == "Linux":
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - no prctl: keep the default
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _init_worker(threads: int) -> None:
-    """Per worker: share the cores between the workers (OpenCV and torch thread pools)."""
+    """Per worker: die with the batch process; share the cores between the workers (OpenCV and torch pools)."""
+    _die_with_parent()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
     try:
@@ -270,11 +288,28 @@ def run_ray(items: list[Item], address: Optional[str], workers: Optional[int], o
             ray.shutdown()
 
 
+def _sigterm_interrupts() -> Any:
+    """While a batch runs in the main thread, SIGTERM (a job scheduler stopping it, ``kill PID``) stops it as
+    Ctrl-C does: tasks cancelled, the pool shut down, finished items kept. Returns the handler to restore (None
+    when not the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
 def run_items(items: list[Item], *, workers: Optional[int] = None, ray_address: Optional[str] = None,
               use_ray: bool = False, on_record: Optional[OnRecord] = None) -> BatchResult:
     """Run the items not yet complete (locally or on Ray) and return counts; records go to ``on_record`` too.
 
-    ``KeyboardInterrupt`` stops the run (pending tasks cancelled, pool shut down) and sets ``interrupted``.
+    ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM while running in the main thread) stops the run (pending tasks
+    cancelled, pool shut down) and sets ``interrupted``.
     """
     t0 = time.perf_counter()
     todo = [it for it in items if not is_complete(it.spec)]
@@ -289,6 +324,7 @@ def run_items(items: list[Item], *, workers: Optional[int] = None, ray_address: 
         if on_record is not None:
             on_record(rec)
 
+    previous = _sigterm_interrupts()
     try:
         if todo and use_ray:
             res.workers = run_ray(todo, ray_address, workers, record)
@@ -297,5 +333,10 @@ def run_items(items: list[Item], *, workers: Optional[int] = None, ray_address: 
             run_local(todo, res.workers, record)
     except KeyboardInterrupt:
         res.interrupted = True
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
     res.seconds = time.perf_counter() - t0
     return res

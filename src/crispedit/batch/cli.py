@@ -1,7 +1,8 @@
 """``crispedit batch``: a job table to a dataset, with a live progress bar; registered by ``crispedit.cli``.
 
 Exit codes: 0 every item done, 1 some item failed (each recorded, the batch went on), 2 a problem in the table or
-options (all rows listed, nothing run), 130 interrupted (what finished is kept; rerun to resume).
+options (all rows listed, nothing run), 130 interrupted by Ctrl-C or SIGTERM (what finished is kept; rerun to
+resume).
 """
 
 from __future__ import annotations

@@ -168,6 +168,8 @@ def test_corrupt_item_recorded_batch_goes_on(photos, tmp_path):
     assert code == 2 and "--resume" in text
     code, text = _batch(other, "-o", out, "--resume", "--json")
     assert code == 1 and '"skipped": 1' in text  # the dataset still holds the two failed items
+    card = (out / "README.md").read_text()
+    assert "corrupt.jsonl`" in card and "other.jsonl`" in card  # the card names every table of the dataset
 
 
 def test_local_worker_killed_mid_item_exactly_once(photos, local_run, tmp_path, monkeypatch):
@@ -206,6 +208,8 @@ def test_sigint_then_resume_redoes_nothing(photos, local_run, tmp_path):
     assert proc.returncode == 130, stderr.decode()
     first = {p.name: p.stat().st_mtime_ns for p in (out / "records").glob("*.json")}
     assert 1 <= len(first) < 4
+    assert f": {len(first)} ok, 0 failed" in stderr.decode()  # items finished during the shutdown are counted
+    assert f"{len(first)}/4 item(s) done" in " ".join(stderr.decode().split())
     assert not [p for p in out.rglob(".*.tmp")]
     (faults / "delay").unlink()
     res = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, timeout=300)
@@ -314,3 +318,279 @@ def test_ray_flag_address_is_optional():
     assert expand_ray_flag(["batch", "j.csv", "--ray", "ray://head:10001"])[-1] == "ray://head:10001"
     assert expand_ray_flag(["batch", "j.csv", "--ray", "10.0.0.5:6379"])[-1] == "10.0.0.5:6379"
     assert expand_ray_flag(["edit", "--ray"]) == ["edit", "--ray"]
+    for table in ("/data/local/jobs.csv", "auto_jobs.csv"):  # a table path is not an address
+        assert expand_ray_flag(["batch", "--ray", table, "-o", "d"])[:4] == ["batch", "--ray", "local", table]
+    assert expand_ray_flag(["batch", "j.csv", "--ray", "auto"])[-1] == "auto"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a demanding user's tables and reruns
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_csv_with_bom_any_case_headers_and_quoted_commas(photos, tmp_path):
+    from crispedit.batch.table import plan_items
+
+    jobs = photos / "excel.csv"  # as Excel writes it: BOM, capitalised headers, commas inside quoted cells
+    jobs.write_bytes('\ufeffImage,Box,Prompt,Negative Prompt,Seed\r\n'
+                     'p0.png,"30,20,80,70","a cat, sitting","blurry, dark",4\r\n'.encode("utf-8"))
+    [item] = plan_items(jobs, tmp_path)
+    args = item.spec["args"]
+    assert args["prompt"] == "a cat, sitting" and args["negative_prompt"] == "blurry, dark"
+    assert args["box"] == "30,20,80,70" and args["seed"] == 4
+
+
+def test_yaml_mapping_instead_of_list_says_how_to_fix(photos, tmp_path):
+    from crispedit.batch.table import plan_items
+    from crispedit.errors import InputError
+
+    jobs = photos / "one.yaml"
+    jobs.write_text("image: p0.png\nbox: 30,20,80,70\n")
+    with pytest.raises(InputError) as exc:
+        plan_items(jobs, tmp_path)
+    assert "mapping (image, box)" in exc.value.problem and "`- `" in exc.value.fix
+
+
+def test_repeated_rows_reported_and_json_stdout_only(photos, tmp_path):
+    row = {"image": "p0.png", "box": "30,20,80,70", "seed": 9}
+    jobs = _write_table(photos / "dups.jsonl", [row, dict(row, image="./p0.png"), dict(row, seed=8), row])
+    res = CliRunner().invoke(app, ["batch", str(jobs), "-o", str(tmp_path / "ds"), "--workers", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)  # stdout is the JSON document and nothing else
+    assert summary["total"] == 2 and summary["ok"] == 2 and summary["duplicate_rows"] == {"1": [2, 4]}
+    assert "rows 2, 4 = row 1" in res.stderr
+    assert len((tmp_path / "ds" / "records.jsonl").read_text().splitlines()) == 2
+
+
+def test_ctrl_c_while_planning_exits_130(photos, tmp_path, monkeypatch):
+    from crispedit.batch import api
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "plan_items", interrupted)
+    code, text = _batch(photos / "jobs.jsonl", "-o", tmp_path / "ds")
+    assert code == 130 and "interrupted" in text and "Aborted" not in text
+
+
+def test_edited_row_redoes_only_that_item_and_reverting_restores_it(photos, tmp_path):
+    rows = [{"image": "p0.png", "box": "30,20,80,70", "seed": 1}, {"image": "p1.png", "box": "30,20,80,70", "seed": 1}]
+    jobs = _write_table(photos / "edited.jsonl", rows)
+    out = tmp_path / "ds"
+
+    def run() -> dict:
+        res = CliRunner().invoke(app, ["batch", str(jobs), "-o", str(out), "--workers", "1", "--json"])
+        assert res.exit_code == 0, res.output  # the same table, edited: a rerun, no --resume needed
+        return json.loads(res.stdout)
+
+    run()
+    first = read_jsonl(out / "records.jsonl")
+    _write_table(jobs, [rows[0], dict(rows[1], seed=2)])
+    summary = run()
+    assert summary["ok"] == 1 and summary["skipped"] == 1  # only the changed row redone
+    recs = read_jsonl(out / "records.jsonl")
+    assert sorted(r["seeds"]["edit"] for r in recs) == [1, 2] and summary["dataset"]["items"] == 2
+    assert len(list((out / "edits").iterdir())) == 2 == len(list((out / "masks").iterdir()))
+    old = next(r for r in first if r["row"] == 2)
+    assert (out / "superseded" / old["outputs"]["edit"]["path"]).is_file()
+    assert "`superseded/`: 1 item(s)" in (out / "README.md").read_text()
+    _write_table(jobs, rows)  # reverting the row brings the earlier item back instead of redoing it
+    summary = run()
+    assert summary["ok"] == 0 and summary["skipped"] == 2
+    assert sorted(r["key"] for r in read_jsonl(out / "records.jsonl")) == sorted(r["key"] for r in first)
+
+
+def test_rows_the_edit_workflow_would_reject_are_caught_up_front(photos, tmp_path):
+    from crispedit.batch.table import BatchTableError, plan_items
+
+    rows = [{"image": "p0.png", "box": "30,20,80,70"},
+            {"image": "p0.png", "box": "80,70,30,20"},  # reversed corners: the MaskFromShape node refuses it
+            {"image": "p0.png", "box": "30,20,80,70", "engine": "classicl"}]
+    with pytest.raises(BatchTableError) as exc:
+        plan_items(_write_table(photos / "late.jsonl", rows), tmp_path)
+    msgs = exc.value.messages
+    assert len(msgs) == 2 and msgs[0].startswith("row 2 (line 2): ") and "x0 < x1" in msgs[0]
+    assert msgs[1].startswith("row 3 (line 3): unknown engine 'classicl'") and "did you mean 'classical'" in msgs[1]
+
+
+def test_assemble_keeps_items_of_a_table_added_by_a_concurrent_run(tmp_path):
+    from crispedit.batch.dataset import assemble, prepare_outdir
+    from crispedit.batch.worker import write_json_atomic
+
+    out = tmp_path / "ds"
+    run_a = prepare_outdir(out, {"jobs": "/a.jsonl", "jobs_blake2b": "a"}, False, ["ka"])
+    prepare_outdir(out, {"jobs": "/b.jsonl", "jobs_blake2b": "b"}, True, ["kb"])  # started while A runs
+    for key, row in (("ka", 1), ("kb", 1), ("old", 2)):
+        write_json_atomic(out / "records" / f"{key}.json", {"key": key, "row": row, "status": "ok", "outputs": {}})
+    summary = assemble(out, run_a)  # A finishes with its own (older) manifest in memory
+    assert summary["items"] == 2 and summary["superseded"] == 1
+    assert sorted(r["key"] for r in read_jsonl(out / "records.jsonl")) == ["ka", "kb"]
+    assert (out / "superseded" / "records" / "old.json").is_file()
+
+
+def test_box_checked_against_the_exif_rotated_size(photos, tmp_path):
+    from crispedit.batch.table import plan_items
+
+    im = Image.fromarray((photo_like(64, 80, seed=7) * 255 + 0.5).astype(np.uint8))
+    exif = im.getexif()
+    exif[0x0112] = 6  # stored 80x64, shown (and edited by `crispedit edit`) as 64x80
+    im.save(photos / "portrait.jpg", exif=exif.tobytes())
+    jobs = _write_table(photos / "rot.jsonl", [{"image": "portrait.jpg", "box": "10,70,60,78", "seed": 1}])
+    [item] = plan_items(jobs, tmp_path)  # y 70..78 lies inside the 80 px tall image as shown
+    assert item.spec["size"] == [64, 80]
+
+
+def test_table_encodings_utf16_read_cp1252_refused_clearly(photos, tmp_path):
+    from crispedit.batch.table import plan_items
+    from crispedit.errors import InputError
+
+    text = 'image\tbox\tprompt\np0.png\t30,20,80,70\tcafé au lait\n'
+    (photos / "unicode.tsv").write_bytes(text.encode("utf-16"))  # Excel's "Unicode text": UTF-16 with a BOM
+    [item] = plan_items(photos / "unicode.tsv", tmp_path)
+    assert item.spec["args"]["prompt"] == "café au lait"
+    (photos / "ansi.tsv").write_bytes(text.encode("cp1252"))
+    with pytest.raises(InputError) as exc:  # not a UnicodeDecodeError traceback
+        plan_items(photos / "ansi.tsv", tmp_path)
+    assert "line 2 is not UTF-8" in exc.value.problem and "0xe9" in exc.value.problem
+
+
+def test_csv_repeated_column_and_oversized_cell_are_input_errors(photos, tmp_path):
+    from crispedit.batch.table import plan_items
+    from crispedit.errors import InputError
+
+    (photos / "twice.csv").write_text('image,box,Image\np0.png,"30,20,80,70",p1.png\n')
+    with pytest.raises(InputError, match="image appear more than once"):
+        plan_items(photos / "twice.csv", tmp_path)  # not silently the last 'image' column
+    (photos / "huge.csv").write_text('image,box,prompt\np0.png,"30,20,80,70",' + "a" * 200_000 + "\n")
+    with pytest.raises(InputError, match="line 2 is not valid CSV"):
+        plan_items(photos / "huge.csv", tmp_path)
+
+
+def test_card_counts_items_not_run_yet_after_an_interruption(tmp_path):
+    from crispedit.batch.dataset import assemble, prepare_outdir
+    from crispedit.batch.worker import write_json_atomic
+
+    out = tmp_path / "ds"
+    manifest = prepare_outdir(out, {"jobs": "/t.jsonl", "jobs_blake2b": "t"}, False, ["k1", "k2", "k3"])
+    write_json_atomic(out / "records" / "k1.json", {"key": "k1", "row": 1, "status": "ok", "outputs": {}})
+    summary = assemble(out, manifest)  # what an interrupted run assembles
+    assert (summary["items"], summary["ok"], summary["failed"], summary["pending"]) == (3, 1, 0, 2)
+    assert "items: **3** — done: 1, failed: 0, not run yet: 2" in (out / "README.md").read_text()
+    assert len((out / "records.jsonl").read_text().splitlines()) == 1
+
+
+def test_unreachable_ray_address_is_an_input_error_fast(monkeypatch):
+    import socket
+
+    from crispedit.batch.runner import _ray_init
+    from crispedit.errors import InputError
+
+    ray = pytest.importorskip("ray")
+
+    def no_cluster(*a, **k):
+        raise ConnectionError("Could not find any running Ray instance.")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh `crispedit batch` process
+    monkeypatch.setattr(ray, "init", no_cluster)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(InputError, match="cannot reach the Ray cluster"):
+        _ray_init(f"ray://127.0.0.1:{port}", None)  # instead of Ray retrying for minutes
+    with pytest.raises(InputError, match="cannot connect to the Ray cluster at auto"):
+        _ray_init("auto", None)  # not a ConnectionError traceback with exit 1
+
+
+def test_csv_prompt_list_written_as_in_yaml(photos, tmp_path):
+    from crispedit.batch.table import BatchTableError, plan_items
+
+    jobs = photos / "yamlish.csv"
+    jobs.write_text('image,box,prompt\np0.png,"30,20,80,70","[a red car, a blue car]"\n')
+    [item] = plan_items(jobs, tmp_path)  # two prompt variants, not the literal text "[a red car, a blue car]"
+    assert item.spec["args"]["prompt_variants"] == ["a red car", "a blue car"]
+    jobs.write_text('image,box,prompt\np0.png,"30,20,80,70","[a red car, [oops]"\n')
+    with pytest.raises(BatchTableError) as exc:
+        plan_items(jobs, tmp_path)
+    assert exc.value.messages[0].startswith("row 1 (line 2): column 'prompt': prompt looks like a list")
+
+
+def test_outdir_that_cannot_be_created_is_an_input_error(photos, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    jobs = _write_table(photos / "one.jsonl", [{"image": "p0.png", "box": "30,20,80,70"}])
+    code, text = _batch(jobs, "-o", blocker / "ds")  # a file where a parent folder should be
+    assert code == 2 and "cannot create the dataset folder" in text and "Traceback" not in text
+
+
+@pytest.mark.slow
+def test_item_that_always_kills_its_worker_is_failed_alone(photos, tmp_path, monkeypatch):
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    (faults / "crash-1").touch()  # row 1 kills its worker at every attempt
+    (faults / "delay-2").write_text("4")  # row 2 is still running each time row 1 breaks the pool
+    monkeypatch.setenv(FAULT_ENV, str(faults))
+    rows = [{"image": "p0.png", "box": "30,20,80,70", "seed": 1}, {"image": "p1.png", "box": "30,20,80,70", "seed": 1}]
+    out = tmp_path / "ds"
+    code, text = _batch(_write_table(photos / "crash.jsonl", rows), "-o", out, "--workers", "2")
+    assert code == 1, text
+    recs = {r["row"]: r for r in read_jsonl(out / "records.jsonl")}
+    assert recs[1]["status"] == "failed" and "worker died 3 times" in recs[1]["error"]
+    assert recs[2]["status"] == "ok"  # not blamed for the crashes of the item beside it
+
+
+def test_missing_sd_model_refused_up_front_once_per_model(photos, tmp_path):
+    rows = [{"image": f"p{i}.png", "box": "30,20,80,70", "engine": "sd15", "model": str(tmp_path / "nope.safetensors")}
+            for i in range(3)]
+    out = tmp_path / "ds"
+    code, text = _batch(_write_table(photos / "sd.jsonl", rows), "-o", out, "--workers", "1")
+    assert code == 2 and "rows 1, 2, 3: model path" in text and "does not exist" in text
+    assert not out.exists()  # not three items failing one by one after the batch started
+
+
+def _live(procs: list) -> list:
+    import psutil
+
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_batch_process_stopped_or_killed_leaves_no_workers(photos, tmp_path, sig):
+    import psutil
+
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    (faults / "delay").write_text("4")
+    rows = [{"image": f"p{i}.png", "box": "30,20,80,70", "seed": 1} for i in range(3)]
+    jobs = _write_table(photos / f"stop{int(sig)}.jsonl", rows)
+    out = tmp_path / "ds"
+    env = dict(os.environ, PYTHONPATH=str(SRC), **{FAULT_ENV: str(faults)})
+    err = open(tmp_path / "stderr.txt", "wb")  # a file, not a pipe: orphaned workers would hold a pipe open
+    proc = subprocess.Popen([sys.executable, "-m", "crispedit.cli", "batch", str(jobs), "-o", str(out), "--workers",
+                             "2"], env=env, stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    err.close()
+    deadline = time.time() + 120
+    workers: list = []
+    while time.time() < deadline and len(workers) < 2 and proc.poll() is None:
+        workers = [c for c in psutil.Process(proc.pid).children(recursive=True) if "spawn_main" in " ".join(c.cmdline())]
+        time.sleep(0.1)
+    assert len(workers) == 2, "the pool did not start"
+    os.kill(proc.pid, sig)  # the batch process only, as a job scheduler or the OOM killer would
+    try:
+        proc.wait(timeout=120)
+        if sig == signal.SIGTERM:  # stopped like Ctrl-C: finished items kept
+            assert proc.returncode == 130, (tmp_path / "stderr.txt").read_text()
+        deadline = time.time() + 60
+        while time.time() < deadline and _live(workers):
+            time.sleep(0.2)
+        assert not _live(workers), "worker processes outlived the batch"
+    finally:
+        for p in _live(workers):
+            p.kill()

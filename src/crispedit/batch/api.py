@@ -7,7 +7,7 @@ from typing import Any, Callable, Optional, Union
 
 from crispedit.batch.dataset import assemble, copy_originals, load_hashes, prepare_outdir, remove_temporary, save_hashes
 from crispedit.batch.runner import BatchResult, run_items
-from crispedit.batch.table import Item, plan_items
+from crispedit.batch.table import BatchTableError, Item, plan_items
 
 PathLike = Union[str, Path]
 
@@ -52,10 +52,12 @@ def run_batch(jobs: PathLike, outdir: PathLike, *, workflow: Optional[PathLike] 
     if (outdir / "batch.json").is_file():
         load_hashes(outdir)  # a rerun stats its inputs instead of reading them all again
     items = plan_items(jobs, outdir, workflow=workflow, batch_seed=batch_seed, edit_format=edit_format)
+    if not use_ray or ray_address in (None, "", "local"):  # on a remote cluster the models live on its nodes
+        check_models(items, str(jobs))
     manifest = {"crispedit": _version(), "jobs": str(Path(jobs).resolve()), "jobs_blake2b": file_hash(jobs),
                 "workflow": str(Path(workflow).resolve()) if workflow else None, "format": edit_format,
                 "batch_seed": batch_seed, "items": len(items)}
-    prepare_outdir(outdir, manifest, resume)
+    manifest = prepare_outdir(outdir, manifest, resume, [it.key for it in items])
     save_hashes(outdir)
     if copy_inputs:
         copy_originals(items, outdir.resolve())
@@ -67,3 +69,36 @@ def run_batch(jobs: PathLike, outdir: PathLike, *, workflow: Optional[PathLike] 
     remove_temporary(outdir)  # the workers are gone: what a killed one was writing is garbage
     summary = assemble(outdir, manifest)
     return result, summary
+
+
+def check_models(items: list[Item], origin: str) -> None:
+    """Resolve the SD model of the edit items still to run, once per distinct model, before any work starts.
+
+    :func:`crispedit.engines.model_source.resolve_model` is cheap (no weights read, no network unless downloads
+    are allowed); a missing model would otherwise fail every one of its items, one by one.
+
+    Raises
+    ------
+    crispedit.batch.table.BatchTableError
+        One line per unusable model, naming the rows that use it.
+    """
+    from crispedit.batch.worker import is_complete
+    from crispedit.engines.model_source import resolve_model
+    from crispedit.errors import CrispEditError
+
+    groups: dict[tuple[Any, bool, bool], list[int]] = {}
+    for it in items:
+        if it.spec.get("mode") != "edit" or it.spec.get("engine") != "sd15" or is_complete(it.spec):
+            continue
+        a = it.spec["args"]
+        groups.setdefault((a.get("model"), bool(a.get("allow_pickle")), bool(a.get("allow_download"))),
+                          []).append(it.row)
+    problems = []
+    for (model, pickle, download), rows in groups.items():
+        try:
+            resolve_model(model, allow_pickle=pickle, allow_download=download)
+        except CrispEditError as exc:
+            more = f" (+{len(rows) - 10} more)" if len(rows) > 10 else ""
+            problems.append(f"row{'s' if len(rows) > 1 else ''} {', '.join(map(str, rows[:10]))}{more}: {exc}")
+    if problems:
+        raise BatchTableError(problems, origin)

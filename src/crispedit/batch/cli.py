@@ -1,7 +1,8 @@
 """``crispedit batch``: a job table to a dataset, with a live progress bar; registered by ``crispedit.cli``.
 
 Exit codes: 0 every item done, 1 some item failed (each recorded, the batch went on), 2 a problem in the table or
-options (all rows listed, nothing run), 130 interrupted (what finished is kept; rerun to resume).
+options (all rows listed, nothing run), 130 interrupted by Ctrl-C or SIGTERM (what finished is kept; rerun to
+resume).
 """
 
 from __future__ import annotations
@@ -29,8 +30,6 @@ from crispedit.errors import CrispEditError
 
 err = Console(stderr=True, highlight=False)
 
-_ADDRESS_HINTS = ("://", "auto", "local")
-
 
 def expand_ray_flag(argv: list[str]) -> list[str]:
     """Let ``--ray`` go without a value: ``batch ... --ray`` -> ``--ray local``.
@@ -45,7 +44,7 @@ def expand_ray_flag(argv: list[str]) -> list[str]:
         out.append(tok)
         if tok == "--ray":
             nxt = argv[i + 1] if i + 1 < len(argv) else None
-            looks = nxt is not None and (any(h in nxt for h in _ADDRESS_HINTS) or
+            looks = nxt is not None and (nxt in ("auto", "local") or "://" in nxt or
                                           (":" in nxt and nxt.rsplit(":", 1)[-1].isdigit()))
             if not looks:
                 out.append("local")
@@ -95,11 +94,18 @@ def batch_cmd(
     progress: Optional[Progress] = None
     task_id: Any = None
     failures: list[str] = []
+    duplicates: dict[int, list[int]] = {}
 
     def on_plan(items: list, skip: int) -> None:
         nonlocal progress, task_id
         mode = f"Ray ({ray})" if ray else "local"
         err.print(f"batch: {len(items)} item(s), {skip} already complete, running {len(items) - skip} ({mode})")
+        duplicates.update({it.row: it.duplicate_rows for it in items if it.duplicate_rows})
+        if duplicates:
+            same = "; ".join(f"row{'s' if len(d) > 1 else ''} {', '.join(map(str, d))} = row {r}" for r, d in list(duplicates.items())[:10])
+            more = f" (+{len(duplicates) - 10} more)" if len(duplicates) > 10 else ""
+            err.print(f"note: {sum(map(len, duplicates.values()))} row(s) repeat an earlier row (same image, "
+                      f"parameters and seed) and are done once: {same}{more}", soft_wrap=True)
         if live and len(items) - skip > 0:
             progress = Progress(TextColumn("[bold]batch[/bold]"), BarColumn(), MofNCompleteColumn(),
                                 ThroughputColumn(skip), TextColumn("{task.fields[failed]} failed"),
@@ -129,6 +135,11 @@ def batch_cmd(
             progress.stop()
         err.print(f"[bold red]error:[/bold red] {exc}", soft_wrap=True)
         raise typer.Exit(code=exc.exit_code) from None
+    except KeyboardInterrupt:  # while planning or assembling (the run itself returns `interrupted`)
+        if progress is not None:
+            progress.stop()
+        err.print("interrupted: finished items are kept; run the same command again to resume")
+        raise typer.Exit(code=130) from None
     finally:
         if progress is not None:
             progress.stop()
@@ -140,8 +151,8 @@ def batch_cmd(
               f"failed, {result.skipped} skipped{rate} ({result.runner}, {result.workers} worker(s)); dataset: "
               f"{summary['ok']}/{summary['items']} item(s) done, verdicts: {verdicts} -> {outdir}")
     if json_out:
-        typer.echo(json.dumps({**result.to_dict(), "dataset": summary, "outdir": str(outdir)}, indent=2,
-                              default=str))
+        typer.echo(json.dumps({**result.to_dict(), "duplicate_rows": {str(r): d for r, d in duplicates.items()},
+                               "dataset": summary, "outdir": str(outdir)}, indent=2, default=str))
     if result.interrupted:
         err.print("interrupted: finished items are kept; run the same command again to resume")
         raise typer.Exit(code=130)

@@ -11,6 +11,13 @@ Layout of OUTDIR::
     records.jsonl       all records, one line per item, assembled from records/ (sorted by row, one per key)
     README.md           the dataset card: counts, verdict histogram, engines and models, how to cite
     input-hashes.json   blake2b of the input files by (path, size, mtime, inode): a rerun does not read them again
+    superseded/         items no job table lists any more (a row was changed, or --seed / --format / the
+                        workflow): their record and files, same layout; moved back if a table lists them again
+
+``batch.json`` keeps, per job table (its resolved path), the keys of its items. Rerunning a table after editing
+some rows replaces that table's keys: the changed rows' new items are done, the others skipped, and the items of
+the rows as they were are moved to ``superseded/`` so that ``records.jsonl``, the card and ``edits/`` describe the
+tables as they are now.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from typing import Any, Optional
 from crispedit.errors import InputError
 
 FOLDERS = ("edits", "masks", "records")
+SUPERSEDED = "superseded"
 HASHES = "input-hashes.json"
 
 
@@ -43,8 +51,13 @@ def _atomic_text(path: Path, text: str) -> None:
             tmp.unlink()
 
 
-def prepare_outdir(outdir: Path, manifest: dict[str, Any], resume: bool) -> dict[str, Any]:
-    """Create OUTDIR's folders, check it belongs to this batch, remove temporary files a killed run left.
+def prepare_outdir(outdir: Path, manifest: dict[str, Any], resume: bool, keys: Optional[list[str]] = None
+                   ) -> dict[str, Any]:
+    """Create OUTDIR's folders, check it belongs to this batch, remove temporary files a killed run left, record
+    this table's item ``keys`` (and bring back any of them from ``superseded/``); returns the manifest written.
+
+    The same table (same resolved path), edited or not, always reruns into its OUTDIR; another table needs
+    ``resume``.
 
     Raises
     ------
@@ -64,19 +77,74 @@ def prepare_outdir(outdir: Path, manifest: dict[str, Any], resume: bool) -> dict
             old = json.loads(mpath.read_text(encoding="utf-8"))
         except ValueError:
             old = None
-        if old and old.get("jobs_blake2b") != manifest.get("jobs_blake2b") and not resume:
+        same_table = bool(old) and manifest.get("jobs") in (old.get("tables") or {old.get("jobs"): None})
+        if old and old.get("jobs_blake2b") != manifest.get("jobs_blake2b") and not same_table and not resume:
             raise InputError(f"{outdir} holds a batch of another job table ({old.get('jobs')})",
                              "pass --resume to add these items to that dataset, or choose another -o")
-    outdir.mkdir(parents=True, exist_ok=True)
-    for sub in FOLDERS:
-        (outdir / sub).mkdir(exist_ok=True)
-    removed = remove_temporary(outdir)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+        for sub in FOLDERS:
+            (outdir / sub).mkdir(exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the dataset folder -o {outdir}: {exc.strerror or exc}",
+                         "give a folder you can write to") from None
+    remove_temporary(outdir)
     runs = list((old or {}).get("runs", []))
     runs.append({"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "jobs": manifest.get("jobs"),
                  "jobs_blake2b": manifest.get("jobs_blake2b")})
-    data = dict(manifest, runs=runs[-50:])
+    if old and "tables" not in old:  # a dataset from before tables were tracked: keep everything it holds
+        tables = {"": [r["key"] for r in load_records(outdir)]}
+    else:
+        tables = dict((old or {}).get("tables") or {})
+    if keys is not None:
+        tables[str(manifest.get("jobs"))] = list(keys)
+        for key in keys:
+            _restore(outdir, key)
+    data = dict(manifest, runs=runs[-50:], tables=tables)
     _atomic_text(mpath, json.dumps(data, indent=1, sort_keys=True))
-    return {"stale_temporary_files_removed": removed, "resumed": old is not None}
+    return data
+
+
+def _item_files(outdir: Path, rec: dict[str, Any]) -> list[str]:
+    """Paths (relative to OUTDIR) of an item's files: its outputs and its copy in ``originals/``."""
+    rel = [str(ref["path"]) for ref in (rec.get("outputs") or {}).values()
+           if isinstance(ref, dict) and ref.get("path")]
+    rel += [f"originals/{p.name}" for p in (outdir / "originals").glob(f"{rec['key']}.*")]
+    return [r for r in rel if not Path(r).is_absolute() and ".." not in Path(r).parts]
+
+
+def _move(src: Path, dst: Path) -> None:
+    if src.is_file():
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dst)
+
+
+def _restore(outdir: Path, key: str) -> None:
+    """Move an item back from ``superseded/`` (files first, record last: it is complete only when all are back)."""
+    old = outdir / SUPERSEDED / "records" / f"{key}.json"
+    if not old.is_file() or (outdir / "records" / f"{key}.json").is_file():
+        return
+    try:
+        rec = json.loads(old.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    for rel in _item_files(outdir / SUPERSEDED, rec):
+        _move(outdir / SUPERSEDED / rel, outdir / rel)
+    _move(old, outdir / "records" / f"{key}.json")
+
+
+def supersede(outdir: Path, live: set[str]) -> int:
+    """Move the items whose key no table lists (``live``) to ``superseded/`` (record first: no longer complete);
+    returns how many. Call only while no worker writes into ``outdir``."""
+    n = 0
+    for rec in load_records(outdir):
+        if rec["key"] in live:
+            continue
+        _move(outdir / "records" / f"{rec['key']}.json", outdir / SUPERSEDED / "records" / f"{rec['key']}.json")
+        for rel in _item_files(outdir, rec):
+            _move(outdir / rel, outdir / SUPERSEDED / rel)
+        n += 1
+    return n
 
 
 def load_hashes(outdir: Path) -> int:
@@ -167,11 +235,26 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def assemble(outdir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Write ``records.jsonl`` and ``README.md`` from ``records/`` (atomically); return the dataset's summary."""
+    """Move items no table lists to ``superseded/``, write ``records.jsonl`` and ``README.md`` from ``records/``
+    (atomically); return the dataset's summary."""
     outdir = Path(outdir)
+    try:  # the tables on disk: another batch may have added its table to this OUTDIR (--resume) meanwhile
+        tables = json.loads((outdir / "batch.json").read_text(encoding="utf-8")).get("tables")
+    except (OSError, ValueError, AttributeError):
+        tables = None
+    tables = tables if isinstance(tables, dict) else manifest.get("tables")
+    live: Optional[set[str]] = None
+    if isinstance(tables, dict):
+        live = {k for keys in tables.values() for k in keys}
+        supersede(outdir, live)
+        manifest = dict(manifest, tables=tables)
     recs = load_records(outdir)
     _atomic_text(outdir / "records.jsonl", "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in recs))
     summary = summarize(recs)
+    # items the tables list but no record yet (an interrupted run): counted, so "done" reads against the whole
+    summary["pending"] = len(live - {r["key"] for r in recs}) if live is not None else 0
+    summary["items"] += summary["pending"]
+    summary["superseded"] = len(list((outdir / SUPERSEDED / "records").glob("*.json")))
     _atomic_text(outdir / "README.md", dataset_card(summary, manifest))
     return summary
 
@@ -208,19 +291,24 @@ def dataset_card(s: dict[str, Any], manifest: dict[str, Any]) -> str:
     size = (f"{s['min_size'][0]}x{s['min_size'][1]} to {s['max_size'][0]}x{s['max_size'][1]} px"
             if s.get("min_size") else "n/a")
     wf = f"with the workflow `{manifest.get('workflow')}` " if manifest.get("workflow") else ""
+    pending = (f", not run yet: {s['pending']} (interrupted: run the same command again to finish)"
+               if s.get("pending") else "")
+    superseded = (f"\n- `superseded/`: {s['superseded']} item(s) of earlier versions of the rows (a changed row, "
+                  "seed, format or workflow), same layout, not counted above." if s.get("superseded") else "")
+    jobs = ", ".join(f"`{t}`" for t in (manifest.get("tables") or {}) if t) or f"`{manifest.get('jobs')}`"
     models = f"### Models\n\n{_table(s['models'], 'model')}" if s["models"] else ""
     failures = (f"### Failures\n\n{_table(s['errors'], 'error')}\nFailed items have a record with `status: failed` "
                 "and the error; rerun the same command to retry them.\n") if s["failed"] else ""
     return f"""# crispedit batch dataset
 
-Made with `crispedit batch` (crispedit {manifest.get('crispedit')}) from `{manifest.get('jobs')}`
+Made with `crispedit batch` (crispedit {manifest.get('crispedit')}) from {jobs}
 {wf}on {time.strftime('%Y-%m-%d', time.gmtime())}.
 Every edit is full resolution ({size}, {s['megapixels']} Mpx in all), pasted back into the original: for masked
 edits the pixels outside the edit and its blend band are bit-identical to it.
 
 ## Counts
 
-- items: **{s['items']}** — done: {s['ok']}, failed: {s['failed']}
+- items: **{s['items']}** — done: {s['ok']}, failed: {s['failed']}{pending}
 - candidates judged: {s['candidates']}
 
 ### Quality verdict of the kept edits (crispedit's zoom-level gate)
@@ -244,7 +332,7 @@ edits the pixels outside the edit and its blend band are bit-identical to it.
   row gave it or it was derived with numpy `SeedSequence`), `engine`, `model`, `image` (size, bit depth),
   `outputs` (paths and hashes), `verdict`, `reasons`, `quality` (every metric of the gate), `candidates`
   (per candidate: seed, prompt, score, passed, status kept/passed/rejected, metrics), `timings`, `worker`.
-- `batch.json`: the manifest (job table and its hash, format, batch seed, runs).
+- `batch.json`: the manifest (job table and its hash, format, batch seed, runs, the item keys of each table).{superseded}
 
 ## How to cite
 

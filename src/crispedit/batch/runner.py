@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from crispedit.batch.table import Item
-from crispedit.batch.worker import failed_record, is_complete, run_item
+from crispedit.batch.worker import failed_record, is_complete, read_record, run_item
+from crispedit.errors import InputError
 
 MAX_ATTEMPTS = 3
 
@@ -78,8 +79,26 @@ def _local_gpus() -> int:
         return 0
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel SIGKILL this worker when the batch process dies (``prctl(PR_SET_PDEATHSIG)``), so a
+    driver killed outright (SIGKILL, out of memory) leaves no worker waiting forever; elsewhere a no-op."""
+    if not os.uname().sysname == "Linux":
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # pragma: no cover - no prctl: keep the default
+        return
+    if os.getppid() == 1:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _init_worker(threads: int) -> None:
-    """Per worker: share the cores between the workers (OpenCV and torch thread pools)."""
+    """Per worker: die with the batch process; share the cores between the workers (OpenCV and torch pools)."""
+    _die_with_parent()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(threads))
     try:
@@ -103,17 +122,19 @@ def run_local(items: list[Item], workers: int, on_record: OnRecord) -> None:
     -----
     Library: :class:`concurrent.futures.ProcessPoolExecutor` (``spawn`` context). A dead worker breaks the
     pool; the pool is restarted and the items without a complete record run again (exactly once in the
-    dataset because outputs are keyed and atomic); an item in a round that finishes nothing counts an attempt,
-    and after :data:`MAX_ATTEMPTS` it is recorded as failed.
+    dataset because outputs are keyed and atomic). After a round that finishes nothing, the items run one at a
+    time, in order, until the culprit is known: the first unfinished item then counts an attempt (the items
+    that were merely running beside it do not), and after :data:`MAX_ATTEMPTS` it is recorded as failed.
     """
     cores = os.cpu_count() or 1
     threads = max(1, cores // max(1, workers))
     pending = {it.key: it for it in items}
     attempts = {k: 0 for k in pending}
     ctx = mp.get_context("spawn")
+    isolate = False  # one worker: items run in submission order, so the first unfinished one killed the pool
     while pending:
         finished_this_round = 0
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx,
+        pool = ProcessPoolExecutor(max_workers=1 if isolate else min(workers, len(pending)), mp_context=ctx,
                                    initializer=_init_worker, initargs=(threads,))
         broken = False
         try:
@@ -135,6 +156,10 @@ def run_local(items: list[Item], workers: int, on_record: OnRecord) -> None:
                     on_record(rec)
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
+            for it in list(pending.values()):  # items that finished while the pool shut down count as done
+                rec = read_record(Path(it.spec["record"])) if is_complete(it.spec) else None
+                if rec is not None:
+                    on_record(rec)
             raise
         pool.shutdown(wait=True, cancel_futures=True)
         if not broken:
@@ -148,13 +173,17 @@ def run_local(items: list[Item], workers: int, on_record: OnRecord) -> None:
                 rec = json.loads(Path(spec["record"]).read_text(encoding="utf-8"))
                 on_record(rec)
                 finished_this_round += 1
-        if finished_this_round == 0:
-            for key in list(pending):
-                attempts[key] += 1
-                if attempts[key] >= MAX_ATTEMPTS:
-                    it = pending.pop(key)
-                    on_record(failed_record(it.spec, f"the worker died {MAX_ATTEMPTS} times on this item "
-                                                     "(out of memory? a crash in a library?)"))
+        if finished_this_round == 0 and pending:
+            if not isolate and len(pending) > 1:
+                isolate = True  # several items were running: find which one kills the worker
+                continue
+            key = next(iter(pending))
+            attempts[key] += 1
+            if attempts[key] >= MAX_ATTEMPTS:
+                it = pending.pop(key)
+                on_record(failed_record(it.spec, f"the worker died {MAX_ATTEMPTS} times on this item "
+                                                 "(out of memory? a crash in a library?)"))
+                isolate = False
 
 
 def _ray_init(address: Optional[str], workers: Optional[int]) -> bool:
@@ -168,9 +197,36 @@ def _ray_init(address: Optional[str], workers: Optional[int]) -> bool:
     env = {"env_vars": {"PYTHONPATH": os.environ["PYTHONPATH"]}} if os.environ.get("PYTHONPATH") else None
     if address in (None, "", "local"):
         ray.init(num_cpus=workers, object_store_memory=200 * 2**20, **kw)
-    else:
+        return True
+    check_reachable(address)
+    try:
         ray.init(address=address, runtime_env=env, **kw)
+    except (ConnectionError, TimeoutError, ValueError) as exc:  # e.g. `auto` with no cluster running here
+        raise InputError(f"cannot connect to the Ray cluster at {address}: {str(exc).strip().splitlines()[0]}",
+                         "start one (`ray start --head`) or check the address; `--ray` alone starts a local "
+                         "cluster") from None
     return True
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a ``host:port`` / ``ray://host:port`` nobody listens on (:func:`ray.init` retries for minutes).
+
+    Raises
+    ------
+    crispedit.errors.InputError
+        The TCP connection to the address is refused or times out (``timeout`` seconds).
+    """
+    import socket
+
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        return  # `auto` and other forms: left to Ray
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise InputError(f"cannot reach the Ray cluster at {address} ({exc.strerror or exc})",
+                         "start it (`ray start --head`) or check the address; `--ray` alone starts a local "
+                         "cluster") from None
 
 
 def run_ray(items: list[Item], address: Optional[str], workers: Optional[int], on_record: OnRecord) -> int:
@@ -232,11 +288,28 @@ def run_ray(items: list[Item], address: Optional[str], workers: Optional[int], o
             ray.shutdown()
 
 
+def _sigterm_interrupts() -> Any:
+    """While a batch runs in the main thread, SIGTERM (a job scheduler stopping it, ``kill PID``) stops it as
+    Ctrl-C does: tasks cancelled, the pool shut down, finished items kept. Returns the handler to restore (None
+    when not the main thread)."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
 def run_items(items: list[Item], *, workers: Optional[int] = None, ray_address: Optional[str] = None,
               use_ray: bool = False, on_record: Optional[OnRecord] = None) -> BatchResult:
     """Run the items not yet complete (locally or on Ray) and return counts; records go to ``on_record`` too.
 
-    ``KeyboardInterrupt`` stops the run (pending tasks cancelled, pool shut down) and sets ``interrupted``.
+    ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM while running in the main thread) stops the run (pending tasks
+    cancelled, pool shut down) and sets ``interrupted``.
     """
     t0 = time.perf_counter()
     todo = [it for it in items if not is_complete(it.spec)]
@@ -251,6 +324,7 @@ def run_items(items: list[Item], *, workers: Optional[int] = None, ray_address: 
         if on_record is not None:
             on_record(rec)
 
+    previous = _sigterm_interrupts()
     try:
         if todo and use_ray:
             res.workers = run_ray(todo, ray_address, workers, record)
@@ -259,5 +333,10 @@ def run_items(items: list[Item], *, workers: Optional[int] = None, ray_address: 
             run_local(todo, res.workers, record)
     except KeyboardInterrupt:
         res.interrupted = True
+    finally:
+        if previous is not None:
+            import signal
+
+            signal.signal(signal.SIGTERM, previous)
     res.seconds = time.perf_counter() - t0
     return res

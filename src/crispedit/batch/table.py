@@ -82,12 +82,21 @@ class EditRow(BaseModel):
     @field_validator("prompt", mode="before")
     @classmethod
     def _prompt_list(cls, v: Any) -> Any:
-        if isinstance(v, str) and v.strip().startswith("["):
+        if isinstance(v, str) and v.strip().startswith("[") and v.strip().endswith("]"):
             try:
-                parsed = json.loads(v)
+                return json.loads(v)
             except ValueError:
-                return v
-            return parsed
+                pass
+            import yaml  # a CSV cell written as in YAML: [a red car, a blue car]
+
+            try:
+                parsed = yaml.safe_load(v)
+            except yaml.YAMLError:
+                parsed = None
+            if not isinstance(parsed, list) or any(isinstance(x, (list, dict)) for x in parsed):
+                raise ValueError("prompt looks like a list but is not one: write [\"a\", \"b\"] or [a, b] (a "
+                                 "prompt that is itself in brackets: [\"[...]\"])")
+            return [str(p) for p in parsed]
         return v
 
     @model_validator(mode="after")
@@ -118,6 +127,8 @@ class Item:
     key: str
     spec: dict[str, Any]
     resources: dict[str, Any] = field(default_factory=dict)
+    #: Later rows identical to this one (same key: same inputs, parameters and seed): planned once, run once.
+    duplicate_rows: list[int] = field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -127,6 +138,45 @@ class Item:
 
 def _empty(v: Any) -> bool:
     return v is None or (isinstance(v, str) and v.strip() == "")
+
+
+def column_name(name: Any) -> str:
+    """A header as a column name: edit options are matched case-insensitively, with ``-`` or spaces as ``_``
+    (``Negative Prompt`` -> ``negative_prompt``); ``node.param`` overrides are kept as written (node names are
+    case-sensitive)."""
+    text = str(name).strip()
+    if "." in text:
+        return text
+    return "_".join(text.lower().replace("-", " ").split())
+
+
+def _decode(path: Path) -> str:
+    """The table's text: UTF-8 (a BOM allowed), or UTF-16 / UTF-32 when a BOM says so (Excel's "Unicode text").
+
+    Raises
+    ------
+    crispedit.errors.InputError
+        Bytes that are not UTF-8 (e.g. a table saved as Windows-1252), with the line and byte named: guessing
+        the encoding could silently change prompts and paths.
+    """
+    import codecs
+
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"cannot read the job table {path}: {exc.strerror or exc}", "check the file") from None
+    for bom, enc in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                     (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            break
+    else:
+        enc = "utf-8"
+    try:
+        return data.decode(enc)
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise InputError(f"{path}: line {line} is not {enc.upper().removesuffix('-SIG')} text (byte "
+                         f"0x{data[exc.start]:02x})", "save the table as UTF-8 (Excel: 'CSV UTF-8')") from None
 
 
 def read_table(path: Union[str, Path]) -> list[tuple[int, dict[str, Any]]]:
@@ -146,7 +196,7 @@ def read_table(path: Union[str, Path]) -> list[tuple[int, dict[str, Any]]]:
     if not p.is_file():
         raise InputError(f"job table not found: {p}", "give a .jsonl, .csv or .yaml file, one row per item")
     ext = p.suffix.lower()
-    text = p.read_text(encoding="utf-8-sig")
+    text = _decode(p)
     rows: list[tuple[int, dict[str, Any]]] = []
     if ext in (".jsonl", ".ndjson"):
         for i, line in enumerate(text.splitlines(), 1):
@@ -162,10 +212,19 @@ def read_table(path: Union[str, Path]) -> list[tuple[int, dict[str, Any]]]:
     elif ext in (".csv", ".tsv"):
         reader = csv.reader(io.StringIO(text), delimiter="\t" if ext == ".tsv" else ",")
         header: Optional[list[str]] = None
-        for rec in reader:
-            lineno = reader.line_num
+        try:
+            records = [(reader.line_num, rec) for rec in reader]
+        except csv.Error as exc:
+            raise InputError(f"{p}: line {reader.line_num} is not valid CSV ({exc})",
+                             "check the quoting of that line (a cell over 128 KiB is refused)") from None
+        for lineno, rec in records:
             if header is None:
                 header = [h.strip() for h in rec]
+                names = [column_name(h) for h in header if h]
+                twice = sorted({h for h in names if names.count(h) > 1})
+                if twice:
+                    raise InputError(f"{p}: column(s) {', '.join(twice)} appear more than once in the header",
+                                     "keep one column of each name")
                 continue
             if not any(c.strip() for c in rec):
                 continue
@@ -182,6 +241,10 @@ def read_table(path: Union[str, Path]) -> list[tuple[int, dict[str, Any]]]:
             raise InputError(f"{p}: not valid YAML ({exc})", "write a list of mappings, one per item") from None
         if isinstance(data, dict) and isinstance(data.get("items"), list):
             data = data["items"]
+        if isinstance(data, dict):
+            raise InputError(f"{p}: the top level is a mapping ({', '.join(map(str, list(data)[:4]))}), not a list "
+                             "of rows", "start each row with `- ` (`- {image: a.jpg, box: ...}`), or list the rows "
+                             "under `items:`")
         if not isinstance(data, list):
             raise InputError(f"{p}: expected a list of rows", "write `- {image: a.jpg, box: ...}` per item")
         for i, obj in enumerate(data, 1):
@@ -192,8 +255,7 @@ def read_table(path: Union[str, Path]) -> list[tuple[int, dict[str, Any]]]:
         raise InputError(f"cannot read job table '{ext or p.name}'", "use a .jsonl, .csv or .yaml file")
     out = []
     for lineno, obj in rows:
-        clean = {str(k).strip().replace("-", "_") if "." not in str(k) else str(k).strip(): v
-                 for k, v in obj.items() if not _empty(v)}
+        clean = {column_name(k): v for k, v in obj.items() if not _empty(v)}
         out.append((lineno, clean))
     if not out:
         raise InputError(f"{p}: the table has no rows", "add one row per item")
@@ -226,12 +288,14 @@ def derive_seed(batch_seed: int, content: str, occurrence: int) -> int:
 
 
 def image_size(path: Union[str, Path]) -> Optional[tuple[int, int]]:
-    """(width, height) from the file header (no decode), or None when unreadable."""
+    """(width, height) as ``crispedit edit`` sees the image: from the file header (no decode), swapped when the
+    EXIF orientation turns it by 90 degrees (5-8), as the loader applies it; None when unreadable."""
     try:
         from PIL import Image
 
         with Image.open(path) as im:
-            return im.size
+            w, h = im.size
+            return (h, w) if im.getexif().get(0x0112) in (5, 6, 7, 8) else (w, h)
     except Exception:  # noqa: BLE001 - a corrupt file fails later, inside its item, and is recorded there
         return None
 
@@ -279,7 +343,7 @@ def _pydantic_messages(exc: ValidationError, where: str) -> list[str]:
         if e.get("type") == "extra_forbidden":
             msgs.append(f"{where}: unknown column '{loc}'{did_you_mean(loc, EDIT_COLUMNS)}")
         elif loc:
-            msgs.append(f"{where}: column '{loc}': {msg}")
+            msgs.append(f"{where}: column '{loc}': {msg.removeprefix('Value error, ')}")
         else:
             msgs.append(f"{where}: {msg.removeprefix('Value error, ')}")
     return msgs
@@ -300,7 +364,8 @@ def plan_items(jobs: Union[str, Path], outdir: Union[str, Path], *, workflow: Op
     Returns
     -------
     list of Item
-        In table order; rows identical to an earlier one (same key) are dropped with no work lost.
+        In table order; a row identical to an earlier one (same key) is not planned again, its number is added to
+        the earlier item's ``duplicate_rows``.
 
     Raises
     ------
@@ -344,8 +409,9 @@ def plan_items(jobs: Union[str, Path], outdir: Union[str, Path], *, workflow: Op
             spec = _with_seed(spec, derive_seed(batch_seed, content, occ))
         key = digest({"content": content, "seeds": spec.get("seeds"), "format": edit_format}, 16)
         if key in seen:
+            items[seen[key]].duplicate_rows.append(n)
             continue
-        seen[key] = n
+        seen[key] = len(items)
         spec = dict(spec, key=key, row=n, outdir=str(outdir), format=edit_format,
                     edit=str(outdir / "edits" / f"{key}.{edit_format}"),
                     mask_out=str(outdir / "masks" / f"{key}.png"),
@@ -406,9 +472,21 @@ def _plan_edit_row(row: EditRow, base: Path, where: str, errors: list[str]
                     parse_box(args[shape], size)
                 except InputError as exc:
                     problems.append(f"{where}: {shape}: {exc.problem}")
+    if row.engine not in ("classical", "sd15"):  # the built-in names need no import (sd15 would pull in torch)
+        from crispedit.engines.base import engine_names
+        from crispedit.workflow.nodes import did_you_mean
+
+        names = engine_names()
+        if row.engine not in names:
+            problems.append(f"{where}: unknown engine '{row.engine}'{did_you_mean(row.engine, names)} "
+                            f"(choose one of: {', '.join(names)})")
     if not problems:
+        from crispedit.workflow.schema import WorkflowError, load_workflow
+
         try:  # the same checks `crispedit edit` makes, on the workflow it would run
-            builtin.edit_workflow(image=image, output=base / "x.png", mask=mask, **args)
+            load_workflow(builtin.edit_workflow(image=image, output=base / "x.png", mask=mask, **args), base_dir=base)
+        except WorkflowError as exc:
+            problems.extend(f"{where}: {m}" for m in exc.messages)
         except InputError as exc:
             problems.append(f"{where}: {exc}")
     if problems:

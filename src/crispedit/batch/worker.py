@@ -20,8 +20,9 @@ from pathlib import Path
 from typing import Any, Optional
 
 #: Set to a folder to inject faults (tests): a file ``kill-<row>`` there makes the worker SIGKILL itself in the
-#: middle of that row's item (after the edit is written, before its record), once; ``delay`` holds seconds to
-#: sleep at the start of every item.
+#: middle of that row's item (after the edit is written, before its record), once; ``crash-<row>``: at the start
+#: of that row's item, every time; ``delay`` (``delay-<row>``) holds seconds to sleep at the start of every item
+#: (of that row).
 FAULT_ENV = "CRISPEDIT_BATCH_FAULTS"
 
 
@@ -46,9 +47,13 @@ def _fault(stage: str, row: int) -> None:
         return
     d = Path(folder)
     if stage == "start":
-        delay = d / "delay"
-        if delay.is_file():
-            time.sleep(float(delay.read_text().strip() or 0))
+        if (d / f"crash-{row}").is_file():
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        for delay in (d / "delay", d / f"delay-{row}"):
+            if delay.is_file():
+                time.sleep(float(delay.read_text().strip() or 0))
         return
     marker = d / f"kill-{row}"
     try:

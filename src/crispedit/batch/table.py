@@ -100,7 +100,7 @@ class EditRow(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _one_area(self) -> "EditRow":
+    def _one_area(self) -> EditRow:
         given = [n for n in ("mask", "box", "ellipse") if getattr(self, n) is not None]
         if len(given) > 1:
             raise ValueError(f"give only one of {', '.join(given)}")
@@ -165,7 +165,7 @@ def _decode(path: Path) -> str:
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"cannot read the job table {path}: {exc.strerror or exc}", "check the file") from None
-    for bom, enc in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+    for bom, enc in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),  # noqa: B007 - used after the loop
                      (codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
         if data.startswith(bom):
             break
@@ -179,7 +179,7 @@ def _decode(path: Path) -> str:
                          f"0x{data[exc.start]:02x})", "save the table as UTF-8 (Excel: 'CSV UTF-8')") from None
 
 
-def read_table(path: Union[str, Path]) -> list[tuple[int, dict[str, Any]]]:
+def read_table(path: Union[str, Path]) -> list[tuple[int, dict[str, Any]]]:  # noqa: C901 - to be split (issue 12)
     """Rows of a JSONL (``.jsonl``/``.ndjson``), CSV (``.csv``/``.tsv``) or YAML (``.yaml``/``.yml``) table.
 
     Returns
@@ -432,7 +432,7 @@ def _with_seed(spec: dict[str, Any], seed: int) -> dict[str, Any]:
     return spec
 
 
-def _plan_edit_row(row: EditRow, base: Path, where: str, errors: list[str]
+def _plan_edit_row(row: EditRow, base: Path, where: str, errors: list[str]  # noqa: C901 - to be split (issue 12)
                    ) -> Optional[tuple[str, dict[str, Any], dict[str, Any]]]:
     from crispedit.workflow import builtin
 

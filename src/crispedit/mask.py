@@ -31,6 +31,7 @@ def to_bool_mask(values: np.ndarray) -> np.ndarray:
         a = a[..., :3].max(axis=2) if a.shape[2] >= 3 else a[..., 0]
     if a.dtype == bool:
         return a.copy()
+    half: float
     if np.issubdtype(a.dtype, np.integer):
         half = 128 if a.dtype == np.uint8 else (32768 if a.dtype == np.uint16 else 1)
     else:
@@ -83,8 +84,7 @@ def _read_array(src: Any) -> tuple[np.ndarray, bool]:
                 im.load()
                 from PIL import ImageOps
 
-                im = ImageOps.exif_transpose(im)
-                return _pil_array(im), True
+                return _pil_array(ImageOps.exif_transpose(im)), True
         except (OSError, SyntaxError, ValueError) as exc:
             raise InputError(f"cannot read mask {path}: {exc}", "save the mask as a PNG, white = edit") from None
     if isinstance(src, Image.Image):

@@ -249,6 +249,15 @@ def _overlapping_pairs(c: np.ndarray) -> list[tuple[int, int]]:
     return sorted(pairs)
 
 
+@dataclass
+class _Group:
+    """Parts merged into one crop while planning; ``side`` is the largest own crop side of its parts."""
+
+    parts: list[Part]
+    crop: Box
+    side: int
+
+
 def plan_mask(mask: np.ndarray, *, min_margin: int = 64, max_crop: int = MAX_MERGED_CROP) -> MaskPlan:
     """Plan the regions of a mask: per-component bands, thin components in pieces, nearby crops merged.
 
@@ -280,32 +289,35 @@ def plan_mask(mask: np.ndarray, *, min_margin: int = 64, max_crop: int = MAX_MER
     if not mask.any():
         return MaskPlan([], np.zeros((0, 0), np.int32), (0, 0))
     labels, origin, parts = _parts(mask)
-    # groups: [parts, crop, largest own crop side]
-    groups = []
+    groups: list[_Group | None] = []
     for p in parts:
         crop = _crop_for(p.box, w, h, min_margin, p.band)
-        groups.append([[p], crop, max(crop[2] - crop[0], crop[3] - crop[1])])
+        groups.append(_Group([p], crop, max(crop[2] - crop[0], crop[3] - crop[1])))
     while len(groups) > 1:
+        live: list[_Group | None] = [g for g in groups if g is not None]
+        crops = np.array([g.crop for g in groups if g is not None], np.int64)
         used: set[int] = set()
-        for i, j in _overlapping_pairs(np.array([g[1] for g in groups], np.int64)):
+        for i, j in _overlapping_pairs(crops):
             if i in used or j in used:
                 continue
-            gi, gj = groups[i], groups[j]
-            crop = _snap_box(_union(gi[1], gj[1]), w, h)
-            if max(crop[2] - crop[0], crop[3] - crop[1]) <= max(max_crop, 1.5 * max(gi[2], gj[2])):
-                groups[i] = [gi[0] + gj[0], crop, max(gi[2], gj[2])]
+            gi, gj = live[i], live[j]
+            assert gi is not None and gj is not None  # pairs with a merged (None) group were skipped above
+            crop = _snap_box(_union(gi.crop, gj.crop), w, h)
+            if max(crop[2] - crop[0], crop[3] - crop[1]) <= max(max_crop, 1.5 * max(gi.side, gj.side)):
+                live[i] = _Group(gi.parts + gj.parts, crop, max(gi.side, gj.side))
                 used.update((i, j))
-                groups[j] = None
+                live[j] = None
+        groups = [g for g in live if g is not None]
         if not used:
             break
-        groups = [g for g in groups if g is not None]
     regions = []
-    for g_parts, crop, _ in groups:
-        mbox = g_parts[0].box
-        for p in g_parts[1:]:
+    for g in groups:
+        assert g is not None
+        mbox = g.parts[0].box
+        for p in g.parts[1:]:
             mbox = _union(mbox, p.box)
-        regions.append(Region(crop, mbox, max(p.band for p in g_parts), len({p.label for p in g_parts}),
-                              tuple(g_parts)))
+        regions.append(Region(g.crop, mbox, max(p.band for p in g.parts), len({p.label for p in g.parts}),
+                              tuple(g.parts)))
     regions.sort(key=lambda r: (r.box[1], r.box[0]))
     return MaskPlan(regions, labels, origin)
 

@@ -21,6 +21,7 @@ import difflib
 import inspect
 from typing import Any, Callable, Literal, Optional, TypeVar
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crispedit.errors import InputError
@@ -225,3 +226,13 @@ def split_options(engine: Any, options: dict[str, Any]) -> tuple[HarnessOptions,
 def check_sd15(**values: Any) -> SD15Options:
     """Validate SD 1.5 engine options (``None`` = default) without loading anything; see :class:`SD15Options`."""
     return build(SD15Options, {k: v for k, v in values.items() if v is not None}, "SD 1.5 option")
+
+
+def spawn_seeds(seed: Optional[int], n: int) -> list[int]:
+    """``n`` independent 32-bit seeds: the first word of each child of ``numpy.random.SeedSequence(seed)``.
+
+    Used per candidate (``--candidates``): unlike ``seed + i``, no candidate's seed equals another's or any seed
+    derived inside one edit. ``seed=None`` uses 0 (a workflow with candidates stays repeatable).
+    """
+    root = np.random.SeedSequence(0 if seed is None else int(seed))
+    return [int(c.generate_state(1, np.uint32)[0]) for c in root.spawn(int(n))]

@@ -17,8 +17,6 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
-import numpy as np
-
 from crispedit import options as options_mod
 from crispedit.errors import InputError
 from crispedit.workflow.schema import SCHEMA_VERSION, dump_workflow
@@ -76,10 +74,8 @@ def _sd_params(engine: str, relative_to: PathLike, opts: dict[str, Any]) -> dict
 
 
 def candidate_seeds(seed: Optional[int], n: int) -> list[int]:
-    """``n`` candidate seeds: the first 32 bits of each child of ``numpy.random.SeedSequence(seed)``
-    (``seed=None`` uses 0, so an edit workflow with candidates is repeatable)."""
-    root = np.random.SeedSequence(0 if seed is None else int(seed))
-    return [int(c.generate_state(1, np.uint32)[0]) for c in root.spawn(n)]
+    """``n`` candidate seeds (:func:`crispedit.options.spawn_seeds`: children of ``SeedSequence(seed)``; None: 0)."""
+    return options_mod.spawn_seeds(seed, n)
 
 
 def _prompt_variants(variants: Any) -> list[str]:

@@ -93,7 +93,7 @@ def _prompt_variants(variants: Any) -> list[str]:
 def edit_workflow(image: PathLike = None, output: PathLike = None, *, mask: PathLike = None,
                   box: Optional[str] = None, ellipse: Optional[str] = None, prompt: Optional[str] = None,
                   engine: str = "classical", seed: Optional[int] = None, overwrite: bool = False,
-                  max_pixels: int = 300_000_000, strength: Optional[float] = None, detail: Optional[str] = None,
+                  max_pixels: int = options_mod.DEFAULT_MAX_PIXELS, strength: Optional[float] = None, detail: Optional[str] = None,
                   no_check: bool = False, report: PathLike = None, candidates: Optional[int] = None,
                   prompt_variants: Any = None, relative_to: PathLike = None, reencode: bool = False,
                   **options: Any) -> dict[str, Any]:
@@ -122,7 +122,7 @@ def edit_workflow(image: PathLike = None, output: PathLike = None, *, mask: Path
                          "or drop the mask for a whole-image restyle")
     nodes: dict[str, Any] = {}
     load: dict[str, Any] = {"path": _path(image, relative_to)}
-    if max_pixels != 300_000_000:
+    if max_pixels != options_mod.DEFAULT_MAX_PIXELS:
         load["max_pixels"] = int(max_pixels)
     nodes["image"] = {"type": "LoadImage", "params": load}
     if mask is not None:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional, Union, get_args, get_origin
 
 from crispedit.errors import CrispEditError, InputError
-from crispedit.options import DEFAULT_STRENGTH
+from crispedit.options import DEFAULT_MAX_PIXELS, DEFAULT_STRENGTH
 
 #: The link types and what travels on them (shown by ``crispedit nodes``).
 LINK_TYPES: dict[str, str] = {
@@ -548,7 +548,7 @@ def _result_outputs(ctx: NodeContext, template: Any, result: Any) -> dict[str, A
 @node("LoadImage", "Read an image file (JPEG, PNG, WebP, TIFF) at full bit depth, EXIF-rotated, with ICC/EXIF.",
       outputs=[Port("image", IMG, "the decoded image")],
       params=[Param("path", str, REQUIRED, "image file (relative to the workflow file)", kind="input_file"),
-              Param("max_pixels", int, 300_000_000, "refuse larger images (decompression bombs)")],
+              Param("max_pixels", int, DEFAULT_MAX_PIXELS, "refuse larger images (decompression bombs)")],
       category="input", library="crispedit.imageio.load_image", store=False)
 def _load_image(ctx: NodeContext, path: str, max_pixels: int) -> dict[str, Any]:
     from crispedit.imageio import load_image

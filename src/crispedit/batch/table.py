@@ -91,7 +91,7 @@ class EditRow(BaseModel):
         return v
 
     @model_validator(mode="after")
-    def _one_area(self) -> EditRow:
+    def _one_area(self) -> "EditRow":
         given = [n for n in ("mask", "box", "ellipse") if getattr(self, n) is not None]
         if len(given) > 1:
             raise ValueError(f"give only one of {', '.join(given)}")

@@ -114,7 +114,9 @@ def test_local_batch_equals_single_edit_calls(photos, local_run, tmp_path):
     assert derived["seed_source"] == "derived" and isinstance(derived["seeds"]["edit"], int)
     assert by_row[1]["seed_source"] == "row" and by_row[1]["seeds"]["edit"] == 3
     cands = by_row[2]["candidates"]
-    assert [c["seed"] for c in cands] == [5, 6]
+    from crispedit.options import spawn_seeds
+
+    assert [c["seed"] for c in cands] == spawn_seeds(5, 2)  # children of SeedSequence(5), not 5 + i
     assert sorted(c["status"] for c in cands).count("kept") == 1
     for rec in recs:
         assert rec["verdict"] in ("pass", "fail") and "seam_score" in rec["quality"]

@@ -698,7 +698,11 @@ def test_edit_workflow_variants(small_photo, tmp_path):
                        prompt_variants=["a bench", "a rock"], seed=10)
     t = {k: v["type"] for k, v in wf["nodes"].items()}
     assert t["mask"] == "LoadMask" and t["edit"] == "SelectBest" and t["check"] == "QualityCheck"
-    assert [wf["nodes"][f"candidate_{i}"]["params"]["seed"] for i in (1, 2, 3)] == [10, 11, 12]
+    seeds = [wf["nodes"][f"candidate_{i}"]["params"]["seed"] for i in (1, 2, 3)]
+    from crispedit.workflow.builtin import candidate_seeds
+
+    assert seeds == candidate_seeds(10, 3) and len(set(seeds)) == 3  # SeedSequence children, not 10 + i
+    assert not set(seeds) & {10, 11, 12}
     assert [wf["nodes"][f"candidate_{i}"]["params"]["prompt"] for i in (1, 2, 3)] == ["a bench", "a rock", "a bench"]
     assert wf["nodes"]["candidate_1"]["params"]["model"] == "some/hub-id"
     load_workflow(wf)

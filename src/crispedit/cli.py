@@ -84,7 +84,7 @@ def edit(
     guidance: Optional[float] = typer.Option(None, "--guidance", help="Classifier-free guidance scale (SD)."),
     scheduler: Optional[str] = typer.Option(None, "--scheduler", help="dpmpp_2m_karras, ddim, euler_a, unipc."),
     negative_prompt: Optional[str] = typer.Option(None, "--negative-prompt", help="What to avoid (SD)."),
-    strength: Optional[float] = typer.Option(None, "--strength", help="Whole-image edit strength in [0, 1]."),
+    strength: Optional[float] = typer.Option(None, "--strength", help="Whole-image edit strength in [0, 1] (default 0.35); refused with a mask (masked edits are regenerated, then refined)."),
     detail: Optional[str] = typer.Option(None, "--detail", help="native: refine large edits at native scale; fast: skip."),
     tile: Optional[int] = typer.Option(None, "--tile", help="UNet tile for images over 640 px, in latent px (x8 = image px; default 64 on CPU, 96 on GPU)."),
     tile_overlap: Optional[int] = typer.Option(None, "--tile-overlap", help="Minimum tile overlap in latent px (default 24 on CPU, 32 on GPU; at most half the tile)."),
@@ -116,8 +116,6 @@ def _edit(json_out: bool, save_workflow: Optional[Path], candidates: Optional[in
         raise InputError(f"--candidates {candidates} must be at least 1", "use e.g. --candidates 4")
     if prompt_variants is not None and not prompt_variants.is_file():
         raise InputError(f"prompt variants file not found: {prompt_variants}", "give a text file, one prompt per line")
-    if args["strength"] is not None and not 0.0 <= args["strength"] <= 1.0:
-        raise InputError(f"--strength {args['strength']} is outside [0, 1]", "use a value such as 0.35")
     inputs = [args["image"]] + ([args["mask"]] if args["mask"] else [])
     check_output(args["output"], inputs, args["overwrite"])
     if args["report"] is not None:
@@ -178,8 +176,6 @@ def generate(
             w, h = (int(v) for v in size.lower().replace("×", "x").split("x"))
         except ValueError:
             raise InputError(f"bad size '{size}'", "write it as WIDTHxHEIGHT, e.g. 3840x2160") from None
-        if hires_strength is not None and not 0.0 <= hires_strength <= 1.0:
-            raise InputError(f"--hires-strength {hires_strength} is outside [0, 1]", "use e.g. 0.35")
         (w, h), note = harness.snap_size(w, h)
         if note:
             err.print(f"note: {note}")

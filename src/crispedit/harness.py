@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from crispedit import compositing
+from crispedit import options as options_mod
 from crispedit.engines.base import Engine, get_engine
 from crispedit.errors import InputError
 from crispedit.imageio import ImageData, from_float, load_image, to_float, to_pil
@@ -29,20 +30,9 @@ from crispedit.regions import MaskPlan, Region, part_clusters, plan_mask, tile_g
 
 Progress = Callable[[str, int, int], None]
 
-#: Options the harness itself understands; everything else goes to the engine's constructor.
-HARNESS_OPTIONS = {
-    "detail",  # "native" | "fast" | None (engine default): refine large crops at native scale or not
-    "refine_strength",  # strength of the native-scale refinement calls
-    "tone",  # bool: local tone matching
-    "grain",  # bool: grain matching
-    "seam",  # bool: gradient-domain correction of the step along the engine mask's border
-    "sharpness",  # bool: undo each engine pass's softness/grain per band, keep the photo's own detail in the band
-    "engine_grow",  # px the engine mask is grown beyond the user's mask (None: from the band)
-    "min_margin",  # minimum context margin in px
-    "max_pixels",  # decompression-bomb limit for inputs
-    "strength",  # whole-image edits (no mask)
-    "progress",  # callback(stage, done, total)
-}
+#: Options the harness itself understands (the fields of :class:`crispedit.options.HarnessOptions`); everything
+#: else goes to the engine's constructor.
+HARNESS_OPTIONS = options_mod.HARNESS_OPTIONS
 
 
 @dataclass
@@ -65,10 +55,11 @@ class _Timer:
         return now
 
 
-def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    harness = {k: v for k, v in options.items() if k in HARNESS_OPTIONS}
-    engine = {k: v for k, v in options.items() if k not in HARNESS_OPTIONS and v is not None}
-    return harness, engine
+def _split_options(engine: Any, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any],
+                                                                  options_mod.HarnessOptions]:
+    """Validate the keyword options (before any decode) and split them into harness and engine options."""
+    opts, eopts = options_mod.split_options(engine, options)
+    return opts.as_dict(), eopts, opts
 
 
 def edit(image: Any, mask: Any = None, prompt: str | None = None, engine: str | Engine = "classical",
@@ -84,7 +75,10 @@ def edit(image: Any, mask: Any = None, prompt: str | None = None, engine: str | 
     seed : makes the engine and the grain synthesis repeatable; None draws one, recorded in ``info["seed"]``.
         The seeds of each region's composition, refinement tiles and grain are derived from it with numpy's
         ``SeedSequence`` (keyed by the region's box), so they are independent streams, not ``seed + i``.
-    **options : harness options (see ``HARNESS_OPTIONS``); the rest configure the engine (e.g. ``model``).
+    **options : harness options (:class:`crispedit.options.HarnessOptions`); the rest configure the engine (e.g.
+        ``model``). Validated before the image is decoded: an unknown name raises ``InputError`` with a
+        did-you-mean suggestion. ``strength`` (whole-image edits) is refused together with a mask: a masked
+        edit is regenerated at strength 1 and refined at ``refine_strength``.
 
     Examples
     --------
@@ -97,10 +91,14 @@ def edit(image: Any, mask: Any = None, prompt: str | None = None, engine: str | 
     t0 = time.perf_counter()
     if seed is None:  # draw one and record it: every edit can be repeated
         seed = int(np.random.SeedSequence().generate_state(1, np.uint32)[0])
-    hopts, eopts = _split_options(options)
-    progress: Progress | None = hopts.get("progress")
-    data = image if isinstance(image, ImageData) else load_image(
-        image, max_pixels=hopts.get("max_pixels") or 300_000_000)
+    hopts, eopts, opts = _split_options(engine, options)
+    if mask is not None and opts.strength is not None:
+        raise InputError("strength sets a whole-image edit and cannot be combined with a mask",
+                         "drop the mask for a whole-image restyle, or drop --strength (a masked edit is "
+                         "regenerated and refined at refine_strength)")
+    progress: Progress | None = opts.progress
+    max_pixels = options_mod.DEFAULT_MAX_PIXELS if opts.max_pixels is None else opts.max_pixels
+    data = image if isinstance(image, ImageData) else load_image(image, max_pixels=max_pixels)
     t = timer.add("decode", t0) if not isinstance(image, ImageData) else t0
     size = (data.width, data.height)
     m = soft = reading = None
@@ -142,16 +140,14 @@ def _whole_image(data: ImageData, eng: Engine, prompt: str | None, seed: int | N
     if not hasattr(eng, "img2img"):
         raise InputError(f"the mask covers the whole image, and engine '{info['engine']}' has no whole-image edit",
                          "paint only the area to change, or use --engine sd15 with --strength for a restyle")
-    strength = hopts.get("strength")
-    strength = 0.35 if strength is None else float(strength)
-    if not 0.0 <= strength <= 1.0:
-        raise InputError(f"strength {strength} is outside [0, 1]", "use e.g. --strength 0.35")
+    strength = options_mod.DEFAULT_STRENGTH if hopts.get("strength") is None else float(hopts["strength"])
     info["mode"] = "whole-image"
     t = time.perf_counter()
     rgb = _engine_rgb(data.array)
     res = eng.img2img(Image.fromarray(rgb), prompt, strength=strength, seed=seed)
     t = timer.add("engine", t)
-    info["engine_calls"] = [{"kind": "img2img", "size": [data.width, data.height], "strength": strength}]
+    info["engine_calls"] = [{"kind": "img2img", "size": [data.width, data.height], "strength": strength,
+                             "seed": seed}]
     f = _to_layout(to_float(np.asarray(res.convert("RGB"))), data)
     out = _assemble(data.array, f, None)
     timer.add("composite", t)
@@ -202,7 +198,7 @@ def _masked_edit(data: ImageData, m: np.ndarray, soft: np.ndarray | None, eng: E
     # nearby parts share a crop (one engine call) up to about the engine's working size; an engine without one
     # (classical) costs the same per pixel in one call or many, so its crops stay close to each part's own
     ws = getattr(eng, "working_size", None)
-    plan = plan_mask(m, min_margin=int(hopts.get("min_margin") or 64), max_crop=int(1.25 * ws) if ws else 0)
+    plan = plan_mask(m, min_margin=int(hopts.get("min_margin", options_mod.DEFAULT_MIN_MARGIN)), max_crop=int(1.25 * ws) if ws else 0)
     regions = plan.regions
     t = timer.add("plan", t)
     info["mode"] = "masked"
@@ -234,7 +230,7 @@ def _call(eng: Engine, rgb: np.ndarray, mask: np.ndarray, prompt: str | None, se
     dt = time.perf_counter() - t
     timer.t["engine"] = timer.t.get("engine", 0.0) + dt
     info["engine_calls"].append({"kind": "inpaint", "size": [rgb.shape[1], rgb.shape[0]], "strength": strength,
-                                 "region": list(region), "seconds": round(dt, 3)})
+                                 "seed": seed, "region": list(region), "seconds": round(dt, 3)})
     return to_float(np.asarray(res))
 
 
@@ -469,7 +465,8 @@ def _refine_tiles(eng: Engine, coarse: np.ndarray, em: np.ndarray, prompt: str |
     ws = int(eng.working_size)
     h, w = em.shape
     overlap = max(16, ws // 8)
-    strength = float(hopts.get("refine_strength") or 0.35)
+    rs = hopts.get("refine_strength")
+    strength = options_mod.DEFAULT_STRENGTH if rs is None else float(rs)
     acc = np.zeros_like(coarse)
     wsum = np.zeros((h, w, 1), np.float32)
     tiles = [tb for tb in tile_grid(h, w, ws, overlap) if em[tb[1]:tb[3], tb[0]:tb[2]].any()]
@@ -526,35 +523,44 @@ def generate(prompt: str, width: int, height: int, engine: str | Engine = "sd15"
     """Text-to-image at any size: compose at the model's size, then upscale and refine in ≤2x stages.
 
     Each stage upscales (Lanczos) and runs a low-strength img2img over the whole image, which the engine tiles
-    (``hires_strength``, default 0.35), so 4K and 8K outputs carry detail made at native scale.
+    (``hires_strength``, default :data:`crispedit.options.DEFAULT_STRENGTH`), so 4K and 8K outputs carry detail
+    made at native scale.
+
+    ``seed`` (None: one is drawn) seeds the composition; stage ``i``'s seed is child ``i`` of
+    ``numpy.random.SeedSequence(seed)`` (independent streams, not ``seed + i``). Both are recorded:
+    ``info["seed"]`` and ``info["stage_seeds"]`` (and each engine call's ``seed``).
+    Options are validated before any work (unknown names: ``InputError`` with a did-you-mean suggestion).
     """
     timer = _Timer()
-    hopts, eopts = _split_options({k: v for k, v in options.items() if k != "hires_strength"})
-    hires = float(options.get("hires_strength") or 0.35)
+    hopts, eopts, opts = _split_options(engine, options)
+    hires = opts.strength_or_default("hires_strength")
+    if seed is None:  # draw one and record it: every generation can be repeated
+        seed = int(np.random.SeedSequence().generate_state(1, np.uint32)[0])
+    stage_ss = np.random.SeedSequence(int(seed))
     (w, h), note = snap_size(int(width), int(height))
     eng = get_engine(engine, **eopts)
     if not hasattr(eng, "txt2img") or not hasattr(eng, "img2img"):
         raise InputError(f"engine '{getattr(eng, 'name', engine)}' cannot generate images", "use --engine sd15")
     ws = int(eng.working_size or 512)
     bw, bh = base_size(w, h, ws)
-    info: dict[str, Any] = {"mode": "generate", "prompt": prompt, "seed": seed, "size": [w, h],
+    info: dict[str, Any] = {"mode": "generate", "prompt": prompt, "seed": seed, "stage_seeds": [], "size": [w, h],
                             "notes": [note] if note else [], "engine": getattr(eng, "name", type(eng).__name__),
                             "engine_calls": [], "options": {k: v for k, v in {**hopts, **eopts}.items()
                                                             if k != "progress"}}
     t = time.perf_counter()
     img = eng.txt2img(prompt, width=bw, height=bh, seed=seed)
-    info["engine_calls"].append({"kind": "txt2img", "size": [bw, bh], "strength": 1.0})
+    info["engine_calls"].append({"kind": "txt2img", "size": [bw, bh], "strength": 1.0, "seed": seed})
     cur_w, cur_h = bw, bh
-    stage = 0
     while (cur_w, cur_h) != (w, h):
-        stage += 1
         f = min(2.0, max(w / cur_w, h / cur_h))
         nw, nh = (w, h) if f < 2.0 else (int(round(cur_w * f / 8)) * 8, int(round(cur_h * f / 8)) * 8)
         if f <= 1.0:
             nw, nh = w, h
         img = img.resize((nw, nh), Image.LANCZOS)
-        img = eng.img2img(img, prompt, strength=hires, seed=None if seed is None else seed + stage)
-        info["engine_calls"].append({"kind": "img2img", "size": [nw, nh], "strength": hires})
+        stage_seed = _seed_int(stage_ss.spawn(1)[0])  # child i of SeedSequence(seed): spawn counts its children
+        img = eng.img2img(img, prompt, strength=hires, seed=stage_seed)
+        info["stage_seeds"].append(stage_seed)
+        info["engine_calls"].append({"kind": "img2img", "size": [nw, nh], "strength": hires, "seed": stage_seed})
         cur_w, cur_h = nw, nh
     timer.add("engine", t)
     arr = np.asarray(img.convert("RGB")).copy()

@@ -11,7 +11,8 @@ cannot tell from real).
 - :func:`select_best`: judge every candidate, reject those that fail, keep the highest score among the rest
   (ties: the earlier candidate). If every candidate fails, the highest score is still returned, marked
   ``passed: False`` with the reason, so the caller can decide.
-- :func:`edit_candidates`: make N edits (seeds ``seed, seed+1, ...``; prompt variants in turn) and select.
+- :func:`edit_candidates`: make N edits (seeds: children of ``SeedSequence(seed)``; prompt variants in turn) and
+  select.
 
 >>> import numpy as np
 >>> from crispedit.quality.defects import photo_like, ellipse_mask, clean_edit, tone_step
@@ -299,7 +300,9 @@ def edit_candidates(
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Make ``n`` edits and keep the best by :func:`select_best`.
 
-    Candidate ``i`` is ``edit_fn(image, mask, prompt=p_i, seed=seed + i, **edit_options)`` with ``p_i`` the
+    Candidate ``i`` is ``edit_fn(image, mask, prompt=p_i, seed=s_i, **edit_options)`` with ``s_i`` child ``i`` of
+    ``numpy.random.SeedSequence(seed)`` (:func:`crispedit.options.spawn_seeds`, recorded as each record's
+    ``seed``; independent of the seeds derived inside each edit, unlike ``seed + i``) and ``p_i`` the
     ``i``-th prompt variant in turn (``prompt`` when there are none). ``edit_fn`` defaults to
     :func:`crispedit.edit` and must return an object with ``.image`` (PIL) and ``.info`` (dict); ``.array`` is
     used when present (it keeps 16-bit depth). The kept result's ``info`` gets ``candidates`` (the records)
@@ -323,11 +326,14 @@ def edit_candidates(
             from crispedit.mask import load_mask
 
             mask_arr = load_mask(mask, size=(w, h))
+    from crispedit.options import spawn_seeds
+
     variants = list(prompt_variants or [])
+    seeds = spawn_seeds(seed, int(n))
     results, cands = [], []
     for i in range(int(n)):
         p = variants[i % len(variants)] if variants else prompt
-        s = int(seed) + i
+        s = seeds[i]
         t = time.perf_counter()
         res = edit_fn(image, mask, prompt=p, seed=s, **edit_options)
         results.append(res)

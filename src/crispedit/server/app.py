@@ -328,8 +328,9 @@ def _run_params(body: dict[str, Any]) -> dict[str, Any]:
         raise InputError(f"--candidates {p['candidates']} must be at least 1", "use e.g. --candidates 4")
     if p.get("candidates") is not None and p["candidates"] > 16:
         raise InputError(f"--candidates {p['candidates']} is more than this server runs (16)", "use at most 16")
-    if p.get("strength") is not None and not 0.0 <= p["strength"] <= 1.0:
-        raise InputError(f"--strength {p['strength']} is outside [0, 1]", "use a value such as 0.35")
+    from crispedit import options as options_mod  # the library's own option checks (range, did-you-mean)
+
+    options_mod.build(options_mod.HarnessOptions, {"strength": p.get("strength")})
     if p.get("steps") is not None and not 1 <= p["steps"] <= 1000:
         raise InputError(f"--steps {p['steps']} is out of range", "use 1 to 1000 steps")
     if "seed" not in p:  # record the seed actually used

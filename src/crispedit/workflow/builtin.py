@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from crispedit import options as options_mod
 from crispedit.errors import InputError
 from crispedit.workflow.schema import SCHEMA_VERSION, dump_workflow
 
@@ -58,6 +59,8 @@ def _box(text: Union[str, list, tuple], flag: str) -> list[float]:
 def _sd_params(engine: str, relative_to: PathLike, opts: dict[str, Any]) -> dict[str, Any]:
     if engine == "classical":
         return {}
+    if engine == "sd15":  # before any decode: --tile 50 is refused here, not after the 4K image was read
+        options_mod.check_sd15(**{k: opts.get(k) for k in (*_SD_KEYS, *_TILE_KEYS)})
     params = {k: opts[k] for k in _SD_KEYS if opts.get(k) is not None}
     if "model" in params:
         params["model"] = _model(params["model"], relative_to)
@@ -68,6 +71,11 @@ def _sd_params(engine: str, relative_to: PathLike, opts: dict[str, Any]) -> dict
     if tiles:
         params["engine_options"] = tiles
     return params
+
+
+def candidate_seeds(seed: Optional[int], n: int) -> list[int]:
+    """``n`` candidate seeds (:func:`crispedit.options.spawn_seeds`: children of ``SeedSequence(seed)``; None: 0)."""
+    return options_mod.spawn_seeds(seed, n)
 
 
 def _prompt_variants(variants: Any) -> list[str]:
@@ -85,7 +93,7 @@ def _prompt_variants(variants: Any) -> list[str]:
 def edit_workflow(image: PathLike = None, output: PathLike = None, *, mask: PathLike = None,
                   box: Optional[str] = None, ellipse: Optional[str] = None, prompt: Optional[str] = None,
                   engine: str = "classical", seed: Optional[int] = None, overwrite: bool = False,
-                  max_pixels: int = 300_000_000, strength: Optional[float] = None, detail: Optional[str] = None,
+                  max_pixels: int = options_mod.DEFAULT_MAX_PIXELS, strength: Optional[float] = None, detail: Optional[str] = None,
                   no_check: bool = False, report: PathLike = None, candidates: Optional[int] = None,
                   prompt_variants: Any = None, relative_to: PathLike = None, reencode: bool = False,
                   **options: Any) -> dict[str, Any]:
@@ -107,11 +115,14 @@ def edit_workflow(image: PathLike = None, output: PathLike = None, *, mask: Path
     if not given and engine == "classical":
         raise InputError("no mask given: the classical engine only edits masked areas",
                          "pass --mask FILE, --box or --ellipse (whole-image edits need --engine sd15 --strength)")
-    if strength is not None and not 0.0 <= float(strength) <= 1.0:
-        raise InputError(f"--strength {strength} is outside [0, 1]", "use a value such as 0.35")
+    options_mod.build(options_mod.HarnessOptions, {"strength": strength, "detail": detail})
+    if strength is not None and given:
+        raise InputError(f"--strength sets a whole-image edit and cannot be combined with {given[0]}",
+                         "drop --strength (a masked edit is regenerated, then refined at refine_strength), "
+                         "or drop the mask for a whole-image restyle")
     nodes: dict[str, Any] = {}
     load: dict[str, Any] = {"path": _path(image, relative_to)}
-    if max_pixels != 300_000_000:
+    if max_pixels != options_mod.DEFAULT_MAX_PIXELS:
         load["max_pixels"] = int(max_pixels)
     nodes["image"] = {"type": "LoadImage", "params": load}
     if mask is not None:
@@ -129,11 +140,14 @@ def edit_workflow(image: PathLike = None, output: PathLike = None, *, mask: Path
         if n > 1:
             variants = _prompt_variants(prompt_variants) or [prompt]
             names = []
+            # per-candidate seeds: children of SeedSequence(seed) (None: 0, so the workflow stays repeatable),
+            # independent of each other and of every seed the harness derives inside one edit (not seed + i)
+            seeds = candidate_seeds(seed, n)
             for i in range(n):
                 p = dict(base)
                 if variants[i % len(variants)] is not None:
                     p["prompt"] = variants[i % len(variants)]
-                p["seed"] = (seed if seed is not None else 0) + i
+                p["seed"] = seeds[i]
                 names.append(f"candidate_{i + 1}")
                 nodes[names[-1]] = {"type": "Inpaint", "inputs": {"image": "image", "mask": "mask"}, "params": p}
             nodes["edit"] = {"type": "SelectBest", "inputs": {"original": "image", "mask": "mask",
@@ -142,7 +156,8 @@ def edit_workflow(image: PathLike = None, output: PathLike = None, *, mask: Path
             nodes["edit"] = {"type": "Inpaint", "inputs": {"image": "image", "mask": "mask"},
                              "params": {**base, "seed": seed}}
     else:
-        params = {"engine": engine, "strength": 0.35 if strength is None else float(strength), "seed": seed, **sd}
+        params = {"engine": engine, "strength": options_mod.DEFAULT_STRENGTH if strength is None else float(strength),
+                  "seed": seed, **sd}
         if prompt is not None:
             params["prompt"] = prompt
         nodes["edit"] = {"type": "Img2Img", "inputs": {"image": "image"}, "params": params}
@@ -190,6 +205,7 @@ def generate_workflow(prompt: Optional[str] = None, output: PathLike = None, *, 
     if output is None:
         raise InputError("generate needs an output path", "pass -o OUTPUT")
     w, h = _size(size, width, height)
+    options_mod.build(options_mod.HarnessOptions, {"hires_strength": hires_strength})
     params: dict[str, Any] = {"prompt": prompt, "width": w, "height": h, "engine": engine, "seed": seed,
                               **_sd_params(engine, relative_to, options)}
     if hires_strength is not None:

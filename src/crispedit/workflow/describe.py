@@ -12,6 +12,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
+from crispedit.options import DEFAULT_STRENGTH
 from crispedit.workflow.cards import cards_for_node, cards_for_workflow
 from crispedit.workflow.nodes import shape_box_px
 from crispedit.workflow.schema import Node, Workflow, load_workflow
@@ -22,6 +23,11 @@ Box = Optional[tuple[int, int, int, int]]
 #: Working size (square side, px) of the built-in engines; None = works at any size.
 ENGINE_WORKING_SIZE = {"sd15": 512, "classical": None}
 
+
+
+def _or_default(strength: Optional[float]) -> float:
+    """A strength as the library applies it: :data:`crispedit.options.DEFAULT_STRENGTH` when unset (0 is kept)."""
+    return DEFAULT_STRENGTH if strength is None else float(strength)
 
 def _wh(size: Size) -> str:
     return f"{size[0]}x{size[1]}" if size else "unknown size"
@@ -225,7 +231,7 @@ def _d_inpaint(node: Node, inputs: dict[str, Any], wf: Workflow) -> tuple[str, s
             sw, sh = max(8, int(round(cw * s / 8)) * 8), max(8, int(round(ch * s / 8)) * 8)
             works = f"{sw}x{sh} (compose), {cw}x{ch} (native refine)"
             refine = (f", upscales it and refines at native {cw}x{ch} in {_tiles(cw, ch, ws, max(16, ws // 8))} "
-                      f"overlapping {ws}x{ws} tiles at low strength ({p.get('refine_strength') or 0.35})"
+                      f"overlapping {ws}x{ws} tiles at low strength ({_or_default(p.get('refine_strength'))})"
                       if detail == "native" else ", upscales it (detail: fast, no native refinement)")
             what = (f"regenerates the masked area{prompt} with {engine} {where}: composes the crop at {sw}x{sh} "
                     f"px (the model's working size {ws}){refine}; then tone and grain matching and a multi-band "
@@ -283,7 +289,7 @@ def _d_txt2img(node: Node, inputs: dict[str, Any], wf: Workflow) -> tuple[str, s
     p = node.params
     stages = generate_stages(p["width"], p["height"], ENGINE_WORKING_SIZE.get(p["engine"]) or 512)
     (bw, bh), (w, h) = stages[0], stages[-1]
-    hires = (p.get("options") or {}).get("hires_strength") or 0.35
+    hires = _or_default((p.get("options") or {}).get("hires_strength"))
     ups = ", ".join(f"{a}x{b}" for a, b in stages[1:])
     what = (f"generates \"{p['prompt']}\" with {p['engine']}: composes at {bw}x{bh} px (about the model's native "
             f"512x512 area, same aspect), then upscales in steps of at most 2x ({ups}), each refined by img2img "

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal, Optional, Union, get_args, get_origin
 
 from crispedit.errors import CrispEditError, InputError
+from crispedit.options import DEFAULT_MAX_PIXELS, DEFAULT_STRENGTH
 
 #: The link types and what travels on them (shown by ``crispedit nodes``).
 LINK_TYPES: dict[str, str] = {
@@ -547,7 +548,7 @@ def _result_outputs(ctx: NodeContext, template: Any, result: Any) -> dict[str, A
 @node("LoadImage", "Read an image file (JPEG, PNG, WebP, TIFF) at full bit depth, EXIF-rotated, with ICC/EXIF.",
       outputs=[Port("image", IMG, "the decoded image")],
       params=[Param("path", str, REQUIRED, "image file (relative to the workflow file)", kind="input_file"),
-              Param("max_pixels", int, 300_000_000, "refuse larger images (decompression bombs)")],
+              Param("max_pixels", int, DEFAULT_MAX_PIXELS, "refuse larger images (decompression bombs)")],
       category="input", library="crispedit.imageio.load_image", store=False)
 def _load_image(ctx: NodeContext, path: str, max_pixels: int) -> dict[str, Any]:
     from crispedit.imageio import load_image
@@ -647,6 +648,24 @@ def _mask_ops(ctx: NodeContext, mask: Any, other: Any, op: str, px: float) -> di
 # --- models ------------------------------------------------------------------------------------------------------
 
 
+def _check_model_options(params: dict[str, Any]) -> list[tuple[str, str]]:
+    """Validate a model node's options with the library's own option models (crispedit.options), before any
+    node runs: strengths in [0, 1], option names (did-you-mean), SD 1.5 options such as the tile size."""
+    from crispedit import options as opts_mod
+
+    harness = {k: params[k] for k in ("strength", "refine_strength", "detail") if params.get(k) is not None}
+    more = dict(params.get("options") or {})
+    try:
+        opts_mod.split_options(None, {**harness, **more})  # names: the harness's and any engine's
+        if params.get("engine") == "sd15":
+            sd = {k: params.get(k) for k in _SD_NAMES}
+            sd.update({k: v for k, v in more.items() if k in opts_mod.SD15Options.model_fields})
+            opts_mod.check_sd15(**sd, **dict(params.get("engine_options") or {}))
+    except InputError as exc:
+        return [("options", str(exc))]
+    return []
+
+
 @node("Inpaint", "Regenerate the masked area at full resolution (crops, engine at its working size, native "
       "detail, tone, grain, multi-band blend) with any engine.",
       inputs=[Port("image", IMG, "the photo"), Port("mask", "mask", "where to edit (True = edit)")],
@@ -663,7 +682,7 @@ def _mask_ops(ctx: NodeContext, mask: Any, other: Any, op: str, px: float) -> di
               Param("tone", bool, True, "local tone matching from a ring around the mask"),
               Param("grain", bool, True, "grain matching from a ring around the mask"),
               Param("options", dict, {}, "more options for crispedit.edit")],
-      category="model", library="crispedit.edit", seeded=True)
+      category="model", library="crispedit.edit", seeded=True, check=_check_model_options)
 def _inpaint(ctx: NodeContext, image: Any, mask: Any, prompt: Optional[str], engine: str, seed: Optional[int],
              detail: Optional[str], refine_strength: Optional[float], tone: bool, grain: bool,
              options: dict, **sd: Any) -> dict[str, Any]:
@@ -676,25 +695,18 @@ def _inpaint(ctx: NodeContext, image: Any, mask: Any, prompt: Optional[str], eng
     return _result_outputs(ctx, image, result)
 
 
-def _check_strength(params: dict[str, Any]) -> list[tuple[str, str]]:
-    s = params.get("strength")
-    if s is not None and not 0.0 <= s <= 1.0:
-        return [("strength", f"strength {s} is outside [0, 1] (e.g. 0.35 keeps the composition)")]
-    return []
-
-
 @node("Img2Img", "Whole-image edit (restyle) at full resolution: img2img over the latent in overlapping tiles "
       "with a tiled VAE.",
       inputs=[Port("image", IMG, "the photo")],
       outputs=[Port("image", IMG, "the restyled image, same size and bit depth"),
                Port("result", "result", "what the edit did")],
       params=[Param("prompt", Optional[str], None, "the style or change to apply"),
-              Param("strength", float, 0.35, "0 = unchanged, 1 = repainted; 0.3-0.45 keeps the composition"),
+              Param("strength", float, DEFAULT_STRENGTH, "0 = unchanged, 1 = repainted; 0.3-0.45 keeps the composition"),
               Param("engine", str, "sd15", "an engine with a whole-image edit (sd15)"),
               Param("seed", Optional[int], None, "seed (null: random, never cached)"),
               *_SD_PARAMS,
               Param("options", dict, {}, "more options for crispedit.edit (e.g. tile size and overlap)")],
-      category="model", library="crispedit.edit (mask=None)", seeded=True, check=_check_strength)
+      category="model", library="crispedit.edit (mask=None)", seeded=True, check=_check_model_options)
 def _img2img(ctx: NodeContext, image: Any, prompt: Optional[str], strength: float, engine: str, seed: Optional[int],
              options: dict, **sd: Any) -> dict[str, Any]:
     import crispedit
@@ -711,7 +723,7 @@ def _check_size(params: dict[str, Any]) -> list[tuple[str, str]]:
         v = params.get(k)
         if v is not None and not 64 <= v <= 16384:
             errs.append((k, f"{k} {v} is outside 64..16384 px"))
-    return errs
+    return errs + _check_model_options(params)
 
 
 @node("Txt2Img", "Generate an image from text at the model's native size, then upscale and refine it in tiles "

@@ -27,7 +27,7 @@ test-fast: $(STAMP)  # everything but the tests marked slow (CI runs them all th
 	$(PY) -m pytest -n 2 --dist loadfile -m "not slow"
 
 # ruff over the whole tree; mypy over the typed core (the rest is typed but not yet clean under mypy: issue 12)
-MYPY_CORE := src/crispedit/errors.py src/crispedit/mask.py src/crispedit/regions.py src/crispedit/engines/base.py \
+MYPY_CORE := src/crispedit/errors.py src/crispedit/options.py src/crispedit/mask.py src/crispedit/regions.py src/crispedit/engines/base.py \
              src/crispedit/batch/table.py src/crispedit/server/security.py
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench examples

@@ -113,7 +113,8 @@ class ClassicalEngine:
                  context: float = 0.25, min_context: int = 48, thin_width: float = 6.0, radius: int = 5,
                  max_masked_fraction: float = 0.8, max_hole_pixels: int = 16_000_000,
                  coarse_pixels: int = 600_000, texture: str = "grain", texture_sigma: float = 0.6,
-                 native_above: float = 0.7, tone_lock: float = 0.1):
+                 native_above: float = 0.7, tone_lock: float = 0.1,
+                 band_gain: float = 3.0):
         if method not in METHODS:
             raise InputError(f"unknown classical method '{method}'", f"choose one of: {', '.join(METHODS)}")
         if method in ("shiftmap", "fsr_fast", "fsr_best") and getattr(cv2, "xphoto", None) is None:
@@ -135,6 +136,7 @@ class ClassicalEngine:
         self.texture_sigma = float(texture_sigma)
         self.native_above = float(native_above)
         self.tone_lock = float(tone_lock)
+        self.band_gain = float(band_gain)
         self.calls: list[dict] = []
 
     def inpaint(self, image: Image.Image, mask: Image.Image, prompt: str | None = None, *, seed: int | None = None,
@@ -229,13 +231,16 @@ class ClassicalEngine:
             lo = cv2.GaussianBlur(up.astype(np.float32), (0, 0), sigma)
             hi = texture.astype(np.float32) - cv2.GaussianBlur(texture.astype(np.float32), (0, 0), sigma)
             up = np.clip(lo + hi + 0.5, 0, 255).astype(np.uint8)
+        gain = 1.0
+        if scale < 1.0 and self.texture != "patch" and self.band_gain > 1.0:
+            up, gain = _restore_top_band(win, up, whole, scale, self.band_gain)
         if self.tone_lock > 0:
             up = _lock_tone(win, up, whole, max(4.0, self.tone_lock * max(hy1 - hy0, hx1 - hx0)))
         out = rgb.copy()
         sub = out[y0:y1, x0:x1]
         sub[whole] = up[whole]
         return out, {"path": self.method, "window": [x0, y0, x1, y1], "scale": round(scale, 4),
-                     "depth": round(depth, 1)}
+                     "band_gain": round(gain, 3), "depth": round(depth, 1)}
 
     def _at_scale(self, win: np.ndarray, hole: np.ndarray, scale: float, seed: int) -> np.ndarray:
         """Exemplar fill of ``win`` at ``scale`` x native, returned at native size."""
@@ -265,6 +270,43 @@ class ClassicalEngine:
         dst = rgb.copy()
         cv2.xphoto.inpaint(rgb, known, dst, flag)
         return dst
+
+
+def _restore_top_band(known_rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, scale: float,
+                      max_gain: float) -> tuple[np.ndarray, float]:
+    """Give an upscaled fill back the energy of the octave its reduced scale attenuated (gain-limited).
+
+    A fill made at ``scale`` < 1 and upscaled bicubically keeps its edges and texture, but their top band
+    (spatial periods below about ``2 / scale`` px) is attenuated: edges read soft and texture flat at 1:1. The
+    fill's band ``fill - G(fill)`` (Gaussian sigma ``0.5 / scale`` px, i.e. the octave just below the reduced
+    copy's Nyquist) is amplified inside the hole by one gain per channel, the one that makes its RMS that of the
+    same band of the photo on a ring around the hole (an unsharp mask whose amount is measured, not chosen), and
+    never more than ``max_gain``. Finer grain, which no gain can bring back, is the harness's grain matching's.
+
+    Returns the fill (uint8, same shape) and the mean gain used.
+    """
+    sigma = max(0.5, 0.5 / scale)
+    f = fill.astype(np.float32)
+    band = f - cv2.GaussianBlur(f, (0, 0), sigma)
+    k = known_rgb.astype(np.float32)
+    kband = k - cv2.GaussianBlur(k, (0, 0), sigma)
+    reach = int(np.ceil(3 * sigma)) + 1
+    h8 = hole.astype(np.uint8)
+
+    def disc(r: int) -> np.ndarray:
+        return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+    ring = (cv2.dilate(h8, disc(48)) > 0) & (cv2.dilate(h8, disc(reach)) == 0)
+    inner = cv2.erode(h8, disc(reach)) > 0
+    if ring.sum() < 64 or inner.sum() < 64:
+        return fill, 1.0
+    e_ring = np.sqrt(np.mean(kband[ring] ** 2, axis=0))
+    e_in = np.sqrt(np.mean(band[inner] ** 2, axis=0))
+    gain = np.clip(e_ring / np.maximum(e_in, 1e-3), 1.0, max_gain).astype(np.float32)
+    # the gain fades in over the band's reach inside the contour: the contour's own step is left alone
+    w = np.clip(cv2.distanceTransform(h8, cv2.DIST_L2, 5) / reach, 0.0, 1.0)[..., None]
+    out = f + band * (gain - 1.0) * w
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8), float(gain.mean())
 
 
 def _lock_tone(known_rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, sigma: float,

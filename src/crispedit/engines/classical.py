@@ -9,7 +9,7 @@ A hole is filled with patches copied from its surroundings, never invented and n
   patches of the scale it runs at. Only known pixels are sources (the hole's own pixels never are).
 - **Context window**: the fill sees the hole's bounding box plus a context margin (``context`` x the hole's
   long side, at least ``min_context`` px, clipped to the crop the harness passes).
-- **Scale**: a window up to ``coarse_pixels / native_above**2`` px (about 2 MP) is filled at native scale, so
+- **Scale**: a window up to ``coarse_pixels / native_above**2`` px (about 1.2 MP) is filled at native scale, so
   the fill carries the photo's own texture at 1:1. A larger window is filled on a copy reduced to
   ``coarse_pixels`` (where the layout is decided) and upscaled bicubically. The octave the reduction
   attenuated is then amplified back, inside the hole only, by the gain that gives it the RMS of the same band
@@ -121,7 +121,7 @@ class ClassicalEngine:
     def __init__(self, method: str = "patchmatch", patch_size: int = 3, native_pixels: int = 2_000_000,
                  context: float = 0.25, min_context: int = 48, thin_width: float = 6.0, radius: int = 5,
                  max_masked_fraction: float = 0.8, max_hole_pixels: int = 16_000_000,
-                 coarse_pixels: int = 1_000_000, texture: str = "grain", texture_sigma: float = 0.6,
+                 coarse_pixels: int = 600_000, texture: str = "grain", texture_sigma: float = 0.6,
                  native_above: float = 0.7, tone_lock: float = 0.05,
                  band_gain: float = 3.0, tone_tolerance: float = 8.0):
         if method not in METHODS:

@@ -11,14 +11,19 @@ A hole is filled with patches copied from its surroundings, never invented and n
   long side, at least ``min_context`` px, clipped to the crop the harness passes).
 - **Scale**: a window up to ``coarse_pixels / native_above**2`` px (about 1.2 MP) is filled at native scale, so
   the fill carries the photo's own texture at 1:1. A larger window is filled on a copy reduced to
-  ``coarse_pixels`` (where the layout is decided) and upscaled bicubically; native-scale texture then comes
-  from the harness, which lays the photo's own grain and fine detail (its residual, cut from the ring around
-  the mask) over the fill (``compositing.match_grain``). ``texture="patch"`` instead adds the high-pass of a
+  ``coarse_pixels`` (where the layout is decided) and upscaled bicubically. The octave the reduction
+  attenuated is then amplified back, inside the hole only, by the gain that gives it the RMS of the same band
+  on a ring around the hole (at most ``band_gain``): edges and texture of the fill read as sharp as their
+  surroundings at 1:1 (``bench/removal.py`` detail ratio). The finest grain comes from the harness, which lays
+  the photo's own grain (its residual, cut from the ring around the mask) over the fill
+  (``compositing.match_grain``). ``texture="patch"`` instead adds the high-pass of a
   second PatchMatch fill at up to ``native_pixels`` (slower; measured in ``bench/removal.py``).
 - **Tone lock**: copied patches carry the brightness of wherever they came from (a glow next to the removed
   object, a darker corner), which reads as a lighter or darker disc with the mask's outline. Below a spatial
   scale of ``tone_lock`` x the hole's long side, the fill's local mean is replaced by that of a smooth
-  membrane of the surroundings (push-pull, Gortler et al. 1996).
+  membrane of the surroundings (push-pull, Gortler et al. 1996). Only small differences (a drift of up to
+  about ``tone_tolerance`` levels) are corrected: a membrane blends the colours of distinct regions around the
+  hole (sky and a roof), so a larger difference is content and is left to the fill.
 - **Thin strokes and dust** (no hole pixel farther than ``thin_width`` px from the context): Telea's fast
   marching method (Telea 2004, OpenCV ``cv2.inpaint``), exact enough at that width and much cheaper.
 - **Honest limits**: a crop masked above ``max_masked_fraction`` (almost no context), or a hole larger than
@@ -104,6 +109,10 @@ class ClassicalEngine:
         A reduction factor at or above this fills at native scale instead (a slight reduction only blurs).
     tone_lock : float
         Scale of the tone lock as a fraction of the hole's long side (0 = off).
+    band_gain : float
+        Largest gain of the top-band restore of reduced-scale fills (1 = off).
+    tone_tolerance : float
+        Tone lock tolerance in 8-bit levels: differences well above it are content and are not corrected.
     """
 
     working_size: int | None = None
@@ -113,7 +122,8 @@ class ClassicalEngine:
                  context: float = 0.25, min_context: int = 48, thin_width: float = 6.0, radius: int = 5,
                  max_masked_fraction: float = 0.8, max_hole_pixels: int = 16_000_000,
                  coarse_pixels: int = 600_000, texture: str = "grain", texture_sigma: float = 0.6,
-                 native_above: float = 0.7, tone_lock: float = 0.1):
+                 native_above: float = 0.7, tone_lock: float = 0.05,
+                 band_gain: float = 3.0, tone_tolerance: float = 8.0):
         if method not in METHODS:
             raise InputError(f"unknown classical method '{method}'", f"choose one of: {', '.join(METHODS)}")
         if method in ("shiftmap", "fsr_fast", "fsr_best") and getattr(cv2, "xphoto", None) is None:
@@ -135,6 +145,8 @@ class ClassicalEngine:
         self.texture_sigma = float(texture_sigma)
         self.native_above = float(native_above)
         self.tone_lock = float(tone_lock)
+        self.band_gain = float(band_gain)
+        self.tone_tolerance = float(tone_tolerance)
         self.calls: list[dict] = []
 
     def inpaint(self, image: Image.Image, mask: Image.Image, prompt: str | None = None, *, seed: int | None = None,
@@ -229,13 +241,17 @@ class ClassicalEngine:
             lo = cv2.GaussianBlur(up.astype(np.float32), (0, 0), sigma)
             hi = texture.astype(np.float32) - cv2.GaussianBlur(texture.astype(np.float32), (0, 0), sigma)
             up = np.clip(lo + hi + 0.5, 0, 255).astype(np.uint8)
+        gain = 1.0
+        if scale < 1.0 and self.texture != "patch" and self.band_gain > 1.0:
+            up, gain = _restore_top_band(win, up, whole, scale, self.band_gain)
         if self.tone_lock > 0:
-            up = _lock_tone(win, up, whole, max(4.0, self.tone_lock * max(hy1 - hy0, hx1 - hx0)))
+            up = _lock_tone(win, up, whole, max(4.0, self.tone_lock * max(hy1 - hy0, hx1 - hx0)),
+                            self.tone_tolerance)
         out = rgb.copy()
         sub = out[y0:y1, x0:x1]
         sub[whole] = up[whole]
         return out, {"path": self.method, "window": [x0, y0, x1, y1], "scale": round(scale, 4),
-                     "depth": round(depth, 1)}
+                     "band_gain": round(gain, 3), "depth": round(depth, 1)}
 
     def _at_scale(self, win: np.ndarray, hole: np.ndarray, scale: float, seed: int) -> np.ndarray:
         """Exemplar fill of ``win`` at ``scale`` x native, returned at native size."""
@@ -267,6 +283,43 @@ class ClassicalEngine:
         return dst
 
 
+def _restore_top_band(known_rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, scale: float,
+                      max_gain: float) -> tuple[np.ndarray, float]:
+    """Give an upscaled fill back the energy of the octave its reduced scale attenuated (gain-limited).
+
+    A fill made at ``scale`` < 1 and upscaled bicubically keeps its edges and texture, but their top band
+    (spatial periods below about ``2 / scale`` px) is attenuated: edges read soft and texture flat at 1:1. The
+    fill's band ``fill - G(fill)`` (Gaussian sigma ``0.5 / scale`` px, i.e. the octave just below the reduced
+    copy's Nyquist) is amplified inside the hole by one gain per channel, the one that makes its RMS that of the
+    same band of the photo on a ring around the hole (an unsharp mask whose amount is measured, not chosen), and
+    never more than ``max_gain``. Finer grain, which no gain can bring back, is the harness's grain matching's.
+
+    Returns the fill (uint8, same shape) and the mean gain used.
+    """
+    sigma = max(0.5, 0.5 / scale)
+    f = fill.astype(np.float32)
+    band = f - cv2.GaussianBlur(f, (0, 0), sigma)
+    k = known_rgb.astype(np.float32)
+    kband = k - cv2.GaussianBlur(k, (0, 0), sigma)
+    reach = int(np.ceil(3 * sigma)) + 1
+    h8 = hole.astype(np.uint8)
+
+    def disc(r: int) -> np.ndarray:
+        return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+
+    ring = (cv2.dilate(h8, disc(48)) > 0) & (cv2.dilate(h8, disc(reach)) == 0)
+    inner = cv2.erode(h8, disc(reach)) > 0
+    if ring.sum() < 64 or inner.sum() < 64:
+        return fill, 1.0
+    e_ring = np.sqrt(np.mean(kband[ring] ** 2, axis=0))
+    e_in = np.sqrt(np.mean(band[inner] ** 2, axis=0))
+    gain = np.clip(e_ring / np.maximum(e_in, 1e-3), 1.0, max_gain).astype(np.float32)
+    # the gain fades in over the band's reach inside the contour: the contour's own step is left alone
+    w = np.clip(cv2.distanceTransform(h8, cv2.DIST_L2, 5) / reach, 0.0, 1.0)[..., None]
+    out = f + band * (gain - 1.0) * w
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8), float(gain.mean())
+
+
 def _lock_tone(known_rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, sigma: float,
                tolerance: float = 8.0) -> np.ndarray:
     """Give the fill the large-scale tone of a smooth membrane of its surroundings; keep its finer structure.
@@ -275,8 +328,9 @@ def _lock_tone(known_rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, sigma:
     darker corner), which reads as a lighter or darker disc in the hole's shape. Below the spatial scale
     ``sigma`` (Gaussian, px) the fill's local mean, taken over hole pixels only, is replaced by that of a
     push-pull membrane of the known pixels (Gortler et al. 1996): the minimum-assumption interpolation of
-    the surroundings. Differences well above ``tolerance`` (8-bit levels, RMS over channels) are content, not
-    drift, and are attenuated (by ``t² / (t² + d²)``). Computed on a copy reduced by ``sigma / 4``.
+    the surroundings, whose sources are the known pixels near the hole within ``3 tolerance`` of the fill's
+    local mean beside them (the roof beside a roof fill, not the sky beside it). Differences well above ``tolerance`` (8-bit levels, RMS over channels) are content, not
+    drift, and are dropped (by ``t⁴ / (t⁴ + d⁴)``). Computed on a copy reduced by ``sigma / 4``.
     """
     h, w = hole.shape
     k = max(1, int(sigma // 4))
@@ -291,13 +345,23 @@ def _lock_tone(known_rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, sigma:
     hw_d = down(hw)[..., 0]
     lo_fill = cv2.GaussianBlur(down(f * hw[..., None]), (0, 0), s).reshape(lh, lw, -1) / np.maximum(
         cv2.GaussianBlur(hw_d, (0, 0), s), 1e-4)[..., None]
-    memb = push_pull_fill(down(known_rgb.astype(np.float32)), hw_d <= 0.0)
+    # the membrane's sources: known pixels near the hole that look like the fill next to them (a roof pixel
+    # beside a roof fill, not the sky beside it), so that it does not blend distinct regions into one tone
+    reach = cv2.GaussianBlur(hw_d, (0, 0), s)
+    known_d = down(known_rgb.astype(np.float32))
+    dist2 = np.sum((known_d - lo_fill) ** 2, axis=2) / known_d.shape[2]
+    sources = (hw_d <= 0.0) & (reach > 0.02) & (dist2 < (3.0 * tolerance) ** 2)
+    if np.count_nonzero(sources) < 4:
+        return fill
+    memb = push_pull_fill(known_d, sources)
     lo_memb = cv2.GaussianBlur(memb, (0, 0), s).reshape(lh, lw, -1)
     diff = lo_memb - lo_fill
     # a drift (a few levels) is corrected fully; a difference in content (sky where a leaf was) is left alone,
     # so that the membrane does not smear the surroundings' colours into the fill
     size2 = np.sum(diff * diff, axis=2, keepdims=True) / diff.shape[2]
-    diff *= tolerance ** 2 / (tolerance ** 2 + size2)
+    # (a steep cut, t^4 / (t^4 + d^4): a slow Lorentzian tail let a membrane blended from sky and a roof tint
+    # the fill by several levels where the difference was moderate)
+    diff *= tolerance ** 4 / (tolerance ** 4 + size2 * size2)
     corr = cv2.resize(diff, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
     return np.clip(f + corr * hw[..., None] + 0.5, 0, 255).astype(np.uint8)
 

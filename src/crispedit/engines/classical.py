@@ -236,7 +236,9 @@ class ClassicalEngine:
         up = self._at_scale(win, whole, scale, seed)
         if scale < 1.0 and self.texture == "patch":
             native = min(1.0, float(np.sqrt(self.native_pixels / area)))
-            texture = self._at_scale(win, whole, native, seed + 1)
+            # an independent stream for the texture pass (SeedSequence child, not seed + 1)
+            texture_seed = int(np.random.SeedSequence(seed, spawn_key=(1,)).generate_state(1, np.uint32)[0])
+            texture = self._at_scale(win, whole, native, texture_seed)
             sigma = self.texture_sigma / scale
             lo = cv2.GaussianBlur(up.astype(np.float32), (0, 0), sigma)
             hi = texture.astype(np.float32) - cv2.GaussianBlur(texture.astype(np.float32), (0, 0), sigma)

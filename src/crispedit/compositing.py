@@ -120,16 +120,28 @@ def _disk(radius: int) -> np.ndarray:
 
 
 def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Dilation by a disk, computed on the mask's box grown by ``radius`` (the same result, cheaper)."""
     if radius <= 0:
         return mask.copy()
-    return cv2.dilate(mask.astype(np.uint8), _disk(radius)).astype(bool)
+    out = np.zeros(mask.shape, bool)
+    box = _bbox(mask, pad=radius + 1)
+    if box is not None:
+        y0, y1, x0, x1 = box
+        out[y0:y1, x0:x1] = cv2.dilate(mask[y0:y1, x0:x1].astype(np.uint8), _disk(radius)).astype(bool)
+    return out
 
 
 def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Erosion by a disk (image edges replicated), computed on the mask's box grown by ``radius``."""
     if radius <= 0:
         return mask.copy()
-    return cv2.erode(mask.astype(np.uint8), _disk(radius), borderType=cv2.BORDER_REPLICATE,
-                     ).astype(bool)
+    out = np.zeros(mask.shape, bool)
+    box = _bbox(mask, pad=radius + 1)
+    if box is not None:
+        y0, y1, x0, x1 = box
+        out[y0:y1, x0:x1] = cv2.erode(mask[y0:y1, x0:x1].astype(np.uint8), _disk(radius),
+                                      borderType=cv2.BORDER_REPLICATE).astype(bool)
+    return out
 
 
 def distance_from(mask: np.ndarray) -> np.ndarray:
@@ -263,7 +275,7 @@ def noise_sigma(img: np.ndarray, region: np.ndarray | None = None, *, sigma: flo
 # --------------------------------------------------------------------------------------------------
 
 
-def blend_weight(mask: np.ndarray, band: int) -> np.ndarray:
+def blend_weight(mask: np.ndarray, band: int, *, distance: np.ndarray | None = None) -> np.ndarray:
     """Blend weight: 1 on ``mask``, smooth monotone falloff, exactly 0 at distance >= ``band``.
 
     ``w = smoothstep(1 - d / band)`` with ``d`` the exact Euclidean distance to the mask
@@ -275,6 +287,8 @@ def blend_weight(mask: np.ndarray, band: int) -> np.ndarray:
         True where the edit is.
     band : int
         Width of the transition in pixels; ``band <= 0`` gives the hard mask.
+    distance : ndarray of float32, shape (H, W), optional
+        :func:`distance_from` ``(mask)`` when the caller has it already (saves the transform).
 
     Returns
     -------
@@ -292,7 +306,7 @@ def blend_weight(mask: np.ndarray, band: int) -> np.ndarray:
         raise ValueError(f"mask must be HxW, got shape {m.shape}")
     if band <= 0 or not m.any():
         return m.astype(np.float32)
-    d = distance_from(m)
+    d = distance_from(m) if distance is None else distance
     w = _smoothstep(1.0 - d / np.float32(band)).astype(np.float32)
     w[m] = 1.0
     return w
@@ -334,7 +348,7 @@ def _pyramid_plan(band: float) -> tuple[int, float]:
 
 
 def multiband_blend(original: np.ndarray, edited: np.ndarray, weight: np.ndarray, *,
-                    band: int) -> np.ndarray:
+                    band: int, distance: np.ndarray | None = None) -> np.ndarray:
     """Laplacian-pyramid (multi-band) blend of ``edited`` into ``original``.
 
     Each level of the Laplacian pyramid of ``edited - original`` is weighted by the matching level
@@ -365,6 +379,9 @@ def multiband_blend(original: np.ndarray, edited: np.ndarray, weight: np.ndarray
         change.
     band : int
         Width of the blend band in pixels.
+    distance : ndarray of float32, shape (H, W), optional
+        :func:`distance_from` of the core ``weight >= 1`` when the caller has it already (e.g. the one
+        :func:`blend_weight` was made from); computed here otherwise.
 
     Returns
     -------
@@ -398,7 +415,8 @@ def multiband_blend(original: np.ndarray, edited: np.ndarray, weight: np.ndarray
     levels, h0 = _pyramid_plan(band_f)
     pad = 4 * 2**levels + 2
     y0, y1, x0, x1 = _bbox(core, pad=int(band) + pad)  # type: ignore[misc]
-    d = distance_from(core[y0:y1, x0:x1])
+    # exact Euclidean distance: the same on the box as on the whole array (the core lies inside the box)
+    d = distance_from(core[y0:y1, x0:x1]) if distance is None else distance[y0:y1, x0:x1]
     inside = d < np.float32(band_f)
 
     # finest weight: the input weight steepened around its 0.5 level (a blend_weight falls with
@@ -1190,9 +1208,14 @@ def transfer_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, 
     if not m.any() or m.all():
         return _restore_shape(out, was_2d)
     ramp = _smoothstep(distance_from(m) / np.float32(max(1e-3, width)))[:, :, None]
-    new = edit + ramp * (highpass(orig, sigma) - highpass(edit, sigma))
+    diff = cv2.subtract(orig, edit)  # highpass is linear: highpass(o) - highpass(e) = highpass(o - e)
+    if diff.ndim == 2:
+        diff = diff[:, :, None]
+    new = highpass(diff, sigma)
+    new *= ramp
+    new += edit
     np.clip(new, 0.0, 1.0, out=new)
-    return _restore_shape(new.astype(np.float32), was_2d)
+    return _restore_shape(new, was_2d)
 
 
 # --------------------------------------------------------------------------------------------------

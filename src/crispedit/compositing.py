@@ -824,9 +824,12 @@ def match_grain(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring
 
     def combine(layers: np.ndarray, gains: np.ndarray) -> np.ndarray:
         """Sum of the unit band layers ``(..., nb*c)`` weighted by ``gains`` ``(nb, c)``."""
-        total = layers[..., 0:c] * gains[0].astype(np.float32)
+        # one contiguous multiply by the gains of all bands, then the bands summed in order (same arithmetic as
+        # band by band, without numpy's slow inner loops over c-wide strided slices)
+        prod = layers * gains.reshape(-1).astype(np.float32)
+        total = prod[..., 0:c].copy()
         for b in range(1, nb):
-            total += layers[..., b * c:(b + 1) * c] * gains[b].astype(np.float32)
+            total += prod[..., b * c:(b + 1) * c]
         return total
 
     # --- unit-level grain, one layer per band: the original's own residual ------------------------

@@ -527,3 +527,35 @@ def test_cap_detail_takes_engine_grain_down_to_the_ring_level():
     t = _octaves(128, 128, seed=4)
     calm = compositing.cap_detail(t, t, m, ~m)  # at the ring's level: nothing to take down
     assert np.array_equal(calm, t)
+
+
+def test_shared_distance_and_local_morphology_give_the_same_result():
+    """The speed paths (a distance passed in, dilation/erosion on the mask's box) change nothing."""
+    rng = np.random.default_rng(7)
+    m = np.zeros((160, 200), bool)
+    m[40:90, 30:120] = True
+    m[150:160, 190:200] = True  # touches the image corner: the replicated border must agree
+    o = rng.random((160, 200, 3)).astype(np.float32)
+    e = rng.random((160, 200, 3)).astype(np.float32)
+    d = distance_from(m)
+    w = blend_weight(m, 16)
+    assert np.array_equal(blend_weight(m, 16, distance=d), w)
+    assert np.array_equal(multiband_blend(o, e, w, band=16, distance=d), multiband_blend(o, e, w, band=16))
+    for r in (1, 5, 13):
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
+        u8 = m.astype(np.uint8)
+        assert np.array_equal(compositing._dilate(m, r), cv2.dilate(u8, k).astype(bool))
+        assert np.array_equal(compositing._erode(m, r),
+                              cv2.erode(u8, k, borderType=cv2.BORDER_REPLICATE).astype(bool))
+    assert not compositing._dilate(np.zeros_like(m), 3).any()
+
+
+def test_robust_sigma_and_bands_match_their_plain_definitions():
+    rng = np.random.default_rng(8)
+    v = rng.standard_normal((1001, 6)).astype(np.float32)
+    med = np.median(v, axis=0)
+    want = 1.4826 * np.median(np.abs(v - med), axis=0)
+    assert np.allclose(compositing._robust_sigma(v), want, rtol=1e-6)
+    img = rng.random((40, 50, 3)).astype(np.float32)
+    g1, g3 = (cv2.GaussianBlur(img, (0, 0), s, borderType=cv2.BORDER_REFLECT) for s in (1.0, 3.0))
+    assert np.array_equal(compositing._bands(img, (1.0, 3.0)), np.concatenate([img - g1, g1 - g3], axis=2))

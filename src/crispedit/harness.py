@@ -185,8 +185,7 @@ def _assemble(original: np.ndarray, colour: np.ndarray, keep: np.ndarray | None)
     if keep is None:
         out[..., :nc] = new
     else:
-        edit_px = ~keep
-        out[..., :nc][edit_px] = new[edit_px]
+        np.copyto(out[..., :nc], new, where=~keep[..., None])
     return out
 
 
@@ -384,8 +383,9 @@ def _blend(orig: np.ndarray, gen: np.ndarray, plan: MaskPlan, region: Region, bo
     for b, cls in plan.band_masks(region, box):
         if not cls.any():
             continue
-        weight = compositing.blend_weight(cls, b)
-        blended = compositing.multiband_blend(blended, gen, weight, band=b)
+        d = compositing.distance_from(cls)
+        weight = compositing.blend_weight(cls, b, distance=d)
+        blended = compositing.multiband_blend(blended, gen, weight, band=b, distance=d)
         keep &= weight <= 0.0
     return blended, keep
 
@@ -405,23 +405,31 @@ def _sharpen_pass(gen: np.ndarray, base8: np.ndarray, em: np.ndarray, valid: np.
     The engine's transfer per band is measured on the ring around ``em`` where ``gen`` is the engine's rendering
     of ``base8`` (``valid``: pixels of this pass's output; None = all), clear of its mask's soft edge, and
     undone inside (:func:`crispedit.compositing.match_sharpness`). The fit goes to ``info["sharpness"]``.
+    ``gen`` is corrected in place (and returned).
     """
-    if not hopts.get("sharpness", True):
+    if not hopts.get("sharpness", True) or not em.any():
         return gen
     b = max(4, int(band))
-    dist = cv2.distanceTransform((~em).astype(np.uint8), cv2.DIST_L2, 5)
+    # everything happens within 2 b of the mask (plus the band filters' reach): work on that box, not the crop;
+    # the chamfer distance and the filters see the same pixels there, so the result is the same
+    y0, y1, x0, x1 = _pad_box(em, 2 * b + compositing._filter_pad(compositing.SHARPNESS_SIGMAS) + 2)
+    sub = (slice(y0, y1), slice(x0, x1))
+    em_s, gen_s = em[sub], gen[sub]
+    dist = cv2.distanceTransform((~em_s).astype(np.uint8), cv2.DIST_L2, 5)
     near = dist <= 2 * b  # what later passes and the blend use of this pass
     ring = near & (dist > 8)
     if valid is not None:
-        ring &= valid
-    orig = base8.astype(np.float32) / 255.0
-    fit = compositing.sharpness_gains(gen, orig, ring)
+        ring &= valid[sub]
+    orig = base8[sub].astype(np.float32) / 255.0
+    fit = compositing.sharpness_gains(gen_s, orig, ring)
     info.setdefault("sharpness", []).append(
         {"size": [int(gen.shape[1]), int(gen.shape[0])], "transfer": [round(float(v), 3) for v in fit["transfer"]],
          "noise": [float(f"{v:.3g}") for v in fit["noise"]], "ring_px": int(np.count_nonzero(ring))})
-    weight = (near if valid is None else near & valid).astype(np.float32)
-    return compositing.match_sharpness(gen, orig, ring, weight, transfer=fit["transfer"], noise=fit["noise"],
-                                       grain=fit["grain"])
+    weight = (near if valid is None else near & valid[sub]).astype(np.float32)
+    new = compositing.match_sharpness(gen_s, orig, ring, weight, transfer=fit["transfer"], noise=fit["noise"],
+                                      grain=fit["grain"])
+    gen[sub] = new  # in place: callers hand over their own array
+    return gen
 
 
 def _undrift(gen: np.ndarray, base8: np.ndarray, em: np.ndarray, band: float, hopts: dict) -> np.ndarray:

@@ -84,7 +84,5 @@ def seam_correct(edited: np.ndarray, original: np.ndarray, region: np.ndarray, *
     corr = push_pull_fill(values, rim_d | (region_d < 0.5))
     corr = cv2.resize(corr, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
     out = edited.copy()
-    sel = r.astype(bool)
-    sub = out[box]
-    sub[sel] = e[sel] + corr[sel]
+    np.add(e, corr, out=out[box], where=r.astype(bool)[..., None])
     return out

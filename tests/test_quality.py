@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from crispedit.errors import InputError, ModelError
+from crispedit.options import spawn_seeds
 from crispedit.quality import defects as D
 from crispedit.quality.candidates import (
     MetricJudge,
@@ -296,15 +297,18 @@ def test_edit_candidates_calls_edit_fn_and_keeps_best(scene):
     img, _, mask = scene
     calls = []
 
+    seeds = spawn_seeds(10, 4)  # candidate seeds: children of SeedSequence(10), not 10 + i
+    assert len(set(seeds)) == 4
+
     def fake_edit(image, m, *, prompt=None, seed=None, strength=None):
         calls.append((prompt, seed, strength))
-        arr = D.clean_edit(img, mask, seed=seed) if seed == 12 else D.tone_step(img, mask, 10 + 4 * seed % 7)
+        arr = D.clean_edit(img, mask, seed=0) if seed == seeds[2] else D.tone_step(img, mask, 10 + 4 * (seed % 7))
         return SimpleNamespace(image=Image.fromarray(arr), array=arr, info={"seed": seed})
 
     best, records = edit_candidates(img, mask, 4, prompt_variants=["a", "b"], edit_fn=fake_edit, seed=10,
                                     strength=0.9)
-    assert calls == [("a", 10, 0.9), ("b", 11, 0.9), ("a", 12, 0.9), ("b", 13, 0.9)]
-    assert best.info["seed"] == 12 and best.info["candidate_index"] == 2
+    assert calls == [("a", seeds[0], 0.9), ("b", seeds[1], 0.9), ("a", seeds[2], 0.9), ("b", seeds[3], 0.9)]
+    assert best.info["seed"] == seeds[2] and best.info["candidate_index"] == 2
     assert best.info["candidates"] is records
     assert [r["prompt"] for r in records] == ["a", "b", "a", "b"]
     assert sum(r["status"] == "kept" for r in records) == 1
@@ -313,8 +317,10 @@ def test_edit_candidates_calls_edit_fn_and_keeps_best(scene):
 def test_edit_candidates_uses_pil_image_when_no_array(scene):
     img, _, mask = scene
 
+    second = spawn_seeds(0, 3)[1]  # the default root seed is 0
+
     def fake_edit(image, m, *, prompt=None, seed=None):
-        arr = img if seed == 1 else D.blurred_patch(img, mask, 4.0)
+        arr = img if seed == second else D.blurred_patch(img, mask, 4.0)
         return SimpleNamespace(image=Image.fromarray(arr), info={})
 
     best, records = edit_candidates(img, mask, 3, prompt="p", edit_fn=fake_edit)

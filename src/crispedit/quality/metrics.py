@@ -492,10 +492,6 @@ def sample_contour(mask: np.ndarray, origin: tuple[int, int], *, step: float = 2
     """Points every ``step`` px along all contours (outer and holes) of ``mask`` (a crop placed at ``origin``)."""
     m8 = mask.astype(np.uint8)
     contours, _ = cv2.findContours(m8, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-    # outward normal = minus the gradient of a blurred mask
-    blur = cv2.GaussianBlur(m8.astype(np.float32), (0, 0), 3.0)
-    gx = cv2.Sobel(blur, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(blur, cv2.CV_32F, 0, 1, ksize=3)
     h, w = mask.shape
     pts, seg = _resample_contours([c[:, 0, :] for c in contours if len(c) >= 8], step,
                                   max(2, int(round(segment_px / step))))
@@ -504,7 +500,9 @@ def sample_contour(mask: np.ndarray, origin: tuple[int, int], *, step: float = 2
         return Contour(z, z, np.zeros(0, int), 0)
     xi = np.clip(np.round(pts[:, 0]).astype(int), 0, w - 1)
     yi = np.clip(np.round(pts[:, 1]).astype(int), 0, h - 1)
-    nx, ny = -gx[yi, xi], -gy[yi, xi]
+    # outward normal = minus the gradient of a blurred mask
+    gx, gy = _mask_gradient_at(m8, xi, yi)
+    nx, ny = -gx, -gy
     norm = np.hypot(nx, ny)
     ok = norm > 1e-6
     nx = np.where(ok, nx / np.maximum(norm, 1e-12), 0.0)
@@ -563,6 +561,40 @@ def _resample_contours(contours: list[np.ndarray], step: float, per_seg: int) ->
     seg_base = np.concatenate([[0], np.cumsum(nseg)[:-1]])
     seg = np.repeat(seg_base, n) + np.minimum((k * np.repeat(nseg, n)) // np.repeat(n, n), np.repeat(nseg - 1, n))
     return p.astype(np.float32), seg.astype(int)
+
+
+_GRAD_TILE = 64
+_GRAD_HALO = 16  # > the Gaussian's radius (12 px at sigma 3) + the Sobel's (1 px)
+
+
+def _mask_gradient_at(m8: np.ndarray, xi: np.ndarray, yi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sobel gradient (x, y) of the mask blurred by a Gaussian of sigma 3 px, at pixels (``xi``, ``yi``).
+
+    The same values as blurring and differentiating the whole crop, computed only on the tiles of
+    ``_GRAD_TILE`` px that hold a point (each with a ``_GRAD_HALO`` px halo, clipped at the crop's edges, where
+    the border rule is the whole crop's): a mask of scattered spots over a large crop costs its spots' tiles."""
+    h, w = m8.shape
+    ty, tx = yi // _GRAD_TILE, xi // _GRAD_TILE
+    ntx = -(-w // _GRAD_TILE)
+    if len(np.unique(ty * ntx + tx)) * (_GRAD_TILE + 2 * _GRAD_HALO) ** 2 >= h * w:  # dense: the whole crop
+        blur = cv2.GaussianBlur(m8.astype(np.float32), (0, 0), 3.0)
+        return (cv2.Sobel(blur, cv2.CV_32F, 1, 0, ksize=3)[yi, xi], cv2.Sobel(blur, cv2.CV_32F, 0, 1, ksize=3)[yi, xi])
+    gx = np.zeros(len(xi), np.float32)
+    gy = np.zeros(len(xi), np.float32)
+    key = ty * ntx + tx
+    order = np.argsort(key, kind="stable")
+    uniq, first = np.unique(key[order], return_index=True)
+    bounds = np.append(first, len(order))
+    for k, t in enumerate(uniq):
+        idx = order[bounds[k] : bounds[k + 1]]
+        r, c = divmod(int(t), ntx)
+        y0, x0 = max(0, r * _GRAD_TILE - _GRAD_HALO), max(0, c * _GRAD_TILE - _GRAD_HALO)
+        y1, x1 = min(h, (r + 1) * _GRAD_TILE + _GRAD_HALO), min(w, (c + 1) * _GRAD_TILE + _GRAD_HALO)
+        blur = cv2.GaussianBlur(m8[y0:y1, x0:x1].astype(np.float32), (0, 0), 3.0)
+        py, px = yi[idx] - y0, xi[idx] - x0
+        gx[idx] = cv2.Sobel(blur, cv2.CV_32F, 1, 0, ksize=3)[py, px]
+        gy[idx] = cv2.Sobel(blur, cv2.CV_32F, 0, 1, ksize=3)[py, px]
+    return gx, gy
 
 
 _REMAP_ROW = 8192

@@ -6,10 +6,14 @@
 
 ``measure``: for every photo of the split (bench/photos.py, all >= 3840 px), masks (two ellipses of different
 sizes and a box) at seeded places; for each mask the *clean* cases -- the unedited photo (a null mask: a clean
-contour), two clean edits (fresh grain of a third of the photo's own, feathered by 32 and 16 px) -- crispedit's
+contour), two clean edits (fresh grain of a third of the photo's own, feathered by 32 and 16 px) -- the *good*
+edits (:data:`GOOD`: paste-then-remove where the removal returns the truth re-compressed at JPEG q95, blurred by
+sigma 0.5 px, or through crispedit's harness with the oracle engine of bench/oracle.py; see :func:`good_edits`),
+crispedit's
 own classical removal (on the small ellipse; reported apart: it may have real defects) and every planted defect of :data:`crispedit.quality.defects.PLANTED` at each strength, from just
 visible to obvious. Every region's metrics are stored (JSON) so that ``table`` can re-judge them with other
-thresholds without measuring again.
+thresholds without measuring again. ``--kinds`` limits the cases to those kinds (clean and good kinds included:
+``--kinds good_jpeg95 good_blur0.5 good_oracle`` measures only the good edits).
 
 ``table``: per defect kind and strength, the share that fails (detection rate), the share of clean cases that
 fail (false alarms, per clean kind), and which check caught what; the numbers go to docs/quality.md.
@@ -69,24 +73,65 @@ def _on_crop(fn, img: np.ndarray, m: np.ndarray, s: float, margin: int = 320, **
     return out
 
 
+GOOD = ("good_jpeg95", "good_blur0.5", "good_oracle", "retouch_jpeg95", "retouch_blur0.5")
+
+
+def good_edits(img: np.ndarray, m: np.ndarray, seed: int, kinds: list[str] | None):
+    """Good edits, each the second half of a paste-then-remove: the original given to the gate is the photo with
+    foreign content pasted into the mask (:func:`crispedit.quality.defects.paste_seam`, opacity 1), and the edit
+    returns the truth (the photo): re-compressed as JPEG q95, or blurred with sigma 0.5 px, inside a soft mask
+    (:func:`crispedit.quality.defects.good_removal`), or crispedit's own edit with the oracle engine
+    (bench/oracle.py, variant soft0.8: the true content, softened as a VAE decodes it). The ``retouch_*`` kinds are
+    the same processing of the truth with the truth itself as the original (an edit that keeps the content).
+    Yields (kind, original, edited)."""
+    want = [k for k in GOOD if not kinds or k in kinds]
+    if not want:
+        return
+    for how in ("jpeg95", "blur0.5"):
+        if f"retouch_{how}" in want:
+            yield f"retouch_{how}", img, _on_crop(lambda a, b, s, how=how: D.good_removal(a, a, b, how), img, m, 0)
+    pasted = _on_crop(D.paste_seam, img, m, 1.0)
+    for how in ("jpeg95", "blur0.5"):
+        if f"good_{how}" in want:
+            yield f"good_{how}", pasted, _on_crop(lambda a, b, s, how=how: D.good_removal(
+                pasted_crop(a, b), a, b, how), img, m, 0)
+    if "good_oracle" in want:
+        from oracle import OracleEngine
+
+        from crispedit.harness import edit
+
+        yield "good_oracle", pasted, edit(pasted, m, engine=OracleEngine.variant("soft0.8", img), seed=seed).array
+
+
+def pasted_crop(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The paste of :func:`good_edits` on a crop (the same offset rule as on the full photo's crop)."""
+    return D.paste_seam(a, b, 1.0)
+
+
 def cases(img: np.ndarray, m: np.ndarray, seed: int, kinds: list[str] | None, engine: bool = True):
-    """(group, kind, strength, must_fail, edited): the clean cases, crispedit's classical removal, then the planted
-    defects."""
-    yield "clean", "unedited", 0.0, False, img
-    yield "clean", "clean_edit", 0.0, False, _on_crop(lambda a, b, s: D.clean_edit(a, b, seed=seed), img, m, 0)
-    yield "clean", "clean_edit_x2", 0.0, False, _on_crop(
-        lambda a, b, s: D.clean_edit(a, b, seed=seed + 1, extra_noise=None, feather=16), img, m, 0)
+    """(group, kind, strength, must_fail, original, edited): the clean cases, the good edits, crispedit's classical
+    removal, then the planted defects."""
+    if not kinds or "unedited" in kinds:
+        yield "clean", "unedited", 0.0, False, img, img
+    if not kinds or "clean_edit" in kinds:
+        yield "clean", "clean_edit", 0.0, False, img, _on_crop(lambda a, b, s: D.clean_edit(a, b, seed=seed), img,
+                                                               m, 0)
+    if not kinds or "clean_edit_x2" in kinds:
+        yield "clean", "clean_edit_x2", 0.0, False, img, _on_crop(
+            lambda a, b, s: D.clean_edit(a, b, seed=seed + 1, extra_noise=None, feather=16), img, m, 0)
+    for kind, orig, ed in good_edits(img, m, seed, kinds):
+        yield "good", kind, 0.0, False, orig, ed
     if (not kinds or "classical" in kinds) and engine:
         from crispedit.harness import edit
 
-        yield "engine", "classical", 0.0, False, edit(img, m, engine="classical", seed=seed).array
+        yield "engine", "classical", 0.0, False, img, edit(img, m, engine="classical", seed=seed).array
     for kind, (fn, strengths, visible, kw) in D.PLANTED.items():
         if kinds and kind not in kinds:
             continue
         if kind == "noise_free_patch":
             kw = dict(kw, clean=D.denoise_around(img, m, pad=48))
         for s in strengths:
-            yield "planted", kind, float(s), s >= visible, _on_crop(fn, img, m, s, **dict(kw))
+            yield "planted", kind, float(s), s >= visible, img, _on_crop(fn, img, m, s, **dict(kw))
 
 
 def measure(args: argparse.Namespace) -> int:
@@ -100,9 +145,10 @@ def measure(args: argparse.Namespace) -> int:
             img = np.ascontiguousarray(img[:, :, :3])
         h, w = img.shape[:2]
         for mname, m in masks_for(h, w, zlib.crc32(photo.name.encode()) % 10_000):
-            for group, kind, s, must, ed in cases(img, m, 0, args.kinds, engine=mname == "ell_s" and not args.no_engine):
+            for group, kind, s, must, orig, ed in cases(img, m, 0, args.kinds,
+                                                        engine=mname == "ell_s" and not args.no_engine):
                 t = time.perf_counter()
-                rep = assess(img, ed, m, no_reference=False)
+                rep = assess(orig, ed, m, no_reference=False)
                 dt = time.perf_counter() - t
                 rec = {"photo": photo.name, "size": [w, h], "mask": mname, "group": group, "kind": kind,
                        "strength": s, "must_fail": must, "verdict": rep.verdict, "seconds": round(dt, 3),
@@ -170,8 +216,11 @@ def table(args: argparse.Namespace) -> int:
             if must:
                 missed += [f"{r['photo']}/{r['mask']}/{kind}/{s:g}" for r, (v, _) in zip(rs, res) if v != "fail"]
         clean = [r for r in recs if r["group"] == "clean"]
+        good = [r for r in recs if r["group"] == "good"]
         fa = sum(rejudge(r, th)[0] == "fail" for r in clean)
-        print(f"\nclean or good edits failed: {fa}/{len(clean)}; must-fail defects missed: {len(missed)}"
+        fg = sum(rejudge(r, th)[0] == "fail" for r in good)
+        print(f"\nclean cases failed: {fa}/{len(clean)}; good edits failed: {fg}/{len(good)}; clean or good "
+              f"failed: {fa + fg}/{len(clean) + len(good)}; must-fail defects missed: {len(missed)}"
               + (f" ({', '.join(missed[:12])})" if missed else ""))
         secs = [r["seconds"] for r in recs]
         print(f"assess time: median {np.median(secs):.2f} s, max {max(secs):.2f} s")

@@ -556,3 +556,74 @@ def test_edit_gate_checks_the_written_jpeg(tmp_path):
     info = builtin.run_edit(cache=False, image=tmp_path / "in.png", mask=tmp_path / "m.png",
                             output=tmp_path / "out.png", seed=0)
     assert info["quality"]["outside_changed_pixels"] == 0
+
+
+def _resample_reference(contours, step, per_seg):
+    """The per-contour loop that ``_resample_contours`` replaces (float32 arc lengths, np.interp)."""
+    pts_all, seg_all, seg_id = [], [], 0
+    for c in contours:
+        c = c.astype(np.float32)
+        closed = np.vstack([c, c[:1]])
+        dl = np.hypot(*np.diff(closed, axis=0).T)
+        s = np.concatenate([[0.0], np.cumsum(dl)])
+        n = max(4, int(s[-1] // step))
+        t = np.linspace(0.0, s[-1], n, endpoint=False)
+        pts_all.append(np.stack([np.interp(t, s, closed[:, 0]), np.interp(t, s, closed[:, 1])], axis=1))
+        nseg = max(1, int(round(n / per_seg)))
+        seg_all.append(seg_id + np.minimum((np.arange(n) * nseg) // n, nseg - 1))
+        seg_id += nseg
+    return np.concatenate(pts_all).astype(np.float32), np.concatenate(seg_all)
+
+
+def test_contour_resampling_vectorised_matches_per_contour_loop():
+    import cv2
+
+    from crispedit.quality.metrics import _mask_gradient_at, _resample_contours
+
+    rng = np.random.default_rng(3)
+    m = np.zeros((300, 400), np.uint8)
+    for x, y, r in zip(rng.integers(10, 390, 60), rng.integers(10, 290, 60), rng.integers(3, 30, 60)):
+        cv2.circle(m, (int(x), int(y)), int(r), 1, -1)
+    contours, _ = cv2.findContours(m, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    cs = [c[:, 0, :] for c in contours if len(c) >= 8]
+    assert len(cs) > 10
+    for step in (2.0, 3.3):
+        p, seg = _resample_contours(cs, step, 16)
+        p0, seg0 = _resample_reference(cs, step, 16)
+        assert p.shape == p0.shape and np.array_equal(seg, seg0)
+        assert np.abs(p - p0).max() < 1e-3
+    # the tiled gradient equals the whole-crop gradient at the points
+    xi = np.clip(np.round(p[:, 0]).astype(int), 0, 399)
+    yi = np.clip(np.round(p[:, 1]).astype(int), 0, 299)
+    blur = cv2.GaussianBlur(m.astype(np.float32), (0, 0), 3.0)
+    gx, gy = _mask_gradient_at(m, xi, yi)
+    assert np.allclose(gx, cv2.Sobel(blur, cv2.CV_32F, 1, 0, ksize=3)[yi, xi], atol=1e-6)
+    assert np.allclose(gy, cv2.Sobel(blur, cv2.CV_32F, 0, 1, ksize=3)[yi, xi], atol=1e-6)
+    sparse = np.zeros((600, 800), np.uint8)
+    sparse[100:110, 100:112] = 1
+    sparse[500:512, 700:709] = 1
+    c2, _ = cv2.findContours(sparse, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
+    q, _ = _resample_contours([c[:, 0, :] for c in c2], 1.0, 8)
+    qx, qy = np.round(q[:, 0]).astype(int), np.round(q[:, 1]).astype(int)
+    b2 = cv2.GaussianBlur(sparse.astype(np.float32), (0, 0), 3.0)
+    sx, sy = _mask_gradient_at(sparse, qx, qy)  # the tiled path (two spots on a large crop)
+    assert np.allclose(sx, cv2.Sobel(b2, cv2.CV_32F, 1, 0, ksize=3)[qy, qx], atol=1e-6)
+    assert np.allclose(sy, cv2.Sobel(b2, cv2.CV_32F, 0, 1, ksize=3)[qy, qx], atol=1e-6)
+
+
+def test_good_removal_puts_the_truth_back_over_the_whole_mask():
+    from crispedit.quality import defects as D
+
+    truth = D.photo_like(160, 160, seed=5)
+    m = D.ellipse_mask(160, 160, 80, 80, 40, 30)
+    pasted = D.paste_seam(truth, m, 1.0)
+    pasted_err = np.abs(pasted[m].astype(int) - truth[m]).mean()
+    assert pasted_err > 5
+    for how in ("jpeg95", "blur0.5"):
+        out = D.good_removal(pasted, truth, m, how, feather=12)
+        err = np.abs(out[m].astype(int) - truth[m]).mean()  # the truth, lightly processed (grain softened)
+        assert err < 4.0 and err < 0.3 * pasted_err
+        far = ~D.ellipse_mask(160, 160, 80, 80, 40 + 14, 30 + 14)
+        assert np.array_equal(out[far], truth[far])  # untouched beyond the soft edge
+    with pytest.raises(ValueError):
+        D.good_removal(pasted, truth, m, "sharpen")

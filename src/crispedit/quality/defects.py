@@ -12,7 +12,10 @@ the defect functions plant one known flaw of a chosen strength inside a mask:
 - :func:`grid_lines`: a grid of 2-px lines every 64 px inside the mask, ``strength`` levels brighter (tile seams);
 - :func:`colour_cast`: a colour shift of ``strength`` ΔE2000 (mostly in a*/b*) inside the mask, feathered;
 - :func:`halo_ring`: a ring of ``strength`` levels just outside the contour (a halo);
-- :func:`clean_edit`: the original plus a little fresh noise (a third of the image's own grain; should pass).
+- :func:`clean_edit`: the original plus a little fresh noise (a third of the image's own grain; should pass);
+- :func:`good_removal`: the second half of a paste-then-remove: the truth (the photo before the paste), lightly
+  processed (JPEG q95 re-compression, or a Gaussian blur of sigma 0.5 px), put back over the whole mask and
+  faded out over ``feather`` px outside it: what a good removal returns (should pass).
 
 >>> import numpy as np
 >>> img = photo_like(256, 256, seed=1)
@@ -40,6 +43,7 @@ __all__ = [
     "colour_cast",
     "halo_ring",
     "clean_edit",
+    "good_removal",
     "denoise_around",
     "DEFECTS",
 ]
@@ -281,6 +285,28 @@ def clean_edit(
     rng = np.random.default_rng(seed)
     n = rng.normal(size=f.shape).astype(np.float32) * (extra_noise / 255.0)
     return _blend(orig, f + n, feather_weight(mask, feather))
+
+
+def good_removal(pasted: np.ndarray, truth: np.ndarray, mask: np.ndarray, how: str = "jpeg95", *,
+                 feather: int = 12) -> np.ndarray:
+    """A good removal of what was pasted into ``mask``: ``truth`` (same shape and dtype as ``pasted``, equal to it
+    outside the mask) after ``how`` -- ``"jpeg95"``: a JPEG round trip at quality 95 (OpenCV/libjpeg, 4:2:0),
+    ``"blur0.5"``: a Gaussian blur of sigma 0.5 px -- blended in with weight 1 over the whole mask, falling to 0
+    over ``feather`` px outside it (a smoothstep of the distance to the mask). uint8 RGB for ``"jpeg95"``."""
+    if how == "jpeg95":
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(truth, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        if not ok:
+            raise RuntimeError("JPEG encoding failed")
+        new = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        new_f, _ = _to_float(new)
+    elif how == "blur0.5":
+        new_f = cv2.GaussianBlur(_to_float(truth)[0], (0, 0), 0.5)
+    else:
+        raise ValueError(f"unknown good removal {how!r}: use 'jpeg95' or 'blur0.5'")
+    d = cv2.distanceTransform((~mask).astype(np.uint8), cv2.DIST_L2, 5)
+    x = np.clip(1.0 - d / max(1, feather), 0.0, 1.0)
+    weight = (x * x * (3.0 - 2.0 * x)).astype(np.float32)
+    return _blend(pasted, new_f, weight)
 
 
 def _bbox(mask: np.ndarray, pad: int) -> tuple[int, int, int, int]:

@@ -492,40 +492,17 @@ def sample_contour(mask: np.ndarray, origin: tuple[int, int], *, step: float = 2
     """Points every ``step`` px along all contours (outer and holes) of ``mask`` (a crop placed at ``origin``)."""
     m8 = mask.astype(np.uint8)
     contours, _ = cv2.findContours(m8, cv2.RETR_LIST, cv2.CHAIN_APPROX_NONE)
-    # outward normal = minus the gradient of a blurred mask
-    blur = cv2.GaussianBlur(m8.astype(np.float32), (0, 0), 3.0)
-    gx = cv2.Sobel(blur, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(blur, cv2.CV_32F, 0, 1, ksize=3)
     h, w = mask.shape
-    pts_all, seg_all = [], []
-    seg_id = 0
-    per_seg = max(2, int(round(segment_px / step)))
-    for c in contours:
-        c = c[:, 0, :].astype(np.float32)
-        if len(c) < 8:
-            continue
-        # arc-length resampling
-        closed = np.vstack([c, c[:1]])
-        dl = np.hypot(*np.diff(closed, axis=0).T)
-        s = np.concatenate([[0.0], np.cumsum(dl)])
-        total = s[-1]
-        n = max(4, int(total // step))
-        t = np.linspace(0.0, total, n, endpoint=False)
-        px = np.interp(t, s, closed[:, 0])
-        py = np.interp(t, s, closed[:, 1])
-        # drop points on the crop border that are also the image border (no outside there): handled by caller
-        pts_all.append(np.stack([px, py], axis=1))
-        nseg = max(1, int(round(n / per_seg)))
-        seg_all.append(seg_id + np.minimum((np.arange(n) * nseg) // n, nseg - 1))
-        seg_id += nseg
-    if not pts_all:
+    pts, seg = _resample_contours([c[:, 0, :] for c in contours if len(c) >= 8], step,
+                                  max(2, int(round(segment_px / step))))
+    if len(pts) == 0:
         z = np.zeros((0, 2), np.float32)
         return Contour(z, z, np.zeros(0, int), 0)
-    pts = np.concatenate(pts_all).astype(np.float32)
-    seg = np.concatenate(seg_all).astype(int)
     xi = np.clip(np.round(pts[:, 0]).astype(int), 0, w - 1)
     yi = np.clip(np.round(pts[:, 1]).astype(int), 0, h - 1)
-    nx, ny = -gx[yi, xi], -gy[yi, xi]
+    # outward normal = minus the gradient of a blurred mask
+    gx, gy = _mask_gradient_at(m8, xi, yi)
+    nx, ny = -gx, -gy
     norm = np.hypot(nx, ny)
     ok = norm > 1e-6
     nx = np.where(ok, nx / np.maximum(norm, 1e-12), 0.0)
@@ -537,6 +514,87 @@ def sample_contour(mask: np.ndarray, origin: tuple[int, int], *, step: float = 2
     # renumber segments densely
     uniq, seg = np.unique(seg, return_inverse=True)
     return Contour(pts, normals, seg, int(len(uniq)))
+
+
+def _resample_contours(contours: list[np.ndarray], step: float, per_seg: int) -> tuple[np.ndarray, np.ndarray]:
+    """Closed contours ((N_i, 2) int x, y) resampled every ``step`` px of arc length (at least 4 points each),
+    all at once (no Python loop over the contours: speckle masks have thousands); returns the (N, 2) float32
+    points and (N,) segment ids (segments of ``per_seg`` points, numbered across the contours)."""
+    if not contours:
+        return np.zeros((0, 2), np.float32), np.zeros(0, int)
+    lens = np.array([len(c) for c in contours])
+    c = np.concatenate(contours).astype(np.float32)
+    starts = np.concatenate([[0], np.cumsum(lens)[:-1]])
+    nxt = np.arange(len(c)) + 1
+    nxt[starts + lens - 1] = starts  # each contour closes on its first point
+    dl = np.hypot(*(c[nxt] - c).T)  # float32, as a per-contour resampling would have it
+    # arc length at each point (0 at each contour's first point) and each contour's length: a float32 cumulative
+    # sum per contour, done row-wise on zero-padded blocks of contours of similar length (the same sums as one
+    # np.cumsum per contour, without a Python loop over thousands of contours)
+    s = np.zeros(len(c), np.float64)
+    total = np.zeros(len(lens), np.float64)
+    bucket = np.ceil(np.log2(lens)).astype(int)
+    for b in np.unique(bucket):
+        ids = np.nonzero(bucket == b)[0]
+        width = int(lens[ids].max())
+        col = np.arange(width)
+        valid = col[None, :] < lens[ids, None]
+        idx = np.where(valid, starts[ids, None] + col[None, :], 0)
+        block = np.where(valid, dl[idx], np.float32(0)).astype(np.float32)
+        cum = np.cumsum(block, axis=1, dtype=np.float32)
+        total[ids] = cum[np.arange(len(ids)), lens[ids] - 1]
+        prev = np.concatenate([np.zeros((len(ids), 1), np.float32), cum[:, :-1]], axis=1)
+        s[idx[valid]] = prev[valid]
+    c = c.astype(np.float64)
+    n = np.maximum(4, np.floor_divide(total, step).astype(int))
+    cid = np.repeat(np.arange(len(lens)), n)
+    first = np.concatenate([[0], np.cumsum(n)[:-1]])
+    k = np.arange(int(n.sum())) - np.repeat(first, n)
+    t = k * np.repeat(total / n, n)
+    # the segment each sample falls on: search in (contour id, arc length) order
+    key_pts = np.repeat(np.arange(len(lens)), lens) * (total.max() + 2.0) + s
+    key_t = cid * (total.max() + 2.0) + t
+    j = np.clip(np.searchsorted(key_pts, key_t, side="right") - 1, 0, len(c) - 1)
+    dlj = np.maximum(dl[j].astype(np.float64), 1e-12)
+    p = (c[nxt[j]] - c[j]) / dlj[:, None] * (t - s[j])[:, None] + c[j]  # as np.interp computes it
+    nseg = np.maximum(1, np.rint(n / per_seg).astype(int))
+    seg_base = np.concatenate([[0], np.cumsum(nseg)[:-1]])
+    seg = np.repeat(seg_base, n) + np.minimum((k * np.repeat(nseg, n)) // np.repeat(n, n), np.repeat(nseg - 1, n))
+    return p.astype(np.float32), seg.astype(int)
+
+
+_GRAD_TILE = 64
+_GRAD_HALO = 16  # > the Gaussian's radius (12 px at sigma 3) + the Sobel's (1 px)
+
+
+def _mask_gradient_at(m8: np.ndarray, xi: np.ndarray, yi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sobel gradient (x, y) of the mask blurred by a Gaussian of sigma 3 px, at pixels (``xi``, ``yi``).
+
+    The same values as blurring and differentiating the whole crop, computed only on the tiles of
+    ``_GRAD_TILE`` px that hold a point (each with a ``_GRAD_HALO`` px halo, clipped at the crop's edges, where
+    the border rule is the whole crop's): a mask of scattered spots over a large crop costs its spots' tiles."""
+    h, w = m8.shape
+    ty, tx = yi // _GRAD_TILE, xi // _GRAD_TILE
+    ntx = -(-w // _GRAD_TILE)
+    if len(np.unique(ty * ntx + tx)) * (_GRAD_TILE + 2 * _GRAD_HALO) ** 2 >= h * w:  # dense: the whole crop
+        blur = cv2.GaussianBlur(m8.astype(np.float32), (0, 0), 3.0)
+        return (cv2.Sobel(blur, cv2.CV_32F, 1, 0, ksize=3)[yi, xi], cv2.Sobel(blur, cv2.CV_32F, 0, 1, ksize=3)[yi, xi])
+    gx = np.zeros(len(xi), np.float32)
+    gy = np.zeros(len(xi), np.float32)
+    key = ty * ntx + tx
+    order = np.argsort(key, kind="stable")
+    uniq, first = np.unique(key[order], return_index=True)
+    bounds = np.append(first, len(order))
+    for k, t in enumerate(uniq):
+        idx = order[bounds[k] : bounds[k + 1]]
+        r, c = divmod(int(t), ntx)
+        y0, x0 = max(0, r * _GRAD_TILE - _GRAD_HALO), max(0, c * _GRAD_TILE - _GRAD_HALO)
+        y1, x1 = min(h, (r + 1) * _GRAD_TILE + _GRAD_HALO), min(w, (c + 1) * _GRAD_TILE + _GRAD_HALO)
+        blur = cv2.GaussianBlur(m8[y0:y1, x0:x1].astype(np.float32), (0, 0), 3.0)
+        py, px = yi[idx] - y0, xi[idx] - x0
+        gx[idx] = cv2.Sobel(blur, cv2.CV_32F, 1, 0, ksize=3)[py, px]
+        gy[idx] = cv2.Sobel(blur, cv2.CV_32F, 0, 1, ksize=3)[py, px]
+    return gx, gy
 
 
 _REMAP_ROW = 8192

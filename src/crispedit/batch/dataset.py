@@ -38,7 +38,8 @@ SUPERSEDED = "superseded"
 HASHES = "input-hashes.json"
 
 
-def _atomic_text(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, fsync, then ``os.replace``."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
         with open(tmp, "x", encoding="utf-8") as f:
@@ -101,7 +102,7 @@ def prepare_outdir(outdir: Path, manifest: dict[str, Any], resume: bool, keys: O
         for key in keys:
             _restore(outdir, key)
     data = dict(manifest, runs=runs[-50:], tables=tables)
-    _atomic_text(mpath, json.dumps(data, indent=1, sort_keys=True))
+    write_text_atomic(mpath, json.dumps(data, indent=1, sort_keys=True))
     return data
 
 
@@ -172,7 +173,7 @@ def save_hashes(outdir: Path) -> None:
     from crispedit.workflow import runner
 
     rows = [[*k, v] for k, v in runner._FILE_HASHES.items()]
-    _atomic_text(Path(outdir) / HASHES, json.dumps(rows))
+    write_text_atomic(Path(outdir) / HASHES, json.dumps(rows))
 
 
 def remove_temporary(outdir: Path) -> int:
@@ -249,13 +250,13 @@ def assemble(outdir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
         supersede(outdir, live)
         manifest = dict(manifest, tables=tables)
     recs = load_records(outdir)
-    _atomic_text(outdir / "records.jsonl", "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in recs))
+    write_text_atomic(outdir / "records.jsonl", "".join(json.dumps(r, sort_keys=True, default=str) + "\n" for r in recs))
     summary = summarize(recs)
     # items the tables list but no record yet (an interrupted run): counted, so "done" reads against the whole
     summary["pending"] = len(live - {r["key"] for r in recs}) if live is not None else 0
     summary["items"] += summary["pending"]
     summary["superseded"] = len(list((outdir / SUPERSEDED / "records").glob("*.json")))
-    _atomic_text(outdir / "README.md", dataset_card(summary, manifest))
+    write_text_atomic(outdir / "README.md", dataset_card(summary, manifest))
     return summary
 
 

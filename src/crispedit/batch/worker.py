@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import secrets
 import time
 import traceback
 from pathlib import Path
@@ -28,17 +27,9 @@ FAULT_ENV = "CRISPEDIT_BATCH_FAULTS"
 
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to ``path`` through a temporary file in the same folder and ``os.replace`` (POSIX-atomic)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, sort_keys=True, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    from crispedit.batch.dataset import write_text_atomic
+
+    write_text_atomic(Path(path), json.dumps(data, indent=1, sort_keys=True, default=str))
 
 
 def _fault(stage: str, row: int) -> None:

@@ -72,6 +72,23 @@ def _as_image(img: np.ndarray, name: str = "image") -> tuple[np.ndarray, bool]:
     return arr.astype(np.float32, copy=False), False
 
 
+def _as_pair(edited: np.ndarray, original: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """``edited`` and ``original`` as float32 HxWxC of one shape, and whether they were 2-D; ValueError if not."""
+    edit, was_2d = _as_image(edited, "edited")
+    orig, _ = _as_image(original, "original")
+    if edit.shape != orig.shape:
+        raise ValueError(f"edited shape {edit.shape} != original shape {orig.shape}")
+    return edit, orig, was_2d
+
+
+def _as_weight(weight: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A float32 weight map of ``shape`` (H, W); ValueError otherwise."""
+    wgt = np.asarray(weight, dtype=np.float32)
+    if wgt.shape != tuple(shape):
+        raise ValueError(f"weight must have shape {tuple(shape)}, got {wgt.shape}")
+    return wgt
+
+
 def _restore_shape(arr: np.ndarray, was_2d: bool) -> np.ndarray:
     return arr[:, :, 0] if was_2d else arr
 
@@ -401,14 +418,9 @@ def multiband_blend(original: np.ndarray, edited: np.ndarray, weight: np.ndarray
     >>> float(out[32, 32, 0]), float(out[0, 0, 0])
     (1.0, 0.0)
     """
-    orig, was_2d = _as_image(original, "original")
-    edit, _ = _as_image(edited, "edited")
-    if edit.shape != orig.shape:
-        raise ValueError(f"edited shape {edit.shape} != original shape {orig.shape}")
+    edit, orig, was_2d = _as_pair(edited, original)
     h, w, c = orig.shape
-    wgt = np.asarray(weight, dtype=np.float32)
-    if wgt.shape != (h, w):
-        raise ValueError(f"weight must have shape {(h, w)}, got {wgt.shape}")
+    wgt = _as_weight(weight, (h, w))
     out = orig.copy()
     core = wgt >= np.float32(1.0 - 1e-6)
     if not core.any():
@@ -529,10 +541,7 @@ def tone_match(edited: np.ndarray, original: np.ndarray, known: np.ndarray, targ
     >>> bool(np.abs(out - o).max() < 1e-3)
     True
     """
-    edit, was_2d = _as_image(edited, "edited")
-    orig, _ = _as_image(original, "original")
-    if edit.shape != orig.shape:
-        raise ValueError(f"edited shape {edit.shape} != original shape {orig.shape}")
+    edit, orig, was_2d = _as_pair(edited, original)
     h, w, c = edit.shape
     kn = _as_mask(known, (h, w), "known")
     tg = _as_mask(target, (h, w), "target")
@@ -790,10 +799,7 @@ def match_grain(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring
     >>> bool(abs(noise_sigma(out, m)[0] / noise_sigma(o, ~m)[0] - 1) < 0.2)
     True
     """
-    edit, was_2d = _as_image(edited, "edited")
-    orig, _ = _as_image(original, "original")
-    if edit.shape != orig.shape:
-        raise ValueError(f"edited shape {edit.shape} != original shape {orig.shape}")
+    edit, orig, was_2d = _as_pair(edited, original)
     h, w, c = edit.shape
     m = _as_mask(mask, (h, w), "mask")
     rg = _as_mask(ring, (h, w), "ring") & ~m
@@ -1053,14 +1059,9 @@ def match_sharpness(edited: np.ndarray, original: np.ndarray, ring: np.ndarray, 
     >>> bool(np.abs(highpass(out, 1)).std() > 1.3 * np.abs(highpass(soft, 1)).std())
     True
     """
-    edit, was_2d = _as_image(edited, "edited")
-    orig, _ = _as_image(original, "original")
-    if edit.shape != orig.shape:
-        raise ValueError(f"edited shape {edit.shape} != original shape {orig.shape}")
+    edit, orig, was_2d = _as_pair(edited, original)
     h, w, c = edit.shape
-    wt = np.asarray(weight, dtype=np.float32)
-    if wt.shape != (h, w):
-        raise ValueError(f"weight must have shape {(h, w)}, got {wt.shape}")
+    wt = _as_weight(weight, (h, w))
     out = edit.copy()
     if gains is None and transfer is None:
         fit = sharpness_gains(edit, orig, ring, sigmas=sigmas, max_gain=max_gain)
@@ -1209,10 +1210,7 @@ def transfer_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, 
     >>> bool(out[:, 12].min() > 0.5), float(out[:, :4].max())
     (True, 0.0)
     """
-    edit, was_2d = _as_image(edited, "edited")
-    orig, _ = _as_image(original, "original")
-    if edit.shape != orig.shape:
-        raise ValueError(f"edited shape {edit.shape} != original shape {orig.shape}")
+    edit, orig, was_2d = _as_pair(edited, original)
     m = _as_mask(mask, edit.shape[:2])
     out = edit.copy()
     if not m.any() or m.all():

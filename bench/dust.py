@@ -58,7 +58,7 @@ def changed_distance(before: np.ndarray, after: np.ndarray, mask: np.ndarray) ->
 
 def run_case(photo: str, case: str, n: int, engine: str, seed: int) -> dict:
     import crispedit
-    from crispedit.imageio import load_image
+    from crispedit.io import load_image
 
     data = load_image(photo)
     img = data.array

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from photos import get_photo_info  # noqa: E402
 from zoom import machine_line, source_state, update_doc  # noqa: E402
 
-from crispedit.imageio import load_image, save_image  # noqa: E402
+from crispedit.io import load_image, save_image  # noqa: E402
 from crispedit.jpeg_lossless import metadata_segments, read_coefficients  # noqa: E402
 
 

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from photos import get_photo_info  # noqa: E402
 
-from crispedit.imageio import load_image  # noqa: E402
+from crispedit.io import load_image  # noqa: E402
 from crispedit.quality import defects as D  # noqa: E402
 from crispedit.quality.verdict import assess  # noqa: E402
 

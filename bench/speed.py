@@ -2,7 +2,7 @@
 
 1. A 4K edit (a 3840x2160 crop of a real photo, JPEG in, PNG out) with the classical engine, split into decode,
    plan, engine, composite and encode (``result.info['timings']`` from the harness, plus the encode timed here).
-   The I/O floor is decoding the same file plus a fast lossless PNG encode of it (``crispedit.imageio``).
+   The I/O floor is decoding the same file plus a fast lossless PNG encode of it (``crispedit.io``).
    Target: harness time (everything but the engine) <= 2 x the I/O floor.
 2. Peak RSS of an 8K (7680x4320: the photo upscaled, fine for a memory test only) edit, decode to PNG encode,
    measured in a subprocess with ``resource.getrusage(RUSAGE_CHILDREN).ru_maxrss``. Target <= 1.5 GB.
@@ -98,7 +98,7 @@ def one_edit(image: Path, mask: Path, out: Path) -> dict[str, float]:
     """Edit with the classical engine and encode; seconds per stage (harness timings + encode + wall), and the
     CPU seconds (user + sys) of the harness (edit and encode less the engine's calls)."""
     import crispedit
-    from crispedit.imageio import save_image
+    from crispedit.io import save_image
 
     eng, engine_cpu = _classical_counted()
     c, t = _cpu(), time.perf_counter()
@@ -118,7 +118,7 @@ def one_edit(image: Path, mask: Path, out: Path) -> dict[str, float]:
 
 
 def io_floor(image: Path, out: Path) -> dict[str, float]:
-    from crispedit.imageio import load_image, save_image
+    from crispedit.io import load_image, save_image
 
     c, t = _cpu(), time.perf_counter()
     data = load_image(str(image))

@@ -88,7 +88,7 @@ def cache_hit_4k() -> dict:
     import numpy as np
     from PIL import Image
 
-    import crispedit.imageio as io
+    import crispedit.io as io
     from crispedit.engines.base import register_engine
 
     register_engine("bench-trivial", lambda **kw: _TrivialEngine())

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from crispedit.imageio import load_image
+from crispedit.io import load_image
 from crispedit.mask import load_mask, mask_from_ellipse, union
 
 # Two dandelion heads in the demo photo (x0, y0, x1, y1 in px of the 5312x2988 original).

@@ -18,7 +18,7 @@ import pytest
 from conftest import photo_like
 from PIL import Image, ImageCms
 
-from crispedit.imageio import load_image, save_image
+from crispedit.io import load_image, save_image
 from crispedit.jpeg_lossless import metadata_segments, read_coefficients, splice_jpeg
 
 jpeglib = pytest.importorskip("jpeglib")

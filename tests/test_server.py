@@ -110,7 +110,7 @@ def test_open_refuses_symlink_escape(client):
 
 
 def test_open_errors_are_the_cli_one_liners(root, tmp_path, client):
-    from crispedit.imageio import load_image
+    from crispedit.io import load_image
 
     r = client.post("/api/open", json={"path": "notes.txt"})
     assert r.status_code == 400 and "cannot open '.txt' files" in r.json()["error"]
@@ -157,7 +157,7 @@ def test_upload_opens_and_is_cleaned_up(client, tmp_path):
 
 
 def test_upload_refusals(root, tmp_path):
-    from crispedit.imageio import load_image
+    from crispedit.io import load_image
 
     with _client(root, tmp_path, max_upload_bytes=10_000) as c:
         big = b"\0" * 20_000
@@ -538,7 +538,7 @@ def test_sd15_run_streams_denoise_progress(root, tmp_path, monkeypatch):
 def test_evicted_version_is_decoded_once_for_many_tile_requests(client, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
-    import crispedit.imageio as imageio
+    import crispedit.io as imageio
 
     d = _open(client)
     state = client.app.app.state.crispedit  # Guard -> FastAPI app

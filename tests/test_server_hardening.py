@@ -175,7 +175,7 @@ def test_host_and_origin_variants(client):
 
 
 def test_exif_rotated_jpeg_mask_lands_where_the_user_painted_and_report_escapes_the_prompt(root, tmp_path):
-    from crispedit.imageio import load_image
+    from crispedit.io import load_image
 
     im = Image.fromarray(photo_like(320, 200, seed=9))
     exif = im.getexif()

@@ -368,7 +368,7 @@ def test_second_run_does_no_engine_call(small_photo, tmp_path, counting_engine, 
     assert any(own_cache.rglob("entry.json")) and any(own_cache.rglob("*.npz"))
 
     # second run: nothing decoded, no engine call, the output file is still there and unchanged
-    import crispedit.imageio as io
+    import crispedit.io as io
 
     decodes = []
     real = io.load_image

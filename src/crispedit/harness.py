@@ -23,7 +23,7 @@ from crispedit import compositing
 from crispedit import options as options_mod
 from crispedit.engines.base import Engine, get_engine
 from crispedit.errors import InputError
-from crispedit.imageio import ImageData, from_float, load_image, to_float, to_pil
+from crispedit.io import ImageData, from_float, load_image, to_float, to_pil
 from crispedit.mask import grow, load_mask_weights
 from crispedit.membrane import seam_correct
 from crispedit.regions import MaskPlan, Region, part_clusters, plan_mask, tile_grid

@@ -60,7 +60,7 @@ def _save_mask(mask: Any, path: Path) -> dict[str, Any]:
     """Write a bool mask as an 8-bit PNG (255 = edit) with the same atomic writer as the edits."""
     import numpy as np
 
-    from crispedit.imageio import load_image, save_image
+    from crispedit.io import load_image, save_image
     from crispedit.workflow.runner import file_hash
 
     path.parent.mkdir(parents=True, exist_ok=True)

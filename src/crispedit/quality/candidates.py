@@ -312,7 +312,7 @@ def edit_candidates(
         raise InputError(f"the number of candidates must be at least 1, got {n!r}", "pass --candidates N with N >= 1")
     if edit_fn is None:
         from crispedit import edit as edit_fn  # lazy: the harness pulls in the engines
-    from crispedit.imageio import load_image
+    from crispedit.io import load_image
 
     original = image if isinstance(image, np.ndarray) else _as_array(image)
     if not isinstance(original, np.ndarray) or original.dtype == object or original.ndim < 2:

@@ -24,7 +24,7 @@ MAX_PIXELS_HELP = "Refuse larger images (decompression bombs)."
 
 def _load_pair(original: Path, edited: Path, mask: Optional[Path], max_pixels: int = 300_000_000
                ) -> tuple[Any, Any, Any]:
-    from crispedit.imageio import load_image  # lazy: written by the I/O module's owner
+    from crispedit.io import load_image  # lazy: written by the I/O module's owner
 
     a = load_image(original, max_pixels=max_pixels).array
     b = load_image(edited, max_pixels=max_pixels).array

@@ -190,7 +190,7 @@ class State:
 
     def open_file(self, path: Path, name: str, source: str, folder: Optional[Path] = None) -> Document:
         """Load ``path`` with the library's loader (same checks and messages as the CLI) and make a document."""
-        from crispedit.imageio import load_image
+        from crispedit.io import load_image
 
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             raise InputError(f"cannot open '{path.suffix or path.name}' files",
@@ -240,7 +240,7 @@ class State:
         return pyr
 
     def pyramid(self, doc: Document, n: int) -> tiles.Pyramid:
-        from crispedit.imageio import load_image
+        from crispedit.io import load_image
 
         key = (doc.id, n)
         with self.pyr_lock:

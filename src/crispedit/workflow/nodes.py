@@ -3,13 +3,13 @@
 A node type declares typed **inputs** (links from other nodes' outputs), typed **outputs**, **parameters** with
 defaults, and a one-line **purpose**. Its run function is a thin wrapper over the library function that the CLI
 also calls (``crispedit.edit``, ``crispedit.generate``, ``crispedit.mask.*``, ``crispedit.compositing.*``,
-``crispedit.quality.*``, ``crispedit.imageio.*``): the workflow adds wiring, caching and explanations, never a
+``crispedit.quality.*``, ``crispedit.io.*``): the workflow adds wiring, caching and explanations, never a
 second implementation. Library modules are imported inside the run functions, so ``import crispedit.workflow``
 stays cheap (no OpenCV, no torch).
 
 Link types (the values that travel along links):
 
-``image``   an image at full bit depth with its metadata (``crispedit.imageio.ImageData``)
+``image``   an image at full bit depth with its metadata (``crispedit.io.ImageData``)
 ``mask``    bool array H x W, True = edit
 ``weight``  float32 array H x W in [0, 1] (a soft mask, e.g. a feathered one)
 ``result``  dict: what an edit did (regions, engine calls, timings, options) -- ``EditResult.info``
@@ -38,7 +38,7 @@ from crispedit.options import DEFAULT_MAX_PIXELS, DEFAULT_STRENGTH
 
 #: The link types and what travels on them (shown by ``crispedit nodes``).
 LINK_TYPES: dict[str, str] = {
-    "image": "an image at full bit depth with its ICC profile and EXIF (crispedit.imageio.ImageData)",
+    "image": "an image at full bit depth with its ICC profile and EXIF (crispedit.io.ImageData)",
     "mask": "bool array HxW, True = edit",
     "weight": "float32 array HxW in [0, 1]: a soft mask (1 = edit)",
     "result": "dict: what an edit did (regions, engine calls, timings, options)",
@@ -420,7 +420,7 @@ def image_from_array(array: Any, **meta: Any) -> Any:
     """An ImageData holding ``array`` (HxWxC uint8/uint16), with metadata ``meta`` (icc_profile, exif, ...)."""
     import numpy as np
 
-    from crispedit.imageio import ImageData
+    from crispedit.io import ImageData
 
     a = np.ascontiguousarray(array)
     if a.ndim == 2:
@@ -454,7 +454,7 @@ def image_size(data: Any) -> tuple[int, int]:
 
 def _colour_float(data: Any) -> Any:
     """The colour channels (gray or RGB; alpha left out) as float32 in [0, 1]."""
-    from crispedit.imageio import to_float
+    from crispedit.io import to_float
 
     a = data.array
     return to_float(a[..., :3] if a.shape[2] >= 3 else a[..., :1])
@@ -462,7 +462,7 @@ def _colour_float(data: Any) -> Any:
 
 def _from_float_like(data: Any, f: Any, region: Any = None) -> Any:
     """Float colour back into a copy of ``data`` (its dtype; alpha kept); only ``region`` (bool) changes."""
-    from crispedit.imageio import from_float
+    from crispedit.io import from_float
 
     new = from_float(f, data.array.dtype)
     if new.ndim == 2:
@@ -549,9 +549,9 @@ def _result_outputs(ctx: NodeContext, template: Any, result: Any) -> dict[str, A
       outputs=[Port("image", IMG, "the decoded image")],
       params=[Param("path", str, REQUIRED, "image file (relative to the workflow file)", kind="input_file"),
               Param("max_pixels", int, DEFAULT_MAX_PIXELS, "refuse larger images (decompression bombs)")],
-      category="input", library="crispedit.imageio.load_image", store=False)
+      category="input", library="crispedit.io.load_image", store=False)
 def _load_image(ctx: NodeContext, path: str, max_pixels: int) -> dict[str, Any]:
-    from crispedit.imageio import load_image
+    from crispedit.io import load_image
 
     data = load_image(path, max_pixels=max_pixels)
     for note in getattr(data, "notes", ()) or ():
@@ -853,7 +853,7 @@ def _quality_check(ctx: NodeContext, original: Any, edited: Any, mask: Any, writ
     from crispedit.quality.verdict import Thresholds, assess
 
     if written is not None:  # check the bytes the user got, not the in-memory result
-        from crispedit.imageio import load_image
+        from crispedit.io import load_image
 
         edited = load_image(written, max_pixels=max(300_000_000, int(original.array.shape[0] * original.array.shape[1])))
 
@@ -967,12 +967,12 @@ def _select_best(ctx: NodeContext, original: Any, candidates: list, mask: Any, j
               Param("mkdir", bool, True, "create the output folder when missing"),
               Param("reencode", bool, False, "JPEG to JPEG: re-encode the whole picture instead of keeping "
                     "every unedited block's coefficients")],
-      category="output", library="crispedit.imageio.save_image", side_effect=True)
+      category="output", library="crispedit.io.save_image", side_effect=True)
 def _save_image(ctx: NodeContext, image: Any, path: str, overwrite: bool, mkdir: bool,
                 reencode: bool = False) -> dict[str, Any]:
     from pathlib import Path
 
-    from crispedit.imageio import save_image
+    from crispedit.io import save_image
 
     out = Path(path)
     if mkdir:

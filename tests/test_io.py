@@ -1,4 +1,4 @@
-"""Tests for crispedit.imageio: formats, bit depths, metadata, errors, atomic writes, PNG encoder."""
+"""Tests for crispedit.io: formats, bit depths, metadata, errors, atomic writes, PNG encoder."""
 
 from __future__ import annotations
 
@@ -14,9 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageCms, ImageFile, ImageOps
 
-from crispedit import imageio as m
 from crispedit.errors import InputError
-from crispedit.imageio import ImageData, from_float, load_image, save_image, to_float, to_pil
+from crispedit.io import ImageData, from_float, load_image, png, save_image, to_float, to_pil
 
 cv2 = pytest.importorskip("cv2")
 
@@ -89,7 +88,7 @@ def test_lossless_round_trip_exact(tmp_path, ext, dtype, c):
 @pytest.mark.parametrize("c", [1, 2, 3, 4])
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_png_readable_by_pillow_and_opencv(tmp_path, c, dtype, monkeypatch):
-    monkeypatch.setattr(m, "_PNG_BAND_BYTES", 300)  # many bands -> threaded, stitched deflate stream
+    monkeypatch.setattr(png, "_BAND_BYTES", 300)  # many bands -> threaded, stitched deflate stream
     a = noise(41, 29, c, dtype, seed=7)
     out = save_image(ImageData(a), tmp_path / "x.png")
     raw = out.read_bytes()
@@ -114,7 +113,7 @@ def test_adler32_combine_matches_zlib():
     for n1, n2 in [(0, 5), (5, 0), (1, 1), (1000, 70000), (65521, 65522), (100_000, 3)]:
         a = rng.integers(0, 256, n1, dtype=np.uint8).tobytes()
         b = rng.integers(0, 256, n2, dtype=np.uint8).tobytes()
-        assert m._adler32_combine(zlib.adler32(a), zlib.adler32(b), len(b)) == zlib.adler32(a + b)
+        assert png._adler32_combine(zlib.adler32(a), zlib.adler32(b), len(b)) == zlib.adler32(a + b)
 
 
 @pytest.mark.parametrize("c", [3, 4])
@@ -251,7 +250,7 @@ def test_exif_orientation_16bit_png_and_tiff(tmp_path):
 
     a = noise(6, 10, 3, np.uint16)
     with open(tmp_path / "o.png", "wb") as f:
-        m._write_png(f, a, None, exif_bytes(8), None)
+        png.write_png(f, a, None, exif_bytes(8), None)
     tifffile.imwrite(tmp_path / "o.tif", a, photometric="rgb", extratags=[(274, "H", 1, 8, True)])
     for name in ("o.png", "o.tif"):
         data = load_image(tmp_path / name)
@@ -511,7 +510,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
         f.write(b"\x89PNG partial")
         raise RuntimeError("encoder crashed")
 
-    monkeypatch.setattr(m, "_write_png", broken)
+    monkeypatch.setattr(png, "write_png", broken)
     with pytest.raises(RuntimeError):
         save_image(ImageData(photo(4, 4)), target)
     assert target.read_bytes() == b"old contents"
@@ -520,7 +519,7 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path, monkeypatch):
     def disk_full(f, *args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(m, "_write_png", disk_full)
+    monkeypatch.setattr(png, "write_png", disk_full)
     with pytest.raises(InputError, match="No space left"):
         save_image(ImageData(photo(4, 4)), tmp_path / "y.png")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
@@ -589,7 +588,7 @@ def test_float_conversions_exact_round_trip():
     smooth=st.booleans(),
 )
 def test_png_round_trip_property(tmp_path, monkeypatch, h, w, c, depth, band, seed, smooth):
-    monkeypatch.setattr(m, "_PNG_BAND_BYTES", band)
+    monkeypatch.setattr(png, "_BAND_BYTES", band)
     dt = np.uint16 if depth == 16 else np.uint8
     a = photo(h, w, c, dt, seed) if smooth else noise(h, w, c, dt, seed)
     out = save_image(ImageData(a), tmp_path / "p.png")
@@ -607,7 +606,7 @@ def test_print_png_encode_time_4k(capsys):
     a = photo(2160, 3840, 3, np.uint8)
     buf = io.BytesIO()
     t = time.perf_counter()
-    m._write_png(buf, a, None, None, None)
+    png.write_png(buf, a, None, None, None)
     dt = time.perf_counter() - t
     with capsys.disabled():
         print(f"\n[imageio] PNG encode 3840x2160 RGB 8-bit: {dt:.3f} s, {buf.tell() / 1e6:.1f} MB")
@@ -630,7 +629,7 @@ def png_with_text(path: Path, arr: np.ndarray) -> list[tuple[str, bytes]]:
     info.add_itxt("Title", "Katze über dem Tisch", lang="de", tkey="Titel")
     info.add_itxt("XML:com.adobe.xmp", XMP_PACKET.decode())
     Image.fromarray(arr).save(path, pnginfo=info, dpi=(300, 300))
-    return [c for c in m._png_text_chunks(path) if not c[1].startswith(b"XML:com.adobe.xmp\x00")]
+    return [c for c in png.read_text_chunks(path) if not c[1].startswith(b"XML:com.adobe.xmp\x00")]
 
 
 def test_png_text_chunks_xmp_and_dpi_survive_png(tmp_path):

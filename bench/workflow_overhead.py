@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 
 t_import = time.perf_counter()
-from crispedit.workflow.nodes import NodeType, Param, Port, register_node  # noqa: E402
+from crispedit.workflow.library import register_node  # noqa: E402
 from crispedit.workflow.runner import file_hash, run_workflow  # noqa: E402
 from crispedit.workflow.schema import load_workflow  # noqa: E402
+from crispedit.workflow.types import NodeType, Param, Port  # noqa: E402
 
 IMPORT_S = time.perf_counter() - t_import
 

@@ -16,11 +16,13 @@ from conftest import photo_like
 from PIL import Image
 
 from crispedit.errors import InputError
-from crispedit.workflow import nodes as N
+from crispedit.workflow import library as N
+from crispedit.workflow import types as T
 from crispedit.workflow.describe import describe, describe_workflow
-from crispedit.workflow.nodes import NodeType, Param, Port, register_node, unregister_node
+from crispedit.workflow.library import register_node, unregister_node
 from crispedit.workflow.runner import file_hash, run_workflow
 from crispedit.workflow.schema import WorkflowError, dump_workflow, load_workflow
+from crispedit.workflow.types import NodeType, Param, Port
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -781,7 +783,7 @@ def test_every_node_type_declares_purpose_types_and_defaults():
         assert t.purpose and t.purpose.endswith(".") and "\n" not in t.purpose
         assert t.outputs and t.library
         for port in (*t.inputs, *t.outputs):
-            assert set(port.type_set) <= set(N.LINK_TYPES), (t.name, port.name)
+            assert set(port.type_set) <= set(T.LINK_TYPES), (t.name, port.name)
         for p in t.params:
             assert p.doc, (t.name, p.name)
             if not p.required:
@@ -789,7 +791,7 @@ def test_every_node_type_declares_purpose_types_and_defaults():
 
 
 def test_quality_check_stop_fails_the_run_with_exit_1(small_photo, tmp_path, counting_engine):
-    from crispedit.workflow.nodes import QualityGateError
+    from crispedit.workflow.library import QualityGateError
 
     raw = base_wf(small_photo, tmp_path / "o.png", engine="counting-test")
     raw["nodes"]["edit"]["params"].update({"grain": False, "tone": False})  # a flat, grain-free patch

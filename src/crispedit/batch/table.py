@@ -334,7 +334,7 @@ def _file_ref(path: Path, outdir: Optional[Path] = None) -> dict[str, Any]:
 
 
 def _pydantic_messages(exc: ValidationError, where: str) -> list[str]:
-    from crispedit.workflow.nodes import did_you_mean
+    from crispedit.workflow.types import did_you_mean
 
     msgs = []
     for e in exc.errors():
@@ -474,7 +474,7 @@ def _plan_edit_row(row: EditRow, base: Path, where: str, errors: list[str]  # no
                     problems.append(f"{where}: {shape}: {exc.problem}")
     if row.engine not in ("classical", "sd15"):  # the built-in names need no import (sd15 would pull in torch)
         from crispedit.engines.base import engine_names
-        from crispedit.workflow.nodes import did_you_mean
+        from crispedit.workflow.types import did_you_mean
 
         names = engine_names()
         if row.engine not in names:

@@ -4,7 +4,8 @@
 >>> res = run_workflow("examples/4k-object-removal.yaml", overrides=["photo.path=my.jpg"])  # doctest: +SKIP
 >>> describe_workflow("examples/4k-text-inpaint.yaml")["task"]                # doctest: +SKIP
 
-See docs/workflows.md. Submodules: ``schema`` (file format, validation, --set), ``nodes`` (node registry),
+See docs/workflows.md. Submodules: ``types`` (link types, ports, parameters, node types),
+``library`` (the node registry and the built-in node types), ``schema`` (file format, validation, --set),
 ``runner`` (execution and cache), ``cards`` (model cards), ``describe``, ``builtin`` (edit/generate as
 workflows), ``cli`` (the run/nodes/describe commands).
 """
@@ -16,8 +17,8 @@ from typing import Any
 _EXPORTS = {
     "load_workflow": "schema", "dump_workflow": "schema", "Workflow": "schema", "WorkflowError": "schema",
     "SCHEMA_VERSION": "schema", "run_workflow": "runner", "RunResult": "runner",
-    "describe_workflow": "describe", "register_node": "nodes", "NodeType": "nodes", "Port": "nodes",
-    "Param": "nodes", "NODE_TYPES": "nodes", "edit_workflow": "builtin", "generate_workflow": "builtin",
+    "describe_workflow": "describe", "register_node": "library", "NodeType": "types", "Port": "types",
+    "Param": "types", "NODE_TYPES": "library", "edit_workflow": "builtin", "generate_workflow": "builtin",
     "run_edit": "builtin", "run_generate": "builtin",
 }
 __all__ = sorted(_EXPORTS)

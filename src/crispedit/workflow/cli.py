@@ -91,7 +91,8 @@ def nodes_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print as JSON."),
 ) -> None:
     """List the node types: inputs, outputs, parameters with defaults, and what each one does."""
-    from crispedit.workflow.nodes import LINK_TYPES, NODE_TYPES, get_node_type
+    from crispedit.workflow.library import NODE_TYPES, get_node_type
+    from crispedit.workflow.types import LINK_TYPES
 
     try:
         types = [get_node_type(type_)] if type_ else [NODE_TYPES[k] for k in NODE_TYPES]

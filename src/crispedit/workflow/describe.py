@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Union
 
 from crispedit.options import DEFAULT_STRENGTH
 from crispedit.workflow.cards import cards_for_node, cards_for_workflow
-from crispedit.workflow.nodes import shape_box_px
+from crispedit.workflow.library import shape_box_px
 from crispedit.workflow.schema import Node, Workflow, load_workflow
 
 Size = Optional[tuple[int, int]]

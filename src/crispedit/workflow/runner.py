@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 from crispedit.errors import CrispEditError, InputError
-from crispedit.workflow.nodes import NodeContext
 from crispedit.workflow.schema import Link, Workflow, WorkflowError, load_workflow
+from crispedit.workflow.types import NodeContext
 
 JSON_TYPES = {"result", "report", "text", "number", "path"}
 ARRAY_TYPES = {"mask", "weight"}
@@ -187,7 +187,7 @@ class CacheStore:
         with np.load(self.folder(key) / spec["file"], allow_pickle=False) as z:
             array = z["array"]
         if kind == "image":
-            from crispedit.workflow.nodes import image_from_array
+            from crispedit.workflow.types import image_from_array
 
             meta = spec.get("meta") or {}
             return image_from_array(

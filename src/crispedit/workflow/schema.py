@@ -40,7 +40,8 @@ from typing import Any, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from crispedit.errors import InputError
-from crispedit.workflow.nodes import NODE_TYPES, NodeType, Param, did_you_mean
+from crispedit.workflow.library import NODE_TYPES
+from crispedit.workflow.types import NodeType, Param, did_you_mean
 
 #: The schema version this crispedit reads and writes.
 SCHEMA_VERSION = 1

@@ -424,7 +424,7 @@ def _with_node(exc: CrispEditError, name: str, type_: str) -> CrispEditError:
     return new
 
 
-def run_workflow(src: Union[str, Path, dict, Workflow], *, overrides: list[str] = (),  # type: ignore[assignment]  # noqa: C901 - to be split (issue 12)
+def run_workflow(src: Union[str, Path, dict, Workflow], *, overrides: list[str] = (),  # type: ignore[assignment]
                  cache: bool = True, cache_root: Optional[Path] = None,
                  progress: Optional[Callable[[NodeEvent], None]] = None,
                  keep: Optional[set[str]] = None, base_dir: Optional[Path] = None) -> RunResult:
@@ -449,33 +449,58 @@ def run_workflow(src: Union[str, Path, dict, Workflow], *, overrides: list[str] 
     wf = load_workflow(src, overrides=list(overrides), base_dir=base_dir)
     _preflight(wf)
     store = CacheStore(cache_root or cache_dir()) if cache else None
-    order = wf.order
-    total = len(order)
-
-    def emit(ev: NodeEvent) -> None:
-        if progress is not None:
-            progress(ev)
-
     # 1. keys (cheap: params + file hashes), volatility, cache hits
+    keys, volatile = _node_keys(wf)
+    hits = _cache_hits(wf, store, keys, volatile)
+    # 2. what must run: wanted nodes (sinks, file writers) not cached, and what they need that is not cached
+    sinks = set(wf.sinks())
+    to_run = _nodes_to_run(wf, sinks, hits)
+    # 3. run them in order
+    run = _Run(wf, store, keys, volatile, hits, progress, set(sinks if keep is None else keep))
+    run.remaining = {n: sum(1 for c in wf.consumers(n) if c in to_run) for n in wf.order}
+    for i, n in enumerate(wf.order):
+        if n in to_run:
+            run.run_node(i, n)
+        else:
+            run.pass_node(i, n)
+    if store is not None and run.written > (1 << 20):
+        max_gb = float(os.environ.get("CRISPEDIT_CACHE_MAX_GB", "20"))
+        store.prune(int(max_gb * (1 << 30)))
+    kept = {n: v for n, v in run.values.items() if n in run.keep}
+    return RunResult(wf, run.records, run.notes, time.perf_counter() - t0, keys, store, kept,
+                     {n: e for n, e in hits.items()})
+
+
+def _node_keys(wf: Workflow) -> tuple[dict[str, str], dict[str, bool]]:
+    """(cache key, volatile) per node: a node is volatile when it is seeded with ``seed: null`` or anything
+    upstream is; a volatile node gets a random key (it runs every time)."""
     keys: dict[str, str] = {}
     volatile: dict[str, bool] = {}
-    for n in order:
+    for n in wf.order:
         node = wf.nodes[n]
         vol = any(volatile[u] for u in node.upstream()) or (
             node.type.seeded and "seed" in node.params and node.params["seed"] is None)
         volatile[n] = vol
         keys[n] = os.urandom(20).hex() if vol else node_key(wf, n, keys)
+    return keys, volatile
+
+
+def _cache_hits(wf: Workflow, store: Optional[CacheStore], keys: dict[str, str],
+                volatile: dict[str, bool]) -> dict[str, dict[str, Any]]:
+    """The cache entries of the stored, non-volatile nodes found in ``store``."""
     hits: dict[str, dict[str, Any]] = {}
     if store is not None:
-        for n in order:
+        for n in wf.order:
             if wf.nodes[n].type.store and not volatile[n]:
                 entry = store.lookup(keys[n])
                 if entry is not None:
                     hits[n] = entry
+    return hits
 
-    # 2. what must run: wanted nodes (sinks, file writers) not cached, and what they need that is not cached
-    sinks = set(wf.sinks())
-    wanted = [n for n in order if n in sinks or wf.nodes[n].type.side_effect]
+
+def _nodes_to_run(wf: Workflow, sinks: set[str], hits: dict[str, dict[str, Any]]) -> set[str]:
+    """The wanted nodes (sinks, file writers) that are not cached, and everything uncached they need."""
+    wanted = [n for n in wf.order if n in sinks or wf.nodes[n].type.side_effect]
     to_run: set[str] = set()
     stack = [n for n in wanted if n not in hits]
     while stack:
@@ -484,47 +509,64 @@ def run_workflow(src: Union[str, Path, dict, Workflow], *, overrides: list[str] 
             continue
         to_run.add(n)
         stack.extend(u for u in wf.nodes[n].upstream() if u not in hits)
-    remaining = {n: sum(1 for c in wf.consumers(n) if c in to_run) for n in order}
-    keep = set(sinks if keep is None else keep)
+    return to_run
 
-    values: dict[str, dict[str, Any]] = {}
-    loaded: dict[tuple[str, str], Any] = {}
-    records: list[NodeRecord] = []
-    notes: list[str] = []
-    engines: dict = {}
-    input_files = tuple(wf.input_files())
-    written = 0
 
-    def value_of(link: Link) -> Any:
-        if link.node in values:
-            return values[link.node][link.output]
+class _Run:
+    """The state of one run: output values in memory, values loaded from the cache, records, notes, engines."""
+
+    def __init__(self, wf: Workflow, store: Optional[CacheStore], keys: dict[str, str], volatile: dict[str, bool],
+                 hits: dict[str, dict[str, Any]], progress: Optional[Callable[[NodeEvent], None]],
+                 keep: set[str]) -> None:
+        self.wf, self.store, self.keys, self.volatile, self.hits = wf, store, keys, volatile, hits
+        self.progress, self.keep = progress, keep
+        self.total = len(wf.order)
+        self.values: dict[str, dict[str, Any]] = {}
+        self.loaded: dict[tuple[str, str], Any] = {}
+        self.records: list[NodeRecord] = []
+        self.notes: list[str] = []
+        self.engines: dict = {}
+        self.input_files = tuple(wf.input_files())
+        self.remaining: dict[str, int] = {}
+        self.written = 0
+
+    def emit(self, ev: NodeEvent) -> None:
+        if self.progress is not None:
+            self.progress(ev)
+
+    def value_of(self, link: Link) -> Any:
+        if link.node in self.values:
+            return self.values[link.node][link.output]
         k = (link.node, link.output)
-        if k not in loaded:
-            loaded[k] = store.load(keys[link.node], hits[link.node], link.output)  # type: ignore[union-attr]
-        return loaded[k]
+        if k not in self.loaded:
+            self.loaded[k] = self.store.load(  # type: ignore[union-attr]
+                self.keys[link.node], self.hits[link.node], link.output)
+        return self.loaded[k]
 
-    for i, n in enumerate(order):
-        node = wf.nodes[n]
+    def pass_node(self, i: int, n: str) -> None:
+        """A node that does not run: cached, or not needed."""
+        tname = self.wf.nodes[n].type.name
+        status = "cached" if n in self.hits else "skipped"
+        self.records.append(NodeRecord(n, tname, status, 0.0, self.keys[n]))
+        self.emit(NodeEvent(n, tname, i, self.total, status))
+
+    def run_node(self, i: int, n: str) -> None:
+        node = self.wf.nodes[n]
         tname = node.type.name
-        if n not in to_run:
-            status = "cached" if n in hits else "skipped"
-            records.append(NodeRecord(n, tname, status, 0.0, keys[n]))
-            emit(NodeEvent(n, tname, i, total, status))
-            continue
         kwargs: dict[str, Any] = {}
         for iname, link in node.links.items():
             if isinstance(link, list):
-                kwargs[iname] = [value_of(lk) for lk in link]
+                kwargs[iname] = [self.value_of(lk) for lk in link]
             else:
-                kwargs[iname] = None if link is None else value_of(link)
+                kwargs[iname] = None if link is None else self.value_of(link)
         kwargs.update(node.params)
 
-        def step(stage: str, done: int, steps: int, _n: str = n, _t: str = tname, _i: int = i) -> None:
-            emit(NodeEvent(_n, _t, _i, total, "step", stage=stage, done=done, steps=steps))
+        def step(stage: str, done: int, steps: int) -> None:
+            self.emit(NodeEvent(n, tname, i, self.total, "step", stage=stage, done=done, steps=steps))
 
-        ctx = NodeContext(n, progress=step, engines=engines, notes=notes, input_files=input_files, workflow=wf,
-                          records=records)
-        emit(NodeEvent(n, tname, i, total, "start"))
+        ctx = NodeContext(n, progress=step, engines=self.engines, notes=self.notes, input_files=self.input_files,
+                          workflow=self.wf, records=self.records)
+        self.emit(NodeEvent(n, tname, i, self.total, "start"))
         t = time.perf_counter()
         try:
             out = node.type.run(ctx, **kwargs)
@@ -538,24 +580,27 @@ def run_workflow(src: Union[str, Path, dict, Workflow], *, overrides: list[str] 
             raise TypeError(f"node type {tname} returned {sorted(out) if isinstance(out, dict) else type(out)}, "
                             f"declared outputs {sorted(node.output_types)}")
         out = {k: (jsonable(v) if node.output_types[k] in JSON_TYPES else v) for k, v in out.items()}
-        values[n] = out
-        records.append(NodeRecord(n, tname, "ran", dt, keys[n]))
-        emit(NodeEvent(n, tname, i, total, "done", seconds=dt))
-        if store is not None and node.type.store and not volatile[n]:
-            files = {}
-            if node.type.side_effect:
-                files = {str(v): _file_meta(str(v)) for k, v in out.items()
-                         if node.output_types[k] == "path" and v and Path(str(v)).is_file()}
-            written += store.save(keys[n], tname, out, node.output_types, files)
-        for u in node.upstream():
-            remaining[u] -= 1
-            if remaining[u] <= 0 and u not in keep:
-                values.pop(u, None)
-                for k in [k for k in loaded if k[0] == u]:
-                    loaded.pop(k, None)
-    if store is not None and written > (1 << 20):
-        max_gb = float(os.environ.get("CRISPEDIT_CACHE_MAX_GB", "20"))
-        store.prune(int(max_gb * (1 << 30)))
-    kept = {n: v for n, v in values.items() if n in keep}
-    return RunResult(wf, records, notes, time.perf_counter() - t0, keys, store, kept,
-                     {n: e for n, e in hits.items()})
+        self.values[n] = out
+        self.records.append(NodeRecord(n, tname, "ran", dt, self.keys[n]))
+        self.emit(NodeEvent(n, tname, i, self.total, "done", seconds=dt))
+        self._store(n, out)
+        self._release_upstream(n)
+
+    def _store(self, n: str, out: dict[str, Any]) -> None:
+        node = self.wf.nodes[n]
+        if self.store is None or not node.type.store or self.volatile[n]:
+            return
+        files = {}
+        if node.type.side_effect:
+            files = {str(v): _file_meta(str(v)) for k, v in out.items()
+                     if node.output_types[k] == "path" and v and Path(str(v)).is_file()}
+        self.written += self.store.save(self.keys[n], node.type.name, out, node.output_types, files)
+
+    def _release_upstream(self, n: str) -> None:
+        """Free the values of upstream nodes that no later node needs (unless kept)."""
+        for u in self.wf.nodes[n].upstream():
+            self.remaining[u] -= 1
+            if self.remaining[u] <= 0 and u not in self.keep:
+                self.values.pop(u, None)
+                for k in [k for k in self.loaded if k[0] == u]:
+                    self.loaded.pop(k, None)

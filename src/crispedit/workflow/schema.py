@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from crispedit.errors import InputError
 from crispedit.workflow.library import NODE_TYPES
-from crispedit.workflow.types import NodeType, Param, did_you_mean
+from crispedit.workflow.types import NodeType, Param, Port, did_you_mean
 
 #: The schema version this crispedit reads and writes.
 SCHEMA_VERSION = 1
@@ -392,7 +392,7 @@ def _parse_link(text: Any) -> Optional[tuple[str, Optional[str]]]:
     return node, (out or None)
 
 
-def validate_workflow(raw: dict[str, Any], *, base_dir: Path, path: Optional[Path] = None,  # noqa: C901 - to be split (issue 12)
+def validate_workflow(raw: dict[str, Any], *, base_dir: Path, path: Optional[Path] = None,
                       origin: str = "workflow") -> Workflow:
     """Check everything that can be checked before running; return the Workflow or raise WorkflowError."""
     errors = _structure_errors(raw)
@@ -403,115 +403,17 @@ def validate_workflow(raw: dict[str, Any], *, base_dir: Path, path: Optional[Pat
     except ValidationError as exc:
         raise WorkflowError(_pydantic_errors(exc), origin) from None
 
-    nodes: dict[str, Node] = {}
     # 1. types and params
+    nodes: dict[str, Node] = {}
     for name, ns in spec.nodes.items():
-        nt = NODE_TYPES.get(ns.type)
-        if nt is None:
-            errors.append(f"node '{name}': unknown node type '{ns.type}'{did_you_mean(ns.type, NODE_TYPES)} "
-                          f"(`crispedit nodes` lists them)")
-            continue
-        params: dict[str, Any] = {}
-        bad = False
-        for pname, value in ns.params.items():
-            param = nt.param(pname)
-            if param is None:
-                if nt.input(pname) is not None:
-                    hint = f" — '{pname}' is an input: link it under inputs ({pname}: node.output)"
-                else:
-                    hint = did_you_mean(pname, [p.name for p in nt.params])
-                errors.append(f"node '{name}', param '{pname}': {nt.name} has no such parameter{hint}")
-                bad = True
-                continue
-            try:
-                v = param.validate(value)
-            except ValueError as exc:
-                errors.append(f"node '{name}', param '{pname}': {exc}")
-                bad = True
-                continue
-            params[pname] = _resolve_path(v, param, base_dir)
-        for param in nt.params:
-            if param.name not in params and param.name not in ns.params:
-                if param.required:
-                    errors.append(f"node '{name}', param '{param.name}': required parameter is missing "
-                                  f"({param.type_label}: {param.doc})")
-                    bad = True
-                else:
-                    params[param.name] = json.loads(json.dumps(param.default)) if isinstance(
-                        param.default, (dict, list)) else param.default
-        if not bad and nt.check is not None:
-            for field_, msg in nt.check(params):
-                errors.append(f"node '{name}', param '{field_}': {msg}")
-        nodes[name] = Node(name, nt, params, {}, raw_params=dict(ns.params), note=ns.note)
-        nodes[name].output_types = nt.resolved_output_types(params)
-
+        built = _build_node(name, ns, base_dir, errors)
+        if built is not None:
+            nodes[name] = built
     # 2. links
     all_names = list(spec.nodes)
     for name, ns in spec.nodes.items():
-        node = nodes.get(name)
-        if node is None:
-            continue
-        nt = node.type
-        for iname, target in ns.inputs.items():
-            port = nt.input(iname)
-            if port is None:
-                if nt.param(iname) is not None:
-                    hint = f" — '{iname}' is a parameter: set it under params"
-                else:
-                    hint = did_you_mean(iname, [p.name for p in nt.inputs])
-                names = ", ".join(p.name for p in nt.inputs) or "none"
-                errors.append(f"node '{name}', input '{iname}': {nt.name} has no such input{hint} (inputs: {names})")
-                continue
-            texts = target if isinstance(target, list) else [target]
-            if isinstance(target, list) and not port.multiple:
-                errors.append(f"node '{name}', input '{iname}': takes one link, got a list of {len(target)}")
-                continue
-            links: list[Link] = []
-            for text in texts:
-                parsed = _parse_link(text)
-                if parsed is None:
-                    errors.append(f"node '{name}', input '{iname}': bad link {text!r} (write 'node' or 'node.output')")
-                    continue
-                src, out = parsed
-                if src not in spec.nodes:
-                    errors.append(f"node '{name}', input '{iname}': dangling link to '{text}' — there is no node "
-                                  f"'{src}'{did_you_mean(src, [n for n in all_names if n != name])}")
-                    continue
-                up = nodes.get(src)
-                if up is None:  # unknown type upstream: already reported
-                    continue
-                out_types = up.output_types
-                if out is None:
-                    fits = [o for o, t in out_types.items() if t in port.type_set]
-                    out = fits[0] if fits else (next(iter(out_types), None))
-                    if out is None:
-                        errors.append(f"node '{name}', input '{iname}': node '{src}' ({up.type.name}) has no outputs")
-                        continue
-                elif out not in out_types:
-                    errors.append(f"node '{name}', input '{iname}': dangling link '{text}' — node '{src}' "
-                                  f"({up.type.name}) has no output '{out}'{did_you_mean(out, out_types)} "
-                                  f"(outputs: {', '.join(out_types)})")
-                    continue
-                otype = out_types[out]
-                if otype not in port.type_set:
-                    errors.append(f"node '{name}', input '{iname}': type mismatch — expects "
-                                  f"{'|'.join(port.type_set)} but '{src}.{out}' ({up.type.name}) gives {otype}")
-                    continue
-                links.append(Link(src, out, str(text)))
-            if port.multiple:
-                node.links[iname] = links
-            elif links:
-                node.links[iname] = links[0]
-        for port in nt.inputs:
-            if port.name not in ns.inputs:
-                if port.optional:
-                    node.links[port.name] = [] if port.multiple else None
-                else:
-                    errors.append(f"node '{name}', input '{port.name}': required input is not linked "
-                                  f"(needs {port.type_label}; write inputs: {{{port.name}: node.output}})")
-            elif port.name not in node.links:
-                node.links[port.name] = [] if port.multiple else None
-
+        if name in nodes:
+            _link_node(nodes[name], ns, nodes, all_names, errors)
     # 3. cycles
     order, cycle = _toposort(nodes)
     if cycle:
@@ -521,6 +423,128 @@ def validate_workflow(raw: dict[str, Any], *, base_dir: Path, path: Optional[Pat
         raise WorkflowError(errors, origin)
     return Workflow(nodes={n: nodes[n] for n in order}, order=order, raw=raw, base_dir=Path(base_dir),
                     path=path, name=spec.name or (path.stem if path else None), description=spec.description)
+
+
+def _build_node(name: str, ns: NodeSpec, base_dir: Path, errors: list[str]) -> Optional[Node]:
+    """The node ``name`` with its type and validated parameters (errors appended), or None for an unknown type."""
+    nt = NODE_TYPES.get(ns.type)
+    if nt is None:
+        errors.append(f"node '{name}': unknown node type '{ns.type}'{did_you_mean(ns.type, NODE_TYPES)} "
+                      f"(`crispedit nodes` lists them)")
+        return None
+    params, bad = _node_params(name, ns, nt, base_dir, errors)
+    if not bad and nt.check is not None:
+        for field_, msg in nt.check(params):
+            errors.append(f"node '{name}', param '{field_}': {msg}")
+    node = Node(name, nt, params, {}, raw_params=dict(ns.params), note=ns.note)
+    node.output_types = nt.resolved_output_types(params)
+    return node
+
+
+def _node_params(name: str, ns: NodeSpec, nt: NodeType, base_dir: Path,
+                 errors: list[str]) -> tuple[dict[str, Any], bool]:
+    """(validated parameters with defaults filled in, whether any was refused); errors appended."""
+    params: dict[str, Any] = {}
+    bad = False
+    for pname, value in ns.params.items():
+        param = nt.param(pname)
+        if param is None:
+            if nt.input(pname) is not None:
+                hint = f" — '{pname}' is an input: link it under inputs ({pname}: node.output)"
+            else:
+                hint = did_you_mean(pname, [p.name for p in nt.params])
+            errors.append(f"node '{name}', param '{pname}': {nt.name} has no such parameter{hint}")
+            bad = True
+            continue
+        try:
+            v = param.validate(value)
+        except ValueError as exc:
+            errors.append(f"node '{name}', param '{pname}': {exc}")
+            bad = True
+            continue
+        params[pname] = _resolve_path(v, param, base_dir)
+    for param in nt.params:
+        if param.name in params or param.name in ns.params:
+            continue
+        if param.required:
+            errors.append(f"node '{name}', param '{param.name}': required parameter is missing "
+                          f"({param.type_label}: {param.doc})")
+            bad = True
+        else:
+            params[param.name] = json.loads(json.dumps(param.default)) if isinstance(
+                param.default, (dict, list)) else param.default
+    return params, bad
+
+
+def _link_node(node: Node, ns: NodeSpec, nodes: dict[str, Node], all_names: list[str], errors: list[str]) -> None:
+    """Resolve the inputs of ``node`` into ``node.links`` (errors appended); unlinked optional inputs get None/[]."""
+    name, nt = node.name, node.type
+    for iname, target in ns.inputs.items():
+        port = nt.input(iname)
+        if port is None:
+            if nt.param(iname) is not None:
+                hint = f" — '{iname}' is a parameter: set it under params"
+            else:
+                hint = did_you_mean(iname, [p.name for p in nt.inputs])
+            names = ", ".join(p.name for p in nt.inputs) or "none"
+            errors.append(f"node '{name}', input '{iname}': {nt.name} has no such input{hint} (inputs: {names})")
+            continue
+        if isinstance(target, list) and not port.multiple:
+            errors.append(f"node '{name}', input '{iname}': takes one link, got a list of {len(target)}")
+            continue
+        texts = target if isinstance(target, list) else [target]
+        where = f"node '{name}', input '{iname}'"
+        links = [link for link in (_resolve_link(where, name, port, text, nodes, all_names, errors)
+                                   for text in texts) if link is not None]
+        if port.multiple:
+            node.links[iname] = links
+        elif links:
+            node.links[iname] = links[0]
+    for port in nt.inputs:
+        if port.name not in ns.inputs:
+            if port.optional:
+                node.links[port.name] = [] if port.multiple else None
+            else:
+                errors.append(f"node '{name}', input '{port.name}': required input is not linked "
+                              f"(needs {port.type_label}; write inputs: {{{port.name}: node.output}})")
+        elif port.name not in node.links:
+            node.links[port.name] = [] if port.multiple else None
+
+
+def _resolve_link(where: str, name: str, port: Port, text: Any, nodes: dict[str, Node], all_names: list[str],
+                  errors: list[str]) -> Optional[Link]:
+    """One link text (``node`` or ``node.output``) of input ``where`` checked against the upstream node's
+    outputs and the port's types; None (with an error appended, unless already reported) when it does not fit."""
+    parsed = _parse_link(text)
+    if parsed is None:
+        errors.append(f"{where}: bad link {text!r} (write 'node' or 'node.output')")
+        return None
+    src, out = parsed
+    if src not in all_names:
+        errors.append(f"{where}: dangling link to '{text}' — there is no node "
+                      f"'{src}'{did_you_mean(src, [n for n in all_names if n != name])}")
+        return None
+    up = nodes.get(src)
+    if up is None:  # unknown type upstream: already reported
+        return None
+    out_types = up.output_types
+    if out is None:
+        fits = [o for o, t in out_types.items() if t in port.type_set]
+        out = fits[0] if fits else (next(iter(out_types), None))
+        if out is None:
+            errors.append(f"{where}: node '{src}' ({up.type.name}) has no outputs")
+            return None
+    elif out not in out_types:
+        errors.append(f"{where}: dangling link '{text}' — node '{src}' "
+                      f"({up.type.name}) has no output '{out}'{did_you_mean(out, out_types)} "
+                      f"(outputs: {', '.join(out_types)})")
+        return None
+    otype = out_types[out]
+    if otype not in port.type_set:
+        errors.append(f"{where}: type mismatch — expects "
+                      f"{'|'.join(port.type_set)} but '{src}.{out}' ({up.type.name}) gives {otype}")
+        return None
+    return Link(src, out, str(text))
 
 
 def _toposort(nodes: dict[str, Node]) -> tuple[list[str], list[str]]:

@@ -22,7 +22,7 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -179,7 +179,7 @@ def _decode(path: Path) -> str:
                          f"0x{data[exc.start]:02x})", "save the table as UTF-8 (Excel: 'CSV UTF-8')") from None
 
 
-def read_table(path: Union[str, Path]) -> list[tuple[int, dict[str, Any]]]:  # noqa: C901 - to be split (issue 12)
+def read_table(path: Union[str, Path]) -> list[tuple[int, dict[str, Any]]]:
     """Rows of a JSONL (``.jsonl``/``.ndjson``), CSV (``.csv``/``.tsv``) or YAML (``.yaml``/``.yml``) table.
 
     Returns
@@ -197,62 +197,10 @@ def read_table(path: Union[str, Path]) -> list[tuple[int, dict[str, Any]]]:  # n
         raise InputError(f"job table not found: {p}", "give a .jsonl, .csv or .yaml file, one row per item")
     ext = p.suffix.lower()
     text = _decode(p)
-    rows: list[tuple[int, dict[str, Any]]] = []
-    if ext in (".jsonl", ".ndjson"):
-        for i, line in enumerate(text.splitlines(), 1):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{p}: line {i} is not JSON ({exc.msg})", "write one JSON object per line") from None
-            if not isinstance(obj, dict):
-                raise InputError(f"{p}: line {i} is not a JSON object", "write one {\"image\": ...} object per line")
-            rows.append((i, obj))
-    elif ext in (".csv", ".tsv"):
-        reader = csv.reader(io.StringIO(text), delimiter="\t" if ext == ".tsv" else ",")
-        header: Optional[list[str]] = None
-        try:
-            records = [(reader.line_num, rec) for rec in reader]
-        except csv.Error as exc:
-            raise InputError(f"{p}: line {reader.line_num} is not valid CSV ({exc})",
-                             "check the quoting of that line (a cell over 128 KiB is refused)") from None
-        for lineno, rec in records:
-            if header is None:
-                header = [h.strip() for h in rec]
-                names = [column_name(h) for h in header if h]
-                twice = sorted({h for h in names if names.count(h) > 1})
-                if twice:
-                    raise InputError(f"{p}: column(s) {', '.join(twice)} appear more than once in the header",
-                                     "keep one column of each name")
-                continue
-            if not any(c.strip() for c in rec):
-                continue
-            if len(rec) > len(header):
-                raise InputError(f"{p}: line {lineno} has {len(rec)} cells but the header {len(header)}",
-                                 "quote cells that contain commas")
-            rows.append((lineno, {h: c for h, c in zip(header, rec) if not _empty(c)}))
-    elif ext in (".yaml", ".yml"):
-        import yaml
-
-        try:
-            data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-        except yaml.YAMLError as exc:
-            raise InputError(f"{p}: not valid YAML ({exc})", "write a list of mappings, one per item") from None
-        if isinstance(data, dict) and isinstance(data.get("items"), list):
-            data = data["items"]
-        if isinstance(data, dict):
-            raise InputError(f"{p}: the top level is a mapping ({', '.join(map(str, list(data)[:4]))}), not a list "
-                             "of rows", "start each row with `- ` (`- {image: a.jpg, box: ...}`), or list the rows "
-                             "under `items:`")
-        if not isinstance(data, list):
-            raise InputError(f"{p}: expected a list of rows", "write `- {image: a.jpg, box: ...}` per item")
-        for i, obj in enumerate(data, 1):
-            if not isinstance(obj, dict):
-                raise InputError(f"{p}: row {i} is not a mapping", "write `- {image: a.jpg, box: ...}` per item")
-            rows.append((i, obj))
-    else:
+    reader = _TABLE_READERS.get(ext)
+    if reader is None:
         raise InputError(f"cannot read job table '{ext or p.name}'", "use a .jsonl, .csv or .yaml file")
+    rows = reader(p, text)
     out = []
     for lineno, obj in rows:
         clean = {column_name(k): v for k, v in obj.items() if not _empty(v)}
@@ -260,6 +208,82 @@ def read_table(path: Union[str, Path]) -> list[tuple[int, dict[str, Any]]]:  # n
     if not out:
         raise InputError(f"{p}: the table has no rows", "add one row per item")
     return out
+
+
+def _jsonl_rows(p: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    rows: list[tuple[int, dict[str, Any]]] = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{p}: line {i} is not JSON ({exc.msg})", "write one JSON object per line") from None
+        if not isinstance(obj, dict):
+            raise InputError(f"{p}: line {i} is not a JSON object", "write one {\"image\": ...} object per line")
+        rows.append((i, obj))
+    return rows
+
+
+def _csv_rows(p: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    reader = csv.reader(io.StringIO(text), delimiter="\t" if p.suffix.lower() == ".tsv" else ",")
+    try:
+        records = [(reader.line_num, rec) for rec in reader]
+    except csv.Error as exc:
+        raise InputError(f"{p}: line {reader.line_num} is not valid CSV ({exc})",
+                         "check the quoting of that line (a cell over 128 KiB is refused)") from None
+    rows: list[tuple[int, dict[str, Any]]] = []
+    header: Optional[list[str]] = None
+    for lineno, rec in records:
+        if header is None:
+            header = _csv_header(p, rec)
+            continue
+        if not any(c.strip() for c in rec):
+            continue
+        if len(rec) > len(header):
+            raise InputError(f"{p}: line {lineno} has {len(rec)} cells but the header {len(header)}",
+                             "quote cells that contain commas")
+        rows.append((lineno, {h: c for h, c in zip(header, rec) if not _empty(c)}))
+    return rows
+
+
+def _csv_header(p: Path, rec: list[str]) -> list[str]:
+    header = [h.strip() for h in rec]
+    names = [column_name(h) for h in header if h]
+    twice = sorted({h for h in names if names.count(h) > 1})
+    if twice:
+        raise InputError(f"{p}: column(s) {', '.join(twice)} appear more than once in the header",
+                         "keep one column of each name")
+    return header
+
+
+def _yaml_rows(p: Path, text: str) -> list[tuple[int, dict[str, Any]]]:
+    import yaml
+
+    try:
+        data = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    except yaml.YAMLError as exc:
+        raise InputError(f"{p}: not valid YAML ({exc})", "write a list of mappings, one per item") from None
+    if isinstance(data, dict) and isinstance(data.get("items"), list):
+        data = data["items"]
+    if isinstance(data, dict):
+        raise InputError(f"{p}: the top level is a mapping ({', '.join(map(str, list(data)[:4]))}), not a list "
+                         "of rows", "start each row with `- ` (`- {image: a.jpg, box: ...}`), or list the rows "
+                         "under `items:`")
+    if not isinstance(data, list):
+        raise InputError(f"{p}: expected a list of rows", "write `- {image: a.jpg, box: ...}` per item")
+    rows: list[tuple[int, dict[str, Any]]] = []
+    for i, obj in enumerate(data, 1):
+        if not isinstance(obj, dict):
+            raise InputError(f"{p}: row {i} is not a mapping", "write `- {image: a.jpg, box: ...}` per item")
+        rows.append((i, obj))
+    return rows
+
+
+_TABLE_READERS: dict[str, Callable[[Path, str], list[tuple[int, dict[str, Any]]]]] = {
+    ".jsonl": _jsonl_rows, ".ndjson": _jsonl_rows, ".csv": _csv_rows, ".tsv": _csv_rows,
+    ".yaml": _yaml_rows, ".yml": _yaml_rows,
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -432,10 +456,8 @@ def _with_seed(spec: dict[str, Any], seed: int) -> dict[str, Any]:
     return spec
 
 
-def _plan_edit_row(row: EditRow, base: Path, where: str, errors: list[str]  # noqa: C901 - to be split (issue 12)
+def _plan_edit_row(row: EditRow, base: Path, where: str, errors: list[str]
                    ) -> Optional[tuple[str, dict[str, Any], dict[str, Any]]]:
-    from crispedit.workflow import builtin
-
     problems: list[str] = []
     image = _resolve(base, row.image)
     if not image.is_file():
@@ -445,8 +467,21 @@ def _plan_edit_row(row: EditRow, base: Path, where: str, errors: list[str]  # no
         mask = _resolve(base, row.mask)
         if not mask.is_file():
             problems.append(f"{where}: mask not found: {mask}")
+    args = _edit_args(row, base)
+    size = _check_shapes(args, image, where, problems)
+    _check_engine(row.engine, where, problems)
+    if not problems:
+        _check_edit_workflow(image, mask, args, base, where, problems)
+    if problems:
+        errors.extend(problems)
+        return None
+    content, spec = _edit_spec(row, image, mask, args, size)
+    return content, spec, estimate_resources(size, row.engine, row.device)
+
+
+def _edit_args(row: EditRow, base: Path) -> dict[str, Any]:
+    """The row's columns as ``builtin.edit_workflow`` keywords: prompt variants spread, a model path resolved."""
     args = row.model_dump(exclude={"image", "mask", "prompt"})
-    prompts: Optional[list[str]] = None
     if isinstance(row.prompt, list):
         prompts = [str(p) for p in row.prompt if str(p).strip()]
         args["prompt"] = prompts[0]
@@ -456,6 +491,14 @@ def _plan_edit_row(row: EditRow, base: Path, where: str, errors: list[str]  # no
         args["prompt"] = row.prompt
     if row.model and (row.model.startswith((".", "/", "~")) or _resolve(base, row.model).exists()):
         args["model"] = str(_resolve(base, row.model))
+    return args
+
+
+def _check_shapes(args: dict[str, Any], image: Path, where: str,
+                  problems: list[str]) -> Optional[tuple[int, int]]:
+    """Normalise the box / ellipse columns in ``args`` and check them against the image size (returned)."""
+    from crispedit.workflow import builtin
+
     for shape in ("box", "ellipse"):
         if args.get(shape) is not None:
             try:
@@ -472,26 +515,38 @@ def _plan_edit_row(row: EditRow, base: Path, where: str, errors: list[str]  # no
                     parse_box(args[shape], size)
                 except InputError as exc:
                     problems.append(f"{where}: {shape}: {exc.problem}")
-    if row.engine not in ("classical", "sd15"):  # the built-in names need no import (sd15 would pull in torch)
-        from crispedit.engines.base import engine_names
-        from crispedit.workflow.types import did_you_mean
+    return size
 
-        names = engine_names()
-        if row.engine not in names:
-            problems.append(f"{where}: unknown engine '{row.engine}'{did_you_mean(row.engine, names)} "
-                            f"(choose one of: {', '.join(names)})")
-    if not problems:
-        from crispedit.workflow.schema import WorkflowError, load_workflow
 
-        try:  # the same checks `crispedit edit` makes, on the workflow it would run
-            load_workflow(builtin.edit_workflow(image=image, output=base / "x.png", mask=mask, **args), base_dir=base)
-        except WorkflowError as exc:
-            problems.extend(f"{where}: {m}" for m in exc.messages)
-        except InputError as exc:
-            problems.append(f"{where}: {exc}")
-    if problems:
-        errors.extend(problems)
-        return None
+def _check_engine(engine: str, where: str, problems: list[str]) -> None:
+    if engine in ("classical", "sd15"):  # the built-in names need no import (sd15 would pull in torch)
+        return
+    from crispedit.engines.base import engine_names
+    from crispedit.workflow.types import did_you_mean
+
+    names = engine_names()
+    if engine not in names:
+        problems.append(f"{where}: unknown engine '{engine}'{did_you_mean(engine, names)} "
+                        f"(choose one of: {', '.join(names)})")
+
+
+def _check_edit_workflow(image: Path, mask: Optional[Path], args: dict[str, Any], base: Path, where: str,
+                         problems: list[str]) -> None:
+    """The same checks `crispedit edit` makes, on the workflow it would run."""
+    from crispedit.workflow import builtin
+    from crispedit.workflow.schema import WorkflowError, load_workflow
+
+    try:
+        load_workflow(builtin.edit_workflow(image=image, output=base / "x.png", mask=mask, **args), base_dir=base)
+    except WorkflowError as exc:
+        problems.extend(f"{where}: {m}" for m in exc.messages)
+    except InputError as exc:
+        problems.append(f"{where}: {exc}")
+
+
+def _edit_spec(row: EditRow, image: Path, mask: Optional[Path], args: dict[str, Any],
+               size: Optional[tuple[int, int]]) -> tuple[str, dict[str, Any]]:
+    """(content key, item spec) of a valid edit row."""
     inputs = {"image": _file_ref(image)}
     if mask is not None:
         inputs["mask"] = _file_ref(mask)
@@ -507,7 +562,7 @@ def _plan_edit_row(row: EditRow, base: Path, where: str, errors: list[str]  # no
                             "inputs": inputs, "engine": row.engine, "model": args.get("model"),
                             "seed_source": "row" if row.seed is not None else "derived",
                             "seeds": {"edit": row.seed}, "size": list(size) if size else None}
-    return content, spec, estimate_resources(size, row.engine, row.device)
+    return content, spec
 
 
 def _version() -> str:

@@ -533,6 +533,7 @@ def _select_best(ctx: NodeContext, original: Any, candidates: list, mask: Any, j
     _check_same_size("SelectBest", original=original, mask=mask,
                      **{f"candidate {i}": c for i, c in enumerate(candidates)})
     if judge == "vlm":
+        assert judge_model is not None  # the node's check refuses judge: vlm without judge_model
         j: Any = C.VLMJudge(judge_model)
     else:
         names = [f.name for f in dataclasses.fields(Thresholds)]

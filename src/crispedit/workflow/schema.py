@@ -244,7 +244,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str], cwd: Optional[Pat
     if not overrides:
         return raw
     raw = json.loads(json.dumps(raw, default=str))
-    nodes = raw.get("nodes") if isinstance(raw.get("nodes"), dict) else {}
+    nodes: dict[str, Any] = raw["nodes"] if isinstance(raw.get("nodes"), dict) else {}
     errors = []
     cwd = cwd or Path.cwd()
     for item in overrides:
@@ -556,7 +556,7 @@ def _toposort(nodes: dict[str, Node]) -> tuple[list[str], list[str]]:
         for u in d:
             users[u].append(n)
     position = {n: i for i, n in enumerate(nodes)}
-    ready = sorted((n for n in nodes if indeg[n] == 0), key=position.get)
+    ready = sorted((n for n in nodes if indeg[n] == 0), key=position.__getitem__)
     order: list[str] = []
     while ready:
         n = ready.pop(0)
@@ -565,7 +565,7 @@ def _toposort(nodes: dict[str, Node]) -> tuple[list[str], list[str]]:
             indeg[v] -= 1
             if indeg[v] == 0:
                 ready.append(v)
-                ready.sort(key=position.get)
+                ready.sort(key=position.__getitem__)
     if len(order) == len(nodes):
         return order, []
     left = [n for n in nodes if n not in order]

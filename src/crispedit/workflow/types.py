@@ -291,8 +291,9 @@ def validate_value(ann: Any, value: Any) -> Any:
         try:
             return _adapter(ann).validate_python(value)
         except ValidationError as exc:
-            e = exc.errors()[0] if exc.errors() else {}
-            raise ValueError(f"expected {type_label(ann)}, got {value!r} ({e.get('msg', 'invalid')})") from None
+            errs = exc.errors()
+            msg = errs[0].get("msg", "invalid") if errs else "invalid"
+            raise ValueError(f"expected {type_label(ann)}, got {value!r} ({msg})") from None
     if r is _MISSING:
         raise ValueError(f"expected {type_label(ann)}, got {value!r}")
     return r

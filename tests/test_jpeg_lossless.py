@@ -8,6 +8,7 @@ DCT coefficients and decoding both with Pillow.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -284,15 +285,18 @@ def test_mpo_second_picture_kept_and_reindexed(tmp_path):
         assert np.array_equal(np.asarray(im), np.asarray(orig))
 
 
-def test_unsupported_inputs_fall_back_with_a_note(tmp_path):
-    # CMYK JPEG: converted on load, so the whole picture is re-encoded, and the note says why
+def test_unsupported_inputs_fall_back_with_a_note(tmp_path, caplog):
+    # CMYK JPEG: converted on load, so the whole picture is re-encoded, and the note (and the log) says why
     cmyk = tmp_path / "cmyk.jpg"
     Image.fromarray((photo_like(32, 48, channels=3) * 255).astype(np.uint8)).convert("CMYK").save(cmyk, quality=90)
     data = load_image(cmyk)
     info: dict = {}
-    save_image(data, tmp_path / "out.jpg", edit_box(data, 4, 8, 4, 8), info=info)
+    with caplog.at_level(logging.INFO, logger="crispedit.io.jpeg"):
+        save_image(data, tmp_path / "out.jpg", edit_box(data, 4, 8, 4, 8), info=info)
     assert info["mode"] == "reencode"
     assert any("input's blocks cannot be kept" in n and "CMYK" in n for n in data.notes)
+    logged = [r for r in caplog.records if r.name == "crispedit.io.jpeg"]
+    assert len(logged) == 1 and "CMYK" in logged[0].getMessage() and logged[0].levelno == logging.INFO
     # arithmetic coding (written by libjpeg through jpeglib): no block-level write
     arith = tmp_path / "arith.jpg"
     with jpeglib.version("turbo210"):

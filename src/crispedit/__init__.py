@@ -7,12 +7,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 __version__ = "0.2.0"
 __all__ = ["edit", "EditResult", "CrispEditError", "__version__"]
 
 from crispedit.errors import CrispEditError
+
+# The library logs its fallback decisions (``logging.getLogger("crispedit.<module>")``); the application decides
+# where they go. Without this, Python's last-resort handler would print warnings on stderr.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 
 def __getattr__(name: str) -> Any:

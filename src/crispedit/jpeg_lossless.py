@@ -37,6 +37,7 @@ Examples
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import struct
@@ -53,6 +54,8 @@ import numpy as np
 
 __all__ = ["JpegSplice", "UnsupportedJpeg", "splice_jpeg", "metadata_segments", "header_segments",
            "read_coefficients", "insert_segments", "changed_mcus"]
+
+logger = logging.getLogger(__name__)
 
 #: libjpeg build of ``jpeglib`` used for reading and writing (libjpeg-turbo 2.1: the decoder family Pillow uses).
 LIBJPEG_VERSION = "turbo210"
@@ -359,7 +362,9 @@ def _read_dct(path: str, segs: list[tuple[int, bytes]]) -> tuple[list[np.ndarray
             raise UnsupportedJpeg(f"libjpeg could not read the coefficients of {Path(path).name}")
         tbl = tbl[: len(comps)].astype(np.int64)
         return comps, qt[: int(tbl.max()) + 1], tbl
-    except (ImportError, AttributeError, TypeError, ctypes.ArgumentError):
+    except (ImportError, AttributeError, TypeError, ctypes.ArgumentError) as e:
+        logger.debug("libjpeg's coefficient reader not usable (%s: %s); reading with jpeglib.read_dct",
+                     type(e).__name__, e)
         j = jpeglib.read_dct(str(path))
         j.load()
         comps = [np.array(j.Y)] + ([np.array(j.Cb), np.array(j.Cr)] if j.has_chrominance else [])
@@ -577,6 +582,7 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray | Callable[[], n
                                                      (f"the restart interval ({restart} MCUs)", restart)) if on)
                 notes.append(f"wrote a baseline JPEG without {lost}: jpegtran (libjpeg-turbo-progs) is not "
                              "installed; coefficients and metadata are kept")
+                logger.info("jpegtran not available: wrote a baseline JPEG without %s", lost)
                 report.progressive, report.restart_interval = False, 0
         if final != base:
             lap("jpegtran")

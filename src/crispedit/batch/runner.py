@@ -13,6 +13,7 @@ repeated item writes the same files and one record: every item is done exactly o
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing as mp
 import os
 import time
@@ -25,6 +26,8 @@ from typing import Any, Callable, Optional
 from crispedit.batch.table import Item
 from crispedit.batch.worker import failed_record, is_complete, read_record, run_item
 from crispedit.errors import InputError
+
+logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 3
 
@@ -166,6 +169,8 @@ def run_local(items: list[Item], workers: int, on_record: OnRecord) -> None:
             break
         # A worker died: items whose record is complete were finished before the break (their result was lost
         # with the pool); the others run again. A round that finished nothing counts as an attempt for each.
+        logger.warning("a batch worker process died; %d item(s) not yet recorded run again%s", len(pending),
+                       "" if isolate else " (one at a time if this repeats)")
         for key in list(pending):
             spec = pending[key].spec
             if is_complete(spec):
@@ -181,6 +186,7 @@ def run_local(items: list[Item], workers: int, on_record: OnRecord) -> None:
             attempts[key] += 1
             if attempts[key] >= MAX_ATTEMPTS:
                 it = pending.pop(key)
+                logger.warning("item %s failed: the worker died %d times on it", key, MAX_ATTEMPTS)
                 on_record(failed_record(it.spec, f"the worker died {MAX_ATTEMPTS} times on this item "
                                                  "(out of memory? a crash in a library?)"))
                 isolate = False
@@ -274,6 +280,7 @@ def run_ray(items: list[Item], address: Optional[str], workers: Optional[int], o
                 try:
                     rec = ray.get(ref)
                 except ray.exceptions.RayError as exc:
+                    logger.warning("ray task for item %s failed: %s", it.key, type(exc).__name__)
                     rec = failed_record(it.spec, f"ray task failed: {type(exc).__name__}: {str(exc)[:500]}",
                                         type(exc).__name__)
                 on_record(rec)

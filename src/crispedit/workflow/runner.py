@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -30,6 +31,8 @@ from typing import Any, Callable, Optional, Union
 from crispedit.errors import CrispEditError, InputError
 from crispedit.workflow.schema import Link, Workflow, WorkflowError, load_workflow
 from crispedit.workflow.types import NodeContext
+
+logger = logging.getLogger(__name__)
 
 JSON_TYPES = {"result", "report", "text", "number", "path"}
 ARRAY_TYPES = {"mask", "weight"}
@@ -170,6 +173,7 @@ class CacheStore:
             return None
         for path, meta in (entry.get("files") or {}).items():
             if not _file_intact(path, meta):
+                logger.info("cache entry %s not used: the file it wrote changed or is gone: %s", key[:12], path)
                 return None
         try:
             os.utime(entry_file)  # least-recently-used bookkeeping
@@ -258,6 +262,8 @@ class CacheStore:
                 break
             shutil.rmtree(path, ignore_errors=True)
             freed += size
+        if freed:
+            logger.info("workflow cache pruned: %.1f MB of least recently used entries removed", freed / 1e6)
         return freed
 
 

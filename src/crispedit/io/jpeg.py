@@ -15,7 +15,7 @@ from PIL import Image
 from crispedit.errors import InputError
 from crispedit.io.exif import ORIENTATION_NAMES, apply_orientation, exif_from_pil, exif_orientation
 from crispedit.io.image import ImageData, to_8bit
-from crispedit.io.load import PIL_LOCK, pillow_limits
+from crispedit.io.load import pillow_limits
 
 __all__ = ["prepare_jpeg", "write_jpeg", "block_write", "source_segments"]
 
@@ -109,13 +109,13 @@ def block_write(data: ImageData, arr: np.ndarray, out: Path, notes: list[str], r
     from crispedit import jpeg_lossless
 
     def decode_input() -> np.ndarray:  # the input's pixels in its own orientation, as load_image decodes them
-        with PIL_LOCK, pillow_limits(size[0] * size[1] + 1), Image.open(src) as im:
+        with pillow_limits(size[0] * size[1] + 1), Image.open(src) as im:
             im.load()
             pixels = np.asarray(im)
         return pixels[:, :, None] if pixels.ndim == 2 else pixels
 
     try:
-        with PIL_LOCK, pillow_limits(arr.shape[0] * arr.shape[1] + 1), Image.open(src) as im:
+        with pillow_limits(arr.shape[0] * arr.shape[1] + 1), Image.open(src) as im:
             if im.mode not in ("RGB", "L") or im.format not in ("JPEG", "MPO"):
                 raise jpeg_lossless.UnsupportedJpeg(f"{im.mode} pixels")
             orientation = exif_orientation(exif_from_pil(im) or b"") or 1

@@ -14,6 +14,8 @@ import os
 import re
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +38,13 @@ from crispedit.io.image import ImageData, deep_to_uint16
 from crispedit.io.png import XMP_KEYWORD, decode_png16, itxt_text, read_text_chunks, scan_png
 from crispedit.io.tiff import decode_tiff_deep, is_tiff, read_tiff_meta
 
-__all__ = ["load_image", "PIL_LOCK", "pillow_limits"]
+__all__ = ["load_image", "pillow_limits"]
 
 logger = logging.getLogger(__name__)
 
 # Pillow's decompression-bomb limit and truncated-image flag are process globals: hold this lock while we
 # change them for one load.
-PIL_LOCK = threading.RLock()
+_PIL_LOCK = threading.RLock()
 
 
 def load_image(
@@ -113,7 +115,7 @@ def _load_pil_object(im: Image.Image, max_pixels: int) -> ImageData:
         raise _too_big("the image", w, h, max_pixels)
     notes: list[str] = []
     name = getattr(im, "filename", None) or "the image"
-    with PIL_LOCK, pillow_limits(max_pixels):
+    with pillow_limits(max_pixels):
         try:
             im.load()
         except InputError:
@@ -134,7 +136,7 @@ def _load_file(path: Path, max_pixels: int) -> ImageData:
         raise InputError(f"{path} is a folder, not an image", "pass the path of an image file")
     name = path.name
     notes: list[str] = []
-    with PIL_LOCK, pillow_limits(max_pixels):
+    with pillow_limits(max_pixels):
         try:
             im = Image.open(path)
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -224,25 +226,20 @@ def _size_from_bomb_message(msg: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-class pillow_limits:
-    """Set Pillow's bomb limit to ``max_pixels`` and keep truncated images an error, for one load."""
-
-    def __init__(self, max_pixels: int):
-        self.max_pixels = max_pixels
-
-    def __enter__(self):
-        self.old = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
-        Image.MAX_IMAGE_PIXELS = self.max_pixels
+@contextmanager
+def pillow_limits(max_pixels: int) -> Iterator[None]:
+    """Hold Pillow's process-wide settings for one decode: the decompression-bomb limit set to ``max_pixels``
+    (its warning raised as an error), truncated images kept an error; restored on exit, under a lock."""
+    with _PIL_LOCK:
+        old = (Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES)
+        Image.MAX_IMAGE_PIXELS = max_pixels
         ImageFile.LOAD_TRUNCATED_IMAGES = False
-        self.warn = warnings.catch_warnings()
-        self.warn.__enter__()
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return self
-
-    def __exit__(self, *exc):
-        self.warn.__exit__(*exc)
-        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = self.old
-        return False
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                yield
+        finally:
+            Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = old
 
 
 def _decode_file(path: Path, im: Image.Image, fmt: str | None, notes: list[str]):

@@ -137,8 +137,8 @@ def save_image(
     lossy = False
 
     if fmt == "PNG":
-        writer: Callable[[IO[bytes]], object] = lambda f: png.write_png(f, arr, icc, exif, dpi, xmp=xmp,  # noqa: E731
-                                                                   text_chunks=text_chunks)
+        writer: Callable[[IO[bytes]], object] = lambda f: png.write_png(  # noqa: E731
+            f, arr, icc, exif, dpi, xmp=xmp, text_chunks=text_chunks)
     elif fmt == "TIFF":
         writer = lambda f: tiff.write_tiff(f, arr, icc, exif, dpi, notes, xmp=xmp)  # noqa: E731
     elif fmt == "JPEG":
@@ -150,7 +150,7 @@ def save_image(
         pil = jpeg.prepare_jpeg(arr, out.name, notes)
         extra = jpeg.source_segments(data, notes, keep=True)
         writer = lambda f: jpeg.write_jpeg(f, pil, quality, icc, exif, dpi, notes, xmp=xmp,  # noqa: E731
-                                       extra_segments=extra)
+                                           extra_segments=extra)
         lossy = True
     else:
         pil, lossless = webp.prepare_webp(arr, data, quality, out.name, notes)

@@ -609,7 +609,7 @@ def test_print_png_encode_time_4k(capsys):
     png.write_png(buf, a, None, None, None)
     dt = time.perf_counter() - t
     with capsys.disabled():
-        print(f"\n[imageio] PNG encode 3840x2160 RGB 8-bit: {dt:.3f} s, {buf.tell() / 1e6:.1f} MB")
+        print(f"\n[io.png] PNG encode 3840x2160 RGB 8-bit: {dt:.3f} s, {buf.tell() / 1e6:.1f} MB")
     assert buf.getvalue().startswith(b"\x89PNG")
 
 

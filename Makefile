@@ -30,7 +30,7 @@ test-fast: $(STAMP)  # everything but the tests marked slow (CI runs them all th
 MYPY_CORE := src/crispedit/errors.py src/crispedit/options.py src/crispedit/mask.py src/crispedit/regions.py src/crispedit/engines/base.py \
              src/crispedit/batch/table.py src/crispedit/server/security.py src/crispedit/io \
              src/crispedit/workflow/types.py src/crispedit/workflow/library.py src/crispedit/workflow/schema.py \
-             src/crispedit/workflow/runner.py
+             src/crispedit/workflow/runner.py src/crispedit/jpeg_lossless.py
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench examples
 	$(PY) -m mypy $(MYPY_CORE)

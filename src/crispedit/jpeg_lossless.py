@@ -49,6 +49,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -162,7 +163,8 @@ def header_segments(data: bytes) -> tuple[list[tuple[int, bytes]], int]:
     """
     if data[:2] != b"\xff\xd8":
         raise UnsupportedJpeg("not a JPEG file (no SOI marker)")
-    pos, out, n = 2, [], len(data)
+    out: list[tuple[int, bytes]] = []
+    pos, n = 2, len(data)
     while pos < n:
         if data[pos] != 0xFF:
             raise UnsupportedJpeg(f"damaged JPEG header at byte {pos}")
@@ -516,8 +518,7 @@ def splice_jpeg(source: str | os.PathLike, original: np.ndarray | Callable[[], n
             raise UnsupportedJpeg("RGB-coded JPEG (Adobe transform 0)")
         pending = pool.submit(original) if callable(original) else None
         comps, qt_in, tbl = _read_dct(str(source), segs)
-        if pending is not None:
-            original = pending.result()
+        original = cast(np.ndarray, pending.result() if pending is not None else original)
         lap("decode_and_read_coefficients")
         if original.shape != edited.shape or original.ndim != 3 or original.shape[2] not in (1, 3):
             raise UnsupportedJpeg(f"pixel shapes differ ({original.shape} vs {edited.shape})")

@@ -28,9 +28,8 @@ test-fast: $(STAMP)  # everything but the tests marked slow (CI runs them all th
 
 # ruff over the whole tree; mypy over the typed core (the rest is typed but not yet clean under mypy: issue 12)
 MYPY_CORE := src/crispedit/errors.py src/crispedit/options.py src/crispedit/mask.py src/crispedit/regions.py src/crispedit/engines/base.py \
-             src/crispedit/batch/table.py src/crispedit/server/security.py src/crispedit/io \
-             src/crispedit/workflow/types.py src/crispedit/workflow/library.py src/crispedit/workflow/schema.py \
-             src/crispedit/workflow/runner.py src/crispedit/jpeg_lossless.py
+             src/crispedit/server/security.py src/crispedit/io src/crispedit/jpeg_lossless.py src/crispedit/workflow \
+             src/crispedit/batch
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench examples
 	$(PY) -m mypy $(MYPY_CORE)

@@ -78,7 +78,7 @@ def prepare_outdir(outdir: Path, manifest: dict[str, Any], resume: bool, keys: O
             old = json.loads(mpath.read_text(encoding="utf-8"))
         except ValueError:
             old = None
-        same_table = bool(old) and manifest.get("jobs") in (old.get("tables") or {old.get("jobs"): None})
+        same_table = bool(old and manifest.get("jobs") in (old.get("tables") or {old.get("jobs"): None}))
         if old and old.get("jobs_blake2b") != manifest.get("jobs_blake2b") and not same_table and not resume:
             raise InputError(f"{outdir} holds a batch of another job table ({old.get('jobs')})",
                              "pass --resume to add these items to that dataset, or choose another -o")

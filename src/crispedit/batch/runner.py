@@ -160,9 +160,9 @@ def run_local(items: list[Item], workers: int, on_record: OnRecord) -> None:
         except BaseException:
             pool.shutdown(wait=True, cancel_futures=True)
             for it in list(pending.values()):  # items that finished while the pool shut down count as done
-                rec = read_record(Path(it.spec["record"])) if is_complete(it.spec) else None
-                if rec is not None:
-                    on_record(rec)
+                done_rec = read_record(Path(it.spec["record"])) if is_complete(it.spec) else None
+                if done_rec is not None:
+                    on_record(done_rec)
             raise
         pool.shutdown(wait=True, cancel_futures=True)
         if not broken:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Union, cast
 
 from crispedit import options as options_mod
 from crispedit.errors import InputError
@@ -130,7 +130,7 @@ def edit_workflow(image: PathLike = None, output: PathLike = None, *, mask: Path
     elif box is not None or ellipse is not None:
         shape, text, flag = ("box", box, "--box") if box is not None else ("ellipse", ellipse, "--ellipse")
         nodes["mask"] = {"type": "MaskFromShape", "inputs": {"image": "image"},
-                         "params": {"shape": shape, "box": _box(text, flag), "units": "px"}}
+                         "params": {"shape": shape, "box": _box(cast(str, text), flag), "units": "px"}}
     sd = _sd_params(engine, relative_to, options)
     masked = "mask" in nodes
     if masked:
@@ -138,7 +138,7 @@ def edit_workflow(image: PathLike = None, output: PathLike = None, *, mask: Path
                 **({"detail": detail} if detail is not None else {}), **sd}
         n = int(candidates or 1)
         if n > 1:
-            variants = _prompt_variants(prompt_variants) or [prompt]
+            variants: list[Optional[str]] = [*_prompt_variants(prompt_variants)] or [prompt]
             names = []
             # per-candidate seeds: children of SeedSequence(seed) (None: 0, so the workflow stays repeatable),
             # independent of each other and of every seed the harness derives inside one edit (not seed + i)

@@ -130,9 +130,9 @@ def nodes_cmd(
     for p in t.outputs:
         out.print(f"  {p.name}: {p.type_label}" + (f" — {p.doc}" if p.doc else ""), markup=False)
     out.print("params:" if t.params else "params: none")
-    for p in t.params:
-        default = "required" if p.required else f"default {json.dumps(p.default, default=str)}"
-        out.print(f"  {p.name}: {p.type_label}, {default} — {p.doc}", markup=False)
+    for prm in t.params:
+        default = "required" if prm.required else f"default {json.dumps(prm.default, default=str)}"
+        out.print(f"  {prm.name}: {prm.type_label}, {default} — {prm.doc}", markup=False)
     notes = []
     if t.store:
         notes.append("results are cached")

@@ -112,6 +112,14 @@ def _rel(path: Any, wf: Workflow) -> str:
 # ----------------------------------------------------------------------------------------------------------------
 
 Info = dict[str, Any]  # per output: {"type", "size", "bbox"}
+
+
+def _link_list(node: Node, port: str) -> list[Any]:
+    """The links of a multiple input (``[]`` when unlinked)."""
+    links = node.links.get(port)
+    return links if isinstance(links, list) else []
+
+
 Describer = Callable[[Node, dict[str, Any], Workflow], tuple[str, str, dict[str, Info]]]
 _DESCRIBERS: dict[str, Describer] = {}
 
@@ -210,7 +218,7 @@ def _d_inpaint(node: Node, inputs: dict[str, Any], wf: Workflow) -> tuple[str, s
     ws = ENGINE_WORKING_SIZE.get(engine, "unknown")
     min_margin = int((p.get("options") or {}).get("min_margin") or 64)
     region = _plan(size, box, min_margin)
-    out = {"image": {"type": "image", "size": size}, "result": {"type": "result"}}
+    out: dict[str, Info] = {"image": {"type": "image", "size": size}, "result": {"type": "result"}}
     if region is None:
         where = "on a crop around each cluster of the mask (context margin grows with the region)"
         works = "crop around the mask"
@@ -249,7 +257,7 @@ def _d_inpaint(node: Node, inputs: dict[str, Any], wf: Workflow) -> tuple[str, s
 def _d_img2img(node: Node, inputs: dict[str, Any], wf: Workflow) -> tuple[str, str, dict[str, Info]]:
     size = _in(inputs, "image").get("size")
     p = node.params
-    out = {"image": {"type": "image", "size": size}, "result": {"type": "result"}}
+    out: dict[str, Info] = {"image": {"type": "image", "size": size}, "result": {"type": "result"}}
     if size:
         lw, lh = math.ceil(size[0] / 8), math.ceil(size[1] / 8)
         n = _tiles(size[0], size[1], 512, 128)
@@ -342,7 +350,7 @@ def _d_quality(node: Node, inputs: dict[str, Any], wf: Workflow) -> tuple[str, s
 @describer("SelectBest")
 def _d_select(node: Node, inputs: dict[str, Any], wf: Workflow) -> tuple[str, str, dict[str, Info]]:
     size = _in(inputs, "original").get("size")
-    n = len(node.links.get("candidates") or [])
+    n = len(_link_list(node, "candidates"))
     what = (f"scores {n} candidate edits with the quality gate, rejects those that fail and keeps the best "
             "(SAGI-style); records why each was kept or rejected")
     return what, _region_text(_in(inputs, "mask"), size), {
@@ -399,7 +407,7 @@ def _task(wf: Workflow, infos: dict[str, dict[str, Info]]) -> str:
     task = " and ".join(parts)
     extras = []
     if "SelectBest" in types:
-        n = max((len(wf.nodes[x].links.get("candidates") or []) for x in wf.order
+        n = max((len(_link_list(wf.nodes[x], "candidates")) for x in wf.order
                  if wf.nodes[x].type.name == "SelectBest"), default=0)
         extras.append(f"{n} candidates and automatic selection of the best (SAGI-style)")
     if "QualityCheck" in types:

@@ -46,6 +46,7 @@ def normalise_exif(raw: bytes | None) -> bytes | None:
 
 
 def exif_from_pil(im: Image.Image) -> bytes | None:
+    """The EXIF of an opened Pillow image in Pillow's convention (``info["exif"]``, else ``getexif()``), or None."""
     raw = im.info.get("exif")
     if raw:
         return normalise_exif(raw)
@@ -143,6 +144,7 @@ def apply_orientation(arr: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def icc_space(icc: bytes) -> str | None:
+    """The data colour space of an ICC profile (header bytes 16-20, e.g. ``'RGB'``, ``'GRAY'``, ``'CMYK'``), or None."""
     if len(icc) < 20:
         return None
     return icc[16:20].decode("latin-1").strip() or None
@@ -157,6 +159,7 @@ def icc_fits(icc: bytes, channels: int) -> bool:
 
 
 def dpi_from_info(info: dict) -> tuple | None:
+    """``(x, y)`` dots per inch from a Pillow ``info`` dict, rounded to 0.01; None when absent or not positive."""
     dpi = info.get("dpi")
     if not dpi:
         return None

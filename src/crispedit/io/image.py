@@ -196,6 +196,7 @@ def to_pil(data: ImageData, array: np.ndarray | None = None) -> Image.Image:
 
 
 def check_array(arr: np.ndarray) -> np.ndarray:
+    """``arr`` as an H x W x C ``uint8``/``uint16`` array (H x W gets C = 1); ValueError for anything else."""
     arr = np.asarray(arr)
     if arr.ndim == 2:
         arr = arr[:, :, None]

@@ -34,6 +34,8 @@ def _drop_opaque_alpha(arr: np.ndarray, fmt_name: str, name: str, notes: list[st
 
 
 def prepare_jpeg(arr: np.ndarray, name: str, notes: list[str]) -> Image.Image:
+    """The Pillow image to encode: refuses over 65500 px per side and real transparency (InputError), drops an
+    opaque alpha and reduces 16 bits to 8, each with a note."""
     h, w, c = arr.shape
     if max(h, w) > _MAX_SIDE:
         raise InputError(f"JPEG cannot hold {w}x{h} pixels (at most {_MAX_SIDE} per side)",
@@ -50,6 +52,8 @@ def prepare_jpeg(arr: np.ndarray, name: str, notes: list[str]) -> Image.Image:
 
 def write_jpeg(f, pil: Image.Image, quality, icc, exif, dpi, notes: list[str], xmp: bytes | None = None,
                 extra_segments: Sequence[bytes] = ()) -> None:
+    """Encode ``pil`` as JPEG into ``f`` (Pillow, 4:4:4, quality 95 unless given) with ICC, EXIF, XMP and dpi;
+    ``extra_segments`` (the input's IPTC / comments) are inserted byte for byte."""
     if extra_segments:  # IPTC / comments of a JPEG input: inserted byte for byte after Pillow's own segments
         from crispedit.jpeg_lossless import insert_segments
 

@@ -91,6 +91,7 @@ def scan_png(path: Path) -> dict:
 
 
 def decode_png16(path: Path, color_type: int) -> np.ndarray:
+    """Pixels of a 16-bit PNG (OpenCV: Pillow truncates 16-bit RGB) in our channel layout."""
     import cv2
 
     buf = np.fromfile(path, dtype=np.uint8)
@@ -141,6 +142,8 @@ def _band(rows: np.ndarray, prev: np.ndarray | None, last: bool, level: int) -> 
 
 def write_png(f: IO[bytes], arr: np.ndarray, icc: bytes | None, exif: bytes | None, dpi, level: int = 1, *,
                xmp: bytes | None = None, text_chunks: Sequence = ()) -> None:
+    """Write ``arr`` (H x W x C, 8 or 16 bit) as PNG into ``f``: ICC (iCCP), dpi (pHYs), EXIF (eXIf), XMP and
+    text chunks, then the pixels filtered with ``Up`` and deflated at ``level`` in parallel row bands."""
     h, w, c = arr.shape
     depth = 16 if arr.dtype == np.uint16 else 8
     color_type = {1: 0, 2: 4, 3: 2, 4: 6}[c]

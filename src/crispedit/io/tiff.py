@@ -32,6 +32,7 @@ _IFD0_TEXT = (270, 271, 272, 315, 33432)
 
 
 def is_tiff(path: Path) -> bool:
+    """Whether the file starts with a TIFF or BigTIFF signature."""
     try:
         with open(path, "rb") as fh:
             return fh.read(4) in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
@@ -147,6 +148,8 @@ def _decode_cv2(path: Path) -> np.ndarray:
 
 def write_tiff(f: IO[bytes], arr: np.ndarray, icc: bytes | None, exif: bytes | None, dpi, notes: list[str], *,
                 xmp: bytes | None = None) -> None:
+    """Write ``arr`` as a deflate TIFF (tifffile, horizontal predictor, straight alpha) with ICC, dpi, XMP,
+    the EXIF's descriptive tags, and its Exif / GPS directories attached afterwards."""
     import tifffile
 
     c = arr.shape[2]

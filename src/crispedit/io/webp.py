@@ -43,6 +43,8 @@ def source_lossless(data: ImageData) -> bool:
 
 
 def prepare_webp(arr: np.ndarray, data: ImageData, quality, name: str, notes: list[str]):
+    """(Pillow image, lossless) to encode: refuses over 16383 px per side, 16 bits become 8 and gray becomes
+    RGB(A), each with a note; lossless when no quality is given and the source was lossless."""
     h, w, c = arr.shape
     if max(h, w) > _MAX_SIDE:
         raise InputError(f"WebP cannot hold {w}x{h} pixels (at most {_MAX_SIDE} per side)",
@@ -59,6 +61,8 @@ def prepare_webp(arr: np.ndarray, data: ImageData, quality, name: str, notes: li
 
 
 def write_webp(f, pil: Image.Image, lossless: bool, quality, icc, exif, xmp: bytes | None = None) -> None:
+    """Encode ``pil`` as WebP into ``f`` (lossless ``exact``, or lossy at ``quality``, default 95) with ICC, EXIF
+    and XMP."""
     opts: dict[str, Any] = {}
     if lossless:
         # exact: keep RGB under fully transparent pixels (the alpha channel is data, not a hint).

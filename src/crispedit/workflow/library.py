@@ -53,6 +53,7 @@ def register_node(nt: NodeType, *, replace: bool = False) -> NodeType:
 
 
 def unregister_node(name: str) -> None:
+    """Remove a node type from the registry (no error when it is not there)."""
     NODE_TYPES.pop(name, None)
 
 
@@ -69,6 +70,7 @@ def node(name: str, purpose: str, *, inputs: Any = (), outputs: Any = (), params
 
 
 def get_node_type(name: str) -> NodeType:
+    """The registered node type ``name``; InputError with a did-you-mean suggestion when there is none."""
     if name not in NODE_TYPES:
         raise InputError(f"unknown node type '{name}'{did_you_mean(name, NODE_TYPES)}",
                          "run `crispedit nodes` to list the node types")

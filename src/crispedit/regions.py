@@ -1,4 +1,4 @@
-"""Plan where the engine works: crops around clusters of mask components, and tiles inside a crop.
+"""Plan where the engine works: crops around clusters of mask components (tiles inside a crop: :mod:`crispedit.geometry`).
 
 Every connected component of the mask gets its own blend band and context, sized from its own size (its width
 for thin strokes), and keeps them when it shares a crop with others. Long thin components (scratches, wires)
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-Box = tuple[int, int, int, int]
+from crispedit.geometry import Box, union
 
 #: Narrowest blend band (px) of any component.
 MIN_BAND = 6
@@ -113,14 +113,6 @@ def _snap(lo: int, hi: int, limit: int, multiple: int = 8) -> tuple[int, int]:
             return 0, limit
         lo = hi - target
     return lo, hi
-
-
-def _union(a: Box, b: Box) -> Box:
-    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
-
-
-def _overlap(a: Box, b: Box) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _snap_box(box: Box, width: int, height: int) -> Box:
@@ -302,7 +294,7 @@ def plan_mask(mask: np.ndarray, *, min_margin: int = 64, max_crop: int = MAX_MER
                 continue
             gi, gj = live[i], live[j]
             assert gi is not None and gj is not None  # pairs with a merged (None) group were skipped above
-            crop = _snap_box(_union(gi.crop, gj.crop), w, h)
+            crop = _snap_box(union(gi.crop, gj.crop), w, h)
             if max(crop[2] - crop[0], crop[3] - crop[1]) <= max(max_crop, 1.5 * max(gi.side, gj.side)):
                 live[i] = _Group(gi.parts + gj.parts, crop, max(gi.side, gj.side))
                 used.update((i, j))
@@ -315,7 +307,7 @@ def plan_mask(mask: np.ndarray, *, min_margin: int = 64, max_crop: int = MAX_MER
         assert g is not None
         mbox = g.parts[0].box
         for p in g.parts[1:]:
-            mbox = _union(mbox, p.box)
+            mbox = union(mbox, p.box)
         regions.append(Region(g.crop, mbox, max(p.band for p in g.parts), len({p.label for p in g.parts}),
                               tuple(g.parts)))
     regions.sort(key=lambda r: (r.box[1], r.box[0]))
@@ -350,7 +342,7 @@ def part_clusters(region: Region, pad: int) -> list[Box]:
         merged: dict[int, Box] = {}
         for i, b in enumerate(boxes):
             k = _find(root, i)
-            merged[k] = _union(merged[k], b) if k in merged else b
+            merged[k] = union(merged[k], b) if k in merged else b
         boxes = list(merged.values())
     return boxes
 
@@ -358,24 +350,3 @@ def part_clusters(region: Region, pad: int) -> list[Box]:
 def plan_regions(mask: np.ndarray, *, min_margin: int = 64) -> list[Region]:
     """The regions of :func:`plan_mask` (crops, bands, parts), sorted top to bottom."""
     return plan_mask(mask, min_margin=min_margin).regions
-
-
-def _balanced(length: int, tile: int, overlap: int, multiple: int) -> list[tuple[int, int]]:
-    """Fewest tiles of at most ``tile`` px with at least ``overlap`` px overlap, all the same (smaller) size."""
-    if length <= tile:
-        return [(0, length)]
-    n = -(-(length - overlap) // (tile - overlap))
-    per_tile = math.ceil((length + (n - 1) * overlap) / n)  # smallest common size with n tiles
-    size = min(tile, math.ceil(per_tile / multiple) * multiple)
-    starts = np.linspace(0, length - size, n).round().astype(int)
-    return [(int(a), int(a) + size) for a in starts]
-
-
-def tile_grid(h: int, w: int, tile: int, overlap: int, multiple: int = 8) -> list[Box]:
-    """Tiles (x0, y0, x1, y1) covering an h x w area with at least ``overlap`` px overlap.
-
-    Tiles are balanced: the fewest that fit, shrunk to a common size (a multiple of ``multiple``) and spread
-    evenly, so the overlap does not pile up at the far edge; this keeps engine work close to the area.
-    """
-    return [(x0, y0, x1, y1) for y0, y1 in _balanced(h, tile, overlap, multiple)
-            for x0, x1 in _balanced(w, tile, overlap, multiple)]

@@ -53,8 +53,9 @@ For the 9-channel inpainting UNet pass ``extra=torch.cat([mask, masked_image_lat
 Examples
 --------
 >>> import torch
->>> from crispedit.tiling import plan_tiles, tiled_noise_prediction
->>> plan_tiles(100, 64, 16)
+>>> from crispedit.geometry import tile_starts
+>>> from crispedit.tiling import tiled_noise_prediction
+>>> tile_starts(100, 64, 16)
 [0, 36]
 >>> z = torch.randn(1, 4, 96, 160)
 >>> eps = tiled_noise_prediction(lambda x: x[:, :4] * 2, z, tile=64, overlap=16)
@@ -75,9 +76,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crispedit.geometry import Box, latent_tiles
+
 __all__ = [
-    "plan_tiles",
-    "tile_grid",
     "gaussian_weights",
     "tile_weights",
     "tiled_noise_prediction",
@@ -87,51 +88,12 @@ __all__ = [
     "vae_memory_estimate",
 ]
 
-TileBox = tuple[int, int, int, int]
 Progress = Callable[[int, int], None]
 
 
 # --------------------------------------------------------------------------------------------------------------
 # tile geometry
 # --------------------------------------------------------------------------------------------------------------
-def plan_tiles(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size ``tile`` covering ``[0, length)``, consecutive tiles overlapping by at
-    least ``overlap``; the last tile is flush with the end.
-
-    Examples
-    --------
-    >>> plan_tiles(64, 64, 16)
-    [0]
-    >>> plan_tiles(160, 64, 16)
-    [0, 48, 96]
-    """
-    if length <= 0 or tile <= 0:
-        raise ValueError(f"length and tile must be positive, got length={length}, tile={tile}")
-    if not 0 <= overlap < tile:
-        raise ValueError(f"overlap must be in [0, tile), got overlap={overlap}, tile={tile}")
-    if length <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return starts
-
-
-def tile_grid(h: int, w: int, tile: int, overlap: int) -> list[TileBox]:
-    """Tiles ``(y0, x0, y1, x1)`` (end-exclusive) of ``min(tile, h) x min(tile, w)`` covering an ``h x w`` area,
-    row by row, with at least ``overlap`` of overlap.
-
-    Examples
-    --------
-    >>> tile_grid(64, 100, 64, 16)
-    [(0, 0, 64, 64), (0, 36, 64, 100)]
-    """
-    th, tw = min(tile, h), min(tile, w)
-    return [(y, x, y + th, x + tw)
-            for y in plan_tiles(h, th, min(overlap, th - 1))
-            for x in plan_tiles(w, tw, min(overlap, tw - 1))]
-
-
 def gaussian_weights(h: int, w: int, sigma_frac: float = 0.3, *, device: torch.device | str | None = None,
                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Separable Gaussian tile weights of shape ``(h, w)``, 1 at the centre, ``sigma = sigma_frac * size``.
@@ -158,9 +120,10 @@ def gaussian_weights(h: int, w: int, sigma_frac: float = 0.3, *, device: torch.d
     return weights.to(device=device, dtype=dtype)
 
 
-def tile_weights(box: TileBox, h: int, w: int, overlap: int, sigma_frac: float = 0.3, *,
+def tile_weights(box: Box | tuple[int, int, int, int], h: int, w: int, overlap: int, sigma_frac: float = 0.3, *,
                  device: torch.device | str | None = None) -> torch.Tensor:
-    """Blend weights of one tile ``box = (y0, x0, y1, x1)`` of an ``h x w`` area: :func:`gaussian_weights` times
+    """Blend weights of one tile ``box = (x0, y0, x1, y1)`` (latent px, :class:`~crispedit.geometry.Box`) of an
+    ``h x w`` area: :func:`gaussian_weights` times
     a smoothstep taper over the ``overlap`` pixels next to each side that is inside the area (sides on the area's
     border are not tapered).
 
@@ -170,11 +133,11 @@ def tile_weights(box: TileBox, h: int, w: int, overlap: int, sigma_frac: float =
 
     Examples
     --------
-    >>> w = tile_weights((0, 48, 64, 112), 64, 160, 16)
+    >>> w = tile_weights((48, 0, 112, 64), 64, 160, 16)
     >>> float(w[32, 0]) < 1e-3 < float(w[32, 32]), float(w[0, 32]) > 0.2
     (True, True)
     """
-    y0, x0, y1, x1 = box
+    x0, y0, x1, y1 = box
     th, tw = y1 - y0, x1 - x0
     weight = gaussian_weights(th, tw, sigma_frac, dtype=torch.float64)
     if overlap > 0:
@@ -240,22 +203,22 @@ def tiled_noise_prediction(predict: Callable[[torch.Tensor], torch.Tensor], late
             progress(1, 1)
         return out
 
-    boxes = tile_grid(h, w, tile, overlap)
+    boxes = latent_tiles(h, w, tile, overlap)
     weights = [tile_weights(box, h, w, overlap, sigma_frac, device=latents.device) for box in boxes]
     acc: torch.Tensor | None = None
     wsum = torch.zeros(h, w, device=latents.device, dtype=torch.float32)
-    for (y0, x0, y1, x1), wt in zip(boxes, weights):
-        wsum[y0:y1, x0:x1] += wt
+    for box, wt in zip(boxes, weights):
+        wsum[box.slices] += wt
     for start in range(0, len(boxes), batch):
         chunk = boxes[start:start + batch]
-        x = torch.cat([model_in[:, :, y0:y1, x0:x1] for (y0, x0, y1, x1) in chunk], dim=0)
+        x = torch.cat([model_in[(..., *box.slices)] for box in chunk], dim=0)
         eps = predict(x)
         if eps.shape[0] != x.shape[0] or eps.shape[2:] != x.shape[2:]:
             raise ValueError(f"predict returned shape {tuple(eps.shape)} for input {tuple(x.shape)}")
         if acc is None:
             acc = torch.zeros(b, eps.shape[1], h, w, device=latents.device, dtype=torch.float32)
-        for i, (y0, x0, y1, x1) in enumerate(chunk):
-            acc[:, :, y0:y1, x0:x1] += eps[i * b:(i + 1) * b].float() * weights[start + i]
+        for i, box in enumerate(chunk):
+            acc[(..., *box.slices)] += eps[i * b:(i + 1) * b].float() * weights[start + i]
         if progress is not None:
             progress(min(start + batch, len(boxes)), len(boxes))
     assert acc is not None
@@ -454,8 +417,8 @@ class _State:
 
 @dataclass
 class _Tile:
-    core: TileBox  # (y0, x0, y1, x1) in segment-input px
-    crop: TileBox  # core + halo, clamped to the map
+    core: Box  # in segment-input px
+    crop: Box  # core + halo, clamped to the map
 
 
 def _group_norm(h: torch.Tensor, m: nn.GroupNorm, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -543,13 +506,13 @@ def _plan(h: int, w: int, tile: int, halo: int, align: int) -> list[_Tile]:
     tiles = []
     for y0, y1 in zip(ys[:-1], ys[1:]):
         for x0, x1 in zip(xs[:-1], xs[1:]):
-            crop = (max(0, y0 - halo), max(0, x0 - halo), min(h, y1 + halo), min(w, x1 + halo))
-            tiles.append(_Tile((y0, x0, y1, x1), crop))
+            crop = Box(max(0, x0 - halo), max(0, y0 - halo), min(w, x1 + halo), min(h, y1 + halo))
+            tiles.append(_Tile(Box(x0, y0, x1, y1), crop))
     return tiles
 
 
 def _core_slice(t: _Tile, s: Fraction) -> tuple[slice, slice]:
-    (y0, x0, y1, x1), (cy, cx) = t.core, t.crop[:2]
+    (x0, y0, x1, y1), (cx, cy) = t.core, t.crop[:2]
     def conv(a: int) -> int:
         v = a * s
         assert v.denominator == 1, "tile cores must be aligned to the network's downsampling"
@@ -584,8 +547,7 @@ def _run_segment(seg: _Segment, x: torch.Tensor, tiles: list[_Tile], ctx: _Ctx,
     total_area = sum((t.crop[2] - t.crop[0]) * (t.crop[3] - t.crop[1]) for t in tiles)
 
     def load(t: _Tile) -> _State:
-        y0, x0, y1, x1 = t.crop
-        return _State(x[:, :, y0:y1, x0:x1].to(device=ctx.device, dtype=ctx.dtype))
+        return _State(x[(..., *t.crop.slices)].to(device=ctx.device, dtype=ctx.dtype))
 
     cache: list[_State | None] | None = None  # states of all tiles at op index `at`
     at = 0
@@ -624,7 +586,7 @@ def _run_segment(seg: _Segment, x: torch.Tensor, tiles: list[_Tile], ctx: _Ctx,
             b, c = st.h.shape[:2]
             oh, ow = x.shape[2] * s_end, x.shape[3] * s_end
             out = torch.empty(b, c, int(oh), int(ow), device=out_device, dtype=st.h.dtype)
-        y0, x0 = int(t.core[0] * s_end), int(t.core[1] * s_end)
+        y0, x0 = int(t.core.y0 * s_end), int(t.core.x0 * s_end)
         core = st.h[:, :, ys, xs]
         out[:, :, y0:y0 + core.shape[2], x0:x0 + core.shape[3]] = core.to(out_device)
         ctx.tick()
@@ -699,16 +661,16 @@ def _mid_attention(attn: nn.Module, m: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
     if mode != "window":
         raise ValueError(f"attention must be 'auto', 'global' or 'window', got {ctx.attention!r}")
     win = min(ctx.attention_window, max(h, w))
-    boxes = tile_grid(h, w, win, win // 4)
+    boxes = latent_tiles(h, w, win, win // 4)
     acc = torch.zeros(b, c, h, w, device=m.device, dtype=torch.float32)
     wsum = torch.zeros(h, w, device=m.device, dtype=torch.float32)
-    for (y0, x0, y1, x1) in boxes:
+    for (x0, y0, x1, y1) in boxes:
         blk = m[:, :, y0:y1, x0:x1].reshape(b, c, -1)
         tok = norm(blk).transpose(1, 2)
         q, k, v = (_attn_project(attn, tok, s) for s in "qkv")
         o = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)
         delta = _attn_out(attn, o, q.dtype).transpose(1, 2).reshape(b, c, y1 - y0, x1 - x0)
-        weight = tile_weights((y0, x0, y1, x1), h, w, win // 4, device=m.device)
+        weight = tile_weights((x0, y0, x1, y1), h, w, win // 4, device=m.device)
         acc[:, :, y0:y1, x0:x1] += delta.float() * weight
         wsum[y0:y1, x0:x1] += weight
     delta = (acc / wsum).to(m.dtype)

@@ -279,9 +279,9 @@ class SD15Engine:
         f = self.vae_scale_factor
         if not self._tiled(h_lat * f, w_lat * f) or (h_lat <= self.tile and w_lat <= self.tile):
             return 1
-        from crispedit.tiling import tile_grid
+        from crispedit.geometry import latent_tiles
 
-        return len(tile_grid(h_lat, w_lat, self.tile, self.tile_overlap))
+        return len(latent_tiles(h_lat, w_lat, self.tile, self.tile_overlap))
 
     def _report(self, stage: str) -> Callable[[int, int], None] | None:
         progress = self.progress

@@ -246,7 +246,7 @@ def test_small_crops_never_touch_the_tiling_code(models, monkeypatch):
 def test_tile_options_are_validated(models):
     folder = str(models["micro4"])
     for kw, words in (({"tile": 50}, "multiple of 8"), ({"tile": 8}, "outside"),
-                      ({"tile": 64, "tile_overlap": 40}, "tile overlap"), ({"tile_batch": 0}, "tile batch"),
+                      ({"tile": 64, "tile_overlap": 40}, "tile overlap"), ({"tile_batch": 0}, "tile_batch"),
                       ({"vae_tile": 20}, "multiple of 8"), ({"tile": "big"}, "whole number")):
         with pytest.raises(InputError, match=words):
             SD15Engine(folder, device="cpu", **kw)

@@ -95,7 +95,7 @@ def test_tile_grid_covers_area():
         assert (y1 - y0, x1 - x0) == (64, 64)
         cover[y0:y1, x0:x1] += 1
     assert int(cover.min()) >= 1
-    assert latent_tiles(40, 50, 64, 16) == [(0, 0, 40, 50)]
+    assert latent_tiles(40, 50, 64, 16) == [(0, 0, 50, 40)]  # (x0, y0, x1, y1)
 
 
 def test_gaussian_weights_shape_and_positivity():

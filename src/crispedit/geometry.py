@@ -117,8 +117,8 @@ def balanced_spans(length: int, tile: int, overlap: int, multiple: int = 8) -> l
 
     Examples
     --------
-    >>> balanced_spans(1000, 512, 64)
-    [(0, 536), (464, 1000)]
+    >>> balanced_spans(1000, 512, 64)  # 3 spans of 376 px, not 512 + 512 + a 104-px sliver
+    [(0, 376), (312, 688), (624, 1000)]
     """
     if length <= tile:
         return [(0, length)]

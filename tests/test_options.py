@@ -105,7 +105,9 @@ def test_engine_options_one_model_per_engine():
     assert options.SCHEDULERS[0] == options.DEFAULT_SCHEDULER and SD15Engine.__init__.__kwdefaults__["steps"] is None
     # classical: the constructor validates through ClassicalOptions, with a did-you-mean on a typo
     assert classical.METHODS == options.CLASSICAL_METHODS
-    assert set(options.ClassicalOptions.model_fields) == options.engine_option_names("classical")
+    from crispedit.engines.base import option_names
+
+    assert set(options.ClassicalOptions.model_fields) == option_names("classical")
     with pytest.raises(InputError, match="unknown classical option 'patch_sise'.*did you mean 'patch_size'"):
         classical.ClassicalEngine(patch_sise=5)
     with pytest.raises(InputError, match="did you mean 'coarse_pixels'"):

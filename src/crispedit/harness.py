@@ -21,7 +21,7 @@ from PIL import Image
 
 from crispedit import compositing
 from crispedit import options as options_mod
-from crispedit.engines.base import Engine, get_engine
+from crispedit.engines.base import Engine, get_engine, option_names
 from crispedit.errors import InputError
 from crispedit.geometry import Box, mask_bbox, pixel_tiles
 from crispedit.imageio import ImageData, from_float, load_image, to_float, to_pil
@@ -59,7 +59,7 @@ class _Timer:
 def _split_options(engine: Any, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any],
                                                                   options_mod.HarnessOptions]:
     """Validate the keyword options (before any decode) and split them into harness and engine options."""
-    opts, eopts = options_mod.split_options(engine, options)
+    opts, eopts = options_mod.split_options(engine, options, option_names(engine))
     return opts.as_dict(), eopts, opts
 
 

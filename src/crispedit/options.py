@@ -18,7 +18,6 @@ An explicit ``0.0`` is kept (defaults are applied with ``is None``, never with `
 from __future__ import annotations
 
 import difflib
-import inspect
 from typing import Any, Callable, Literal, Optional, TypeVar
 
 import numpy as np
@@ -252,37 +251,14 @@ def build(model: type[M], values: dict[str, Any], what: str = "option") -> M:
         raise _one_line(exc, model) from None
 
 
-def engine_option_names(engine: Any) -> Optional[frozenset[str]]:
-    """Keyword names the engine ``engine`` (a registered name) accepts, or None when any is accepted.
-
-    Built-in engines are answered from their options model (:data:`ENGINE_OPTIONS`; no import of the engine
-    module); other registered engines from their factory's signature. Engine objects take no options (they are
-    already built): None.
-    """
-    if not isinstance(engine, str):
-        return None
-    if engine in ENGINE_OPTIONS:
-        return frozenset(ENGINE_OPTIONS[engine].model_fields)
-    from crispedit.engines import base
-
-    try:
-        base._load_builtin(engine)
-    except Exception:  # noqa: BLE001 - an unknown engine is reported by get_engine itself
-        return None
-    factory = base._FACTORIES.get(engine)
-    if factory is None:
-        return None
-    try:
-        params = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return frozenset(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
-
-
-def split_options(engine: Any, options: dict[str, Any]) -> tuple[HarnessOptions, dict[str, Any]]:
+def split_options(engine: Any, options: dict[str, Any],
+                  names: Optional[frozenset[str]] = None) -> tuple[HarnessOptions, dict[str, Any]]:
     """Split ``crispedit.edit``/``generate`` keyword options into validated harness options and engine options.
+
+    ``names``: the option names the engine accepts (:func:`crispedit.engines.base.option_names`, which also
+    answers for engines registered by others); by default the fields of the built-in engine's model
+    (:data:`ENGINE_OPTIONS`). For an engine object (already built, it takes no options) or ``None``, a name no
+    engine model knows is refused, with a suggestion from all of them. This module imports no engine.
 
     Raises
     ------
@@ -291,7 +267,8 @@ def split_options(engine: Any, options: dict[str, Any]) -> tuple[HarnessOptions,
     """
     harness = {k: v for k, v in options.items() if k in HARNESS_OPTIONS}
     rest = {k: v for k, v in options.items() if k not in HARNESS_OPTIONS}
-    names = engine_option_names(engine)
+    if names is None and isinstance(engine, str) and engine in ENGINE_OPTIONS:
+        names = frozenset(ENGINE_OPTIONS[engine].model_fields)
     if names is None and not isinstance(engine, str):  # engine object: options it could mean, for a suggestion
         names = frozenset().union(*(m.model_fields for m in ENGINE_OPTIONS.values()))
     if names is not None:

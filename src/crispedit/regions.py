@@ -118,13 +118,13 @@ def _snap(lo: int, hi: int, limit: int, multiple: int = 8) -> tuple[int, int]:
 def _snap_box(box: Box, width: int, height: int) -> Box:
     x0, x1 = _snap(box[0], box[2], width)
     y0, y1 = _snap(box[1], box[3], height)
-    return x0, y0, x1, y1
+    return Box(x0, y0, x1, y1)
 
 
 def _crop_for(mask_box: Box, width: int, height: int, min_margin: int, band: int | None = None) -> Box:
     band = blend_band(mask_box) if band is None else band
     m = context_margin(mask_box, band, min_margin)
-    return _snap_box((mask_box[0] - m, mask_box[1] - m, mask_box[2] + m, mask_box[3] + m), width, height)
+    return _snap_box(Box(mask_box[0] - m, mask_box[1] - m, mask_box[2] + m, mask_box[3] + m), width, height)
 
 
 def piece_side(width: float) -> int:
@@ -196,7 +196,7 @@ def _parts(mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int], list[Part]]:
         own = labels[y:y + bh, x:x + bw] == i
         d = np.where(own, dist[y:y + bh, x:x + bw], np.float32(0))
         width = max(1.0, 2.0 * float(d.max()) - 1.0)
-        box = (ox + x, oy + y, ox + x + bw, oy + y + bh)
+        box = Box(ox + x, oy + y, ox + x + bw, oy + y + bh)
         if max(bw, bh) > 2 * piece_side(1.0) and area < 0.25 * bw * bh:  # maybe long and thin
             ridge = own & (d >= cv2.dilate(d, np.ones((3, 3), np.uint8)))
             typical = max(1.0, 2.0 * float(np.median(d[ridge])) - 1.0)
@@ -222,7 +222,7 @@ def _pieces(labels: np.ndarray, origin: tuple[int, int], label: int, box: Box, s
             cell = labels[cy - oy:y1 - oy, cx - ox:x1 - ox] == label
             r, c = np.flatnonzero(cell.any(axis=1)), np.flatnonzero(cell.any(axis=0))
             if r.size:
-                out.append((cx + int(c[0]), cy + int(r[0]), cx + int(c[-1]) + 1, cy + int(r[-1]) + 1))
+                out.append(Box(cx + int(c[0]), cy + int(r[0]), cx + int(c[-1]) + 1, cy + int(r[-1]) + 1))
     return out
 
 
@@ -330,8 +330,8 @@ def part_clusters(region: Region, pad: int) -> list[Box]:
     """
     cx, cy = region.box[:2]
     cw, ch = region.size
-    boxes = [(max(0, p.box[0] - cx - pad), max(0, p.box[1] - cy - pad), min(cw, p.box[2] - cx + pad),
-              min(ch, p.box[3] - cy + pad)) for p in region.parts] or [(0, 0, cw, ch)]
+    boxes = [Box(max(0, p.box[0] - cx - pad), max(0, p.box[1] - cy - pad), min(cw, p.box[2] - cx + pad),
+                 min(ch, p.box[3] - cy + pad)) for p in region.parts] or [Box(0, 0, cw, ch)]
     while len(boxes) > 1:
         pairs = _overlapping_pairs(np.array(boxes, np.int64))
         if not pairs:

@@ -89,6 +89,9 @@ __all__ = [
 ]
 
 Progress = Callable[[int, int], None]
+#: A diffusers ``AutoencoderKL`` or one of its blocks: duck-typed (its sub-modules are attributes that torch's
+#: ``Module.__getattr__`` types as ``Tensor | Module``).
+VaeModule = Any
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -237,7 +240,7 @@ class _Op:
     arg: Any = None
 
 
-def _conv_pad(conv: nn.Module) -> int:
+def _conv_pad(conv: VaeModule) -> int:
     if not isinstance(conv, nn.Conv2d):
         raise NotImplementedError(f"tiled VAE: unsupported layer {type(conv).__name__}")
     k, s, p, d = conv.kernel_size, conv.stride, conv.padding, conv.dilation
@@ -246,7 +249,7 @@ def _conv_pad(conv: nn.Module) -> int:
     return int(p[0])
 
 
-def _resnet_ops(r: nn.Module) -> list[_Op]:
+def _resnet_ops(r: VaeModule) -> list[_Op]:
     if getattr(r, "upsample", None) is not None or getattr(r, "downsample", None) is not None:
         raise NotImplementedError("tiled VAE: resnet blocks with built-in up/downsampling are not supported")
     if getattr(r, "time_emb_proj", None) is not None:
@@ -259,7 +262,7 @@ def _resnet_ops(r: nn.Module) -> list[_Op]:
     return ops
 
 
-def _mid_ops(mid: nn.Module) -> list[_Op]:
+def _mid_ops(mid: VaeModule) -> list[_Op]:
     ops = _resnet_ops(mid.resnets[0])
     for attn, resnet in zip(mid.attentions, mid.resnets[1:]):
         if attn is not None:
@@ -270,12 +273,12 @@ def _mid_ops(mid: nn.Module) -> list[_Op]:
     return ops
 
 
-def _check_plain_block(block: nn.Module) -> None:
+def _check_plain_block(block: VaeModule) -> None:
     if getattr(block, "attentions", None) is not None:
         raise NotImplementedError(f"tiled VAE: blocks with attention ({type(block).__name__}) are not supported")
 
 
-def _encoder_program(vae: nn.Module) -> list[_Op]:
+def _encoder_program(vae: VaeModule) -> list[_Op]:
     enc = vae.encoder
     ops = [_Op("conv", enc.conv_in)]
     for block in enc.down_blocks:
@@ -294,7 +297,7 @@ def _encoder_program(vae: nn.Module) -> list[_Op]:
     return ops
 
 
-def _decoder_program(vae: nn.Module) -> list[_Op]:
+def _decoder_program(vae: VaeModule) -> list[_Op]:
     dec = vae.decoder
     ops: list[_Op] = []
     if getattr(vae, "post_quant_conv", None) is not None:
@@ -322,7 +325,7 @@ def _down_factor(op: _Op) -> int:
     return 2
 
 
-def _up_conv(m: nn.Module) -> nn.Module | None:
+def _up_conv(m: VaeModule) -> VaeModule | None:
     if getattr(m, "use_conv_transpose", False) or not getattr(m, "interpolate", True):
         raise NotImplementedError("tiled VAE: only nearest-neighbour upsampling is supported")
     if not getattr(m, "use_conv", False):
@@ -338,7 +341,7 @@ class _Segment:
     scale: list[Fraction]  # scale of the input of ops[i] relative to the segment input, len(ops) + 1
     halo: int              # context needed around a core, in segment-input pixels
     align: int             # cores and crops start on multiples of this (2 ** downsamplings)
-    attn_after: nn.Module | None = None
+    attn_after: VaeModule | None = None
 
 
 def _analyse(ops: list[_Op]) -> tuple[list[Fraction], int, int]:
@@ -389,7 +392,7 @@ def _segments(ops: list[_Op]) -> list[_Segment]:
     return segs
 
 
-def vae_halo(vae: nn.Module, which: str = "decoder") -> list[int]:
+def vae_halo(vae: VaeModule, which: str = "decoder") -> list[int]:
     """Receptive-field halo of each tiled segment of the VAE's encoder or decoder.
 
     Segments are separated by the mid-block attention; halos are in the segment's input pixels (encoder: image
@@ -448,6 +451,7 @@ def _run_ops(st: _State, ops: Sequence[_Op], start: int, stop: int, stats: dict[
         elif k == "push":
             skip = h
         elif k == "add":
+            assert skip is not None, "an add op without a push"
             x = skip if op.module is None else op.module(skip)
             h = (x + h) / op.arg if op.arg != 1.0 else x + h
             skip = None
@@ -478,6 +482,7 @@ class _GroupStats:
         if self.mean is None:
             self.n, self.mean, self.m2 = n, mean, m2
             return
+        assert self.m2 is not None
         tot = self.n + n
         delta = mean - self.mean
         self.mean = self.mean + delta * (n / tot)
@@ -597,7 +602,7 @@ def _run_segment(seg: _Segment, x: torch.Tensor, tiles: list[_Tile], ctx: _Ctx,
 # --------------------------------------------------------------------------------------------------------------
 # global attention at the mid block
 # --------------------------------------------------------------------------------------------------------------
-def _attn_project(attn: nn.Module, tokens: torch.Tensor, which: str) -> torch.Tensor:
+def _attn_project(attn: VaeModule, tokens: torch.Tensor, which: str) -> torch.Tensor:
     """tokens [B, n, C] (already group-normed) -> [B, heads, n, d] for q/k/v."""
     proj = {"q": attn.to_q, "k": attn.to_k, "v": attn.to_v}[which](tokens)
     b, n, inner = proj.shape
@@ -606,20 +611,20 @@ def _attn_project(attn: nn.Module, tokens: torch.Tensor, which: str) -> torch.Te
     return norm(out) if norm is not None else out
 
 
-def _attn_out(attn: nn.Module, o: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _attn_out(attn: VaeModule, o: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     b, heads, n, d = o.shape
     o = o.transpose(1, 2).reshape(b, n, heads * d).to(dtype)
     o = attn.to_out[0](o)
     return attn.to_out[1](o)  # [B, n, C]
 
 
-def _finish(attn: nn.Module, delta: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+def _finish(attn: VaeModule, delta: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     if attn.residual_connection:
         delta = delta + residual
     return delta / attn.rescale_output_factor
 
 
-def _mid_attention(attn: nn.Module, m: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
+def _mid_attention(attn: VaeModule, m: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
     """Apply the VAE mid-block attention to the assembled map ``m`` [B, C, H, W] (modified in place)."""
     b, c, h, w = m.shape
     n = h * w
@@ -695,7 +700,7 @@ def _default_cache_bytes(device: torch.device) -> int:
     return int(min(4 << 30, phys // 4))
 
 
-def _run_program(vae: nn.Module, ops: list[_Op], x: torch.Tensor, tile: int, overlap: int,
+def _run_program(vae: VaeModule, ops: list[_Op], x: torch.Tensor, tile: int, overlap: int,
                  max_cache_bytes: int | None, attention: str, max_attention_tokens: int | None,
                  attention_window: int,
                  progress: Progress | None, stats_out: dict | None) -> torch.Tensor:
@@ -737,7 +742,7 @@ def _run_program(vae: nn.Module, ops: list[_Op], x: torch.Tensor, tile: int, ove
     return cur
 
 
-def tiled_vae_encode(vae: nn.Module, image: torch.Tensor, *, tile: int = 512, overlap: int = 0,
+def tiled_vae_encode(vae: VaeModule, image: torch.Tensor, *, tile: int = 512, overlap: int = 0,
                      max_cache_bytes: int | None = None, attention: str = "auto",
                      max_attention_tokens: int | None = None, attention_window: int = 128,
                      progress: Progress | None = None, stats: dict | None = None) -> torch.Tensor:
@@ -787,7 +792,7 @@ def tiled_vae_encode(vae: nn.Module, image: torch.Tensor, *, tile: int = 512, ov
                         max_attention_tokens, attention_window, progress, stats)
 
 
-def tiled_vae_decode(vae: nn.Module, latents_unscaled: torch.Tensor, *, tile: int = 64, overlap: int = 0,
+def tiled_vae_decode(vae: VaeModule, latents_unscaled: torch.Tensor, *, tile: int = 64, overlap: int = 0,
                      max_cache_bytes: int | None = None, attention: str = "auto",
                      max_attention_tokens: int | None = None, attention_window: int = 128,
                      progress: Progress | None = None, stats: dict | None = None) -> torch.Tensor:

@@ -149,6 +149,7 @@ class OracleEngine:
         return crop.astype(np.float32) / 255.0
 
     def _rng(self, seed: int | None, region: Region | None, size: tuple[int, int], strength: float) -> np.random.Generator:
+        region = None if region is None else tuple(region)  # a geometry.Box keys as the plain tuple it equals
         key = f"{self.seed}|{seed}|{region}|{size}|{strength:.4f}".encode()
         return np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
 

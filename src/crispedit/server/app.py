@@ -320,8 +320,6 @@ def _run_params(body: dict[str, Any]) -> dict[str, Any]:
                 raise InputError(f"--{k} must be a number, got {p[k]!r}", f"give a number for {k}") from None
     if not 0 <= p.get("seed", 0) < 2 ** 63:
         raise InputError(f"--seed {p['seed']} is out of range", "use a seed from 0 to 2**63 - 1")
-    if p.get("guidance") is not None and not 0.0 <= p["guidance"] < float("inf"):
-        raise InputError(f"--guidance {p['guidance']} must be a finite number >= 0", "use a value such as 7.5")
     if not isinstance(p.get("no_check", False), bool):
         raise InputError(f"no_check must be true or false, got {p['no_check']!r}", "send a JSON boolean")
     if p.get("candidates") is not None and p["candidates"] < 1:
@@ -331,8 +329,7 @@ def _run_params(body: dict[str, Any]) -> dict[str, Any]:
     from crispedit import options as options_mod  # the library's own option checks (range, did-you-mean)
 
     options_mod.build(options_mod.HarnessOptions, {"strength": p.get("strength")})
-    if p.get("steps") is not None and not 1 <= p["steps"] <= 1000:
-        raise InputError(f"--steps {p['steps']} is out of range", "use 1 to 1000 steps")
+    options_mod.check_sd15(steps=p.get("steps"), guidance=p.get("guidance"), scheduler=p.get("scheduler"))
     if "seed" not in p:  # record the seed actually used
         p["seed"] = int(np.random.SeedSequence().generate_state(1)[0] & 0x7FFFFFFF)
     p["no_check"] = bool(p.get("no_check", False))

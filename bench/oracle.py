@@ -30,6 +30,9 @@ from typing import Any
 import cv2
 import numpy as np
 from PIL import Image
+from pydantic import Field
+
+from crispedit.options import EngineOptions, build
 
 Region = tuple[int, int, int, int]
 
@@ -52,6 +55,17 @@ VARIANTS: dict[str, dict[str, float]] = {
 }
 
 
+class OracleOptions(EngineOptions):
+    """Constructor options of :class:`OracleEngine` (frozen; a misspelt name is refused with a did-you-mean)."""
+
+    working_size: int | None = Field(512, ge=8)
+    seed: int = 0
+    refine_sigma: float = Field(REFINE_SIGMA, ge=0.0)
+    softness: float = Field(BLUR_SIGMA, ge=0.0)
+    drift: float = 1.0
+    noise: float = Field(0.0, ge=0.0)
+
+
 def _gauss(x: np.ndarray, sigma: float) -> np.ndarray:
     return cv2.GaussianBlur(x, (0, 0), sigmaX=sigma, sigmaY=sigma, borderType=cv2.BORDER_REFLECT)
 
@@ -62,6 +76,7 @@ class OracleEngine:
     Parameters
     ----------
     truth : uint8 array HxWx3 (HxW or HxWx4 are converted), the full-resolution image the edit should reproduce.
+    **options : the fields of :class:`OracleOptions` (defaults there), validated through it:
     working_size : square side at which it "composes" (like SD 1.5's 512).
     seed : base seed of the degradations (a call's ``seed`` is mixed in).
     softness : Gaussian sigma (px at the call's size) of the decode blur applied to every call; 0 = none.
@@ -84,9 +99,8 @@ class OracleEngine:
 
     name = "oracle"
 
-    def __init__(self, truth: np.ndarray, working_size: int = 512, seed: int = 0,
-                 refine_sigma: float = REFINE_SIGMA, softness: float = BLUR_SIGMA, drift: float = 1.0,
-                 noise: float = 0.0) -> None:
+    def __init__(self, truth: np.ndarray, **options: Any) -> None:
+        o = build(OracleOptions, options, "oracle option")
         t = np.asarray(truth)
         if t.dtype != np.uint8:
             if t.dtype == np.uint16:
@@ -102,12 +116,13 @@ class OracleEngine:
         elif t.shape[2] == 4:
             t = t[..., :3]
         self._truth = np.ascontiguousarray(t)
-        self.working_size = working_size
-        self.seed = int(seed)
-        self.refine_sigma = float(refine_sigma)
-        self.softness = float(softness)
-        self.drift = float(drift)
-        self.noise = float(noise)
+        self.options = o
+        self.working_size = o.working_size
+        self.seed = o.seed
+        self.refine_sigma = o.refine_sigma
+        self.softness = o.softness
+        self.drift = o.drift
+        self.noise = o.noise
         self.calls: list[dict[str, Any]] = []
 
     @classmethod
@@ -134,6 +149,7 @@ class OracleEngine:
         return crop.astype(np.float32) / 255.0
 
     def _rng(self, seed: int | None, region: Region | None, size: tuple[int, int], strength: float) -> np.random.Generator:
+        region = None if region is None else tuple(region)  # a geometry.Box keys as the plain tuple it equals
         key = f"{self.seed}|{seed}|{region}|{size}|{strength:.4f}".encode()
         return np.random.default_rng(int.from_bytes(hashlib.sha256(key).digest()[:8], "little"))
 

@@ -175,7 +175,7 @@ def bench_full(vae_side: int, repeats: int) -> list[tuple[str, str]]:
 
     from crispedit import tiling
     from crispedit.engines.sd15 import SD15Engine
-    from crispedit.tiling import tile_grid
+    from crispedit.geometry import latent_tiles
 
     rows: list[tuple[str, str]] = []
     t0 = time.perf_counter()
@@ -204,7 +204,7 @@ def bench_full(vae_side: int, repeats: int) -> list[tuple[str, str]]:
                      f"{per_tile:.2f} s"))
         rows.append((f"same, 2 tiles per call (CPU default tile_batch=2, CFG batch 4), per tile, median of {repeats} "
                      f"(all: {', '.join(f'{v:.1f}' for v in two)})", f"{per_tile2:.2f} s"))
-    n4k = len(tile_grid(270, 480, engine.tile, engine.tile_overlap))
+    n4k = len(latent_tiles(270, 480, engine.tile, engine.tile_overlap))
     steps = int(25 * 0.35)
     rows.append((f"estimate: 4K whole-image edit UNet time ({n4k} tiles x {steps} steps, strength 0.35 of 25)",
                  f"{n4k * steps * min(per_tile, per_tile2) / 60:.0f} min"))

@@ -213,3 +213,15 @@ def test_zoom_diffusers_anchor_pastes_hard_mask_inside_crop(truth):
     assert not np.array_equal(out[mask], truth[mask])
     x0, y0, x1, y1 = eng.calls[-1]["region"]
     assert abs((x1 - x0) - (y1 - y0)) <= 2  # grown to the 512x512 aspect
+
+
+def test_oracle_options_are_typed_with_did_you_mean():
+    from crispedit.errors import InputError
+
+    truth = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(InputError, match="unknown oracle option 'softnes'.*did you mean 'softness'"):
+        OracleEngine(truth, softnes=0.4)
+    with pytest.raises(InputError, match="noise"):
+        OracleEngine(truth, noise=-1.0)
+    eng = OracleEngine.variant("noisy", truth)
+    assert (eng.softness, eng.noise, eng.working_size) == (0.8, 2.0, 512)

@@ -6,6 +6,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from crispedit.errors import InputError
+from crispedit.geometry import pixel_tiles
 from crispedit.mask import (
     feather,
     grow,
@@ -24,7 +25,6 @@ from crispedit.regions import (
     component_band,
     plan_mask,
     plan_regions,
-    tile_grid,
 )
 
 
@@ -123,11 +123,11 @@ def test_bands_follow_each_component():
 def test_band_and_tiles():
     assert blend_band((0, 0, 100, 100)) == 32
     assert blend_band((0, 0, 3000, 2000)) == int(0.04 * np.hypot(3000, 2000))
-    assert tile_grid(100, 80, 512, 64) == [(0, 0, 80, 100)]
-    row = [t for t in tile_grid(500, 1000, 512, 64) if t[1] == 0]
+    assert pixel_tiles(100, 80, 512, 64) == [(0, 0, 80, 100)]
+    row = [t for t in pixel_tiles(500, 1000, 512, 64) if t[1] == 0]
     assert row[0][0] == 0 and row[-1][2] == 1000 and len(row) == 3
     assert all(a[2] - b[0] >= 64 for a, b in zip(row, row[1:]))  # at least the overlap asked for
-    tiles = tile_grid(700, 1000, 512, 64)
+    tiles = pixel_tiles(700, 1000, 512, 64)
     cov = np.zeros((700, 1000), int)
     for x0, y0, x1, y1 in tiles:
         cov[y0:y1, x0:x1] += 1
@@ -146,7 +146,8 @@ def test_wire_with_a_blob_keeps_a_narrow_band_along_the_wire():
 
 
 def test_overlapping_pairs_sweep_matches_brute_force():
-    from crispedit.regions import _overlap, _overlapping_pairs
+    from crispedit.geometry import overlaps as _overlap
+    from crispedit.regions import _overlapping_pairs
 
     rng = np.random.default_rng(0)
     xy = rng.integers(0, 1000, (300, 2))

@@ -91,6 +91,35 @@ def test_sd15_options_checked_without_a_model():
         options.check_sd15(tile=64).tile = 8  # type: ignore[misc]
 
 
+def test_engine_options_one_model_per_engine():
+    from crispedit.engines import classical
+    from crispedit.engines.sd15 import SD15Engine
+
+    # range and type errors read as one line naming the option and its bounds
+    with pytest.raises(InputError, match=r"steps 0 is outside 1\.\.1000"):
+        options.check_sd15(steps=0)
+    with pytest.raises(InputError, match="tile must be a whole number, got 'big'"):
+        options.check_sd15(tile="big")
+    # the sd15 engine takes its defaults from the options module (one name, one default)
+    assert "steps" in options.SD15Options.model_fields and options.DEFAULT_STEPS == 25
+    assert options.SCHEDULERS[0] == options.DEFAULT_SCHEDULER and SD15Engine.__init__.__kwdefaults__["steps"] is None
+    # classical: the constructor validates through ClassicalOptions, with a did-you-mean on a typo
+    assert classical.METHODS == options.CLASSICAL_METHODS
+    from crispedit.engines.base import option_names
+
+    assert set(options.ClassicalOptions.model_fields) == option_names("classical")
+    with pytest.raises(InputError, match="unknown classical option 'patch_sise'.*did you mean 'patch_size'"):
+        classical.ClassicalEngine(patch_sise=5)
+    with pytest.raises(InputError, match="did you mean 'coarse_pixels'"):
+        options.split_options("classical", {"coarse_pixel": 1000})
+    with pytest.raises(InputError, match=r"max_masked_fraction 1\.5 is outside"):
+        classical.ClassicalEngine(max_masked_fraction=1.5)
+    eng = classical.ClassicalEngine(options.ClassicalOptions(radius=7), method="telea")
+    assert (eng.radius, eng.method, eng.patch_size) == (7, "telea", 3)
+    with pytest.raises(ValidationError):  # frozen
+        eng.options.radius = 3  # type: ignore[misc]
+
+
 def test_tile_50_refused_before_the_image_is_opened(tmp_path, monkeypatch):
     missing = tmp_path / "huge-and-never-read.png"
     with pytest.raises(InputError, match="tile 50 is not a multiple of 8"):

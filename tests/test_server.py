@@ -338,6 +338,12 @@ def test_run_stream_download_report_workflow_and_chain(root, tmp_path):
         assert nodes["edit"].params["seed"] == 5
         m = c.get(v1["mask"])
         assert m.status_code == 200 and cv2.imdecode(np.frombuffer(m.content, np.uint8), 0).shape == (300, 400)
+        # the four per-version files (one helper): type, download name, caching
+        assert m.headers["content-type"] == "image/png" and 'filename="deep-edit1-mask.png"' in m.headers[
+            "content-disposition"]
+        assert wf.headers["content-type"].startswith("application/x-yaml")
+        assert r.headers["cache-control"] == rep.headers["cache-control"] == "no-store"
+        assert rep.headers["content-type"].startswith("text/html") and "content-disposition" not in rep.headers
         # the exported workflow reproduces the edit from the downloads (crispedit run's code path)
         from crispedit.workflow.runner import run_workflow
 
@@ -356,7 +362,9 @@ def test_run_stream_download_report_workflow_and_chain(root, tmp_path):
         assert c.post(f"/api/docs/{d['id']}/current", json={"version": 0}).json()["current"] == 0
         assert c.post(f"/api/docs/{d['id']}/current", json={"version": 9}).status_code == 404
         assert c.get(f"/api/docs/{d['id']}/v/0/report").status_code == 404
-        assert c.get(f"/api/docs/{d['id']}/v/0/workflow.yaml").status_code == 404
+        no_wf = c.get(f"/api/docs/{d['id']}/v/0/workflow.yaml")
+        assert no_wf.status_code == 404 and no_wf.json()["error"].startswith("this version was not made by a run")
+        assert c.get(f"/api/docs/{d['id']}/v/0/mask.png").status_code == 404
         assert c.get(f"/api/docs/{d['id']}/v/0/download").content == (root / "deep.png").read_bytes()
         work = tmp_path / "work"
         assert any(work.iterdir())

@@ -112,7 +112,9 @@ def test_bad_bodies_and_unknown_routes_get_the_one_line_error_shape(client):
     ({"prompt": {"a": 1}}, "prompt must be text"),
     ({"seed": -1}, "--seed -1 is out of range"),
     ({"seed": 10 ** 30}, "is out of range"),
-    ({"guidance": "inf"}, "--guidance inf"),
+    ({"guidance": "inf"}, "guidance inf is outside 0.0..50.0"),  # the SD 1.5 options' own check
+    ({"steps": 0}, "steps 0 is outside 1..1000"),
+    ({"scheduler": "plms"}, "unknown scheduler 'plms'"),
     ({"no_check": "false"}, "no_check must be true or false"),  # bool("false") used to switch the check off
 ])
 def test_run_options_are_checked_before_queueing(client, body, words):

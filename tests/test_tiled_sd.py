@@ -39,7 +39,7 @@ from tiny_sd import one_torch_thread, save_micro_folder, save_tiny_folder  # noq
 
 from crispedit.engines.sd15 import SD15Engine  # noqa: E402
 from crispedit.errors import InputError  # noqa: E402
-from crispedit.tiling import tile_grid  # noqa: E402
+from crispedit.geometry import latent_tiles  # noqa: E402
 
 W, H = 3840, 2160
 #: one thread per process: tiny models only lose to thread spinning on shared cores, and the two runs of a
@@ -110,7 +110,7 @@ def test_whole_image_edit_4k_cli_deterministic(models, photo4k, tmp_path):
     assert np.array_equal(arr, np.asarray(b)) and outs[0].read_bytes() == outs[1].read_bytes()
     assert np.abs(arr.astype(np.int16) - img).mean() > 1.0  # it did edit
     # progress names tiles and steps: 64-latent-px tiles with 24 px overlap cover the 480x270 latent in 12 x 7
-    assert _finished_tiles(runs[0].stderr) == len(tile_grid(H // 8, W // 8, 64, 24)) == 84
+    assert _finished_tiles(runs[0].stderr) == len(latent_tiles(H // 8, W // 8, 64, 24)) == 84
     assert "denoise 1/1" in runs[0].stderr and "vae decode" in runs[0].stderr
 
 
@@ -246,7 +246,7 @@ def test_small_crops_never_touch_the_tiling_code(models, monkeypatch):
 def test_tile_options_are_validated(models):
     folder = str(models["micro4"])
     for kw, words in (({"tile": 50}, "multiple of 8"), ({"tile": 8}, "outside"),
-                      ({"tile": 64, "tile_overlap": 40}, "tile overlap"), ({"tile_batch": 0}, "tile batch"),
+                      ({"tile": 64, "tile_overlap": 40}, "tile overlap"), ({"tile_batch": 0}, "tile_batch"),
                       ({"vae_tile": 20}, "multiple of 8"), ({"tile": "big"}, "whole number")):
         with pytest.raises(InputError, match=words):
             SD15Engine(folder, device="cpu", **kw)
@@ -260,7 +260,7 @@ def _border_ratio(a: np.ndarray, boxes: list, w: int, h: int) -> tuple[float, fl
     for axis, n in ((1, w), (0, h)):
         b = a if axis == 1 else a.T
         energy = (np.diff(b, axis=1) ** 2).mean(0)  # per gap between px i and i + 1
-        lo, hi = (1, 3) if axis == 1 else (0, 2)
+        lo, hi = (0, 2) if axis == 1 else (1, 3)
         edges = {8 * bx[lo] for bx in boxes} | {8 * bx[hi] for bx in boxes}
         near = np.zeros(n - 1, bool)
         for e in edges:
@@ -287,9 +287,9 @@ def test_no_tile_grid_on_a_smooth_image(models):
     untiled, _ = run(untiled_max=4096)
     tiled, eng = run()
     seams, eng0 = run(tile_overlap=0)
-    boxes = tile_grid(h // 8, w // 8, eng.tile, eng.tile_overlap)
+    boxes = latent_tiles(h // 8, w // 8, eng.tile, eng.tile_overlap)
     assert len(boxes) == eng.calls[-1]["tiles"] == 15
     assert max(_border_ratio(tiled, boxes, w, h)) < 1.15
     assert max(_border_ratio(tiled - untiled, boxes, w, h)) < 1.15
-    control = _border_ratio(seams - untiled, tile_grid(h // 8, w // 8, eng0.tile, 0), w, h)
+    control = _border_ratio(seams - untiled, latent_tiles(h // 8, w // 8, eng0.tile, 0), w, h)
     assert min(control) > 1.5  # the measure does see a grid when there is one

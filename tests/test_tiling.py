@@ -8,10 +8,9 @@ import pytest
 import torch
 from torch import nn
 
+from crispedit.geometry import latent_tiles, tile_starts
 from crispedit.tiling import (
     gaussian_weights,
-    plan_tiles,
-    tile_grid,
     tile_weights,
     tiled_noise_prediction,
     tiled_vae_decode,
@@ -72,7 +71,7 @@ def _max_rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("length,tile,overlap", [(64, 64, 16), (65, 64, 16), (270, 64, 16), (480, 64, 8),
                                                  (1000, 96, 32), (10, 64, 16)])
 def test_plan_tiles_covers_with_overlap(length, tile, overlap):
-    starts = plan_tiles(length, tile, overlap)
+    starts = tile_starts(length, tile, overlap)
     t = min(tile, length)
     assert starts[0] == 0 and starts[-1] + t == length
     assert starts == sorted(set(starts))
@@ -83,20 +82,20 @@ def test_plan_tiles_covers_with_overlap(length, tile, overlap):
 
 def test_plan_tiles_rejects_bad_overlap():
     with pytest.raises(ValueError):
-        plan_tiles(100, 64, 64)
+        tile_starts(100, 64, 64)
     with pytest.raises(ValueError):
-        plan_tiles(0, 64, 8)
+        tile_starts(0, 64, 8)
 
 
 def test_tile_grid_covers_area():
     h, w = 90, 170
-    boxes = tile_grid(h, w, 64, 16)
+    boxes = latent_tiles(h, w, 64, 16)
     cover = torch.zeros(h, w, dtype=torch.int32)
-    for y0, x0, y1, x1 in boxes:
+    for x0, y0, x1, y1 in boxes:
         assert (y1 - y0, x1 - x0) == (64, 64)
         cover[y0:y1, x0:x1] += 1
     assert int(cover.min()) >= 1
-    assert tile_grid(40, 50, 64, 16) == [(0, 0, 40, 50)]
+    assert latent_tiles(40, 50, 64, 16) == [(0, 0, 50, 40)]  # (x0, y0, x1, y1)
 
 
 def test_gaussian_weights_shape_and_positivity():
@@ -109,7 +108,7 @@ def test_gaussian_weights_shape_and_positivity():
 
 
 def test_tile_weights_taper_only_inner_edges():
-    w = tile_weights((0, 48, 64, 112), 64, 160, 16)
+    w = tile_weights((48, 0, 112, 64), 64, 160, 16)
     assert float(w[32, 0]) < 1e-3 and float(w[32, -1]) < 1e-3   # inner left/right edges fade out
     assert float(w[0, 32]) > 0.2 and float(w[-1, 32]) > 0.2     # top/bottom lie on the area border
     assert float(w.min()) > 0
@@ -132,7 +131,7 @@ def test_tiled_prediction_equals_untiled_for_pointwise_predict():
     ref = z * 2 + extra[:, :1] - 0.5 * extra[:, 4:5]
     assert out.shape == (2, 4, 96, 200)
     assert float((out - ref).abs().max()) < 1e-5
-    n_tiles = len(tile_grid(96, 200, 64, 16))
+    n_tiles = len(latent_tiles(96, 200, 64, 16))
     assert len(calls) == math.ceil(n_tiles / 3)
     assert all(s[0] <= 3 * 2 and s[1] == 9 and s[2:] == (64, 64) for s in calls)
 
@@ -159,7 +158,7 @@ def test_tiled_prediction_has_no_steps_where_tiles_disagree():
                                  progress=lambda d, t: done.append((d, t)))
     assert done[-1][0] == done[-1][1]
     gx = (out[..., 1:] - out[..., :-1]).abs().amax((0, 1, 2))
-    edges = sorted({x for (_, x0, _, x1) in tile_grid(96, 200, 64, 16) for x in (x0 - 1, x1 - 1)} - {-1, 199})
+    edges = sorted({x for (x0, _, x1, _) in latent_tiles(96, 200, 64, 16) for x in (x0 - 1, x1 - 1)} - {-1, 199})
     mask = torch.zeros(199, dtype=torch.bool)
     mask[edges] = True
     assert float(gx[mask].max()) <= float(gx[~mask].max())
@@ -290,7 +289,7 @@ def test_no_tile_grid_on_smooth_image(vae):
     assert _border_ratio(naive, borders) > 1.5 and _border_ratio(naive.transpose(2, 3), [128]) > 1.5
 
 
-def test_window_attention_adds_no_tile_grid(vae):
+def test_window_attention_adds_no_latent_tiles(vae):
     """The windowed (approximate) attention works on the assembled latent-resolution map: the convolution tiles
     around it still add nothing, the result does not depend on the tile size."""
     z = _smooth_latent(24, 48, amp=0.05)

@@ -37,6 +37,8 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from crispedit.geometry import mask_bbox
+
 __all__ = [
     "blend_weight",
     "multiband_blend",
@@ -124,17 +126,6 @@ def _gauss(arr: np.ndarray, sigma: float) -> np.ndarray:
                borderType=cv2.BORDER_REFLECT)
 
 
-def _bbox(mask: np.ndarray, pad: int = 0) -> tuple[int, int, int, int] | None:
-    """``(y0, y1, x0, x1)`` of ``mask`` grown by ``pad`` and clamped, or None when empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    h, w = mask.shape
-    return (max(0, int(rows[0]) - pad), min(h, int(rows[-1]) + 1 + pad),
-            max(0, int(cols[0]) - pad), min(w, int(cols[-1]) + 1 + pad))
-
-
 def _disk(radius: int) -> np.ndarray:
     r = max(0, int(radius))
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
@@ -145,9 +136,9 @@ def _dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     if radius <= 0:
         return mask.copy()
     out = np.zeros(mask.shape, bool)
-    box = _bbox(mask, pad=radius + 1)
+    box = mask_bbox(mask, pad=radius + 1)
     if box is not None:
-        y0, y1, x0, x1 = box
+        x0, y0, x1, y1 = box
         out[y0:y1, x0:x1] = cv2.dilate(mask[y0:y1, x0:x1].astype(np.uint8), _disk(radius)).astype(bool)
     return out
 
@@ -157,9 +148,9 @@ def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
     if radius <= 0:
         return mask.copy()
     out = np.zeros(mask.shape, bool)
-    box = _bbox(mask, pad=radius + 1)
+    box = mask_bbox(mask, pad=radius + 1)
     if box is not None:
-        y0, y1, x0, x1 = box
+        x0, y0, x1, y1 = box
         out[y0:y1, x0:x1] = cv2.erode(mask[y0:y1, x0:x1].astype(np.uint8), _disk(radius),
                                       borderType=cv2.BORDER_REPLICATE).astype(bool)
     return out
@@ -283,10 +274,10 @@ def noise_sigma(img: np.ndarray, region: np.ndarray | None = None, *, sigma: flo
         reg = np.ones((h, w), bool)
     else:
         reg = _as_mask(region, (h, w), "region")
-    box = _bbox(reg, pad=int(math.ceil(4 * sigma)))
+    box = mask_bbox(reg, pad=int(math.ceil(4 * sigma)))
     if box is None:
         return np.zeros(c, np.float64)
-    y0, y1, x0, x1 = box
+    x0, y0, x1, y1 = box
     res = arr[y0:y1, x0:x1] - _gauss(arr[y0:y1, x0:x1], sigma)
     idx = _subsample(np.flatnonzero(reg[y0:y1, x0:x1]))
     vals = res.reshape(-1, c)[idx]
@@ -432,7 +423,7 @@ def multiband_blend(original: np.ndarray, edited: np.ndarray, weight: np.ndarray
     band_f = float(band)
     levels, h0 = _pyramid_plan(band_f)
     pad = 4 * 2**levels + 2
-    y0, y1, x0, x1 = _bbox(core, pad=int(band) + pad)  # type: ignore[misc]
+    x0, y0, x1, y1 = mask_bbox(core, pad=int(band) + pad)  # type: ignore[misc]
     # exact Euclidean distance: the same on the box as on the whole array (the core lies inside the box)
     d = distance_from(core[y0:y1, x0:x1]) if distance is None else distance[y0:y1, x0:x1]
     inside = d < np.float32(band_f)
@@ -550,7 +541,7 @@ def tone_match(edited: np.ndarray, original: np.ndarray, known: np.ndarray, targ
         return _restore_shape(out, was_2d)
 
     sigma = max(1.0, float(scale) / 4.0)
-    y0, y1, x0, x1 = _bbox(kn | tg)  # type: ignore[misc]
+    x0, y0, x1, y1 = mask_bbox(kn | tg)  # type: ignore[misc]
     bh, bw = y1 - y0, x1 - x0
     cell = max(1.0, sigma / 2.0, max(bh, bw) / float(max_grid))
     gh, gw = max(1, int(round(bh / cell))), max(1, int(round(bw / cell)))
@@ -632,10 +623,10 @@ def _band_values(img: np.ndarray | tuple[np.ndarray, ...], region: np.ndarray,
     imgs = img if isinstance(img, tuple) else (img,)
     h, w = imgs[0].shape[:2]
     c = sum(a.shape[2] for a in imgs)
-    box = _bbox(region)
+    box = mask_bbox(region)
     if box is None:
         return np.zeros((0, c * len(sigmas)), np.float32)
-    y0, y1, x0, x1 = box
+    x0, y0, x1, y1 = box
     pad = _filter_pad(sigmas)
     if (y1 - y0) * (x1 - x0) <= budget:
         blocks = [(y0, y1, x0, x1)]
@@ -824,7 +815,7 @@ def match_grain(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring
         return _restore_shape(out, was_2d)
 
     rng = np.random.default_rng(seed)
-    gy0, gy1, gx0, gx1 = _bbox(m)  # type: ignore[misc]
+    gx0, gy0, gx1, gy1 = mask_bbox(m)  # type: ignore[misc]
     gy0, gx0 = gy0 - gy0 % _GRID, gx0 - gx0 % _GRID  # tiles on the 8 px grid (JPEG phase)
     bh, bw = gy1 - gy0, gx1 - gx0
 
@@ -1073,10 +1064,10 @@ def match_sharpness(edited: np.ndarray, original: np.ndarray, ring: np.ndarray, 
             return _restore_shape(out, was_2d)
     elif np.all(np.abs(gains - 1.0) < 0.02):
         return _restore_shape(out, was_2d)
-    box = _bbox(wt > 0, pad=_filter_pad(sigmas))
+    box = mask_bbox(wt > 0, pad=_filter_pad(sigmas))
     if box is None:
         return _restore_shape(out, was_2d)
-    y0, y1, x0, x1 = box
+    x0, y0, x1, y1 = box
     sub = edit[y0:y1, x0:x1]
     corr = np.zeros_like(sub)
     for k, layer in enumerate(_band_stack(sub, tuple(sigmas))):
@@ -1167,7 +1158,7 @@ def cap_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring:
     scale = np.sqrt(np.minimum(1.0, limit * p_ring / np.maximum(p_in, 1e-20)))
     if np.all(scale > 0.99):
         return _restore_shape(out, was_2d)
-    y0, y1, x0, x1 = _bbox(m, pad=pad)  # type: ignore[misc]
+    x0, y0, x1, y1 = mask_bbox(m, pad=pad)  # type: ignore[misc]
     sub = edit[y0:y1, x0:x1]
     corr = np.zeros_like(sub)
     for g, layer in zip(scale, _band_stack(sub, tuple(sigmas))):
@@ -1268,10 +1259,10 @@ def restore_detail(edited: np.ndarray, original_hi: np.ndarray, mask: np.ndarray
         raise ValueError(f"original_hi shape {hi.shape} != edited shape {edit.shape}")
     m = _as_mask(mask, edit.shape[:2])
     out = edit.copy()
-    box = _bbox(m, pad=int(math.ceil(4 * sigma)))
+    box = mask_bbox(m, pad=int(math.ceil(4 * sigma)))
     if box is None:
         return _restore_shape(out, was_2d)
-    y0, y1, x0, x1 = box
+    x0, y0, x1, y1 = box
     base = _gauss(edit[y0:y1, x0:x1], sigma) if replace else edit[y0:y1, x0:x1]
     new = base + hi[y0:y1, x0:x1]
     np.clip(new, 0.0, 1.0, out=new)

@@ -21,12 +21,13 @@ from PIL import Image
 
 from crispedit import compositing
 from crispedit import options as options_mod
-from crispedit.engines.base import Engine, get_engine
+from crispedit.engines.base import Engine, get_engine, option_names
 from crispedit.errors import InputError
+from crispedit.geometry import Box, mask_bbox, pixel_tiles
 from crispedit.io import ImageData, from_float, load_image, to_float, to_pil
 from crispedit.mask import grow, load_mask_weights
 from crispedit.membrane import seam_correct
-from crispedit.regions import MaskPlan, Region, part_clusters, plan_mask, tile_grid
+from crispedit.regions import MaskPlan, Region, part_clusters, plan_mask
 
 Progress = Callable[[str, int, int], None]
 
@@ -58,7 +59,7 @@ class _Timer:
 def _split_options(engine: Any, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any],
                                                                   options_mod.HarnessOptions]:
     """Validate the keyword options (before any decode) and split them into harness and engine options."""
-    opts, eopts = options_mod.split_options(engine, options)
+    opts, eopts = options_mod.split_options(engine, options, option_names(engine))
     return opts.as_dict(), eopts, opts
 
 
@@ -335,7 +336,7 @@ def _finish_region(data: ImageData, out: np.ndarray, plan: MaskPlan, user_w: np.
     x0, y0 = region.box[:2]
     t = time.perf_counter()
     # Everything after the engine works on the box that holds the engine mask, its ring and the blend band.
-    py0, py1, px0, px1 = _pad_box(em, 2 * band + 8)
+    px0, py0, px1, py1 = _pad_box(em, 2 * band + 8)
     sub = (slice(py0, py1), slice(px0, px1))
     gen = _to_layout(gen[sub], data)
     orig = _colour_float(crop[sub])
@@ -390,12 +391,11 @@ def _blend(orig: np.ndarray, gen: np.ndarray, plan: MaskPlan, region: Region, bo
     return blended, keep
 
 
-def _pad_box(mask: np.ndarray, pad: int) -> tuple[int, int, int, int]:
-    """Bounding box (y0, y1, x0, x1) of ``mask`` grown by ``pad`` px, clipped to the array."""
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    h, w = mask.shape
-    return (max(0, int(rows[0]) - pad), min(h, int(rows[-1]) + 1 + pad),
-            max(0, int(cols[0]) - pad), min(w, int(cols[-1]) + 1 + pad))
+def _pad_box(mask: np.ndarray, pad: int) -> Box:
+    """:func:`crispedit.geometry.mask_bbox` of a mask known to be non-empty."""
+    box = mask_bbox(mask, pad)
+    assert box is not None, "empty engine mask"
+    return box
 
 
 def _sharpen_pass(gen: np.ndarray, base8: np.ndarray, em: np.ndarray, valid: np.ndarray | None, band: float,
@@ -412,7 +412,7 @@ def _sharpen_pass(gen: np.ndarray, base8: np.ndarray, em: np.ndarray, valid: np.
     b = max(4, int(band))
     # everything happens within 2 b of the mask (plus the band filters' reach): work on that box, not the crop;
     # the chamfer distance and the filters see the same pixels there, so the result is the same
-    y0, y1, x0, x1 = _pad_box(em, 2 * b + compositing._filter_pad(compositing.SHARPNESS_SIGMAS) + 2)
+    x0, y0, x1, y1 = _pad_box(em, 2 * b + compositing._filter_pad(compositing.SHARPNESS_SIGMAS) + 2)
     sub = (slice(y0, y1), slice(x0, x1))
     em_s, gen_s = em[sub], gen[sub]
     dist = cv2.distanceTransform((~em_s).astype(np.uint8), cv2.DIST_L2, 5)
@@ -477,7 +477,7 @@ def _refine_tiles(eng: Engine, coarse: np.ndarray, em: np.ndarray, prompt: str |
     strength = options_mod.DEFAULT_STRENGTH if rs is None else float(rs)
     acc = np.zeros_like(coarse)
     wsum = np.zeros((h, w, 1), np.float32)
-    tiles = [tb for tb in tile_grid(h, w, ws, overlap) if em[tb[1]:tb[3], tb[0]:tb[2]].any()]
+    tiles = [tb for tb in pixel_tiles(h, w, ws, overlap) if em[tb.slices].any()]
     coarse8 = from_float(coarse, np.uint8)
     tile_seeds = [_seed_int(ss) for ss in seeds.spawn(len(tiles))]
     x0, y0 = region.box[:2]

@@ -10,6 +10,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from crispedit.geometry import mask_bbox
+
 
 def push_pull_fill(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Fill ``~valid`` pixels of ``img`` (H x W x C float32) with a smooth membrane of the valid ones.
@@ -33,15 +35,6 @@ def push_pull_fill(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return fill
 
 
-def _bbox(mask: np.ndarray, pad: int) -> tuple[slice, slice] | None:
-    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
-    if rows.size == 0:
-        return None
-    h, w = mask.shape
-    return (slice(max(0, rows[0] - pad), min(h, rows[-1] + 1 + pad)),
-            slice(max(0, cols[0] - pad), min(w, cols[-1] + 1 + pad)))
-
-
 def seam_correct(edited: np.ndarray, original: np.ndarray, region: np.ndarray, *, rim: int = 3,
                  sigma: float = 4.0) -> np.ndarray:
     """Remove the low-frequency step between ``edited`` inside ``region`` and ``original`` outside it.
@@ -51,9 +44,10 @@ def seam_correct(edited: np.ndarray, original: np.ndarray, region: np.ndarray, *
     membrane, and added to the edit there. The correction is smooth, so it is computed on a copy reduced by
     about ``sigma / 2`` and upsampled: cheap on 3000-px crops.
     """
-    box = _bbox(region, rim + int(3 * sigma) + 2)
-    if box is None:
+    bb = mask_bbox(region, rim + int(3 * sigma) + 2)
+    if bb is None:
         return edited
+    box = bb.slices
     e, o, r = edited[box], original[box], region[box].astype(np.uint8)
     h, w = r.shape
     k = max(1, int(sigma // 2))

@@ -18,7 +18,6 @@ An explicit ``0.0`` is kept (defaults are applied with ``is None``, never with `
 from __future__ import annotations
 
 import difflib
-import inspect
 from typing import Any, Callable, Literal, Optional, TypeVar
 
 import numpy as np
@@ -36,6 +35,16 @@ DEFAULT_MAX_PIXELS = 300_000_000
 #: Default minimum context margin around a masked region (px).
 DEFAULT_MIN_MARGIN = 64
 
+#: SD 1.5 samplers (diffusers schedulers): DPM++ 2M Karras (the default), DDIM, Euler ancestral, UniPC.
+SCHEDULERS = ("dpmpp_2m_karras", "ddim", "euler_a", "unipc")
+#: SD 1.5 sampling defaults: denoising steps, classifier-free guidance scale, scheduler.
+DEFAULT_STEPS = 25
+DEFAULT_GUIDANCE = 7.5
+DEFAULT_SCHEDULER = SCHEDULERS[0]
+
+#: Methods of the classical engine (:mod:`crispedit.engines.classical`): exemplar fills, then diffusion fills.
+CLASSICAL_METHODS = ("patchmatch", "shiftmap", "fsr_fast", "fsr_best", "telea", "ns")
+
 Strength = Optional[float]
 
 _FIXES = {
@@ -48,7 +57,12 @@ _FIXES = {
     "vae_tile": "use e.g. vae_tile=64 (latent px, a multiple of 8)",
     "steps": "use e.g. --steps 25",
     "guidance": "use e.g. --guidance 7.5",
-    "scheduler": "choose one of: dpmpp_2m_karras, ddim, euler_a, unipc",
+    "scheduler": f"choose one of: {', '.join(SCHEDULERS)}",
+    "tile_batch": "use e.g. tile_batch=4",
+    "vae_cache": "use e.g. vae_cache=512 (MiB)",
+    "untiled_max": "use e.g. untiled_max=640 (px)",
+    "method": f"choose one of: {', '.join(CLASSICAL_METHODS)}",
+    "max_masked_fraction": "use e.g. 0.8",
 }
 
 
@@ -89,11 +103,19 @@ class HarnessOptions(_Frozen):
 HARNESS_OPTIONS = frozenset(HarnessOptions.model_fields)
 
 
-class SD15Options(_Frozen):
-    """Constructor options of the SD 1.5 engine, checked without loading a model (or importing torch).
+class EngineOptions(_Frozen):
+    """Base of every engine's constructor options: frozen, unknown names refused (build them with :func:`build`
+    for one-line errors with a did-you-mean suggestion)."""
 
-    The device-dependent defaults (tile sizes per CPU/GPU) are filled in by the engine; this checks what was
-    given: ``tile`` and ``vae_tile`` are latent px, multiples of 8; ``tile_overlap`` at most half the tile.
+
+class SD15Options(EngineOptions):
+    """Constructor options of the SD 1.5 engine (:class:`crispedit.engines.sd15.SD15Engine`), checked without
+    loading a model (or importing torch). The engine validates its keywords through this model only.
+
+    ``None`` = the default: :data:`DEFAULT_STEPS`, :data:`DEFAULT_GUIDANCE`, :data:`DEFAULT_SCHEDULER`; the
+    device-dependent tile defaults (``sd15.TILE_DEFAULTS`` per CPU/GPU) are filled in by the engine, which
+    checks ``tile_overlap`` against the tile in effect again. ``tile`` and ``vae_tile`` are latent px,
+    multiples of 8; ``tile_overlap`` at most half the tile.
     """
 
     model: Optional[Any] = None  # HF id, folder or file (str or path)
@@ -112,7 +134,7 @@ class SD15Options(_Frozen):
     tile_batch: Optional[int] = Field(None, ge=1, le=256)
     vae_tile: Optional[int] = Field(None, ge=16, le=1024)
     vae_cache: Optional[float] = Field(None, ge=0.0)
-    untiled_max: Optional[int] = Field(None, ge=0)
+    untiled_max: Optional[int] = Field(None, ge=0, le=1 << 20)
 
     @field_validator("scheduler")
     @classmethod
@@ -120,7 +142,7 @@ class SD15Options(_Frozen):
         if v is None:
             return v
         name = str(v).strip().lower().replace("-", "_").replace(" ", "_").replace("+", "p")
-        if name not in ("dpmpp_2m_karras", "ddim", "euler_a", "unipc"):
+        if name not in SCHEDULERS:
             raise ValueError(f"unknown scheduler '{v}'")
         return name
 
@@ -138,17 +160,76 @@ class SD15Options(_Frozen):
         return self
 
 
+class ClassicalOptions(EngineOptions):
+    """Constructor options of the classical engine (:class:`crispedit.engines.classical.ClassicalEngine`).
+
+    The defaults live here (one per option); the engine's docstring says what each does. Validated once, with
+    a did-you-mean error for a misspelt name (:func:`build`).
+    """
+
+    method: str = CLASSICAL_METHODS[0]
+    patch_size: int = Field(3, ge=1)
+    native_pixels: int = Field(2_000_000, ge=1)
+    context: float = Field(0.25, ge=0.0)
+    min_context: int = Field(48, ge=0)
+    thin_width: float = Field(6.0, ge=0.0)
+    radius: int = Field(5, ge=1)
+    max_masked_fraction: float = Field(0.8, gt=0.0, le=1.0)
+    max_hole_pixels: int = Field(16_000_000, ge=1)
+    coarse_pixels: int = Field(600_000, ge=1)
+    texture: Literal["grain", "patch"] = "grain"
+    texture_sigma: float = Field(0.6, ge=0.0)
+    native_above: float = Field(0.7, ge=0.0)
+    tone_lock: float = Field(0.05, ge=0.0)
+    band_gain: float = Field(3.0, ge=1.0)
+    tone_tolerance: float = Field(8.0, ge=0.0)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _method(cls, v: Any) -> Any:  # a validator, not a Literal: the error names the method and the choices
+        if v not in CLASSICAL_METHODS:
+            raise ValueError(f"unknown classical method '{v}'")
+        return v
+
+
+#: Options model per built-in engine name: :func:`split_options` and the engines validate through these.
+ENGINE_OPTIONS: dict[str, type[EngineOptions]] = {"sd15": SD15Options, "classical": ClassicalOptions}
+
 M = TypeVar("M", bound=_Frozen)
 
 
-def _one_line(exc: ValidationError) -> InputError:
+def _bounds(model: type[BaseModel], name: str) -> tuple[Any, Any, bool]:
+    """``(lower, upper, lower_open)`` bounds of a numeric field (None where unbounded)."""
+    lo = hi = None
+    lo_open = False
+    info = model.model_fields.get(name)
+    for m in () if info is None else info.metadata:
+        if getattr(m, "ge", None) is not None:
+            lo = m.ge
+        if getattr(m, "gt", None) is not None:
+            lo, lo_open = m.gt, True
+        if getattr(m, "le", None) is not None:
+            hi = m.le
+    return lo, hi, lo_open
+
+
+def _one_line(exc: ValidationError, model: type[BaseModel] | None = None) -> InputError:
     e = exc.errors()[0]
     name = ".".join(str(p) for p in e.get("loc", ())) or "tile_overlap"
     msg = str(e.get("msg", "is invalid"))
+    kind = str(e.get("type", ""))
+    value = e.get("input")
+    lo, hi, lo_open = (None, None, False) if model is None else _bounds(model, name)
     if msg.startswith("Value error, "):
         problem = msg[len("Value error, "):]
+    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal") and None not in (lo, hi):
+        problem = f"{name} {value!r} is outside {'(' if lo_open else ''}{lo}..{hi}{']' if lo_open else ''}"
+    elif kind.startswith("int_"):
+        problem = f"{name} must be a whole number, got {value!r}"
+    elif kind.startswith("float_"):
+        problem = f"{name} must be a number, got {value!r}"
     else:
-        problem = f"{name} {e.get('input')!r}: {msg.lower()}"
+        problem = f"{name} {value!r}: {msg.lower()}"
     return InputError(problem, _FIXES.get(name, "see `crispedit edit --help`"))
 
 
@@ -167,39 +248,17 @@ def build(model: type[M], values: dict[str, Any], what: str = "option") -> M:
     try:
         return model(**values)
     except ValidationError as exc:
-        raise _one_line(exc) from None
+        raise _one_line(exc, model) from None
 
 
-def engine_option_names(engine: Any) -> Optional[frozenset[str]]:
-    """Keyword names the engine ``engine`` (a registered name) accepts, or None when any is accepted.
-
-    ``sd15`` is answered from :class:`SD15Options` (no import of the engine module); other registered engines
-    from their factory's signature. Engine objects take no options (they are already built): None.
-    """
-    if not isinstance(engine, str):
-        return None
-    if engine == "sd15":
-        return frozenset(SD15Options.model_fields)
-    from crispedit.engines import base
-
-    try:
-        base._load_builtin(engine)
-    except Exception:  # noqa: BLE001 - an unknown engine is reported by get_engine itself
-        return None
-    factory = base._FACTORIES.get(engine)
-    if factory is None:
-        return None
-    try:
-        params = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return None
-    return frozenset(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
-
-
-def split_options(engine: Any, options: dict[str, Any]) -> tuple[HarnessOptions, dict[str, Any]]:
+def split_options(engine: Any, options: dict[str, Any],
+                  names: Optional[frozenset[str]] = None) -> tuple[HarnessOptions, dict[str, Any]]:
     """Split ``crispedit.edit``/``generate`` keyword options into validated harness options and engine options.
+
+    ``names``: the option names the engine accepts (:func:`crispedit.engines.base.option_names`, which also
+    answers for engines registered by others); by default the fields of the built-in engine's model
+    (:data:`ENGINE_OPTIONS`). For an engine object (already built, it takes no options) or ``None``, a name no
+    engine model knows is refused, with a suggestion from all of them. This module imports no engine.
 
     Raises
     ------
@@ -208,24 +267,27 @@ def split_options(engine: Any, options: dict[str, Any]) -> tuple[HarnessOptions,
     """
     harness = {k: v for k, v in options.items() if k in HARNESS_OPTIONS}
     rest = {k: v for k, v in options.items() if k not in HARNESS_OPTIONS}
-    names = engine_option_names(engine)
+    if names is None and isinstance(engine, str) and engine in ENGINE_OPTIONS:
+        names = frozenset(ENGINE_OPTIONS[engine].model_fields)
     if names is None and not isinstance(engine, str):  # engine object: options it could mean, for a suggestion
-        names = frozenset(SD15Options.model_fields)
-        from crispedit.engines.classical import ClassicalEngine
-
-        names |= {p for p in inspect.signature(ClassicalEngine).parameters}
+        names = frozenset().union(*(m.model_fields for m in ENGINE_OPTIONS.values()))
     if names is not None:
         for k in rest:
             if k not in names:
                 raise unknown_option(k, HARNESS_OPTIONS | names)
-    if engine == "sd15":
-        build(SD15Options, {k: v for k, v in rest.items() if v is not None})
+    if isinstance(engine, str) and engine in ENGINE_OPTIONS:
+        build(ENGINE_OPTIONS[engine], {k: v for k, v in rest.items() if v is not None})
     return build(HarnessOptions, harness), {k: v for k, v in rest.items() if v is not None}
 
 
 def check_sd15(**values: Any) -> SD15Options:
     """Validate SD 1.5 engine options (``None`` = default) without loading anything; see :class:`SD15Options`."""
     return build(SD15Options, {k: v for k, v in values.items() if v is not None}, "SD 1.5 option")
+
+
+def check_classical(**values: Any) -> ClassicalOptions:
+    """Validate classical engine options (``None`` = default); see :class:`ClassicalOptions`."""
+    return build(ClassicalOptions, {k: v for k, v in values.items() if v is not None}, "classical option")
 
 
 def spawn_seeds(seed: Optional[int], n: int) -> list[int]:

@@ -1,4 +1,4 @@
-"""Plan where the engine works: crops around clusters of mask components, and tiles inside a crop.
+"""Plan where the engine works: crops around clusters of mask components (tiles inside a crop: :mod:`crispedit.geometry`).
 
 Every connected component of the mask gets its own blend band and context, sized from its own size (its width
 for thin strokes), and keeps them when it shares a crop with others. Long thin components (scratches, wires)
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-Box = tuple[int, int, int, int]
+from crispedit.geometry import Box, union
 
 #: Narrowest blend band (px) of any component.
 MIN_BAND = 6
@@ -115,24 +115,16 @@ def _snap(lo: int, hi: int, limit: int, multiple: int = 8) -> tuple[int, int]:
     return lo, hi
 
 
-def _union(a: Box, b: Box) -> Box:
-    return min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])
-
-
-def _overlap(a: Box, b: Box) -> bool:
-    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
-
-
 def _snap_box(box: Box, width: int, height: int) -> Box:
     x0, x1 = _snap(box[0], box[2], width)
     y0, y1 = _snap(box[1], box[3], height)
-    return x0, y0, x1, y1
+    return Box(x0, y0, x1, y1)
 
 
 def _crop_for(mask_box: Box, width: int, height: int, min_margin: int, band: int | None = None) -> Box:
     band = blend_band(mask_box) if band is None else band
     m = context_margin(mask_box, band, min_margin)
-    return _snap_box((mask_box[0] - m, mask_box[1] - m, mask_box[2] + m, mask_box[3] + m), width, height)
+    return _snap_box(Box(mask_box[0] - m, mask_box[1] - m, mask_box[2] + m, mask_box[3] + m), width, height)
 
 
 def piece_side(width: float) -> int:
@@ -204,7 +196,7 @@ def _parts(mask: np.ndarray) -> tuple[np.ndarray, tuple[int, int], list[Part]]:
         own = labels[y:y + bh, x:x + bw] == i
         d = np.where(own, dist[y:y + bh, x:x + bw], np.float32(0))
         width = max(1.0, 2.0 * float(d.max()) - 1.0)
-        box = (ox + x, oy + y, ox + x + bw, oy + y + bh)
+        box = Box(ox + x, oy + y, ox + x + bw, oy + y + bh)
         if max(bw, bh) > 2 * piece_side(1.0) and area < 0.25 * bw * bh:  # maybe long and thin
             ridge = own & (d >= cv2.dilate(d, np.ones((3, 3), np.uint8)))
             typical = max(1.0, 2.0 * float(np.median(d[ridge])) - 1.0)
@@ -230,7 +222,7 @@ def _pieces(labels: np.ndarray, origin: tuple[int, int], label: int, box: Box, s
             cell = labels[cy - oy:y1 - oy, cx - ox:x1 - ox] == label
             r, c = np.flatnonzero(cell.any(axis=1)), np.flatnonzero(cell.any(axis=0))
             if r.size:
-                out.append((cx + int(c[0]), cy + int(r[0]), cx + int(c[-1]) + 1, cy + int(r[-1]) + 1))
+                out.append(Box(cx + int(c[0]), cy + int(r[0]), cx + int(c[-1]) + 1, cy + int(r[-1]) + 1))
     return out
 
 
@@ -302,7 +294,7 @@ def plan_mask(mask: np.ndarray, *, min_margin: int = 64, max_crop: int = MAX_MER
                 continue
             gi, gj = live[i], live[j]
             assert gi is not None and gj is not None  # pairs with a merged (None) group were skipped above
-            crop = _snap_box(_union(gi.crop, gj.crop), w, h)
+            crop = _snap_box(union(gi.crop, gj.crop), w, h)
             if max(crop[2] - crop[0], crop[3] - crop[1]) <= max(max_crop, 1.5 * max(gi.side, gj.side)):
                 live[i] = _Group(gi.parts + gj.parts, crop, max(gi.side, gj.side))
                 used.update((i, j))
@@ -315,7 +307,7 @@ def plan_mask(mask: np.ndarray, *, min_margin: int = 64, max_crop: int = MAX_MER
         assert g is not None
         mbox = g.parts[0].box
         for p in g.parts[1:]:
-            mbox = _union(mbox, p.box)
+            mbox = union(mbox, p.box)
         regions.append(Region(g.crop, mbox, max(p.band for p in g.parts), len({p.label for p in g.parts}),
                               tuple(g.parts)))
     regions.sort(key=lambda r: (r.box[1], r.box[0]))
@@ -338,8 +330,8 @@ def part_clusters(region: Region, pad: int) -> list[Box]:
     """
     cx, cy = region.box[:2]
     cw, ch = region.size
-    boxes = [(max(0, p.box[0] - cx - pad), max(0, p.box[1] - cy - pad), min(cw, p.box[2] - cx + pad),
-              min(ch, p.box[3] - cy + pad)) for p in region.parts] or [(0, 0, cw, ch)]
+    boxes = [Box(max(0, p.box[0] - cx - pad), max(0, p.box[1] - cy - pad), min(cw, p.box[2] - cx + pad),
+                 min(ch, p.box[3] - cy + pad)) for p in region.parts] or [Box(0, 0, cw, ch)]
     while len(boxes) > 1:
         pairs = _overlapping_pairs(np.array(boxes, np.int64))
         if not pairs:
@@ -350,7 +342,7 @@ def part_clusters(region: Region, pad: int) -> list[Box]:
         merged: dict[int, Box] = {}
         for i, b in enumerate(boxes):
             k = _find(root, i)
-            merged[k] = _union(merged[k], b) if k in merged else b
+            merged[k] = union(merged[k], b) if k in merged else b
         boxes = list(merged.values())
     return boxes
 
@@ -358,24 +350,3 @@ def part_clusters(region: Region, pad: int) -> list[Box]:
 def plan_regions(mask: np.ndarray, *, min_margin: int = 64) -> list[Region]:
     """The regions of :func:`plan_mask` (crops, bands, parts), sorted top to bottom."""
     return plan_mask(mask, min_margin=min_margin).regions
-
-
-def _balanced(length: int, tile: int, overlap: int, multiple: int) -> list[tuple[int, int]]:
-    """Fewest tiles of at most ``tile`` px with at least ``overlap`` px overlap, all the same (smaller) size."""
-    if length <= tile:
-        return [(0, length)]
-    n = -(-(length - overlap) // (tile - overlap))
-    per_tile = math.ceil((length + (n - 1) * overlap) / n)  # smallest common size with n tiles
-    size = min(tile, math.ceil(per_tile / multiple) * multiple)
-    starts = np.linspace(0, length - size, n).round().astype(int)
-    return [(int(a), int(a) + size) for a in starts]
-
-
-def tile_grid(h: int, w: int, tile: int, overlap: int, multiple: int = 8) -> list[Box]:
-    """Tiles (x0, y0, x1, y1) covering an h x w area with at least ``overlap`` px overlap.
-
-    Tiles are balanced: the fewest that fit, shrunk to a common size (a multiple of ``multiple``) and spread
-    evenly, so the overlap does not pile up at the far edge; this keeps engine work close to the area.
-    """
-    return [(x0, y0, x1, y1) for y0, y1 in _balanced(h, tile, overlap, multiple)
-            for x0, x1 in _balanced(w, tile, overlap, multiple)]

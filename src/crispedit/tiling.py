@@ -53,8 +53,9 @@ For the 9-channel inpainting UNet pass ``extra=torch.cat([mask, masked_image_lat
 Examples
 --------
 >>> import torch
->>> from crispedit.tiling import plan_tiles, tiled_noise_prediction
->>> plan_tiles(100, 64, 16)
+>>> from crispedit.geometry import tile_starts
+>>> from crispedit.tiling import tiled_noise_prediction
+>>> tile_starts(100, 64, 16)
 [0, 36]
 >>> z = torch.randn(1, 4, 96, 160)
 >>> eps = tiled_noise_prediction(lambda x: x[:, :4] * 2, z, tile=64, overlap=16)
@@ -75,9 +76,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from crispedit.geometry import Box, latent_tiles
+
 __all__ = [
-    "plan_tiles",
-    "tile_grid",
     "gaussian_weights",
     "tile_weights",
     "tiled_noise_prediction",
@@ -87,51 +88,15 @@ __all__ = [
     "vae_memory_estimate",
 ]
 
-TileBox = tuple[int, int, int, int]
 Progress = Callable[[int, int], None]
+#: A diffusers ``AutoencoderKL`` or one of its blocks: duck-typed (its sub-modules are attributes that torch's
+#: ``Module.__getattr__`` types as ``Tensor | Module``).
+VaeModule = Any
 
 
 # --------------------------------------------------------------------------------------------------------------
 # tile geometry
 # --------------------------------------------------------------------------------------------------------------
-def plan_tiles(length: int, tile: int, overlap: int) -> list[int]:
-    """Start offsets of tiles of size ``tile`` covering ``[0, length)``, consecutive tiles overlapping by at
-    least ``overlap``; the last tile is flush with the end.
-
-    Examples
-    --------
-    >>> plan_tiles(64, 64, 16)
-    [0]
-    >>> plan_tiles(160, 64, 16)
-    [0, 48, 96]
-    """
-    if length <= 0 or tile <= 0:
-        raise ValueError(f"length and tile must be positive, got length={length}, tile={tile}")
-    if not 0 <= overlap < tile:
-        raise ValueError(f"overlap must be in [0, tile), got overlap={overlap}, tile={tile}")
-    if length <= tile:
-        return [0]
-    stride = tile - overlap
-    starts = list(range(0, length - tile, stride))
-    starts.append(length - tile)
-    return starts
-
-
-def tile_grid(h: int, w: int, tile: int, overlap: int) -> list[TileBox]:
-    """Tiles ``(y0, x0, y1, x1)`` (end-exclusive) of ``min(tile, h) x min(tile, w)`` covering an ``h x w`` area,
-    row by row, with at least ``overlap`` of overlap.
-
-    Examples
-    --------
-    >>> tile_grid(64, 100, 64, 16)
-    [(0, 0, 64, 64), (0, 36, 64, 100)]
-    """
-    th, tw = min(tile, h), min(tile, w)
-    return [(y, x, y + th, x + tw)
-            for y in plan_tiles(h, th, min(overlap, th - 1))
-            for x in plan_tiles(w, tw, min(overlap, tw - 1))]
-
-
 def gaussian_weights(h: int, w: int, sigma_frac: float = 0.3, *, device: torch.device | str | None = None,
                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Separable Gaussian tile weights of shape ``(h, w)``, 1 at the centre, ``sigma = sigma_frac * size``.
@@ -158,9 +123,10 @@ def gaussian_weights(h: int, w: int, sigma_frac: float = 0.3, *, device: torch.d
     return weights.to(device=device, dtype=dtype)
 
 
-def tile_weights(box: TileBox, h: int, w: int, overlap: int, sigma_frac: float = 0.3, *,
+def tile_weights(box: Box | tuple[int, int, int, int], h: int, w: int, overlap: int, sigma_frac: float = 0.3, *,
                  device: torch.device | str | None = None) -> torch.Tensor:
-    """Blend weights of one tile ``box = (y0, x0, y1, x1)`` of an ``h x w`` area: :func:`gaussian_weights` times
+    """Blend weights of one tile ``box = (x0, y0, x1, y1)`` (latent px, :class:`~crispedit.geometry.Box`) of an
+    ``h x w`` area: :func:`gaussian_weights` times
     a smoothstep taper over the ``overlap`` pixels next to each side that is inside the area (sides on the area's
     border are not tapered).
 
@@ -170,11 +136,11 @@ def tile_weights(box: TileBox, h: int, w: int, overlap: int, sigma_frac: float =
 
     Examples
     --------
-    >>> w = tile_weights((0, 48, 64, 112), 64, 160, 16)
+    >>> w = tile_weights((48, 0, 112, 64), 64, 160, 16)
     >>> float(w[32, 0]) < 1e-3 < float(w[32, 32]), float(w[0, 32]) > 0.2
     (True, True)
     """
-    y0, x0, y1, x1 = box
+    x0, y0, x1, y1 = box
     th, tw = y1 - y0, x1 - x0
     weight = gaussian_weights(th, tw, sigma_frac, dtype=torch.float64)
     if overlap > 0:
@@ -240,22 +206,22 @@ def tiled_noise_prediction(predict: Callable[[torch.Tensor], torch.Tensor], late
             progress(1, 1)
         return out
 
-    boxes = tile_grid(h, w, tile, overlap)
+    boxes = latent_tiles(h, w, tile, overlap)
     weights = [tile_weights(box, h, w, overlap, sigma_frac, device=latents.device) for box in boxes]
     acc: torch.Tensor | None = None
     wsum = torch.zeros(h, w, device=latents.device, dtype=torch.float32)
-    for (y0, x0, y1, x1), wt in zip(boxes, weights):
-        wsum[y0:y1, x0:x1] += wt
+    for box, wt in zip(boxes, weights):
+        wsum[box.slices] += wt
     for start in range(0, len(boxes), batch):
         chunk = boxes[start:start + batch]
-        x = torch.cat([model_in[:, :, y0:y1, x0:x1] for (y0, x0, y1, x1) in chunk], dim=0)
+        x = torch.cat([model_in[(..., *box.slices)] for box in chunk], dim=0)
         eps = predict(x)
         if eps.shape[0] != x.shape[0] or eps.shape[2:] != x.shape[2:]:
             raise ValueError(f"predict returned shape {tuple(eps.shape)} for input {tuple(x.shape)}")
         if acc is None:
             acc = torch.zeros(b, eps.shape[1], h, w, device=latents.device, dtype=torch.float32)
-        for i, (y0, x0, y1, x1) in enumerate(chunk):
-            acc[:, :, y0:y1, x0:x1] += eps[i * b:(i + 1) * b].float() * weights[start + i]
+        for i, box in enumerate(chunk):
+            acc[(..., *box.slices)] += eps[i * b:(i + 1) * b].float() * weights[start + i]
         if progress is not None:
             progress(min(start + batch, len(boxes)), len(boxes))
     assert acc is not None
@@ -274,7 +240,7 @@ class _Op:
     arg: Any = None
 
 
-def _conv_pad(conv: nn.Module) -> int:
+def _conv_pad(conv: VaeModule) -> int:
     if not isinstance(conv, nn.Conv2d):
         raise NotImplementedError(f"tiled VAE: unsupported layer {type(conv).__name__}")
     k, s, p, d = conv.kernel_size, conv.stride, conv.padding, conv.dilation
@@ -283,7 +249,7 @@ def _conv_pad(conv: nn.Module) -> int:
     return int(p[0])
 
 
-def _resnet_ops(r: nn.Module) -> list[_Op]:
+def _resnet_ops(r: VaeModule) -> list[_Op]:
     if getattr(r, "upsample", None) is not None or getattr(r, "downsample", None) is not None:
         raise NotImplementedError("tiled VAE: resnet blocks with built-in up/downsampling are not supported")
     if getattr(r, "time_emb_proj", None) is not None:
@@ -296,7 +262,7 @@ def _resnet_ops(r: nn.Module) -> list[_Op]:
     return ops
 
 
-def _mid_ops(mid: nn.Module) -> list[_Op]:
+def _mid_ops(mid: VaeModule) -> list[_Op]:
     ops = _resnet_ops(mid.resnets[0])
     for attn, resnet in zip(mid.attentions, mid.resnets[1:]):
         if attn is not None:
@@ -307,12 +273,12 @@ def _mid_ops(mid: nn.Module) -> list[_Op]:
     return ops
 
 
-def _check_plain_block(block: nn.Module) -> None:
+def _check_plain_block(block: VaeModule) -> None:
     if getattr(block, "attentions", None) is not None:
         raise NotImplementedError(f"tiled VAE: blocks with attention ({type(block).__name__}) are not supported")
 
 
-def _encoder_program(vae: nn.Module) -> list[_Op]:
+def _encoder_program(vae: VaeModule) -> list[_Op]:
     enc = vae.encoder
     ops = [_Op("conv", enc.conv_in)]
     for block in enc.down_blocks:
@@ -331,7 +297,7 @@ def _encoder_program(vae: nn.Module) -> list[_Op]:
     return ops
 
 
-def _decoder_program(vae: nn.Module) -> list[_Op]:
+def _decoder_program(vae: VaeModule) -> list[_Op]:
     dec = vae.decoder
     ops: list[_Op] = []
     if getattr(vae, "post_quant_conv", None) is not None:
@@ -359,7 +325,7 @@ def _down_factor(op: _Op) -> int:
     return 2
 
 
-def _up_conv(m: nn.Module) -> nn.Module | None:
+def _up_conv(m: VaeModule) -> VaeModule | None:
     if getattr(m, "use_conv_transpose", False) or not getattr(m, "interpolate", True):
         raise NotImplementedError("tiled VAE: only nearest-neighbour upsampling is supported")
     if not getattr(m, "use_conv", False):
@@ -375,7 +341,7 @@ class _Segment:
     scale: list[Fraction]  # scale of the input of ops[i] relative to the segment input, len(ops) + 1
     halo: int              # context needed around a core, in segment-input pixels
     align: int             # cores and crops start on multiples of this (2 ** downsamplings)
-    attn_after: nn.Module | None = None
+    attn_after: VaeModule | None = None
 
 
 def _analyse(ops: list[_Op]) -> tuple[list[Fraction], int, int]:
@@ -426,7 +392,7 @@ def _segments(ops: list[_Op]) -> list[_Segment]:
     return segs
 
 
-def vae_halo(vae: nn.Module, which: str = "decoder") -> list[int]:
+def vae_halo(vae: VaeModule, which: str = "decoder") -> list[int]:
     """Receptive-field halo of each tiled segment of the VAE's encoder or decoder.
 
     Segments are separated by the mid-block attention; halos are in the segment's input pixels (encoder: image
@@ -454,8 +420,8 @@ class _State:
 
 @dataclass
 class _Tile:
-    core: TileBox  # (y0, x0, y1, x1) in segment-input px
-    crop: TileBox  # core + halo, clamped to the map
+    core: Box  # in segment-input px
+    crop: Box  # core + halo, clamped to the map
 
 
 def _group_norm(h: torch.Tensor, m: nn.GroupNorm, stats: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
@@ -485,6 +451,7 @@ def _run_ops(st: _State, ops: Sequence[_Op], start: int, stop: int, stats: dict[
         elif k == "push":
             skip = h
         elif k == "add":
+            assert skip is not None, "an add op without a push"
             x = skip if op.module is None else op.module(skip)
             h = (x + h) / op.arg if op.arg != 1.0 else x + h
             skip = None
@@ -515,6 +482,7 @@ class _GroupStats:
         if self.mean is None:
             self.n, self.mean, self.m2 = n, mean, m2
             return
+        assert self.m2 is not None
         tot = self.n + n
         delta = mean - self.mean
         self.mean = self.mean + delta * (n / tot)
@@ -543,13 +511,13 @@ def _plan(h: int, w: int, tile: int, halo: int, align: int) -> list[_Tile]:
     tiles = []
     for y0, y1 in zip(ys[:-1], ys[1:]):
         for x0, x1 in zip(xs[:-1], xs[1:]):
-            crop = (max(0, y0 - halo), max(0, x0 - halo), min(h, y1 + halo), min(w, x1 + halo))
-            tiles.append(_Tile((y0, x0, y1, x1), crop))
+            crop = Box(max(0, x0 - halo), max(0, y0 - halo), min(w, x1 + halo), min(h, y1 + halo))
+            tiles.append(_Tile(Box(x0, y0, x1, y1), crop))
     return tiles
 
 
 def _core_slice(t: _Tile, s: Fraction) -> tuple[slice, slice]:
-    (y0, x0, y1, x1), (cy, cx) = t.core, t.crop[:2]
+    (x0, y0, x1, y1), (cx, cy) = t.core, t.crop[:2]
     def conv(a: int) -> int:
         v = a * s
         assert v.denominator == 1, "tile cores must be aligned to the network's downsampling"
@@ -584,8 +552,7 @@ def _run_segment(seg: _Segment, x: torch.Tensor, tiles: list[_Tile], ctx: _Ctx,
     total_area = sum((t.crop[2] - t.crop[0]) * (t.crop[3] - t.crop[1]) for t in tiles)
 
     def load(t: _Tile) -> _State:
-        y0, x0, y1, x1 = t.crop
-        return _State(x[:, :, y0:y1, x0:x1].to(device=ctx.device, dtype=ctx.dtype))
+        return _State(x[(..., *t.crop.slices)].to(device=ctx.device, dtype=ctx.dtype))
 
     cache: list[_State | None] | None = None  # states of all tiles at op index `at`
     at = 0
@@ -624,7 +591,7 @@ def _run_segment(seg: _Segment, x: torch.Tensor, tiles: list[_Tile], ctx: _Ctx,
             b, c = st.h.shape[:2]
             oh, ow = x.shape[2] * s_end, x.shape[3] * s_end
             out = torch.empty(b, c, int(oh), int(ow), device=out_device, dtype=st.h.dtype)
-        y0, x0 = int(t.core[0] * s_end), int(t.core[1] * s_end)
+        y0, x0 = int(t.core.y0 * s_end), int(t.core.x0 * s_end)
         core = st.h[:, :, ys, xs]
         out[:, :, y0:y0 + core.shape[2], x0:x0 + core.shape[3]] = core.to(out_device)
         ctx.tick()
@@ -635,7 +602,7 @@ def _run_segment(seg: _Segment, x: torch.Tensor, tiles: list[_Tile], ctx: _Ctx,
 # --------------------------------------------------------------------------------------------------------------
 # global attention at the mid block
 # --------------------------------------------------------------------------------------------------------------
-def _attn_project(attn: nn.Module, tokens: torch.Tensor, which: str) -> torch.Tensor:
+def _attn_project(attn: VaeModule, tokens: torch.Tensor, which: str) -> torch.Tensor:
     """tokens [B, n, C] (already group-normed) -> [B, heads, n, d] for q/k/v."""
     proj = {"q": attn.to_q, "k": attn.to_k, "v": attn.to_v}[which](tokens)
     b, n, inner = proj.shape
@@ -644,20 +611,20 @@ def _attn_project(attn: nn.Module, tokens: torch.Tensor, which: str) -> torch.Te
     return norm(out) if norm is not None else out
 
 
-def _attn_out(attn: nn.Module, o: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _attn_out(attn: VaeModule, o: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     b, heads, n, d = o.shape
     o = o.transpose(1, 2).reshape(b, n, heads * d).to(dtype)
     o = attn.to_out[0](o)
     return attn.to_out[1](o)  # [B, n, C]
 
 
-def _finish(attn: nn.Module, delta: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+def _finish(attn: VaeModule, delta: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     if attn.residual_connection:
         delta = delta + residual
     return delta / attn.rescale_output_factor
 
 
-def _mid_attention(attn: nn.Module, m: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
+def _mid_attention(attn: VaeModule, m: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
     """Apply the VAE mid-block attention to the assembled map ``m`` [B, C, H, W] (modified in place)."""
     b, c, h, w = m.shape
     n = h * w
@@ -699,16 +666,16 @@ def _mid_attention(attn: nn.Module, m: torch.Tensor, ctx: _Ctx) -> torch.Tensor:
     if mode != "window":
         raise ValueError(f"attention must be 'auto', 'global' or 'window', got {ctx.attention!r}")
     win = min(ctx.attention_window, max(h, w))
-    boxes = tile_grid(h, w, win, win // 4)
+    boxes = latent_tiles(h, w, win, win // 4)
     acc = torch.zeros(b, c, h, w, device=m.device, dtype=torch.float32)
     wsum = torch.zeros(h, w, device=m.device, dtype=torch.float32)
-    for (y0, x0, y1, x1) in boxes:
+    for (x0, y0, x1, y1) in boxes:
         blk = m[:, :, y0:y1, x0:x1].reshape(b, c, -1)
         tok = norm(blk).transpose(1, 2)
         q, k, v = (_attn_project(attn, tok, s) for s in "qkv")
         o = F.scaled_dot_product_attention(q, k, v, dropout_p=0.0, is_causal=False)
         delta = _attn_out(attn, o, q.dtype).transpose(1, 2).reshape(b, c, y1 - y0, x1 - x0)
-        weight = tile_weights((y0, x0, y1, x1), h, w, win // 4, device=m.device)
+        weight = tile_weights((x0, y0, x1, y1), h, w, win // 4, device=m.device)
         acc[:, :, y0:y1, x0:x1] += delta.float() * weight
         wsum[y0:y1, x0:x1] += weight
     delta = (acc / wsum).to(m.dtype)
@@ -733,7 +700,7 @@ def _default_cache_bytes(device: torch.device) -> int:
     return int(min(4 << 30, phys // 4))
 
 
-def _run_program(vae: nn.Module, ops: list[_Op], x: torch.Tensor, tile: int, overlap: int,
+def _run_program(vae: VaeModule, ops: list[_Op], x: torch.Tensor, tile: int, overlap: int,
                  max_cache_bytes: int | None, attention: str, max_attention_tokens: int | None,
                  attention_window: int,
                  progress: Progress | None, stats_out: dict | None) -> torch.Tensor:
@@ -775,7 +742,7 @@ def _run_program(vae: nn.Module, ops: list[_Op], x: torch.Tensor, tile: int, ove
     return cur
 
 
-def tiled_vae_encode(vae: nn.Module, image: torch.Tensor, *, tile: int = 512, overlap: int = 0,
+def tiled_vae_encode(vae: VaeModule, image: torch.Tensor, *, tile: int = 512, overlap: int = 0,
                      max_cache_bytes: int | None = None, attention: str = "auto",
                      max_attention_tokens: int | None = None, attention_window: int = 128,
                      progress: Progress | None = None, stats: dict | None = None) -> torch.Tensor:
@@ -825,7 +792,7 @@ def tiled_vae_encode(vae: nn.Module, image: torch.Tensor, *, tile: int = 512, ov
                         max_attention_tokens, attention_window, progress, stats)
 
 
-def tiled_vae_decode(vae: nn.Module, latents_unscaled: torch.Tensor, *, tile: int = 64, overlap: int = 0,
+def tiled_vae_decode(vae: VaeModule, latents_unscaled: torch.Tensor, *, tile: int = 64, overlap: int = 0,
                      max_cache_bytes: int | None = None, attention: str = "auto",
                      max_attention_tokens: int | None = None, attention_window: int = 128,
                      progress: Progress | None = None, stats: dict | None = None) -> torch.Tensor:

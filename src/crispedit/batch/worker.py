@@ -1,7 +1,7 @@
 """One batch item, run inside a worker (a pool process or a Ray task): the edit, its mask, its record.
 
 The edit is exactly what ``crispedit edit`` runs (:func:`crispedit.workflow.builtin.run_edit`, the same workflow
-nodes, ``imageio.save_image`` and the quality gate), or the batch's workflow through
+nodes, ``io.save_image`` and the quality gate), or the batch's workflow through
 :func:`crispedit.workflow.runner.run_workflow`. Outputs are written atomically (temporary file, then rename) under
 the item's key, and the record is written last: an item is complete exactly when its record says ``ok`` and its
 files are there. A worker killed at any point leaves at most complete files of an unfinished item, which the

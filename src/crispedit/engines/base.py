@@ -6,11 +6,13 @@ what size it is called; engines never see the full-resolution image unless it is
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from PIL import Image
 
 from crispedit.errors import InputError
+from crispedit.options import ENGINE_OPTIONS
 
 Region = tuple[int, int, int, int]
 
@@ -79,3 +81,26 @@ def get_engine(engine: str | Engine, **options: Any) -> Engine:
     if engine not in _FACTORIES:
         raise InputError(f"unknown engine '{engine}'", f"choose one of: {', '.join(engine_names())}")
     return _FACTORIES[engine](**options)
+
+
+def option_names(engine: Any) -> frozenset[str] | None:
+    """Keyword names the engine ``engine`` (a registered name) accepts, or None when any is accepted.
+
+    Built-in engines are answered from their options model (:data:`crispedit.options.ENGINE_OPTIONS`, no import
+    of the engine module: sd15 would pull in torch); other registered engines from their factory's signature.
+    Engine objects take no options (they are already built): None.
+    """
+    if not isinstance(engine, str):
+        return None
+    if engine in ENGINE_OPTIONS:
+        return frozenset(ENGINE_OPTIONS[engine].model_fields)
+    factory = _FACTORIES.get(engine)
+    if factory is None:
+        return None
+    try:
+        params = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return frozenset(p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))

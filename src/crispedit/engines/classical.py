@@ -47,6 +47,7 @@ from PIL import Image
 from crispedit.engines.base import Region, register_engine
 from crispedit.errors import InputError
 from crispedit.membrane import push_pull_fill
+from crispedit.options import ClassicalOptions, check_classical
 
 _DIFFUSION = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
 _EXEMPLAR = ("patchmatch", "shiftmap", "fsr_fast", "fsr_best")
@@ -78,6 +79,9 @@ class ClassicalEngine:
 
     Parameters
     ----------
+    options : crispedit.options.ClassicalOptions, optional
+        All options at once (positional); keywords override them. The defaults live in that model, and every
+        keyword is validated through it (:class:`~crispedit.errors.InputError` with a did-you-mean on a typo).
     method : str
         ``"patchmatch"`` (default), ``"shiftmap"``, ``"fsr_fast"``, ``"fsr_best"``, ``"telea"`` or ``"ns"``.
     patch_size : int
@@ -118,35 +122,14 @@ class ClassicalEngine:
     working_size: int | None = None
     name = "classical"
 
-    def __init__(self, method: str = "patchmatch", patch_size: int = 3, native_pixels: int = 2_000_000,
-                 context: float = 0.25, min_context: int = 48, thin_width: float = 6.0, radius: int = 5,
-                 max_masked_fraction: float = 0.8, max_hole_pixels: int = 16_000_000,
-                 coarse_pixels: int = 600_000, texture: str = "grain", texture_sigma: float = 0.6,
-                 native_above: float = 0.7, tone_lock: float = 0.05,
-                 band_gain: float = 3.0, tone_tolerance: float = 8.0):
-        if method not in METHODS:
-            raise InputError(f"unknown classical method '{method}'", f"choose one of: {', '.join(METHODS)}")
-        if method in ("shiftmap", "fsr_fast", "fsr_best") and getattr(cv2, "xphoto", None) is None:
-            raise InputError(f"classical method '{method}' needs opencv-contrib (cv2.xphoto)",
+    def __init__(self, options: ClassicalOptions | None = None, /, **kwargs: Any):
+        # one name, one default, one validation: crispedit.options.ClassicalOptions (did-you-mean on a typo)
+        self.options = check_classical(**{**(options.as_dict() if options is not None else {}), **kwargs})
+        if self.options.method in ("shiftmap", "fsr_fast", "fsr_best") and getattr(cv2, "xphoto", None) is None:
+            raise InputError(f"classical method '{self.options.method}' needs opencv-contrib (cv2.xphoto)",
                              "pip install opencv-contrib-python-headless, or use method=patchmatch")
-        if not 0.0 < max_masked_fraction <= 1.0:
-            raise InputError(f"max_masked_fraction {max_masked_fraction} is outside (0, 1]", "use e.g. 0.8")
-        self.method = method
-        self.patch_size = int(patch_size)
-        self.native_pixels = int(native_pixels)
-        self.context = float(context)
-        self.min_context = int(min_context)
-        self.thin_width = float(thin_width)
-        self.radius = int(radius)
-        self.max_masked_fraction = float(max_masked_fraction)
-        self.max_hole_pixels = int(max_hole_pixels)
-        self.coarse_pixels = int(coarse_pixels)
-        self.texture = texture
-        self.texture_sigma = float(texture_sigma)
-        self.native_above = float(native_above)
-        self.tone_lock = float(tone_lock)
-        self.band_gain = float(band_gain)
-        self.tone_tolerance = float(tone_tolerance)
+        for name, value in self.options:
+            setattr(self, name, value)
         self.calls: list[dict] = []
 
     def inpaint(self, image: Image.Image, mask: Image.Image, prompt: str | None = None, *, seed: int | None = None,

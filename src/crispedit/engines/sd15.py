@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 from PIL import Image
 
+from crispedit import options as options_mod
 from crispedit.engines.base import Region, register_engine
 from crispedit.engines.model_source import DEFAULT_MODEL, ModelSource, load_pipeline, quiet_libraries, resolve_model
 from crispedit.errors import InputError, ModelError
@@ -49,7 +50,7 @@ from crispedit.errors import InputError, ModelError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-SCHEDULERS = ("dpmpp_2m_karras", "ddim", "euler_a", "unipc")
+SCHEDULERS = options_mod.SCHEDULERS
 DTYPES = {"fp16": "float16", "float16": "float16", "half": "float16", "bf16": "bfloat16", "bfloat16": "bfloat16",
           "fp32": "float32", "float32": "float32", "float": "float32"}
 Progress = Callable[[str, int, int], None]
@@ -165,14 +166,14 @@ class SD15Engine:
         self,
         model: str | None = None,
         *,
-        steps: int = 25,
-        guidance: float = 7.5,
-        scheduler: str = "dpmpp_2m_karras",
+        steps: int | None = None,
+        guidance: float | None = None,
+        scheduler: str | None = None,
         negative_prompt: str | None = None,
         device: Any = None,
         dtype: Any = None,
-        allow_pickle: bool = False,
-        allow_download: bool = False,
+        allow_pickle: bool | None = None,
+        allow_download: bool | None = None,
         progress: Progress | None = None,
         config: str | None = None,
         tile: int | None = None,
@@ -182,86 +183,42 @@ class SD15Engine:
         vae_cache: float | None = None,
         untiled_max: int | None = None,
     ):
-        self._configure(steps=steps, guidance=guidance, scheduler=scheduler, negative_prompt=negative_prompt,
-                        device=device, dtype=dtype, allow_pickle=allow_pickle, allow_download=allow_download,
-                        progress=progress, tile=tile, tile_overlap=tile_overlap, tile_batch=tile_batch,
-                        vae_tile=vae_tile, vae_cache=vae_cache, untiled_max=untiled_max)
+        opts = options_mod.check_sd15(
+            model=model, steps=steps, guidance=guidance, scheduler=scheduler, negative_prompt=negative_prompt,
+            device=device, dtype=dtype, allow_pickle=allow_pickle, allow_download=allow_download, progress=progress,
+            config=config, tile=tile, tile_overlap=tile_overlap, tile_batch=tile_batch, vae_tile=vae_tile,
+            vae_cache=vae_cache, untiled_max=untiled_max)
+        self._configure(opts)
         model = str(model) if model not in (None, "") else None
         self.model = model or DEFAULT_MODEL
         self._source: ModelSource | None = resolve_model(model, allow_pickle=self.allow_pickle,
                                                          allow_download=self.allow_download, config=config)
         self._pipe: Any = None
 
-    def _configure(self, *, steps: int = 25, guidance: float = 7.5, scheduler: str = "dpmpp_2m_karras",
-                   negative_prompt: str | None = None, device: Any = None, dtype: Any = None,
-                   allow_pickle: bool = False, allow_download: bool = False, progress: Progress | None = None,
-                   tile: int | None = None, tile_overlap: int | None = None, tile_batch: int | None = None,
-                   vae_tile: int | None = None, vae_cache: float | None = None, untiled_max: int | None = None
-                   ) -> None:
-        try:
-            self.steps = int(steps)
-        except (TypeError, ValueError):
-            raise InputError(f"steps must be a whole number, got {steps!r}", "use e.g. --steps 25") from None
-        if self.steps < 1 or self.steps > 1000:
-            raise InputError(f"steps {steps} is outside 1..1000", "use e.g. --steps 25")
-        try:
-            self.guidance = float(guidance)
-        except (TypeError, ValueError):
-            raise InputError(f"guidance must be a number, got {guidance!r}", "use e.g. --guidance 7.5") from None
-        if not (0.0 <= self.guidance <= 50.0):
-            raise InputError(f"guidance {guidance} is outside 0..50", "use e.g. --guidance 7.5")
-        name = str(scheduler).strip().lower().replace("-", "_").replace(" ", "_").replace("+", "p")
-        if name not in SCHEDULERS:
-            raise InputError(f"unknown scheduler '{scheduler}'", f"choose one of: {', '.join(SCHEDULERS)}")
-        self.scheduler = name
-        self.negative_prompt = negative_prompt or ""
-        self.allow_pickle = bool(allow_pickle)
-        self.allow_download = bool(allow_download)
-        self.progress = progress
-        self.device, self.dtype = resolve_device_dtype(device, dtype)
+    def _configure(self, opts: options_mod.SD15Options) -> None:
+        """Settings from validated options (:class:`crispedit.options.SD15Options`), defaults filled in."""
+        self.options = opts
+        self.steps = options_mod.DEFAULT_STEPS if opts.steps is None else opts.steps
+        self.guidance = options_mod.DEFAULT_GUIDANCE if opts.guidance is None else opts.guidance
+        self.scheduler = options_mod.DEFAULT_SCHEDULER if opts.scheduler is None else opts.scheduler
+        self.negative_prompt = opts.negative_prompt or ""
+        self.allow_pickle = bool(opts.allow_pickle)
+        self.allow_download = bool(opts.allow_download)
+        self.progress = opts.progress
+        self.device, self.dtype = resolve_device_dtype(opts.device, opts.dtype)
         self.default_detail = "native" if self.device.type == "cuda" else "fast"
-        self._configure_tiles(tile, tile_overlap, tile_batch, vae_tile, vae_cache, untiled_max)
+        defaults = TILE_DEFAULTS.get(self.device.type, TILE_DEFAULTS["cpu"])
+        self.tile = defaults["tile"] if opts.tile is None else opts.tile
+        if opts.tile_overlap is None:
+            self.tile_overlap = min(defaults["tile_overlap"], self.tile // 2)
+        else:  # checked again against the tile in effect (a device default when no tile was given)
+            self.tile_overlap = options_mod.check_sd15(tile=self.tile, tile_overlap=opts.tile_overlap).tile_overlap
+        self.tile_batch = defaults["tile_batch"] if opts.tile_batch is None else opts.tile_batch
+        self.vae_tile = defaults["vae_tile"] if opts.vae_tile is None else opts.vae_tile
+        self.untiled_max = UNTILED_MAX if opts.untiled_max is None else opts.untiled_max
+        self.vae_cache_bytes: int | None = None if opts.vae_cache is None else int(opts.vae_cache * 2**20)
         self.calls: list[dict[str, Any]] = []
         self._prompt_cache: OrderedDict[tuple[str, str], Any] = OrderedDict()
-
-    def _configure_tiles(self, tile: Any, overlap: Any, batch: Any, vae_tile: Any, vae_cache: Any,
-                         untiled_max: Any) -> None:
-        defaults = TILE_DEFAULTS.get(self.device.type, TILE_DEFAULTS["cpu"])
-
-        def whole(name: str, value: Any, default: int, lo: int, hi: int, example: str) -> int:
-            if value is None:
-                return default
-            try:
-                v = int(value)
-                if v != float(value):
-                    raise ValueError
-            except (TypeError, ValueError):
-                raise InputError(f"{name} must be a whole number, got {value!r}", f"use e.g. {example}") from None
-            if not lo <= v <= hi:
-                raise InputError(f"{name} {value} is outside {lo}..{hi}", f"use e.g. {example}")
-            return v
-
-        self.tile = whole("tile", tile, defaults["tile"], 16, 512, "--tile 64 (latent px, x8 = image px)")
-        if self.tile % 8:
-            raise InputError(f"tile {self.tile} is not a multiple of 8 (latent px)", "use e.g. --tile 64 or 96")
-        self.tile_overlap = whole("tile overlap", overlap, min(defaults["tile_overlap"], self.tile // 2), 0,
-                                  self.tile // 2, f"--tile-overlap {self.tile // 4} (at most half the tile)")
-        self.tile_batch = whole("tile batch", batch, defaults["tile_batch"], 1, 256, "tile_batch=4")
-        self.vae_tile = whole("vae tile", vae_tile, defaults["vae_tile"], 16, 1024, "vae_tile=64 (latent px)")
-        if self.vae_tile % 8:
-            raise InputError(f"vae tile {self.vae_tile} is not a multiple of 8 (latent px)", "use e.g. vae_tile=64")
-        self.untiled_max = whole("untiled max", untiled_max, UNTILED_MAX, 0, 1 << 20, "untiled_max=640 (px)")
-        if vae_cache is None:
-            self.vae_cache_bytes: int | None = None
-        else:
-            try:
-                mib = float(vae_cache)
-            except (TypeError, ValueError):
-                raise InputError(f"vae cache must be a number of MiB, got {vae_cache!r}", "use e.g. vae_cache=512"
-                                 ) from None
-            if not mib >= 0:
-                raise InputError(f"vae cache {vae_cache} is negative", "use e.g. vae_cache=512 (MiB)")
-            self.vae_cache_bytes = int(mib * 2**20)
 
     @property
     def tiling(self) -> dict[str, Any]:
@@ -279,9 +236,9 @@ class SD15Engine:
         f = self.vae_scale_factor
         if not self._tiled(h_lat * f, w_lat * f) or (h_lat <= self.tile and w_lat <= self.tile):
             return 1
-        from crispedit.tiling import tile_grid
+        from crispedit.geometry import latent_tiles
 
-        return len(tile_grid(h_lat, w_lat, self.tile, self.tile_overlap))
+        return len(latent_tiles(h_lat, w_lat, self.tile, self.tile_overlap))
 
     def _report(self, stage: str) -> Callable[[int, int], None] | None:
         progress = self.progress
@@ -296,8 +253,11 @@ class SD15Engine:
         ``options``: the constructor's keywords except ``model`` and ``config``; the pipeline is moved to the
         engine's device and dtype (and not put into the process-wide cache).
         """
+        if "model" in options or "config" in options:
+            raise InputError("from_pipeline takes no model or config (the pipeline is the model)",
+                             "pass the sampling and tiling options only")
         self = cls.__new__(cls)
-        self._configure(**options)
+        self._configure(options_mod.check_sd15(**options))
         self.model = f"<{type(pipe).__name__}>"
         self._source = None
         self._pipe = self._prepare(pipe)

@@ -30,6 +30,8 @@ import math
 import cv2
 import numpy as np
 
+from crispedit.geometry import mask_bbox
+
 __all__ = [
     "photo_like",
     "ellipse_mask",
@@ -164,7 +166,7 @@ def noise_free_patch(
 def denoise_around(orig: np.ndarray, mask: np.ndarray, *, pad: int = 40) -> np.ndarray:
     """Float [0, 1] copy of ``orig`` with the mask's bounding box (+ ``pad``) denoised by non-local means."""
     f, _ = _to_float(orig)
-    x0, y0, x1, y1 = _bbox(mask, pad=pad)
+    x0, y0, x1, y1 = mask_bbox(mask, pad=pad)  # type: ignore[misc]
     crop = orig[y0:y1, x0:x1]
     c8 = crop if crop.dtype == np.uint8 else (crop // 257).astype(np.uint8)
     if c8.ndim == 3 and c8.shape[2] >= 3:
@@ -278,7 +280,7 @@ def clean_edit(
     if extra_noise is None:
         from crispedit.quality.metrics import noise_sigma
 
-        x0, y0, x1, y1 = _bbox(mask, pad=64)
+        x0, y0, x1, y1 = mask_bbox(mask, pad=64)  # type: ignore[misc]
         g = f[y0:y1, x0:x1]
         g = g.mean(axis=2) if g.ndim == 3 else g
         extra_noise = max(0.1, 0.35 * 255.0 * noise_sigma(np.ascontiguousarray(g, dtype=np.float32)))
@@ -307,12 +309,6 @@ def good_removal(pasted: np.ndarray, truth: np.ndarray, mask: np.ndarray, how: s
     x = np.clip(1.0 - d / max(1, feather), 0.0, 1.0)
     weight = (x * x * (3.0 - 2.0 * x)).astype(np.float32)
     return _blend(pasted, new_f, weight)
-
-
-def _bbox(mask: np.ndarray, pad: int) -> tuple[int, int, int, int]:
-    ys, xs = np.nonzero(mask)
-    h, w = mask.shape
-    return max(0, xs.min() - pad), max(0, ys.min() - pad), min(w, xs.max() + pad + 1), min(h, ys.max() + pad + 1)
 
 
 #: name -> (function, strengths from mild to strong, the metric that should rise with strength)

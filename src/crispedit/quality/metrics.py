@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from crispedit.errors import InputError
+from crispedit.geometry import mask_bbox
 
 __all__ = [
     "as_float",
@@ -249,15 +250,6 @@ def _fill_holes(m: np.ndarray) -> np.ndarray:
     out = m.copy()
     out[holes] = 1
     return out
-
-
-def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """(x0, y0, x1, y1) of the True pixels (exclusive ends), or None."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask[rows[0] : rows[-1] + 1].any(axis=0))
-    return int(cols[0]), int(rows[0]), int(cols[-1] + 1), int(rows[-1] + 1)
 
 
 def default_band(mask: np.ndarray) -> int:

@@ -1,8 +1,8 @@
 """The FastAPI app behind ``crispedit serve``: documents, deep-zoom tiles, the server-side mask, edit jobs.
 
 Every edit goes through :func:`crispedit.workflow.builtin.run_edit` (the code path of ``crispedit edit``): it
-loads with :func:`crispedit.imageio.load_image`, edits with :func:`crispedit.harness.edit`, checks with the
-quality gate, writes with :func:`crispedit.imageio.save_image` (input format and bit depth, metadata kept) and
+loads with :func:`crispedit.io.load_image`, edits with :func:`crispedit.harness.edit`, checks with the
+quality gate, writes with :func:`crispedit.io.save_image` (input format and bit depth, metadata kept) and
 writes the HTML report. The server only adds documents, tiles, the mask canvas, a job queue and guards.
 
 Endpoints (JSON unless noted; errors are ``{"error": "<one line>"}`` with 400/401/403/404/413):
@@ -41,10 +41,10 @@ from collections import OrderedDict
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
-from fastapi import Body, FastAPI, Request
+from fastapi import APIRouter, Body, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -320,8 +320,6 @@ def _run_params(body: dict[str, Any]) -> dict[str, Any]:
                 raise InputError(f"--{k} must be a number, got {p[k]!r}", f"give a number for {k}") from None
     if not 0 <= p.get("seed", 0) < 2 ** 63:
         raise InputError(f"--seed {p['seed']} is out of range", "use a seed from 0 to 2**63 - 1")
-    if p.get("guidance") is not None and not 0.0 <= p["guidance"] < float("inf"):
-        raise InputError(f"--guidance {p['guidance']} must be a finite number >= 0", "use a value such as 7.5")
     if not isinstance(p.get("no_check", False), bool):
         raise InputError(f"no_check must be true or false, got {p['no_check']!r}", "send a JSON boolean")
     if p.get("candidates") is not None and p["candidates"] < 1:
@@ -331,8 +329,7 @@ def _run_params(body: dict[str, Any]) -> dict[str, Any]:
     from crispedit import options as options_mod  # the library's own option checks (range, did-you-mean)
 
     options_mod.build(options_mod.HarnessOptions, {"strength": p.get("strength")})
-    if p.get("steps") is not None and not 1 <= p["steps"] <= 1000:
-        raise InputError(f"--steps {p['steps']} is out of range", "use 1 to 1000 steps")
+    options_mod.check_sd15(steps=p.get("steps"), guidance=p.get("guidance"), scheduler=p.get("scheduler"))
     if "seed" not in p:  # record the seed actually used
         p["seed"] = int(np.random.SeedSequence().generate_state(1)[0] & 0x7FFFFFFF)
     p["no_check"] = bool(p.get("no_check", False))
@@ -416,8 +413,12 @@ def _portable_workflow(doc: Document, args: dict[str, Any], parent: int, n: int)
 
 
 # -- the app ---------------------------------------------------------------------------------------------------
-def create_app(cfg: ServerConfig) -> FastAPI:  # noqa: C901 - to be split (issue 12)
+def create_app(cfg: ServerConfig) -> FastAPI:
     """Build the ASGI app for ``cfg`` (tests drive it with ``fastapi.testclient.TestClient``).
+
+    The routes come from one router per concern (page and config, files under the root, documents and the
+    mask, jobs, per-version files), each built around the run's :class:`State`; the app is wrapped in
+    :class:`~crispedit.server.security.Guard`.
 
     Raises
     ------
@@ -442,6 +443,17 @@ def create_app(cfg: ServerConfig) -> FastAPI:  # noqa: C901 - to be split (issue
 
     app = FastAPI(title="crispedit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.crispedit = state
+    _install_error_handlers(app)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    for router in (_page_routes(state), _file_routes(state), _document_routes(state), _job_routes(state),
+                   _version_file_routes(state)):
+        app.include_router(router)
+    _open_start_photos(state)
+    return Guard(app, allowed_hostnames(cfg.host, cfg.allow_hosts), cfg.token)  # type: ignore[return-value]
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error as ``{"error": "<one line>", "problem", "fix"}``: library errors, bad bodies, HTTP errors."""
 
     @app.exception_handler(CrispEditError)
     async def _on_error(_req: Request, exc: CrispEditError) -> JSONResponse:
@@ -461,9 +473,21 @@ def create_app(cfg: ServerConfig) -> FastAPI:  # noqa: C901 - to be split (issue
         return JSONResponse({"error": text, "problem": problem, "fix": fix.rstrip(")")},
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
-    @app.get("/", include_in_schema=False)
+def _open_start_photos(state: State) -> None:
+    """Open the PHOTO arguments of ``crispedit serve`` (under the root) at start."""
+    for photo in state.cfg.photos:
+        p = resolve_under(state.root, str(Path(photo).resolve().relative_to(state.root))
+                          if Path(photo).resolve().is_relative_to(state.root) else str(photo))
+        state.open_file(p, p.name, p.relative_to(state.root).as_posix())
+
+
+def _page_routes(state: State) -> APIRouter:
+    """``/`` (the editor page; ``?token=T`` sets the cookie) and ``/api/config``."""
+    cfg = state.cfg
+    router = APIRouter()
+
+    @router.get("/", include_in_schema=False)
     def index(request: Request) -> Response:
         tok = request.query_params.get("token")
         if cfg.token and tok:
@@ -472,144 +496,168 @@ def create_app(cfg: ServerConfig) -> FastAPI:  # noqa: C901 - to be split (issue
             return r
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-store"})
 
-    @app.get("/api/config")
+    @router.get("/api/config")
     def config() -> dict[str, Any]:
         return {"max_pixels": cfg.max_pixels, "max_upload_bytes": cfg.max_upload_bytes, "engines": list(ENGINES),
                 "model": cfg.model,
                 "jobs": [j.to_dict() for j in state.jobs.jobs.values() if not j.finished_state],
                 "formats": sorted(IMAGE_SUFFIXES), "docs": [d.to_dict() for d in state.docs.values()]}
 
-    def under_root(rel: str) -> Path:
-        """``resolve_under(root, rel)``, also refusing this run's work folder (uploads and results of every
-        document) when ``--work-dir`` or the temp folder lies under ``--root``."""
-        full = resolve_under(state.root, rel)
-        if full == state.work or full.is_relative_to(state.work):
-            raise PathRefused(f"path '{rel}' is in the editor's work folder", "open photos from --root")
-        return full
+    return router
 
-    @app.get("/api/files")
+
+def _under_root(state: State, rel: str) -> Path:
+    """``resolve_under(root, rel)``, also refusing this run's work folder (uploads and results of every
+    document) when ``--work-dir`` or the temp folder lies under ``--root``."""
+    full = resolve_under(state.root, rel)
+    if full == state.work or full.is_relative_to(state.work):
+        raise PathRefused(f"path '{rel}' is in the editor's work folder", "open photos from --root")
+    return full
+
+
+def _list_folder(state: State, folder: Path, shown: str) -> list[dict[str, Any]]:
+    """Sub-folders and images of ``folder`` (no hidden files, no links out of the root, not the work folder)."""
+    entries = []
+    try:
+        listing = sorted(folder.iterdir(), key=lambda q: q.name.lower())
+    except OSError as exc:
+        raise InputError(f"cannot list folder '{shown or '.'}': {exc.strerror or exc}",
+                         "pick another folder") from None
+    for p in listing:
+        if p.name.startswith("."):
+            continue
+        try:
+            real = p.resolve()
+        except OSError:
+            continue
+        if real != state.root and not real.is_relative_to(state.root):
+            continue  # a symlink out of the root is not listed
+        if real == state.work or real.is_relative_to(state.work):
+            continue  # nor the work folder (when it lies under the root)
+        rel = real.relative_to(state.root).as_posix() if p.is_symlink() else p.relative_to(state.root).as_posix()
+        if real.is_dir():
+            entries.append({"name": p.name, "path": rel, "type": "dir"})
+        elif real.suffix.lower() in IMAGE_SUFFIXES and real.is_file():  # not a dangling link or a pipe
+            entries.append({"name": p.name, "path": rel, "type": "image", "bytes": real.stat().st_size})
+    return entries
+
+
+async def _receive_upload(state: State, request: Request, fname: str, suffix: str) -> JSONResponse:
+    """Stream the body into a new work folder (413 above the limit) and open it as a document."""
+    limit = state.cfg.max_upload_bytes
+    too_big = InputError(f"upload is larger than the limit of {limit // (1024 * 1024)} MiB",
+                         "restart crispedit serve with a larger --max-upload-mb, or open the file from --root")
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > limit:
+        return JSONResponse({"error": str(too_big)}, status_code=413)
+    folder = state.work / secrets.token_hex(4)
+    folder.mkdir()
+    dest = folder / f"upload{suffix}"
+    size = 0
+    try:
+        with open(dest, "wb") as f:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise too_big
+                f.write(chunk)
+        if size == 0:
+            raise InputError("the upload is empty", "choose a photo file")
+        doc = await asyncio.to_thread(state.open_file, dest, fname, f"upload: {fname}", folder)
+    except CrispEditError as exc:
+        shutil.rmtree(folder, ignore_errors=True)
+        if exc is too_big:
+            return JSONResponse({"error": str(exc)}, status_code=413)
+        raise
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return JSONResponse(doc.to_dict())
+
+
+def _file_routes(state: State) -> APIRouter:
+    """``/api/files`` (browse the root), ``/api/open`` (a photo under the root), ``/api/upload``."""
+    router = APIRouter()
+
+    @router.get("/api/files")
     def files(dir: str = "") -> dict[str, Any]:  # noqa: A002 - the query parameter's name
-        folder = under_root(dir)
+        folder = _under_root(state, dir)
         if not folder.is_dir():
             raise _NotFound(f"folder not found: {dir}", "pick a folder from the list")
-        entries = []
-        try:
-            listing = sorted(folder.iterdir(), key=lambda q: q.name.lower())
-        except OSError as exc:
-            raise InputError(f"cannot list folder '{dir or '.'}': {exc.strerror or exc}",
-                             "pick another folder") from None
-        for p in listing:
-            if p.name.startswith("."):
-                continue
-            try:
-                real = p.resolve()
-            except OSError:
-                continue
-            if real != state.root and not real.is_relative_to(state.root):
-                continue  # a symlink out of the root is not listed
-            if real == state.work or real.is_relative_to(state.work):
-                continue  # nor the work folder (when it lies under the root)
-            rel = real.relative_to(state.root).as_posix() if p.is_symlink() else \
-                p.relative_to(state.root).as_posix()
-            if real.is_dir():
-                entries.append({"name": p.name, "path": rel, "type": "dir"})
-            elif real.suffix.lower() in IMAGE_SUFFIXES and real.is_file():  # not a dangling link or a pipe
-                entries.append({"name": p.name, "path": rel, "type": "image", "bytes": real.stat().st_size})
+        entries = _list_folder(state, folder, dir)
         rel_dir = folder.relative_to(state.root).as_posix()
         return {"dir": "" if rel_dir == "." else rel_dir, "entries": entries}
 
-    @app.post("/api/open")
+    @router.post("/api/open")
     def open_photo(body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         rel = body.get("path")
         if not isinstance(rel, str) or not rel:
             raise InputError("no path given", "send {\"path\": \"photo.jpg\"} relative to --root")
-        path = under_root(rel)
+        path = _under_root(state, rel)
         return state.open_file(path, rel, rel).to_dict()
 
-    @app.post("/api/upload")
+    @router.post("/api/upload")
     async def upload(request: Request, name: str = "") -> JSONResponse:
         fname = Path(name.replace("\\", "/")).name
         suffix = Path(fname).suffix.lower()
         if suffix not in IMAGE_SUFFIXES:
             raise InputError(f"cannot open '{suffix or fname or 'unnamed'}' files",
                              f"upload one of: {', '.join(sorted(IMAGE_SUFFIXES))}")
-        limit = cfg.max_upload_bytes
-        too_big = InputError(f"upload is larger than the limit of {limit // (1024 * 1024)} MiB",
-                             "restart crispedit serve with a larger --max-upload-mb, or open the file from --root")
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            return JSONResponse({"error": str(too_big)}, status_code=413)
-        folder = state.work / secrets.token_hex(4)
-        folder.mkdir()
-        dest = folder / f"upload{suffix}"
-        size = 0
-        try:
-            with open(dest, "wb") as f:
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > limit:
-                        raise too_big
-                    f.write(chunk)
-            if size == 0:
-                raise InputError("the upload is empty", "choose a photo file")
-            doc = await asyncio.to_thread(state.open_file, dest, fname, f"upload: {fname}", folder)
-        except CrispEditError as exc:
-            shutil.rmtree(folder, ignore_errors=True)
-            if exc is too_big:
-                return JSONResponse({"error": str(exc)}, status_code=413)
-            raise
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
-        return JSONResponse(doc.to_dict())
+        return await _receive_upload(state, request, fname, suffix)
 
-    @app.get("/api/docs/{doc_id}")
+    return router
+
+
+def _tile_response(data: Optional[bytes], media_type: str) -> Response:
+    if data is None:
+        raise _NotFound("no such tile", "ask for a tile inside the image")
+    return Response(data, media_type=media_type, headers={"Cache-Control": "private, max-age=3600"})
+
+
+def _document_routes(state: State) -> APIRouter:
+    """A document: its state, closing it, its DZI pyramids, the mask (tiles, PNG, edits) and its history."""
+    router = APIRouter(prefix="/api/docs/{doc_id}")
+
+    @router.get("")
     def get_doc(doc_id: str) -> dict[str, Any]:
         return state.doc(doc_id).to_dict()
 
-    @app.delete("/api/docs/{doc_id}")
+    @router.delete("")
     def close_doc(doc_id: str) -> dict[str, Any]:
         state.close(doc_id)
         return {"closed": doc_id}
 
-    @app.get("/api/docs/{doc_id}/v/{n}/image.dzi")
+    @router.get("/v/{n}/image.dzi")
     def dzi(doc_id: str, n: int) -> Response:
-        doc = state.doc(doc_id)
-        v = state.version(doc, n)
+        v = state.version(state.doc(doc_id), n)
         return Response(tiles.dzi_xml(v.width, v.height, "jpeg"), media_type="application/xml")
 
-    @app.get("/api/docs/{doc_id}/v/{n}/image_files/{level}/{tile}.jpeg")
+    @router.get("/v/{n}/image_files/{level}/{tile}.jpeg")
     def image_tile(doc_id: str, n: int, level: int, tile: str) -> Response:
         doc = state.doc(doc_id)
         col, row = _tile_xy(tile)
-        data = state.pyramid(doc, n).tile(level, col, row)
-        if data is None:
-            raise _NotFound("no such tile", "ask for a tile inside the image")
-        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+        return _tile_response(state.pyramid(doc, n).tile(level, col, row), "image/jpeg")
 
-    @app.get("/api/docs/{doc_id}/mask/{rev}/{level}/{tile}.png")
+    @router.get("/mask/{rev}/{level}/{tile}.png")
     def mask_tile(doc_id: str, rev: int, level: int, tile: str) -> Response:
         doc = state.doc(doc_id)
         col, row = _tile_xy(tile)
-        data = tiles.mask_tile(doc.mask, level, col, row)
-        if data is None:
-            raise _NotFound("no such tile", "ask for a tile inside the image")
-        return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+        return _tile_response(tiles.mask_tile(doc.mask, level, col, row), "image/png")
 
-    @app.get("/api/docs/{doc_id}/mask.png")
+    @router.get("/mask.png")
     def mask_png(doc_id: str) -> Response:
         import cv2
 
         doc = state.doc(doc_id)
         return Response(cv2.imencode(".png", doc.mask.snapshot())[1].tobytes(), media_type="image/png")
 
-    @app.post("/api/docs/{doc_id}/mask")
+    @router.post("/mask")
     def mask_op(doc_id: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         doc = state.doc(doc_id)
         box = doc.mask.apply(body)
         return {**doc.mask.state(), "box": list(box) if box else None}
 
-    @app.post("/api/docs/{doc_id}/current")
+    @router.post("/current")
     def set_current(doc_id: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         doc = state.doc(doc_id)
         try:
@@ -621,12 +669,19 @@ def create_app(cfg: ServerConfig) -> FastAPI:  # noqa: C901 - to be split (issue
             doc.current = n
         return doc.to_dict()
 
-    @app.post("/api/docs/{doc_id}/jobs")
+    return router
+
+
+def _job_routes(state: State) -> APIRouter:
+    """Queue an edit of a document's current version; a job's state, cancel, and its live progress (SSE)."""
+    router = APIRouter()
+
+    @router.post("/api/docs/{doc_id}/jobs")
     def submit(doc_id: str, body: dict[str, Any] = Body(...)) -> dict[str, Any]:
         doc = state.doc(doc_id)
         params = _run_params(body)
-        if params["engine"] == "sd15" and cfg.model and not params.get("model"):
-            params["model"] = cfg.model
+        if params["engine"] == "sd15" and state.cfg.model and not params.get("model"):
+            params["model"] = state.cfg.model
         job = state.jobs.submit(_make_job(state, doc, params))
         return {**job.to_dict(), "queue_position": state.jobs.position(job)}
 
@@ -636,18 +691,18 @@ def create_app(cfg: ServerConfig) -> FastAPI:  # noqa: C901 - to be split (issue
             raise _NotFound(f"no job '{job_id}'", "start a run first")
         return job
 
-    @app.get("/api/jobs/{job_id}")
+    @router.get("/api/jobs/{job_id}")
     def job_state(job_id: str) -> dict[str, Any]:
         job = _job(job_id)
         return {**job.to_dict(), "queue_position": state.jobs.position(job)}
 
-    @app.post("/api/jobs/{job_id}/cancel")
+    @router.post("/api/jobs/{job_id}/cancel")
     def cancel(job_id: str) -> dict[str, Any]:
         job = _job(job_id)
         job.cancel()
         return job.to_dict()
 
-    @app.get("/api/jobs/{job_id}/events")
+    @router.get("/api/jobs/{job_id}/events")
     async def events(job_id: str, request: Request) -> StreamingResponse:
         job = _job(job_id)
 
@@ -665,45 +720,65 @@ def create_app(cfg: ServerConfig) -> FastAPI:  # noqa: C901 - to be split (issue
         return StreamingResponse(stream(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
 
-    @app.get("/api/docs/{doc_id}/v/{n}/download")
-    def download(doc_id: str, n: int) -> FileResponse:
-        doc = state.doc(doc_id)
-        v = state.version(doc, n)
-        return FileResponse(_existing(v.path, f"file of version {n}"), filename=download_name(doc, n),
-                            headers={"Cache-Control": "no-store"})
+    return router
 
-    @app.get("/api/docs/{doc_id}/v/{n}/mask.png")
-    def version_mask(doc_id: str, n: int) -> FileResponse:
-        doc = state.doc(doc_id)
-        v = state.version(doc, n)
-        if not v.info.get("mask_file"):
-            raise _NotFound("this version was not made with a mask", "pick an edit made with a mask")
-        return FileResponse(_existing(v.info["mask_file"], "mask"), media_type="image/png",
-                            filename=f"{Path(doc.name).stem}-edit{n}-mask.png")
 
-    @app.get("/api/docs/{doc_id}/v/{n}/report")
-    def report(doc_id: str, n: int) -> FileResponse:
-        v = state.version(state.doc(doc_id), n)
-        if not v.info.get("report"):
-            raise _NotFound("this version has no report", "run an edit with the quality check on")
-        return FileResponse(_existing(v.info["report"], "report"), media_type="text/html",
-                            headers={"Cache-Control": "no-store"})
+@dataclass(frozen=True)
+class _VersionFile:
+    """One per-version file endpoint: which file of the version it serves and how."""
 
-    @app.get("/api/docs/{doc_id}/v/{n}/workflow.yaml")
-    def workflow(doc_id: str, n: int) -> FileResponse:
-        doc = state.doc(doc_id)
-        v = state.version(doc, n)
-        if not v.info.get("workflow_file"):
-            raise _NotFound("this version was not made by a run", "export the workflow of an edit result")
-        return FileResponse(_existing(v.info["workflow_file"], "workflow"), media_type="application/x-yaml",
-                            filename=f"{Path(doc.name).stem}-edit{n}.yaml")
+    info_key: Optional[str]  # the Version.info key holding the path; None = the version's image itself
+    what: str  # names the file in the 404 when it was deleted ({n}: the version)
+    missing: tuple[str, str]  # (problem, fix) when the version has no such file
+    media_type: Optional[str]  # None: guessed from the file name
+    filename: Optional[str]  # download name ({stem}, {n}; "" = download_name); None: shown inline
+    no_store: bool
 
-    for photo in cfg.photos:  # PHOTO arguments of crispedit serve, opened at start
-        p = resolve_under(state.root, str(Path(photo).resolve().relative_to(state.root))
-                          if Path(photo).resolve().is_relative_to(state.root) else str(photo))
-        state.open_file(p, p.name, p.relative_to(state.root).as_posix())
 
-    return Guard(app, allowed_hostnames(cfg.host, cfg.allow_hosts), cfg.token)  # type: ignore[return-value]
+#: ``/api/docs/{d}/v/{n}/<name>``: the result file, the mask it was made with, its report, its workflow.
+VERSION_FILES: dict[str, _VersionFile] = {
+    "download": _VersionFile(None, "file of version {n}", ("", ""), None, "", True),
+    "mask.png": _VersionFile("mask_file", "mask", ("this version was not made with a mask",
+                                                   "pick an edit made with a mask"),
+                             "image/png", "{stem}-edit{n}-mask.png", False),
+    "report": _VersionFile("report", "report", ("this version has no report",
+                                                "run an edit with the quality check on"),
+                           "text/html", None, True),
+    "workflow.yaml": _VersionFile("workflow_file", "workflow", ("this version was not made by a run",
+                                                                "export the workflow of an edit result"),
+                                  "application/x-yaml", "{stem}-edit{n}.yaml", False),
+}
+
+
+def version_file(state: State, doc_id: str, n: int, spec: _VersionFile) -> FileResponse:
+    """The ``FileResponse`` of one per-version file (404 one-liners when the version lacks it or it is gone)."""
+    doc = state.doc(doc_id)
+    v = state.version(doc, n)
+    if spec.info_key is None:
+        path: Any = v.path
+    else:
+        path = v.info.get(spec.info_key)
+        if not path:
+            raise _NotFound(*spec.missing)
+    name = None if spec.filename is None else (
+        download_name(doc, n) if spec.filename == "" else spec.filename.format(stem=Path(doc.name).stem, n=n))
+    return FileResponse(_existing(path, spec.what.format(n=n)), media_type=spec.media_type, filename=name,
+                        headers={"Cache-Control": "no-store"} if spec.no_store else None)
+
+
+def _version_file_routes(state: State) -> APIRouter:
+    """``GET /api/docs/{d}/v/{n}/download | mask.png | report | workflow.yaml`` through :func:`version_file`."""
+    def endpoint(spec: _VersionFile) -> Callable[[str, int], FileResponse]:
+        def serve(doc_id: str, n: int) -> FileResponse:
+            return version_file(state, doc_id, n, spec)
+
+        return serve
+
+    router = APIRouter()
+    for name, spec in VERSION_FILES.items():
+        router.add_api_route(f"/api/docs/{{doc_id}}/v/{{n}}/{name}", endpoint(spec), methods=["GET"],
+                             name=name.partition(".")[0], response_class=FileResponse)
+    return router
 
 
 def _tile_xy(name: str) -> tuple[int, int]:

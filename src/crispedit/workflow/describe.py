@@ -203,9 +203,9 @@ def _d_maskops(node: Node, inputs: dict[str, Any], wf: Workflow) -> tuple[str, s
 
 
 def _tiles(w: int, h: int, tile: int, overlap: int) -> int:
-    from crispedit.regions import tile_grid
+    from crispedit.geometry import pixel_tiles
 
-    return len(tile_grid(h, w, tile, overlap))
+    return len(pixel_tiles(h, w, tile, overlap))
 
 
 @describer("Inpaint")

@@ -88,14 +88,11 @@ def _check_same_size(node: str, **images: Any) -> None:
 
 def _default_band(mask: Any) -> int:
     """The harness's blend band for a mask: max(32 px, 4% of the mask's bounding-box diagonal)."""
-    import numpy as np
-
+    from crispedit.geometry import mask_bbox
     from crispedit.regions import blend_band
 
-    ys, xs = np.nonzero(mask)
-    if not len(ys):
-        return 32
-    return blend_band((int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1))
+    box = mask_bbox(mask)
+    return 32 if box is None else blend_band(box)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -216,3 +216,25 @@ def test_tone_lock_does_not_tint_the_fill_with_a_neighbouring_region():
     roof = hole & (xx - yy < 20)  # well inside the roof, away from the edge
     drift = np.abs(out[roof].mean(axis=0) - img[~hole & ~sky & (xx - yy < 20)].mean(axis=0))
     assert drift.max() < 1.5, drift
+
+
+def test_tone_lock_leaves_an_exact_flat_fill_alone_beside_an_edge():
+    # a flat red field beside a pink one (the painting benchmark photo): the tone lock's membrane blended the
+    # two fields into a tone that neither has and pulled an exact red fill towards it, a lighter arc of 2-3
+    # levels following the contour; a fill that already matches its surroundings must come back unchanged
+    import cv2
+
+    from crispedit.engines.classical import _lock_tone
+
+    h = w = 400
+    yy, xx = np.mgrid[0:h, 0:w]
+    pink = xx + 0.6 * yy < 230
+    img = np.where(pink[..., None], np.array([236, 174, 174], np.float32), np.array([190, 62, 98], np.float32))
+    img = img.astype(np.uint8)
+    hole = (yy - 200) ** 2 + (xx - 210) ** 2 < 150 ** 2
+    out = _lock_tone(img, img.copy(), hole, sigma=0.05 * 300).astype(np.float32)
+    # away from the edge (the edge's own mixture pixels are another matter) the flat fields stay exact
+    far = cv2.distanceTransform((~(pink ^ cv2.erode(pink.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool))
+                                 ).astype(np.uint8), cv2.DIST_L2, 5) > 24
+    change = np.abs(out - img.astype(np.float32)).max(axis=2)
+    assert float(change[hole & far].max()) <= 1.0, float(change[hole & far].max())

@@ -331,8 +331,12 @@ def _lock_tone(known_rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, sigma:
     ``sigma`` (Gaussian, px) the fill's local mean, taken over hole pixels only, is replaced by that of a
     push-pull membrane of the known pixels (Gortler et al. 1996): the minimum-assumption interpolation of
     the surroundings, whose sources are the known pixels near the hole within ``3 tolerance`` of the fill's
-    local mean beside them (the roof beside a roof fill, not the sky beside it). Differences well above ``tolerance`` (8-bit levels, RMS over channels) are content, not
-    drift, and are dropped (by ``t⁴ / (t⁴ + d⁴)``). Computed on a copy reduced by ``sigma / 4``.
+    local mean beside them (the roof beside a roof fill, not the sky beside it). Differences well above
+    ``tolerance`` (8-bit levels, RMS over channels) are content, not drift, and are dropped (by
+    ``t⁴ / (t⁴ + d⁴)``). Where the membrane blends sources that disagree (its spread, from a membrane of the
+    squares, above about ``1.5 tolerance``: a red field and a pink one on either side of an edge) it is not
+    trusted either, by the same cut on the spread: otherwise a flat fill is pulled towards a tone neither
+    field has, a lighter or darker arc along the contour. Computed on a copy reduced by ``sigma / 4``.
     """
     h, w = hole.shape
     k = max(1, int(sigma // 4))
@@ -355,9 +359,18 @@ def _lock_tone(known_rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, sigma:
     sources = (hw_d <= 0.0) & (reach > 0.02) & (dist2 < (3.0 * tolerance) ** 2)
     if np.count_nonzero(sources) < 4:
         return fill
-    memb = push_pull_fill(known_d, sources)
+    # the membrane and the spread of the sources it blends (a membrane of the squares): where it blends
+    # distinct surroundings (a red field and a pink one beside the hole) its tone is neither's, and pulling a
+    # flat fill towards it leaves a lighter or darker arc; the correction is trusted where the sources agree
+    both = push_pull_fill(np.concatenate([known_d, known_d * known_d], axis=2), sources)
+    c = known_d.shape[2]
+    memb = both[..., :c]
+    spread2 = np.maximum(np.sum(both[..., c:] - memb * memb, axis=2, keepdims=True) / c, 0.0)
     lo_memb = cv2.GaussianBlur(memb, (0, 0), s).reshape(lh, lw, -1)
+    spread2 = cv2.GaussianBlur(spread2, (0, 0), s).reshape(lh, lw, 1)
     diff = lo_memb - lo_fill
+    agree = (1.5 * tolerance) ** 4
+    diff *= agree / (agree + spread2 * spread2)
     # a drift (a few levels) is corrected fully; a difference in content (sky where a leaf was) is left alone,
     # so that the membrane does not smear the surroundings' colours into the fill
     size2 = np.sum(diff * diff, axis=2, keepdims=True) / diff.shape[2]

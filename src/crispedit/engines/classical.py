@@ -23,7 +23,12 @@ A hole is filled with patches copied from its surroundings, never invented and n
   scale of ``tone_lock`` x the hole's long side, the fill's local mean is replaced by that of a smooth
   membrane of the surroundings (push-pull, Gortler et al. 1996). Only small differences (a drift of up to
   about ``tone_tolerance`` levels) are corrected: a membrane blends the colours of distinct regions around the
-  hole (sky and a roof), so a larger difference is content and is left to the fill.
+  hole (sky and a roof), so a larger difference is content and is left to the fill; and only where the
+  sources the membrane blends agree (else a flat fill beside an edge got a lighter arc).
+- **Direction prior**: where the surroundings run one way throughout (grass, hair, wood grain;
+  :func:`dominant_direction`), PatchMatch's patch distance gets PyPatchMatch's regularity term on the pixel
+  column (or row), weight ``direction_guide``: sources in line with the structure are preferred, and stems run
+  through the fill instead of being cut into horizontal streaks (the demo's larger dandelion).
 - **Thin strokes and dust** (no hole pixel farther than ``thin_width`` px from the context): Telea's fast
   marching method (Telea 2004, OpenCV ``cv2.inpaint``), exact enough at that width and much cheaper.
 - **Honest limits**: a crop masked above ``max_masked_fraction`` (almost no context), or a hole larger than

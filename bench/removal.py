@@ -244,6 +244,27 @@ def summary(cases: list[dict], who: tuple[str, ...]) -> tuple[str, dict[str, Any
     return "\n".join(lines), stats
 
 
+def split_table(cases: list[dict], who: tuple[str, ...]) -> str:
+    """Per split (tuning / held-out / all): median lpPSNR and the cases in each target range, per method."""
+    lo_d, hi_d = TARGETS["detail"]
+    lo_b, hi_b = TARGETS["boundary"]
+    lines = ["| who | split | cases | median lpPSNR dB | ghost <= 1 | detail 0.8-1.25 | boundary 0.85-1.2 "
+             "| r=420 s max |", "|---|---|--:|--:|--:|--:|--:|--:|"]
+    for n in who:
+        for split in ("tuning", "held-out", "all"):
+            cs = [c for c in cases if (split == "all" or c["split"] == split) and c.get(n) and "error" not in c[n]]
+            if not cs:
+                continue
+            rs = [c[n] for c in cs]
+            big = [c[n]["seconds"] for c in cs if c["radius"] == 420]
+            lines.append(
+                f"| {n} | {split} | {len(rs)} | {statistics.median(r['lp_psnr'] for r in rs):.2f} | "
+                f"{sum(abs(r['ghost']) <= TARGETS['ghost'] for r in rs)} | "
+                f"{sum(lo_d <= r['detail'] <= hi_d for r in rs)} | {sum(lo_b <= r['boundary'] <= hi_b for r in rs)} | "
+                f"{format(max(big), '.1f') if big else '-'} |")
+    return "\n".join(lines)
+
+
 def verdict(stats: dict[str, Any], cases: list[dict]) -> list[str]:
     """The done-when items of issue 10, each met or missed."""
     o = stats.get("ours")
@@ -281,6 +302,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="2 photos, radii 120 and 420")
     ap.add_argument("--json", type=Path, help="write all cases as JSON")
     ap.add_argument("--write", action="store_true", help="update the removal section of docs/benchmarks.md")
+    ap.add_argument("--from-json", type=Path, metavar="PATH",
+                    help="report (and --write) the cases of an earlier --json run instead of running; its "
+                         "recorded command, machine and load are used")
     args = ap.parse_args(argv)
     photos = ["seeding", "fossa"] if args.quick and not args.photos else args.photos
     radii = (120, 420) if args.quick else tuple(args.radii)
@@ -291,28 +315,37 @@ def main(argv: list[str] | None = None) -> int:
             options[key] = json.loads(value)
         except json.JSONDecodeError:
             options[key] = value
-    commit = source_state()
-    load0 = os.getloadavg()
-    t0 = time.perf_counter()
-    cases = run(photos, radii, tuple(args.who), options)
-    load1 = os.getloadavg()
-    tab = table(cases, tuple(args.who))
-    summ, stats = summary(cases, tuple(args.who))
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        cases, cmd, machine, load = saved["cases"], saved["command"], saved["machine"], saved["load"]
+        who = tuple(n for n in WHO if any(n in c for c in cases))
+    else:
+        commit = source_state()
+        load0 = os.getloadavg()
+        t0 = time.perf_counter()
+        who = tuple(args.who)
+        cases = run(photos, radii, who, options)
+        load1 = os.getloadavg()
+        cmd = "python bench/removal.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        load = f"load average {load0[0]:.2f} at start, {load1[0]:.2f} at end ({len(os.sched_getaffinity(0))} CPUs)"
+        machine = machine_line(commit)
+    tab = table(cases, who)
+    summ, stats = summary(cases, who)
+    splits = split_table(cases, who)
     ver = verdict(stats, cases)
-    cmd = "python bench/removal.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    load = f"load average {load0[0]:.2f} at start, {load1[0]:.2f} at end ({len(os.sched_getaffinity(0))} CPUs)"
-    print(tab + "\n\n" + summ + "\n\n" + "\n".join("- " + v for v in ver))
-    print(f"\n{machine_line(commit)} {load}; wall {time.perf_counter() - t0:.0f} s.")
-    if args.json:
+    print(tab + "\n\n" + summ + "\n\n" + splits + "\n\n" + "\n".join("- " + v for v in ver))
+    print(f"\n{machine} {load}" + ("" if args.from_json else f"; wall {time.perf_counter() - t0:.0f} s."))
+    if args.json and not args.from_json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"cases": cases, "stats": stats, "verdict": ver}, indent=1, default=float))
+        args.json.write_text(json.dumps({"cases": cases, "stats": stats, "verdict": ver, "command": cmd.strip(),
+                                         "machine": machine, "load": load}, indent=1, default=float))
     if args.write:
-        body = (f"## Paste-then-remove (issue 10, `bench/removal.py`)\n\n`{cmd.strip()}` — {machine_line(commit)} "
+        body = (f"## Paste-then-remove (issue 10, `bench/removal.py`)\n\n`{cmd.strip()}` — {machine} "
                 f"{load}. Method: an object cut from another benchmark photo (random blob, 2 px feather) is pasted "
                 f"and removed with the blob grown by {GROW} px; the truth is the photo before pasting. ours = "
                 "`crispedit.edit(..., engine=\"classical\")` (full harness); telea = OpenCV Telea on the whole "
                 "image (IOPaint's cv2 model); pm1024 = PatchMatch at 1024 px, upscaled and pasted (InvokeAI's "
-                "infill). Metrics are defined in the script's docstring.\n\n" + summ + "\n\n"
+                "infill). Metrics are defined in the script's docstring.\n\n" + summ + "\n\n" + splits + "\n\n"
                 + "\n".join("- " + v for v in ver) + "\n\n" + tab + "\n")
         update_doc(f"removal{'-' + args.method if args.method else ''}", body)
     return 0

@@ -216,3 +216,75 @@ def test_tone_lock_does_not_tint_the_fill_with_a_neighbouring_region():
     roof = hole & (xx - yy < 20)  # well inside the roof, away from the edge
     drift = np.abs(out[roof].mean(axis=0) - img[~hole & ~sky & (xx - yy < 20)].mean(axis=0))
     assert drift.max() < 1.5, drift
+
+
+def test_tone_lock_leaves_an_exact_flat_fill_alone_beside_an_edge():
+    # a flat red field beside a pink one (the painting benchmark photo): the tone lock's membrane blended the
+    # two fields into a tone that neither has and pulled an exact red fill towards it, a lighter arc of 2-3
+    # levels following the contour; a fill that already matches its surroundings must come back unchanged
+    import cv2
+
+    from crispedit.engines.classical import _lock_tone
+
+    h = w = 400
+    yy, xx = np.mgrid[0:h, 0:w]
+    pink = xx + 0.6 * yy < 230
+    img = np.where(pink[..., None], np.array([236, 174, 174], np.float32), np.array([190, 62, 98], np.float32))
+    img = img.astype(np.uint8)
+    hole = (yy - 200) ** 2 + (xx - 210) ** 2 < 150 ** 2
+    out = _lock_tone(img, img.copy(), hole, sigma=0.05 * 300).astype(np.float32)
+    # away from the edge (the edge's own mixture pixels are another matter) the flat fields stay exact
+    far = cv2.distanceTransform((~(pink ^ cv2.erode(pink.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool))
+                                 ).astype(np.uint8), cv2.DIST_L2, 5) > 24
+    change = np.abs(out - img.astype(np.float32)).max(axis=2)
+    assert float(change[hole & far].max()) <= 1.0, float(change[hole & far].max())
+
+
+def _grass(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Blurred vertical stems (the demo's bokeh grass), slightly slanted, with grain."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    img = np.zeros((h, w), np.float32)
+    for _ in range(w // 6):
+        x, wd, v, sl = rng.uniform(-20, w + 20), rng.uniform(2, 6), rng.uniform(-60, 60), rng.uniform(-0.15, 0.15)
+        img += v * np.exp(-0.5 * ((xx - x - sl * yy) / wd) ** 2)
+    img = cv2.GaussianBlur(img, (0, 0), 3.0) + 110 + rng.normal(0, 2, (h, w))
+    return np.clip(np.stack([0.5 * img, img, 0.3 * img], -1), 0, 255).astype(np.uint8)
+
+
+def test_dominant_direction_is_found_for_grass_and_not_for_an_edge_or_noise():
+    # the demo's fill cut vertical grass into horizontal streaks; the direction prior applies only where the
+    # surroundings have one direction throughout, not beside a single edge or in isotropic texture
+    from crispedit.engines.classical import dominant_direction
+
+    h, w = 200, 240
+    yy, xx = np.mgrid[0:h, 0:w]
+    hole = (yy - 100) ** 2 + (xx - 120) ** 2 < 55 ** 2
+    grass = _grass(h, w)
+    assert dominant_direction(grass, hole) == "vertical"
+    assert dominant_direction(np.ascontiguousarray(grass.transpose(1, 0, 2)), hole.T.copy()) == "horizontal"
+    assert dominant_direction(_img(h, w, seed=4), hole) is None
+    edge = np.where((xx > 60)[..., None], 200, 40).astype(np.uint8).repeat(3, axis=2)
+    edge = (edge + np.random.default_rng(1).normal(0, 2, edge.shape)).clip(0, 255).astype(np.uint8)
+    assert dominant_direction(edge, hole) is None
+
+
+def test_direction_guided_fill_is_complete_and_repeatable():
+    h, w = 200, 240
+    yy, xx = np.mgrid[0:h, 0:w]
+    hole = (yy - 100) ** 2 + (xx - 120) ** 2 < 55 ** 2
+    img = _grass(h, w, seed=1)
+    eng = ClassicalEngine()
+    a = _fill(eng, img, hole)
+    assert eng.calls[-1]["direction"] == "vertical"
+    b = _fill(ClassicalEngine(), img, hole)
+    assert np.array_equal(a, b)
+    assert np.array_equal(a[~hole], img[~hole])
+    assert not np.any(np.all(a[hole] <= 8, axis=-1))
+    # the fill carries the grass's colours (no flat or dark patch)
+    assert abs(float(a[hole].mean()) - float(img[~hole].mean())) < 10
+    off = ClassicalEngine(direction_guide=0.0)
+    _fill(off, img, hole)
+    assert off.calls[-1]["direction"] is None

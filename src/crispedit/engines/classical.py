@@ -23,7 +23,12 @@ A hole is filled with patches copied from its surroundings, never invented and n
   scale of ``tone_lock`` x the hole's long side, the fill's local mean is replaced by that of a smooth
   membrane of the surroundings (push-pull, Gortler et al. 1996). Only small differences (a drift of up to
   about ``tone_tolerance`` levels) are corrected: a membrane blends the colours of distinct regions around the
-  hole (sky and a roof), so a larger difference is content and is left to the fill.
+  hole (sky and a roof), so a larger difference is content and is left to the fill; and only where the
+  sources the membrane blends agree (else a flat fill beside an edge got a lighter arc).
+- **Direction prior**: where the surroundings run one way throughout (grass, hair, wood grain;
+  :func:`dominant_direction`), PatchMatch's patch distance gets PyPatchMatch's regularity term on the pixel
+  column (or row), weight ``direction_guide``: sources in line with the structure are preferred, and stems run
+  through the fill instead of being cut into horizontal streaks (the demo's larger dandelion).
 - **Thin strokes and dust** (no hole pixel farther than ``thin_width`` px from the context): Telea's fast
   marching method (Telea 2004, OpenCV ``cv2.inpaint``), exact enough at that width and much cheaper.
 - **Honest limits**: a crop masked above ``max_masked_fraction`` (almost no context), or a hole larger than
@@ -117,6 +122,12 @@ class ClassicalEngine:
         Largest gain of the top-band restore of reduced-scale fills (1 = off).
     tone_tolerance : float
         Tone lock tolerance in 8-bit levels: differences well above it are content and are not corrected.
+    direction_guide : float
+        Weight of the direction prior of PatchMatch (0 = off) where the surroundings have one dominant
+        direction (:func:`dominant_direction`): sources in the same column (vertical structure) or row are
+        preferred, so that grass stems run through the fill instead of being cut into horizontal streaks.
+    direction_consensus : float
+        Fraction of the surroundings' tiles that must share the direction for the prior to apply.
     """
 
     working_size: int | None = None
@@ -130,6 +141,7 @@ class ClassicalEngine:
                              "pip install opencv-contrib-python-headless, or use method=patchmatch")
         for name, value in self.options:
             setattr(self, name, value)
+        self._direction: str | None = None
         self.calls: list[dict] = []
 
     def inpaint(self, image: Image.Image, mask: Image.Image, prompt: str | None = None, *, seed: int | None = None,
@@ -216,7 +228,9 @@ class ClassicalEngine:
         scale = min(1.0, float(np.sqrt(self.coarse_pixels / area)))
         if scale >= self.native_above:
             scale = 1.0  # a slight reduction only blurs: fill at native scale
+        self._direction = None
         up = self._at_scale(win, whole, scale, seed)
+        direction = self._direction
         if scale < 1.0 and self.texture == "patch":
             native = min(1.0, float(np.sqrt(self.native_pixels / area)))
             # an independent stream for the texture pass (SeedSequence child, not seed + 1)
@@ -236,7 +250,7 @@ class ClassicalEngine:
         sub = out[y0:y1, x0:x1]
         sub[whole] = up[whole]
         return out, {"path": self.method, "window": [x0, y0, x1, y1], "scale": round(scale, 4),
-                     "band_gain": round(gain, 3), "depth": round(depth, 1)}
+                     "band_gain": round(gain, 3), "depth": round(depth, 1), "direction": direction}
 
     def _at_scale(self, win: np.ndarray, hole: np.ndarray, scale: float, seed: int) -> np.ndarray:
         """Exemplar fill of ``win`` at ``scale`` x native, returned at native size."""
@@ -255,7 +269,20 @@ class ClassicalEngine:
         if self.method == "patchmatch":
             pm = _patchmatch()
             pm.set_random_seed(seed)
-            return pm.inpaint(rgb, hole.astype(np.uint8), patch_size=self.patch_size)
+            direction = dominant_direction(rgb, hole, self.direction_consensus) if self.direction_guide > 0 else None
+            self._direction = direction
+            if direction is None:
+                return pm.inpaint(rgb, hole.astype(np.uint8), patch_size=self.patch_size)
+            # the regularity guide of PyPatchMatch compares one coordinate per pixel (wrapping at 1; kept below
+            # 0.5 so that it never wraps): the column for vertical structure, the row for horizontal
+            h, w = hole.shape
+            guide = np.zeros((h, w, 3), np.float32)
+            if direction == "vertical":
+                guide[..., 0] = (np.arange(w, dtype=np.float32) * (0.45 / w))[None, :]
+            else:
+                guide[..., 0] = (np.arange(h, dtype=np.float32) * (0.45 / h))[:, None]
+            return pm.inpaint_regularity(rgb, hole.astype(np.uint8), guide, patch_size=self.patch_size,
+                                         guide_weight=self.direction_guide)
         known = (~hole).astype(np.uint8) * 255
         if self.method == "shiftmap":
             bgr = np.ascontiguousarray(rgb[..., ::-1])
@@ -266,6 +293,55 @@ class ClassicalEngine:
         dst = rgb.copy()
         cv2.xphoto.inpaint(rgb, known, dst, flag)
         return dst
+
+
+def dominant_direction(rgb: np.ndarray, hole: np.ndarray, consensus: float = 0.55, tiles: int = 6,
+                       anisotropy: float = 0.7) -> str | None:
+    """``"vertical"`` or ``"horizontal"`` where the known surroundings have one dominant structure direction.
+
+    Grass, hair or wood grain run one way; PatchMatch, left alone, fills such a hole with copied chunks whose
+    seams cut across the stems (the demo's fill: horizontal streaks in vertical grass). The structure tensor
+    of the surroundings' band-pass (difference of Gaussians, sigma 2 and 20 px: a smooth ramp is no direction)
+    is taken per tile of a ``tiles`` x ``tiles`` grid over the known pixels (15 px clear of the hole); a
+    direction is dominant when at least ``consensus`` of the tiles have gradient energy across it below
+    ``anisotropy`` times the energy along it (a single edge through the window is not a texture).
+
+    Parameters
+    ----------
+    rgb : numpy.ndarray
+        H x W x 3 uint8 window.
+    hole : numpy.ndarray
+        H x W bool, True = to fill.
+
+    Returns
+    -------
+    str or None
+        ``"vertical"`` (structures run up-down: gradients are mostly horizontal), ``"horizontal"``, or None.
+    """
+    lum = rgb.astype(np.float32).mean(axis=2)
+    band = cv2.GaussianBlur(lum, (0, 0), 2.0) - cv2.GaussianBlur(lum, (0, 0), 20.0)
+    gxx = cv2.Sobel(band, cv2.CV_32F, 1, 0) ** 2
+    gyy = cv2.Sobel(band, cv2.CV_32F, 0, 1) ** 2
+    known = cv2.erode((~hole).astype(np.uint8), np.ones((15, 15), np.uint8)) > 0
+    h, w = hole.shape
+    vertical = horizontal = counted = 0
+    for i in range(tiles):
+        for j in range(tiles):
+            sl = (slice(i * h // tiles, (i + 1) * h // tiles), slice(j * w // tiles, (j + 1) * w // tiles))
+            k = known[sl]
+            if k.size == 0 or k.mean() < 0.5:
+                continue
+            counted += 1
+            ex, ey = float(gxx[sl][k].mean()), float(gyy[sl][k].mean())
+            vertical += ey < anisotropy * ex
+            horizontal += ex < anisotropy * ey
+    if counted < 4:
+        return None
+    if vertical >= consensus * counted:
+        return "vertical"
+    if horizontal >= consensus * counted:
+        return "horizontal"
+    return None
 
 
 def _restore_top_band(known_rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, scale: float,
@@ -314,8 +390,12 @@ def _lock_tone(known_rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, sigma:
     ``sigma`` (Gaussian, px) the fill's local mean, taken over hole pixels only, is replaced by that of a
     push-pull membrane of the known pixels (Gortler et al. 1996): the minimum-assumption interpolation of
     the surroundings, whose sources are the known pixels near the hole within ``3 tolerance`` of the fill's
-    local mean beside them (the roof beside a roof fill, not the sky beside it). Differences well above ``tolerance`` (8-bit levels, RMS over channels) are content, not
-    drift, and are dropped (by ``t⁴ / (t⁴ + d⁴)``). Computed on a copy reduced by ``sigma / 4``.
+    local mean beside them (the roof beside a roof fill, not the sky beside it). Differences well above
+    ``tolerance`` (8-bit levels, RMS over channels) are content, not drift, and are dropped (by
+    ``t⁴ / (t⁴ + d⁴)``). Where the membrane blends sources that disagree (its spread, from a membrane of the
+    squares, above about ``1.5 tolerance``: a red field and a pink one on either side of an edge) it is not
+    trusted either, by the same cut on the spread: otherwise a flat fill is pulled towards a tone neither
+    field has, a lighter or darker arc along the contour. Computed on a copy reduced by ``sigma / 4``.
     """
     h, w = hole.shape
     k = max(1, int(sigma // 4))
@@ -338,9 +418,18 @@ def _lock_tone(known_rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, sigma:
     sources = (hw_d <= 0.0) & (reach > 0.02) & (dist2 < (3.0 * tolerance) ** 2)
     if np.count_nonzero(sources) < 4:
         return fill
-    memb = push_pull_fill(known_d, sources)
+    # the membrane and the spread of the sources it blends (a membrane of the squares): where it blends
+    # distinct surroundings (a red field and a pink one beside the hole) its tone is neither's, and pulling a
+    # flat fill towards it leaves a lighter or darker arc; the correction is trusted where the sources agree
+    both = push_pull_fill(np.concatenate([known_d, known_d * known_d], axis=2), sources)
+    c = known_d.shape[2]
+    memb = both[..., :c]
+    spread2 = np.maximum(np.sum(both[..., c:] - memb * memb, axis=2, keepdims=True) / c, 0.0)
     lo_memb = cv2.GaussianBlur(memb, (0, 0), s).reshape(lh, lw, -1)
+    spread2 = cv2.GaussianBlur(spread2, (0, 0), s).reshape(lh, lw, 1)
     diff = lo_memb - lo_fill
+    agree = (1.5 * tolerance) ** 4
+    diff *= agree / (agree + spread2 * spread2)
     # a drift (a few levels) is corrected fully; a difference in content (sky where a leaf was) is left alone,
     # so that the membrane does not smear the surroundings' colours into the fill
     size2 = np.sum(diff * diff, axis=2, keepdims=True) / diff.shape[2]

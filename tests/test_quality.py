@@ -231,7 +231,8 @@ def test_thresholds_are_configurable(scene):
     img, _, mask = scene
     edited = D.blurred_patch(img, mask, 1.5)
     assert assess(img, edited, mask).verdict == "fail"
-    lax = Thresholds(detail_min=0.0, noise_min=0.0, kept_detail_min=0.0, kept_noise_min=0.0)
+    lax = Thresholds(detail_min=0.0, noise_min=0.0, kept_detail_min=0.0, kept_noise_min=0.0,
+                     kept_coarse_detail_min=0.0)
     assert assess(img, edited, mask, thresholds=lax).verdict == "pass"
 
 

@@ -472,6 +472,17 @@ def detail_noise_consistency(
         d0, n0 = hf0.detail(inner_s), hf0.noise(inner_s)
         out["detail_ratio_original"] = (d_in + floor_d) / (d0 + floor_d)
         out["noise_ratio_original"] = (n_in + floor_n) / (n0 + floor_n)
+        # the next octave: the 3x3 Laplacian on the luminance shrunk by 2 (area averaging). A blur of sigma
+        # 0.5 px (invisible at 1:1, as a re-encode) lowers the finest octave only; sigma 1.5 lowers this one too
+        h2, w2 = inner.shape[0] // 2, inner.shape[1] // 2
+        if h2 >= 3 and w2 >= 3:
+            inner2 = _subsample(inner[: 2 * h2 : 2, : 2 * w2 : 2])
+            if inner2.any():
+                def half(g: np.ndarray) -> np.ndarray:
+                    return cv2.resize(g[: 2 * h2, : 2 * w2], (w2, h2), interpolation=cv2.INTER_AREA)
+
+                c_in, c0 = _HF(half(hf.g)).detail(inner2), _HF(half(hf0.g)).detail(inner2)
+                out["detail_ratio_coarse_original"] = (c_in + floor_d) / (c0 + floor_d)
     return out
 
 
@@ -1270,6 +1281,8 @@ def tone_step(
         den = float(np.sqrt(np.sum(he * he) * np.sum(ho * ho)))
         kept = float(np.sum(he * ho) / den) if den > 0 else 1.0
         out["tone_structure_kept"] = kept
+        out["content_kept"] = content_kept = _lowfreq_correlation(lumas[0][1], lumas[1][1], mask[y0:y1, x0:x1])
+        kept = max(kept, content_kept)
         if kept >= 0.8:
             offset_only = float(np.median(offset))
             out["tone_step_levels"], out["tone_step_signed"] = abs(offset_only), offset_only
@@ -1282,7 +1295,7 @@ def tone_step(
         best, where = -1.0, 0
         for i in range(len(edge)):
             sl = slice(max(0, i - 1), i + 2)
-            if offset is not None and out.get("tone_structure_kept", 0.0) >= 0.8:
+            if offset is not None and max(out.get("tone_structure_kept", 0.0), out.get("content_kept", 0.0)) >= 0.8:
                 v = abs(float(np.median(offset[sl])))
             else:
                 v, _ = visible(edge[sl], None if offset is None else offset[sl])
@@ -1290,6 +1303,129 @@ def tone_step(
                 best, where = v, i
         out["tone_step_worst"] = best
         out["tone_step_place"] = (int(round(centres[where, 0])), int(round(centres[where, 1])))
+    return out
+
+
+def _lowfreq_correlation(ge: np.ndarray, go: np.ndarray, mask: np.ndarray, *, depth: float = 12.0,
+                         floor: float = 0.5) -> float:
+    """Correlation of two low-passed luminances (8-bit levels) over ``mask`` eroded by ``depth`` px (the whole mask
+    when that leaves under 5% of it), each minus its mean; ``floor`` levels of variance are added to both, so two
+    flat patches do not correlate. About 1 when the edit kept the scene's layout under the mask (a retouch, a tone
+    or colour change, a blur, a regrain: only the fine scales or an offset changed), near 0 when it replaced it
+    (an object removal, a fill)."""
+    m = mask.astype(np.uint8)
+    deep = cv2.distanceTransform(np.pad(m, 1), cv2.DIST_L2, 3)[1:-1, 1:-1] > depth
+    region = deep if np.count_nonzero(deep) >= max(400, 0.05 * np.count_nonzero(m)) else mask.astype(bool)
+    region = _subsample(region, 200_000)
+    n = int(np.count_nonzero(region))
+    if n < 16:
+        return float("nan")
+    a = ge[region].astype(np.float64)
+    b = go[region].astype(np.float64)
+    a -= a.mean()
+    b -= b.mean()
+    den = math.sqrt((float(a @ a) + n * floor**2) * (float(b @ b) + n * floor**2))
+    return float(a @ b) / den
+
+
+def scene_steps(
+    edited: np.ndarray,
+    mask: np.ndarray,
+    band: int,
+    *,
+    forbidden: np.ndarray | None = None,
+    seed: int = 0,
+    cache: dict[str, Any] | None = None,
+    n_null: int = 24,
+    segment_px: int | None = None,
+) -> dict[str, Any]:
+    """How unusual the tone and colour difference across the contour is for this photo: the edit's inner vs outer
+    side against the same statistics on copies of the contour translated onto untouched parts of the image.
+
+    For an edit that replaced the content (a removal), the inside should look like the scene continues: the
+    difference across the contour is then whatever the scene does across a contour of this shape, which on a
+    contour crossing objects is not zero. The image low-passed as in the seam check's 8-px scale (shrunk by 4,
+    CIE Lab, Gaussian sigma 1 px there) is sampled ``D`` px inside and outside the contour (``D`` as in
+    :func:`tone_step`) and averaged per segment; per contour: ``L`` = median over segments of the L* step
+    (inside - outside), ``L_worst`` = the largest ``|median|`` over runs of three segments, ``E`` = CIEDE2000 of
+    the mean inner and mean outer colour. The same on up to ``n_null`` placements (chosen as the seam check's:
+    seeded offsets, every sample ``D + 8`` px clear of ``forbidden`` and of the mask). Returns ``scene_tone_z``
+    (``|L - median| / spread`` of the placements' ``L``), ``scene_tone_worst_z``, ``scene_colour_z`` (one-sided),
+    with the spread ``max(1.4826 MAD, floor)`` (floors 0.4 L*, 0.4 ΔE); the raw values (``scene_tone_lstar``,
+    ``scene_colour_delta_e``, their null medians) and ``scene_null_placements``. nan when fewer than
+    :data:`_NULL_MIN` placements fit.
+    """
+    nan = float("nan")
+    out: dict[str, Any] = {"scene_tone_z": nan, "scene_tone_worst_z": nan, "scene_colour_z": nan,
+                           "scene_null_placements": 0}
+    h, w = mask.shape
+    bb = mask_bbox(mask)
+    if bb is None:
+        return out
+    if segment_px is None:
+        segment_px = max(48, 2 * band)
+    D = float(max(3.0, min(max(8, band), 0.6 * _max_inradius(mask, bb))))
+    x0, y0, x1, y1 = _crop_box(mask.shape, bb, 4)
+    contour = sample_contour(mask[y0:y1, x0:x1], (x0, y0), step=3.0, segment_px=segment_px)
+    p = contour.points
+    keep = (p[:, 0] - D >= 0) & (p[:, 0] + D < w) & (p[:, 1] - D >= 0) & (p[:, 1] + D < h)
+    if keep.sum() < 8:
+        return out
+    pts, nrm = p[keep], contour.normals[keep]
+    uniq, seg = np.unique(contour.segments[keep], return_inverse=True)
+    nseg = len(uniq)
+    if cache is not None and "dist" in cache:
+        dist, f = cache["dist"]
+    else:
+        dist, f = _forbidden_distance(mask, 0, forbidden, max(2, int(min(h, w) // 256)))
+        if cache is not None:
+            cache["dist"] = (dist, f)
+    pyr = cache.setdefault("pyramid", _Pyramid(edited)) if cache is not None else _Pyramid(edited)
+    lab, q = pyr.level(8)
+    rng = np.random.default_rng(seed + 1)
+    placements = _choose_placements(Contour(pts, nrm, seg, nseg), dist, f, (h, w), D + 8.0, n_null, rng)
+
+    def stats(pp: np.ndarray, nn: np.ndarray, ss: np.ndarray) -> tuple[float, float, float]:
+        vi = _sample(lab, pp - D * nn, q).astype(np.float64)[:, :3]
+        vo = _sample(lab, pp + D * nn, q).astype(np.float64)[:, :3]
+        cnt = np.bincount(ss, minlength=nseg)
+        good = cnt >= 2
+        if good.sum() < 1:
+            return nan, nan, nan
+        mi = np.stack([np.bincount(ss, weights=vi[:, i], minlength=nseg) for i in range(vi.shape[1])], 1)[good]
+        mo = np.stack([np.bincount(ss, weights=vo[:, i], minlength=nseg) for i in range(vo.shape[1])], 1)[good]
+        mi /= cnt[good, None]
+        mo /= cnt[good, None]
+        dl = mi[:, 0] - mo[:, 0]
+        worst = abs(float(np.median(dl)))
+        for i in range(len(dl)):
+            worst = max(worst, abs(float(np.median(dl[max(0, i - 1) : i + 2]))))
+        wseg = cnt[good].astype(np.float64)
+        if mi.shape[1] >= 3:
+            de = float(ciede2000(np.average(mi, 0, wseg), np.average(mo, 0, wseg)))
+        else:
+            de = abs(float(np.average(dl, weights=wseg)))
+        return float(np.median(dl)), worst, de
+
+    real = stats(pts, nrm, seg)
+    out["scene_tone_lstar"], out["scene_tone_worst_lstar"], out["scene_colour_delta_e"] = real
+    out["scene_null_placements"] = len(placements)
+    if len(placements) < _NULL_MIN:
+        return out
+    null = np.array([stats(pts[v] + o, nrm[v], seg[v]) for o, v in placements])
+    null = null[np.isfinite(null).all(axis=1)]
+    if len(null) < _NULL_MIN:
+        return out
+
+    def z(value: float, ns: np.ndarray, floor: float, two_sided: bool) -> tuple[float, float]:
+        med = float(np.median(ns))
+        sd = max(1.4826 * float(np.median(np.abs(ns - med))), floor)
+        zz = (value - med) / sd
+        return (abs(zz) if two_sided else zz), med
+
+    out["scene_tone_z"], out["scene_tone_null"] = z(real[0], null[:, 0], 0.4, True)
+    out["scene_tone_worst_z"], out["scene_tone_worst_null"] = z(real[1], null[:, 1], 0.4, False)
+    out["scene_colour_z"], out["scene_colour_null"] = z(real[2], null[:, 2], 0.4, False)
     return out
 
 
@@ -1362,12 +1498,15 @@ def straight_edges(
     texture averages out further) gives ``grid_step_max``, ``grid_step_null`` and ``grid_lines``: the largest
     number of added parallel lines stronger than ``grid_step_min`` levels that sit on one regular lattice (a
     common spacing, +-3 px) -- tile seams do, natural straight lines (stems, horizons) do not. ``edge_place`` /
-    ``grid_place``: (x, y) of the strongest.
+    ``grid_place``: (x, y) of the strongest. ``edge_step_raw``, ``edge_break_raw``, ``grid_step_raw`` and
+    ``grid_lines_raw``: the same of the edit alone (not minus the original), for an edit that replaced the content
+    (the removed object's edges say nothing about the fill).
     """
     nan = float("nan")
     out: dict[str, Any] = {"edge_step_max": nan, "edge_step_null": nan, "edge_break_max": nan,
                            "edge_break_null": nan, "edge_place": None, "grid_step_max": nan,
-                           "grid_step_null": nan, "grid_lines": 0, "grid_place": None}
+                           "grid_step_null": nan, "grid_lines": 0, "grid_place": None, "edge_step_raw": nan,
+                           "edge_break_raw": nan, "grid_step_raw": nan, "grid_lines_raw": 0}
     bb = mask_bbox(mask)
     if bb is None:
         return out
@@ -1389,9 +1528,9 @@ def straight_edges(
     g0 = lum(original) if original is not None else None
     zone = m if exclude is None else (m | exclude[y0:y1, x0:x1])
     far = cv2.distanceTransform((~zone).astype(np.uint8), cv2.DIST_L2, 3) > band + 4
-    acc: dict[str, list] = {k: [] for k in ("es", "eb", "ns", "nb", "gs", "gn")}
+    acc: dict[str, list] = {k: [] for k in ("es", "eb", "ns", "nb", "gs", "gn", "rs", "rb", "rg")}
     places: dict[str, tuple[float, Any]] = {"edge": (-1.0, None), "grid": (-1.0, None)}
-    lines = 0
+    lines = lines_raw = 0
     for axis in (0, 1):
         tr = (lambda a: a) if axis == 0 else (lambda a: np.ascontiguousarray(a.T))
         gg, ii, ff = tr(g), tr(inner), tr(far)
@@ -1425,6 +1564,12 @@ def straight_edges(
                     acc["nb"].append(float(np.percentile(brk[vnull], 99.9)))
             if not vin.any():
                 continue
+            # the edit's own straightness inside (judged against the surroundings when the content was replaced)
+            acc["rs" if tag == "edge" else "rg"].append(float(np.where(vin, step, -np.inf).max()))
+            if brk is not None:
+                acc["rb"].append(float(np.where(vin & np.isfinite(brk), brk, -np.inf).max()))
+            if tag == "grid":
+                lines_raw = max(lines_raw, _regular_lines(np.where(vin, step, -np.inf).max(axis=1), grid_step_min))
             if do is not None:
                 step0, brk0 = _line_stats(do[0], do[1], L, with_break=tag == "edge")
                 step = step - step0
@@ -1442,10 +1587,12 @@ def straight_edges(
                 yy, xx = int(yx[0]), int(yx[1])
                 places[tag] = (float(s_in[yx]), (x0 + xx, y0 + yy) if axis == 0 else (x0 + yy, y0 + xx))
     for key, name in (("es", "edge_step_max"), ("eb", "edge_break_max"), ("gs", "grid_step_max"),
-                      ("ns", "edge_step_null"), ("nb", "edge_break_null"), ("gn", "grid_step_null")):
+                      ("ns", "edge_step_null"), ("nb", "edge_break_null"), ("gn", "grid_step_null"),
+                      ("rs", "edge_step_raw"), ("rb", "edge_break_raw"), ("rg", "grid_step_raw")):
         if acc[key]:
             out[name] = max(acc[key])
     out["grid_lines"] = lines
+    out["grid_lines_raw"] = lines_raw
     out["edge_place"] = places["edge"][1]
     out["grid_place"] = places["grid"][1]
     return out

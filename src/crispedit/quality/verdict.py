@@ -66,6 +66,11 @@ class Thresholds:
     kept_detail_max: float = 1.30
     kept_noise_min: float = 0.85
     kept_noise_max: float = 1.30
+    #: kept content: the next octave's detail (``detail_ratio_coarse_original``) must stay above this
+    kept_coarse_detail_min: float = 0.90
+    #: replaced content (a removal): a tone or colour step across the contour passes when it is within this many
+    #: robust spreads of what the scene does across the same contour placed on untouched parts of the photo
+    scene_z_max: float = 3.0
     #: ΔE2000 of the inner side's colour against the original's (or the outer side's, after a removal)
     colour_delta_e_max: float = 2.0
     #: luminance step along the outline (8-bit levels, median over the contour; metrics.tone_step)
@@ -358,10 +363,23 @@ def _measure_unit(original: np.ndarray, edited: np.ndarray, m: np.ndarray, band:
     t = time.perf_counter()
     metrics.update(M.tone_step(original, edited, m, band))
     tick("tone", t)
+    if not _kept(metrics, max(0.9, DEFAULT_THRESHOLDS.kept_structure_min)):
+        # the content was replaced (a removal): how unusual its tone and colour step is for this photo
+        t = time.perf_counter()
+        metrics.update(M.scene_steps(edited, m, band, forbidden=zone, seed=seed, cache=cache))
+        tick("scene", t)
     t = time.perf_counter()
     metrics.update(M.straight_edges(original, edited, m, band, exclude=zone))
     tick("edges", t)
     return metrics, seam.worst_places, seam.notes
+
+
+def _kept(metrics: dict[str, Any], kept_min: float) -> bool:
+    """Did the edit keep the content under the mask (a retouch: compare with what was there) rather than replace
+    it (a removal: compare with what the scene does)? The larger of the fine-structure and the low-frequency
+    correlation with the original (``tone_structure_kept``, ``content_kept``) is at least ``kept_min``."""
+    vals = [v for v in (metrics.get("tone_structure_kept"), metrics.get("content_kept")) if _finite(v)]
+    return bool(vals) and max(vals) >= kept_min
 
 
 def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th: Thresholds, index: int,  # noqa: C901 - to be split (issue 12)
@@ -409,10 +427,14 @@ def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th
     else:
         checks["seam_local_max"] = "n/a"
     # --- tone step (ghost: a darker or lighter disc)
+    replaced = not _kept(metrics, th.kept_structure_min)
+    scene_ok = {k: replaced and _finite(metrics.get(k)) and metrics[k] <= th.scene_z_max
+                for k in ("scene_tone_z", "scene_tone_worst_z", "scene_colour_z")}
     v = metrics.get("tone_step_levels")
     if _finite(v):
         place = metrics.get("tone_step_place") or None
-        ok = v <= th.tone_step_max
+        # a removal's inside may differ from its outside as much as the scene does across such a contour
+        ok = v <= th.tone_step_max or scene_ok["scene_tone_z"]
         checks["tone_step_levels"] = "pass" if ok else "fail"
         if not ok:
             sign = metrics.get("tone_step_signed")
@@ -422,7 +444,7 @@ def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th
                 place)
         lv = metrics.get("tone_step_worst")
         if _finite(lv):
-            okl = lv <= th.tone_step_local_max
+            okl = lv <= th.tone_step_local_max or scene_ok["scene_tone_worst_z"]
             checks["tone_step_worst"] = "pass" if okl else "fail"
             if not okl and ok:
                 add("ghost", "tone_step_worst", lv, th.tone_step_local_max,
@@ -444,15 +466,21 @@ def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th
                 unmeasured.append(f"{name}: no ring of untouched pixels around it to compare detail and grain")
             continue
         alt = metrics.get(key + "_original")
-        kept = _finite(metrics.get("tone_structure_kept")) and metrics["tone_structure_kept"] >= th.kept_structure_min
+        kept = not replaced
         if kept and _finite(alt):
             # the content was kept: it must keep its own sharpness and grain
             klo, khi = ((th.kept_detail_min, th.kept_detail_max) if key == "detail_ratio"
                         else (th.kept_noise_min, th.kept_noise_max))
-            if klo <= alt <= khi:
+            coarse = metrics.get("detail_ratio_coarse_original") if key == "detail_ratio" else None
+            if klo <= alt <= khi and not (_finite(coarse) and coarse < th.kept_coarse_detail_min):
                 checks[key] = "pass"
                 continue
             checks[key] = "fail"
+            if klo <= alt <= khi:  # the finest octave kept, the next one lost: a blur of more than half a px
+                add(low[0], "detail_ratio_coarse_original", coarse, th.kept_coarse_detail_min,
+                    f"the edit is blurrier than what was there: detail_ratio_coarse_original {coarse:.2f} < "
+                    f"{th.kept_coarse_detail_min:g}", metrics.get("inner_centre"))
+                continue
             (kind, what), limit, cmp = (low, klo, "<") if alt < klo else (high, khi, ">")
             what = what.replace("its surroundings", "what was there")
             add(kind, key + "_original", alt, limit, f"the edit is {what}: {key}_original {alt:.2f} {cmp} {limit:g}",
@@ -476,7 +504,8 @@ def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th
         before = metrics.get("colour_delta_e_before")
         had_object = not _finite(before) or before > th.colour_delta_e_max
         key, val = ("colour_delta_e", v) if had_object or not _finite(alt) else ("colour_delta_e_original", alt)
-        ok = val <= th.colour_delta_e_max or (_finite(alt) and alt <= th.colour_delta_e_max)
+        ok = (val <= th.colour_delta_e_max or (_finite(alt) and alt <= th.colour_delta_e_max)
+              or scene_ok["scene_colour_z"])
         checks["colour_delta_e"] = "pass" if ok else "fail"
         if not ok:
             add("colour_cast", key, val, th.colour_delta_e_max,
@@ -485,8 +514,12 @@ def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th
     else:
         checks["colour_delta_e"] = "n/a"
     # --- straight hard edges inside the fill: a pasted block, a grid
-    s_in, s_null = metrics.get("edge_step_max"), metrics.get("edge_step_null")
-    b_in, b_null = metrics.get("edge_break_max"), metrics.get("edge_break_null")
+    # what the edit added (minus the original at the same place) ... or, when it replaced the content, the fill's
+    # own straight edges (the removed object's say nothing about it): either against the surroundings' own
+    sfx = "_raw" if replaced and _finite(metrics.get("edge_step_raw")) else ""
+    s_key, b_key, g_key = "edge_step" + (sfx or "_max"), "edge_break" + (sfx or "_max"), "grid_lines" + sfx
+    s_in, s_null = metrics.get(s_key), metrics.get("edge_step_null")
+    b_in, b_null = metrics.get(b_key), metrics.get("edge_break_null")
     if _finite(s_in) and _finite(s_null):
         lim_s = max(th.edge_step_min, th.edge_step_factor * s_null)
         lim_b = b_null + th.edge_break_margin if _finite(b_null) else float("inf")
@@ -495,18 +528,18 @@ def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th
         bad_break = _finite(b_in) and b_in > lim_b
         checks["edge_step_max"] = "fail" if bad_step else "pass"
         checks["edge_break_max"] = "fail" if bad_break else "pass"
-        glines = int(metrics.get("grid_lines") or 0)
+        glines = int(metrics.get(g_key) or 0)
         checks["grid_lines"] = "fail" if glines >= th.grid_lines_min else "pass"
         if glines >= th.grid_lines_min:
-            add("grid", "grid_lines", glines, th.grid_lines_min,
+            add("grid", g_key, glines, th.grid_lines_min,
                 f"a grid of {glines} straight lines inside the fill (strongest {metrics.get('grid_step_max', 0):.1f}"
-                f" levels): grid_lines {glines} >= {th.grid_lines_min}", metrics.get("grid_place"))
+                f" levels): {g_key} {glines} >= {th.grid_lines_min}", metrics.get("grid_place"))
         elif bad_step:
-            add("block", "edge_step_max", s_in, lim_s,
-                f"a hard straight edge inside the fill: edge_step_max {s_in:.1f} > {lim_s:.1f} levels", place)
+            add("block", s_key, s_in, lim_s,
+                f"a hard straight edge inside the fill: {s_key} {s_in:.1f} > {lim_s:.1f} levels", place)
         elif bad_break:
-            add("block", "edge_break_max", b_in, lim_b,
-                f"a hard-edged block of other texture inside the fill: edge_break_max {b_in:.2f} > {lim_b:.2f}",
+            add("block", b_key, b_in, lim_b,
+                f"a hard-edged block of other texture inside the fill: {b_key} {b_in:.2f} > {lim_b:.2f}",
                 place)
     else:
         checks["edge_step_max"] = "n/a"

@@ -73,10 +73,15 @@ def _on_crop(fn, img: np.ndarray, m: np.ndarray, s: float, margin: int = 320, **
     return out
 
 
+#: planted defects (at their "clearly visible" strength) on top of a good removal: the checks of replaced content
+REMOVAL_DEFECTS = {"tone_step": 4.0, "tone_step_feathered": 4.0, "colour_cast": 3.0, "hard_block": 64.0,
+                   "grid_lines": 3.0, "blurred_patch": 1.5}
+
 GOOD = ("good_jpeg95", "good_blur0.5", "good_oracle", "retouch_jpeg95", "retouch_blur0.5")
 
 
-def good_edits(img: np.ndarray, m: np.ndarray, seed: int, kinds: list[str] | None):
+def good_edits(img: np.ndarray, m: np.ndarray, seed: int, kinds: list[str] | None,
+               removal_defects: list | None = None):
     """Good edits, each the second half of a paste-then-remove: the original given to the gate is the photo with
     foreign content pasted into the mask (:func:`crispedit.quality.defects.paste_seam`, opacity 1), and the edit
     returns the truth (the photo): re-compressed as JPEG q95, or blurred with sigma 0.5 px, inside a soft mask
@@ -95,6 +100,9 @@ def good_edits(img: np.ndarray, m: np.ndarray, seed: int, kinds: list[str] | Non
         if f"good_{how}" in want:
             yield f"good_{how}", pasted, _on_crop(lambda a, b, s, how=how: D.good_removal(
                 pasted_crop(a, b), a, b, how), img, m, 0)
+    if "good_jpeg95" in want and removal_defects is not None:
+        removal = _on_crop(lambda a, b, s: D.good_removal(pasted_crop(a, b), a, b, "jpeg95"), img, m, 0)
+        removal_defects.append((pasted, removal))
     if "good_oracle" in want:
         from oracle import OracleEngine
 
@@ -119,8 +127,18 @@ def cases(img: np.ndarray, m: np.ndarray, seed: int, kinds: list[str] | None, en
     if not kinds or "clean_edit_x2" in kinds:
         yield "clean", "clean_edit_x2", 0.0, False, img, _on_crop(
             lambda a, b, s: D.clean_edit(a, b, seed=seed + 1, extra_noise=None, feather=16), img, m, 0)
-    for kind, orig, ed in good_edits(img, m, seed, kinds):
+    removals: list = []
+    for kind, orig, ed in good_edits(img, m, seed, kinds, removals):
         yield "good", kind, 0.0, False, orig, ed
+    if not removals and (not kinds or any(k.startswith("removal_") for k in kinds)):
+        list(good_edits(img, m, seed, ["good_jpeg95"], removals))
+    for pasted, removal in removals[:1]:
+        # the replace path: a good removal (the truth at q95 over the pasted object) with a planted defect
+        for kind, s in REMOVAL_DEFECTS.items():
+            if kinds and f"removal_{kind}" not in kinds:
+                continue
+            fn, _, _, kw = D.PLANTED[kind]
+            yield "planted", f"removal_{kind}", float(s), True, pasted, _on_crop(fn, removal, m, s, **dict(kw))
     if (not kinds or "classical" in kinds) and engine:
         from crispedit.harness import edit
 

@@ -1483,6 +1483,7 @@ def straight_edges(
     grid_step_min: float = 1.5,
     depth: int = 4,
     exclude: np.ndarray | None = None,
+    corners: bool = False,
 ) -> dict[str, Any]:
     """Axis-aligned straight edges inside the mask that were not there and that the surroundings do not have.
 
@@ -1500,7 +1501,10 @@ def straight_edges(
     common spacing, +-3 px) -- tile seams do, natural straight lines (stems, horizons) do not. ``edge_place`` /
     ``grid_place``: (x, y) of the strongest. ``edge_step_raw``, ``edge_break_raw``, ``grid_step_raw`` and
     ``grid_lines_raw``: the same of the edit alone (not minus the original), for an edit that replaced the content
-    (the removed object's edges say nothing about the fill).
+    (the removed object's edges say nothing about the fill). With ``corners``: ``edge_corner_raw`` and
+    ``edge_corner_break_raw``, the largest ``min`` of the horizontal and the vertical statistic within
+    ``length + 16`` px of each other (a block's corner: two hard edges meet; a stem crossing the fill is one
+    direction), and their 99.9th percentiles on the surroundings (``edge_corner_null``, ``edge_corner_break_null``).
     """
     nan = float("nan")
     out: dict[str, Any] = {"edge_step_max": nan, "edge_step_null": nan, "edge_break_max": nan,
@@ -1531,6 +1535,7 @@ def straight_edges(
     acc: dict[str, list] = {k: [] for k in ("es", "eb", "ns", "nb", "gs", "gn", "rs", "rb", "rg")}
     places: dict[str, tuple[float, Any]] = {"edge": (-1.0, None), "grid": (-1.0, None)}
     lines = lines_raw = 0
+    cmaps: list[tuple[np.ndarray, ...]] = []
     for axis in (0, 1):
         tr = (lambda a: a) if axis == 0 else (lambda a: np.ascontiguousarray(a.T))
         gg, ii, ff = tr(g), tr(inner), tr(far)
@@ -1562,6 +1567,12 @@ def straight_edges(
                 acc["ns" if tag == "edge" else "gn"].append(q)
                 if brk is not None:
                     acc["nb"].append(float(np.percentile(brk[vnull], 99.9)))
+            if corners and tag == "edge":
+                back = (lambda a: a) if axis == 0 else (lambda a: np.ascontiguousarray(a.T))
+                cmaps.append((back(np.where(vin, step, -np.inf).astype(np.float32)),
+                              back(np.where(vin & np.isfinite(brk), brk, -np.inf).astype(np.float32)),
+                              back(np.where(vnull, step, -np.inf).astype(np.float32)),
+                              back(np.where(vnull & np.isfinite(brk), brk, -np.inf).astype(np.float32))))
             if not vin.any():
                 continue
             # the edit's own straightness inside (judged against the surroundings when the content was replaced)
@@ -1593,6 +1604,19 @@ def straight_edges(
             out[name] = max(acc[key])
     out["grid_lines"] = lines
     out["grid_lines_raw"] = lines_raw
+    if len(cmaps) == 2:
+        # a pasted block has a horizontal and a vertical edge meeting at a corner; a stem or a horizon crossing
+        # the fill has one direction only
+        k = np.ones((length + 16, length + 16), np.uint8)
+        for i, name in enumerate(("edge_corner_raw", "edge_corner_break_raw", "edge_corner_null",
+                                  "edge_corner_break_null")):
+            c = np.minimum(cv2.dilate(cmaps[0][i], k), cv2.dilate(cmaps[1][i], k))
+            if i < 2:
+                v = float(c.max())
+            else:
+                cc = c[np.isfinite(c)]
+                v = float(np.percentile(cc, 99.9)) if cc.size > 100 else nan
+            out[name] = v if math.isfinite(v) else nan
     out["edge_place"] = places["edge"][1]
     out["grid_place"] = places["grid"][1]
     return out

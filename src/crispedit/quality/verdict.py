@@ -369,7 +369,8 @@ def _measure_unit(original: np.ndarray, edited: np.ndarray, m: np.ndarray, band:
         metrics.update(M.scene_steps(edited, m, band, forbidden=zone, seed=seed, cache=cache))
         tick("scene", t)
     t = time.perf_counter()
-    metrics.update(M.straight_edges(original, edited, m, band, exclude=zone))
+    metrics.update(M.straight_edges(original, edited, m, band, exclude=zone,
+                                    corners=not _kept(metrics, max(0.9, DEFAULT_THRESHOLDS.kept_structure_min))))
     tick("edges", t)
     return metrics, seam.worst_places, seam.notes
 
@@ -516,8 +517,11 @@ def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th
     # --- straight hard edges inside the fill: a pasted block, a grid
     # what the edit added (minus the original at the same place) ... or, when it replaced the content, the fill's
     # own straight edges (the removed object's say nothing about it): either against the surroundings' own
-    sfx = "_raw" if replaced and _finite(metrics.get("edge_step_raw")) else ""
-    s_key, b_key, g_key = "edge_step" + (sfx or "_max"), "edge_break" + (sfx or "_max"), "grid_lines" + sfx
+    s_key, b_key, g_key = "edge_step_max", "edge_break_max", "grid_lines"
+    if replaced and _finite(metrics.get("edge_corner_raw")):
+        # a fill: the removed object's edges say nothing; a block's corner (a horizontal and a vertical hard edge
+        # meeting) is what a natural straight edge crossing the fill (a stem, a horizon) does not have
+        s_key, b_key, g_key = "edge_corner_raw", "edge_corner_break_raw", "grid_lines_raw"
     s_in, s_null = metrics.get(s_key), metrics.get("edge_step_null")
     b_in, b_null = metrics.get(b_key), metrics.get("edge_break_null")
     if _finite(s_in) and _finite(s_null):

@@ -633,6 +633,59 @@ def _sample(img: np.ndarray, xy: np.ndarray, q: float) -> np.ndarray:
     return out[:n]
 
 
+_LP_TILE = 48
+
+
+def _filtered_at(img: np.ndarray, fn: Any, halo: int, xy: np.ndarray, *, tile: int = _LP_TILE) -> np.ndarray:
+    """Bilinear samples at full-image positions ``xy`` (N, 2: x, y) of ``fn(img)``, where ``fn`` is a local filter
+    (reaching at most ``halo`` px, with reflected borders, returning H x W [x C] float32), computed only on the
+    ``tile``-px tiles that hold points (plus the halo). The same values as ``fn`` on the whole image, up to float
+    rounding, at a cost that follows the points, not the image: a mask of scattered dust spots no longer costs
+    whole-image filters. Returns (N, C) float32."""
+    h, w = img.shape[:2]
+    n = len(xy)
+    ntx = (w - 1) // tile + 1
+    tx = np.clip(np.floor(xy[:, 0]).astype(np.int64) // tile, 0, ntx - 1)
+    ty = np.clip(np.floor(xy[:, 1]).astype(np.int64) // tile, 0, (h - 1) // tile)
+    key = ty * ntx + tx
+    order = np.argsort(key, kind="stable")
+    ks = key[order]
+    cuts = np.flatnonzero(np.diff(ks)) + 1
+    out: np.ndarray | None = None
+    for a, b in zip(np.r_[0, cuts], np.r_[cuts, n]):
+        idx = order[a:b]
+        cy, cx = divmod(int(ks[a]), ntx)
+        x0, y0 = max(0, cx * tile - halo), max(0, cy * tile - halo)
+        x1, y1 = min(w, (cx + 1) * tile + 1 + halo), min(h, (cy + 1) * tile + 1 + halo)
+        sub = fn(img[y0:y1, x0:x1])
+        if sub.ndim == 2:
+            sub = sub[:, :, None]
+        v = _sample(sub, xy[idx] - np.array([x0, y0], np.float32), 1.0)
+        if out is None:
+            out = np.empty((n, v.shape[1]), np.float32)
+        out[idx] = v
+    return out if out is not None else np.zeros((0, 1), np.float32)
+
+
+def _luma_lowpass(sigma: float) -> Any:
+    """A tile filter for :func:`_filtered_at`: the luminance in 8-bit levels, Gaussian-blurred by ``sigma`` px."""
+    def fn(a: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(_luma_levels(a), (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    return fn
+
+
+def _lab_lowpass(sigma: float) -> Any:
+    """A tile filter for :func:`_filtered_at`: CIE Lab (float32), Gaussian-blurred by ``sigma`` px."""
+    def fn(a: np.ndarray) -> np.ndarray:
+        lab = rgb_to_lab(colour_channels(np.ascontiguousarray(a if a.ndim == 2 else a[:, :, : min(3, a.shape[2])])))
+        return cv2.GaussianBlur(lab, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    return fn
+
+
+def _halo(sigma: float) -> int:
+    return int(math.ceil(4.0 * sigma)) + 2
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # seam visibility
 # ----------------------------------------------------------------------------------------------------------------
@@ -973,19 +1026,6 @@ def _max_inradius(mask: np.ndarray, bb: tuple[int, int, int, int]) -> float:
     return float(dt.max()) * k
 
 
-def _lowpass_lab(crop: np.ndarray, sigma: float) -> tuple[np.ndarray, float]:
-    """Lab of ``crop`` (as loaded) low-passed with a Gaussian of ``sigma`` px, at 1/q size; returns (lab, q)."""
-    q = max(1, int(sigma // 3))
-    src = np.ascontiguousarray(crop if crop.ndim == 2 else crop[:, :, : min(3, crop.shape[2])])
-    if q > 1:
-        small = cv2.resize(src, (max(1, src.shape[1] // q), max(1, src.shape[0] // q)), interpolation=cv2.INTER_AREA)
-        qx = src.shape[1] / small.shape[1]
-    else:
-        small, qx = src, 1.0
-    lab = cv2.GaussianBlur(rgb_to_lab(colour_channels(small)), (0, 0), sigma / qx, borderType=cv2.BORDER_REFLECT)
-    return lab, qx
-
-
 def colour_consistency(
     original: np.ndarray | None,
     edited: np.ndarray,
@@ -1026,7 +1066,6 @@ def colour_consistency(
     p = contour.points
     if len(p) < 4:
         return nan
-    lab, qx = _lowpass_lab(edited[y0:y1, x0:x1], sigma)
     local = p - np.array([x0, y0], np.float32)
     pin = local - D * contour.normals
     pout = local + D * contour.normals
@@ -1038,8 +1077,12 @@ def colour_consistency(
     )
     if ok.sum() < 4:
         return nan
-    inner = _sample(lab, pin[ok], qx).astype(np.float64)
-    outer = _sample(lab, pout[ok], qx).astype(np.float64)
+    # the low-passed Lab only on tiles around the samples (full-image positions)
+    org = np.array([x0, y0], np.float32)
+    both = np.concatenate([pin[ok], pout[ok]]) + org
+    lp = _lab_lowpass(sigma)
+    v = _filtered_at(edited, lp, _halo(sigma), both).astype(np.float64)
+    inner, outer = v[: int(ok.sum())], v[int(ok.sum()) :]
     seg = contour.segments[ok]
     nseg = contour.n_segments
     cnt = np.bincount(seg, minlength=nseg)
@@ -1057,9 +1100,8 @@ def colour_consistency(
         "colour_delta_e_original": float("nan"),
     }
     if original is not None:
-        lab0, _ = _lowpass_lab(original[y0:y1, x0:x1], sigma)
-        m0 = seg_mean(_sample(lab0, pin[ok], qx).astype(np.float64))
-        mo0 = seg_mean(_sample(lab0, pout[ok], qx).astype(np.float64))
+        v0 = _filtered_at(original, lp, _halo(sigma), both).astype(np.float64)
+        m0, mo0 = seg_mean(v0[: int(ok.sum())]), seg_mean(v0[int(ok.sum()) :])
         shift = np.median(mi - m0, axis=0)
         ref = np.average(m0, 0, wseg)
         out["colour_delta_e_original"] = float(ciede2000(ref, ref + shift))
@@ -1240,14 +1282,25 @@ def tone_step(
     good = cnt >= 2
 
     lumas: list[tuple[np.ndarray, np.ndarray]] = []
+    # the inside pixels (thinned) where kept-or-replaced is decided, and how deep each lies
+    msk = mask[y0:y1, x0:x1]
+    deep = _deep_region(msk, 12.0)
+    iys, ixs = np.nonzero(_subsample(msk, 200_000))
+    dys, dxs = np.nonzero(deep)
+    n_in = len(iys)
+    px = np.concatenate([np.stack([ixs, iys], 1), np.stack([dxs, dys], 1)]).astype(np.float32) + np.array([x0, y0],
+                                                                                                        np.float32)
+    nok = int(ok.sum())
+    org = np.array([x0, y0], np.float32)
+    pts = np.concatenate([pin[ok] + org, pout[ok] + org, px])
+    lp = _luma_lowpass(sigma)
 
     def per_seg(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        raw = _luma_levels(img[y0:y1, x0:x1])
-        g = cv2.GaussianBlur(raw, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-        lumas.append((raw, g))
-        g = g[:, :, None]
-        vi = _sample(g, pin[ok], 1.0)[:, 0].astype(np.float64)
-        vo = _sample(g, pout[ok], 1.0)[:, 0].astype(np.float64)
+        v = _filtered_at(img, lp, _halo(sigma), pts)[:, 0]
+        vi, vo = v[:nok].astype(np.float64), v[nok : 2 * nok].astype(np.float64)
+        ipx = px[:n_in].astype(np.int64)
+        raw = _luma_levels(np.ascontiguousarray(img[ipx[:, 1], ipx[:, 0]][None]))[0]
+        lumas.append((raw - v[2 * nok : 2 * nok + n_in], v[2 * nok + n_in :]))
         si = np.bincount(seg, weights=vi, minlength=nseg)[good] / cnt[good]
         so = np.bincount(seg, weights=vo, minlength=nseg)[good] / cnt[good]
         return si, so
@@ -1275,13 +1328,12 @@ def tone_step(
     if offset is not None:
         # was the inside kept (the original's own structure plus a smooth offset: a tone change, to be judged
         # against what was there) or replaced (a removal: to be judged against the outside)?
-        inside = _subsample(mask[y0:y1, x0:x1], 200_000)
-        (re, ge), (ro, go) = lumas
-        he, ho = (re - ge)[inside], (ro - go)[inside]
+        (he, ge), (ho, go) = lumas
+        he, ho = he.astype(np.float64), ho.astype(np.float64)
         den = float(np.sqrt(np.sum(he * he) * np.sum(ho * ho)))
         kept = float(np.sum(he * ho) / den) if den > 0 else 1.0
         out["tone_structure_kept"] = kept
-        out["content_kept"] = content_kept = _lowfreq_correlation(lumas[0][1], lumas[1][1], mask[y0:y1, x0:x1])
+        out["content_kept"] = content_kept = _lowfreq_correlation(ge, go)
         kept = max(kept, content_kept)
         if kept >= 0.8:
             offset_only = float(np.median(offset))
@@ -1306,24 +1358,32 @@ def tone_step(
     return out
 
 
-def _lowfreq_correlation(ge: np.ndarray, go: np.ndarray, mask: np.ndarray, *, depth: float = 12.0,
-                         floor: float = 0.5) -> float:
-    """Correlation of two low-passed luminances (8-bit levels) over ``mask`` eroded by ``depth`` px (the whole mask
-    when that leaves under 5% of it), each minus its mean; ``floor`` levels of variance are added to both, so two
-    flat patches do not correlate. About 1 when the edit kept the scene's layout under the mask (a retouch, a tone
-    or colour change, a blur, a regrain: only the fine scales or an offset changed), near 0 when it replaced it
-    (an object removal, a fill)."""
+def _deep_region(mask: np.ndarray, depth: float) -> np.ndarray:
+    """``mask`` eroded by ``depth`` px (distance on a 4x smaller copy, where a block counts when wholly inside),
+    thinned to about 200 000 px; the whole mask (thinned) when that leaves under 5% of it or 400 px."""
     m = mask.astype(np.uint8)
-    deep = cv2.distanceTransform(np.pad(m, 1), cv2.DIST_L2, 3)[1:-1, 1:-1] > depth
+    k = 4 if min(m.shape) >= 64 else 1
+    small = m if k == 1 else cv2.resize(m * 255, (m.shape[1] // k, m.shape[0] // k), interpolation=cv2.INTER_AREA)
+    dsmall = cv2.distanceTransform(np.pad((small >= (255 if k > 1 else 1)).astype(np.uint8), 1), cv2.DIST_L2, 3)
+    deep_s = dsmall[1:-1, 1:-1] * k > depth
+    deep = np.zeros(m.shape, bool)
+    deep[: deep_s.shape[0] * k, : deep_s.shape[1] * k] = np.repeat(np.repeat(deep_s, k, 0), k, 1)
+    deep &= mask.astype(bool)
     region = deep if np.count_nonzero(deep) >= max(400, 0.05 * np.count_nonzero(m)) else mask.astype(bool)
-    region = _subsample(region, 200_000)
-    n = int(np.count_nonzero(region))
+    return _subsample(region, 200_000)
+
+
+def _lowfreq_correlation(ge: np.ndarray, go: np.ndarray, *, floor: float = 0.5) -> float:
+    """Correlation of two low-passed luminances (8-bit levels, sampled at the same pixels: the mask eroded by
+    12 px, :func:`_deep_region`), each minus its mean; ``floor`` levels of variance are added to both, so two flat
+    patches do not correlate. About 1 when the edit kept the scene's layout under the mask (a retouch, a tone or
+    colour change, a blur, a regrain: only the fine scales or an offset changed), near 0 when it replaced it (an
+    object removal, a fill)."""
+    n = len(ge)
     if n < 16:
         return float("nan")
-    a = ge[region].astype(np.float64)
-    b = go[region].astype(np.float64)
-    a -= a.mean()
-    b -= b.mean()
+    a = ge.astype(np.float64) - float(np.mean(ge))
+    b = go.astype(np.float64) - float(np.mean(go))
     den = math.sqrt((float(a @ a) + n * floor**2) * (float(b @ b) + n * floor**2))
     return float(a @ b) / den
 
@@ -1472,6 +1532,37 @@ def _regular_lines(profile: np.ndarray, thr: float, tol: float = 3.0) -> int:
     return best
 
 
+def _inside_max(step: np.ndarray, brk: np.ndarray | None, vin: np.ndarray, acc: dict[str, list],
+                keys: tuple[str, str], grid_min: float | None) -> tuple[np.ndarray, int]:
+    """Append the largest step (and break) over the valid runs ``vin`` to ``acc[keys[0]]`` (``acc[keys[1]]``);
+    returns the step map inside (-inf elsewhere) and, with ``grid_min``, the lines on one lattice."""
+    s_in = np.where(vin, step, -np.inf)
+    acc[keys[0]].append(float(s_in.max()))
+    if brk is not None:
+        acc[keys[1]].append(float(np.where(vin & np.isfinite(brk), brk, -np.inf).max()))
+    return s_in, (_regular_lines(s_in.max(axis=1), grid_min) if grid_min is not None else 0)
+
+
+def _corner_stats(cmaps: list[tuple[np.ndarray, ...]], length: int) -> dict[str, float]:
+    """A pasted block has a horizontal and a vertical edge meeting at a corner; a stem or a horizon crossing the
+    fill has one direction only. ``cmaps``: per axis (horizontal lines, vertical lines), the step and break maps
+    inside and on the surroundings (-inf elsewhere); the corner statistic is the ``min`` of the two directions'
+    largest values within ``length + 16`` px."""
+    nan = float("nan")
+    out = {}
+    k = np.ones((length + 16, length + 16), np.uint8)
+    for i, name in enumerate(("edge_corner_raw", "edge_corner_break_raw", "edge_corner_null",
+                              "edge_corner_break_null")):
+        c = np.minimum(cv2.dilate(cmaps[0][i], k), cv2.dilate(cmaps[1][i], k))
+        if i < 2:
+            v = float(c.max())
+        else:
+            cc = c[np.isfinite(c)]
+            v = float(np.percentile(cc, 99.9)) if cc.size > 100 else nan
+        out[name] = v if math.isfinite(v) else nan
+    return out
+
+
 def straight_edges(
     original: np.ndarray | None,
     edited: np.ndarray,
@@ -1576,23 +1667,18 @@ def straight_edges(
             if not vin.any():
                 continue
             # the edit's own straightness inside (judged against the surroundings when the content was replaced)
-            acc["rs" if tag == "edge" else "rg"].append(float(np.where(vin, step, -np.inf).max()))
-            if brk is not None:
-                acc["rb"].append(float(np.where(vin & np.isfinite(brk), brk, -np.inf).max()))
-            if tag == "grid":
-                lines_raw = max(lines_raw, _regular_lines(np.where(vin, step, -np.inf).max(axis=1), grid_step_min))
+            _, n_raw = _inside_max(step, brk, vin, acc, ("rs", "rb") if tag == "edge" else ("rg", ""),
+                                   grid_step_min if tag == "grid" else None)
+            lines_raw = max(lines_raw, n_raw)
             if do is not None:
                 step0, brk0 = _line_stats(do[0], do[1], L, with_break=tag == "edge")
                 step = step - step0
                 if brk is not None:
                     with np.errstate(invalid="ignore"):
                         brk = brk - brk0
-            s_in = np.where(vin, step, -np.inf)
-            acc["es" if tag == "edge" else "gs"].append(float(s_in.max()))
-            if brk is not None:
-                acc["eb"].append(float(np.where(vin & np.isfinite(brk), brk, -np.inf).max()))
-            if tag == "grid":
-                lines = max(lines, _regular_lines(s_in.max(axis=1), grid_step_min))
+            s_in, n_lines = _inside_max(step, brk, vin, acc, ("es", "eb") if tag == "edge" else ("gs", ""),
+                                        grid_step_min if tag == "grid" else None)
+            lines = max(lines, n_lines)
             yx = np.unravel_index(int(np.argmax(s_in)), s_in.shape)
             if s_in[yx] > places[tag][0]:
                 yy, xx = int(yx[0]), int(yx[1])
@@ -1605,18 +1691,7 @@ def straight_edges(
     out["grid_lines"] = lines
     out["grid_lines_raw"] = lines_raw
     if len(cmaps) == 2:
-        # a pasted block has a horizontal and a vertical edge meeting at a corner; a stem or a horizon crossing
-        # the fill has one direction only
-        k = np.ones((length + 16, length + 16), np.uint8)
-        for i, name in enumerate(("edge_corner_raw", "edge_corner_break_raw", "edge_corner_null",
-                                  "edge_corner_break_null")):
-            c = np.minimum(cv2.dilate(cmaps[0][i], k), cv2.dilate(cmaps[1][i], k))
-            if i < 2:
-                v = float(c.max())
-            else:
-                cc = c[np.isfinite(c)]
-                v = float(np.percentile(cc, 99.9)) if cc.size > 100 else nan
-            out[name] = v if math.isfinite(v) else nan
+        out.update(_corner_stats(cmaps, length))
     out["edge_place"] = places["edge"][1]
     out["grid_place"] = places["grid"][1]
     return out

@@ -636,13 +636,19 @@ def _sample(img: np.ndarray, xy: np.ndarray, q: float) -> np.ndarray:
 _LP_TILE = 48
 
 
-def _filtered_at(img: np.ndarray, fn: Any, halo: int, xy: np.ndarray, *, tile: int = _LP_TILE) -> np.ndarray:
+def _filtered_at(img: np.ndarray, fn: Any, halo: int, xy: np.ndarray, *, tile: int = _LP_TILE, q: int = 1
+                 ) -> np.ndarray:
     """Bilinear samples at full-image positions ``xy`` (N, 2: x, y) of ``fn(img)``, where ``fn`` is a local filter
-    (reaching at most ``halo`` px, with reflected borders, returning H x W [x C] float32), computed only on the
-    ``tile``-px tiles that hold points (plus the halo). The same values as ``fn`` on the whole image, up to float
-    rounding, at a cost that follows the points, not the image: a mask of scattered dust spots no longer costs
-    whole-image filters. Returns (N, C) float32."""
+    (reaching at most ``halo`` px, with reflected borders, returning H x W [x C] float32 -- or, with ``q > 1``, an
+    image ``q`` times smaller: tiles are then cut at multiples of ``q``), computed only on the ``tile``-px tiles
+    that hold points (plus the halo). The same values as ``fn`` on the whole image, up to float rounding, at a cost
+    that follows the points, not the image: a mask of scattered dust spots no longer costs whole-image filters.
+    Returns (N, C) float32."""
     h, w = img.shape[:2]
+    halo = -(-halo // q) * q
+    tile = -(-tile // q) * q
+    if q > 1:
+        h, w = h - h % q, w - w % q
     n = len(xy)
     ntx = (w - 1) // tile + 1
     tx = np.clip(np.floor(xy[:, 0]).astype(np.int64) // tile, 0, ntx - 1)
@@ -657,10 +663,12 @@ def _filtered_at(img: np.ndarray, fn: Any, halo: int, xy: np.ndarray, *, tile: i
         cy, cx = divmod(int(ks[a]), ntx)
         x0, y0 = max(0, cx * tile - halo), max(0, cy * tile - halo)
         x1, y1 = min(w, (cx + 1) * tile + 1 + halo), min(h, (cy + 1) * tile + 1 + halo)
+        if q > 1:
+            x1, y1 = x1 - (x1 - x0) % q, y1 - (y1 - y0) % q
         sub = fn(img[y0:y1, x0:x1])
         if sub.ndim == 2:
             sub = sub[:, :, None]
-        v = _sample(sub, xy[idx] - np.array([x0, y0], np.float32), 1.0)
+        v = _sample(sub, xy[idx] - np.array([x0, y0], np.float32), float(q))
         if out is None:
             out = np.empty((n, v.shape[1]), np.float32)
         out[idx] = v
@@ -674,11 +682,14 @@ def _luma_lowpass(sigma: float) -> Any:
     return fn
 
 
-def _lab_lowpass(sigma: float) -> Any:
-    """A tile filter for :func:`_filtered_at`: CIE Lab (float32), Gaussian-blurred by ``sigma`` px."""
+def _lab_lowpass(sigma: float, q: int = 1) -> Any:
+    """A tile filter for :func:`_filtered_at`: shrunk ``q`` times (area averaging), CIE Lab (float32),
+    Gaussian-blurred by ``sigma`` full-resolution px."""
     def fn(a: np.ndarray) -> np.ndarray:
-        lab = rgb_to_lab(colour_channels(np.ascontiguousarray(a if a.ndim == 2 else a[:, :, : min(3, a.shape[2])])))
-        return cv2.GaussianBlur(lab, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+        a = np.ascontiguousarray(a if a.ndim == 2 else a[:, :, : min(3, a.shape[2])])
+        if q > 1:
+            a = cv2.resize(a, (a.shape[1] // q, a.shape[0] // q), interpolation=cv2.INTER_AREA)
+        return cv2.GaussianBlur(rgb_to_lab(colour_channels(a)), (0, 0), sigma / q, borderType=cv2.BORDER_REFLECT)
     return fn
 
 
@@ -1026,6 +1037,19 @@ def _max_inradius(mask: np.ndarray, bb: tuple[int, int, int, int]) -> float:
     return float(dt.max()) * k
 
 
+def _inradius_upper(mask: np.ndarray, bb: tuple[int, int, int, int], k: int = 4) -> float:
+    """An upper bound of the largest distance from a mask pixel to the outside, from the ``k`` x ``k`` blocks wholly
+    inside the mask (cheap on a mask of scattered spots over a large box)."""
+    sub = mask[bb[1] : bb[3], bb[0] : bb[2]].astype(np.uint8) * 255
+    hs, ws = sub.shape[0] // k, sub.shape[1] // k
+    if hs < 1 or ws < 1:
+        return float(max(sub.shape))
+    full = cv2.resize(sub[: hs * k, : ws * k], (ws, hs), interpolation=cv2.INTER_AREA) >= 255
+    d = float(cv2.distanceTransform(np.pad(full.astype(np.uint8), 1), cv2.DIST_L2, 3).max()) if full.any() else 0.0
+    # a pixel in a partial block lies within k sqrt 2 of the outside; the remainder rows/columns likewise
+    return max(k * math.sqrt(2.0), (d + 1.0) * k * math.sqrt(2.0)) + k * (sub.shape[0] % k > 0 or sub.shape[1] % k > 0)
+
+
 def colour_consistency(
     original: np.ndarray | None,
     edited: np.ndarray,
@@ -1080,8 +1104,9 @@ def colour_consistency(
     # the low-passed Lab only on tiles around the samples (full-image positions)
     org = np.array([x0, y0], np.float32)
     both = np.concatenate([pin[ok], pout[ok]]) + org
-    lp = _lab_lowpass(sigma)
-    v = _filtered_at(edited, lp, _halo(sigma), both).astype(np.float64)
+    q = max(1, int(sigma // 3))  # the low-pass on a copy q times smaller (as sharp as it needs to be)
+    lp = _lab_lowpass(sigma, q)
+    v = _filtered_at(edited, lp, _halo(sigma), both, q=q).astype(np.float64)
     inner, outer = v[: int(ok.sum())], v[int(ok.sum()) :]
     seg = contour.segments[ok]
     nseg = contour.n_segments
@@ -1100,7 +1125,7 @@ def colour_consistency(
         "colour_delta_e_original": float("nan"),
     }
     if original is not None:
-        v0 = _filtered_at(original, lp, _halo(sigma), both).astype(np.float64)
+        v0 = _filtered_at(original, lp, _halo(sigma), both, q=q).astype(np.float64)
         m0, mo0 = seg_mean(v0[: int(ok.sum())]), seg_mean(v0[int(ok.sum()) :])
         shift = np.median(mi - m0, axis=0)
         ref = np.average(m0, 0, wseg)
@@ -1592,7 +1617,8 @@ def straight_edges(
     common spacing, +-3 px) -- tile seams do, natural straight lines (stems, horizons) do not. ``edge_place`` /
     ``grid_place``: (x, y) of the strongest. ``edge_step_raw``, ``edge_break_raw``, ``grid_step_raw`` and
     ``grid_lines_raw``: the same of the edit alone (not minus the original), for an edit that replaced the content
-    (the removed object's edges say nothing about the fill). With ``corners``: ``edge_corner_raw`` and
+    (the removed object's edges say nothing about the fill); ``grid_lines_null``: the lines on one lattice in the
+    surroundings (the scene's own pattern, which a fill may continue). With ``corners``: ``edge_corner_raw`` and
     ``edge_corner_break_raw``, the largest ``min`` of the horizontal and the vertical statistic within
     ``length + 16`` px of each other (a block's corner: two hard edges meet; a stem crossing the fill is one
     direction), and their 99.9th percentiles on the surroundings (``edge_corner_null``, ``edge_corner_break_null``).
@@ -1605,6 +1631,8 @@ def straight_edges(
     bb = mask_bbox(mask)
     if bb is None:
         return out
+    if _inradius_upper(mask, bb) < math.hypot(length / 2.0, depth + 4.5):
+        return out  # no run's footprint (9 x length px, depth px inside) fits: small regions, dust
     grid_length = int(max(length, min(grid_length, min(bb[2] - bb[0], bb[3] - bb[1]) // 2)))
     margin = band + 4 + grid_length + 64
     x0, y0, x1, y1 = _crop_box(mask.shape, bb, margin)
@@ -1625,7 +1653,7 @@ def straight_edges(
     far = cv2.distanceTransform((~zone).astype(np.uint8), cv2.DIST_L2, 3) > band + 4
     acc: dict[str, list] = {k: [] for k in ("es", "eb", "ns", "nb", "gs", "gn", "rs", "rb", "rg")}
     places: dict[str, tuple[float, Any]] = {"edge": (-1.0, None), "grid": (-1.0, None)}
-    lines = lines_raw = 0
+    lines = lines_raw = lines_null = 0
     cmaps: list[tuple[np.ndarray, ...]] = []
     for axis in (0, 1):
         tr = (lambda a: a) if axis == 0 else (lambda a: np.ascontiguousarray(a.T))
@@ -1658,6 +1686,9 @@ def straight_edges(
                 acc["ns" if tag == "edge" else "gn"].append(q)
                 if brk is not None:
                     acc["nb"].append(float(np.percentile(brk[vnull], 99.9)))
+                if tag == "grid":  # the surroundings' own lattice of lines (a fence, tiles, a painted pattern)
+                    lines_null = max(lines_null, _regular_lines(np.where(vnull, step, -np.inf).max(axis=1),
+                                                                grid_step_min))
             if corners and tag == "edge":
                 back = (lambda a: a) if axis == 0 else (lambda a: np.ascontiguousarray(a.T))
                 cmaps.append((back(np.where(vin, step, -np.inf).astype(np.float32)),
@@ -1690,6 +1721,7 @@ def straight_edges(
             out[name] = max(acc[key])
     out["grid_lines"] = lines
     out["grid_lines_raw"] = lines_raw
+    out["grid_lines_null"] = lines_null
     if len(cmaps) == 2:
         out.update(_corner_stats(cmaps, length))
     out["edge_place"] = places["edge"][1]

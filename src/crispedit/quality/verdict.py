@@ -533,6 +533,8 @@ def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th
         checks["edge_step_max"] = "fail" if bad_step else "pass"
         checks["edge_break_max"] = "fail" if bad_break else "pass"
         glines = int(metrics.get(g_key) or 0)
+        if g_key == "grid_lines_raw" and int(metrics.get("grid_lines_null") or 0) >= th.grid_lines_min:
+            glines = 0  # a fill continuing the lattice its surroundings have
         checks["grid_lines"] = "fail" if glines >= th.grid_lines_min else "pass"
         if glines >= th.grid_lines_min:
             add("grid", g_key, glines, th.grid_lines_min,

@@ -1557,6 +1557,18 @@ def _regular_lines(profile: np.ndarray, thr: float, tol: float = 3.0) -> int:
     return best
 
 
+def _null_max(step: np.ndarray, brk: np.ndarray | None, vnull: np.ndarray, acc: dict[str, list],
+              keys: tuple[str, str], grid_min: float | None) -> int:
+    """The surroundings' own straightness: 99.9th percentiles of the step (and break) over the runs ``vnull``,
+    appended to ``acc``; with ``grid_min``, the lines on one lattice there (a fence, tiles, a painted pattern)."""
+    if vnull.sum() <= 100:
+        return 0
+    acc[keys[0]].append(float(np.percentile(step[vnull], 99.9)))
+    if brk is not None:
+        acc[keys[1]].append(float(np.percentile(brk[vnull], 99.9)))
+    return _regular_lines(np.where(vnull, step, -np.inf).max(axis=1), grid_min) if grid_min is not None else 0
+
+
 def _inside_max(step: np.ndarray, brk: np.ndarray | None, vin: np.ndarray, acc: dict[str, list],
                 keys: tuple[str, str], grid_min: float | None) -> tuple[np.ndarray, int]:
     """Append the largest step (and break) over the valid runs ``vin`` to ``acc[keys[0]]`` (``acc[keys[1]]``);
@@ -1680,15 +1692,8 @@ def straight_edges(
             vin = cv2.blur(ii9, k, borderType=cv2.BORDER_CONSTANT) > 0.999
             vnull = cv2.blur(ff9, k, borderType=cv2.BORDER_CONSTANT) > 0.999
             step, brk = _line_stats(de, ade, L, with_break=tag == "edge")
-            q = nan
-            if vnull.sum() > 100:
-                q = float(np.percentile(step[vnull], 99.9))
-                acc["ns" if tag == "edge" else "gn"].append(q)
-                if brk is not None:
-                    acc["nb"].append(float(np.percentile(brk[vnull], 99.9)))
-                if tag == "grid":  # the surroundings' own lattice of lines (a fence, tiles, a painted pattern)
-                    lines_null = max(lines_null, _regular_lines(np.where(vnull, step, -np.inf).max(axis=1),
-                                                                grid_step_min))
+            lines_null = max(lines_null, _null_max(step, brk, vnull, acc, ("ns", "nb") if tag == "edge" else
+                                                   ("gn", ""), grid_step_min if tag == "grid" else None))
             if corners and tag == "edge":
                 back = (lambda a: a) if axis == 0 else (lambda a: np.ascontiguousarray(a.T))
                 cmaps.append((back(np.where(vin, step, -np.inf).astype(np.float32)),

@@ -286,9 +286,11 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _units(mask: np.ndarray) -> list[tuple[str, int, np.ndarray]]:
-    """The mask's regions to judge: (name, index, full-size bool mask). The :data:`MAX_REGIONS` largest regions
-    of at least :data:`POOL_AREA` px one by one; the rest pooled into one unit."""
+def _units(mask: np.ndarray) -> list[tuple[str, int, np.ndarray, int]]:
+    """The mask's regions to judge: (name, index, full-size bool mask, default blend band). The
+    :data:`MAX_REGIONS` largest regions of at least :data:`POOL_AREA` px one by one; the rest pooled into one unit.
+    A region's band is ``max(32, 4% of its bounding box's diagonal)``; the pool's is the largest band of its
+    regions (each small region is blended with its own band, not with one sized from the box around them all)."""
     import cv2
 
     bb = M.mask_bbox(mask)
@@ -298,7 +300,12 @@ def _units(mask: np.ndarray) -> list[tuple[str, int, np.ndarray]]:
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask[bb[1] : bb[3], bb[0] : bb[2]].astype(np.uint8),
                                                            connectivity=8)
     if n <= 2:
-        return [("region 1", 1, mask)] if n == 2 else []
+        return [("region 1", 1, mask, M.default_band(mask))] if n == 2 else []
+
+    def band_of(i: int) -> int:
+        return int(max(32, round(0.04 * math.hypot(int(stats[i, cv2.CC_STAT_WIDTH]),
+                                                    int(stats[i, cv2.CC_STAT_HEIGHT])))))
+
     stats[:, cv2.CC_STAT_LEFT] += bx
     stats[:, cv2.CC_STAT_TOP] += by
     order = sorted(range(1, n), key=lambda i: -int(stats[i, cv2.CC_STAT_AREA]))
@@ -310,7 +317,7 @@ def _units(mask: np.ndarray) -> list[tuple[str, int, np.ndarray]]:
                                                   cv2.CC_STAT_HEIGHT))
         m = np.zeros(mask.shape, bool)
         m[y : y + h, x : x + w] = labels[y - by : y - by + h, x - bx : x - bx + w] == i
-        out.append((f"region {k}", k, m))
+        out.append((f"region {k}", k, m, band_of(i)))
     if pooled:
         if len(pooled) == 1:
             name = f"region {len(single) + 1}"
@@ -320,7 +327,7 @@ def _units(mask: np.ndarray) -> list[tuple[str, int, np.ndarray]]:
         keep[pooled] = True
         m = np.zeros(mask.shape, bool)
         m[bb[1] : bb[3], bb[0] : bb[2]] = keep[labels]
-        out.append((name, len(single) + 1, m))
+        out.append((name, len(single) + 1, m, max(band_of(i) for i in pooled)))
     return out
 
 
@@ -664,7 +671,7 @@ def assess(  # noqa: C901 - to be split (issue 12)
     timings["diff"] = time.perf_counter() - t
     whole = metrics["mask_pixels"] >= (1.0 if source == "given" else 0.9) * h * w
     units = [] if whole else _units(mask)
-    bands = {name: int(band) if band is not None else M.default_band(m) for name, _, m in units}
+    bands = {name: int(band) if band is not None else b for name, _, _, b in units}
     band_all = max(bands.values(), default=int(band) if band is not None else 32)
 
     t = time.perf_counter()
@@ -724,7 +731,7 @@ def assess(  # noqa: C901 - to be split (issue 12)
             touched = np.zeros_like(changed)
             notes.append("pixels changed all over the image: reference areas avoid only the mask")
         zone = touched | mask
-        for name, index, m in units:
+        for name, index, m, _ in units:
             um, wp, unotes = _measure_unit(original, edited, m, bands[name], zone, mask, source, seed, cache,
                                            timings)
             bbu = M.mask_bbox(m)

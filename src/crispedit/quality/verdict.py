@@ -62,12 +62,12 @@ class Thresholds:
     #: where the edit kept the content (a retouch, a regrain: ``tone_structure_kept >= kept_structure_min``),
     #: detail and noise are compared with what was there only, in these ranges
     kept_structure_min: float = 0.7
-    kept_detail_min: float = 0.90
+    kept_detail_min: float = 0.75
     kept_detail_max: float = 1.30
-    kept_noise_min: float = 0.85
+    kept_noise_min: float = 0.78
     kept_noise_max: float = 1.30
     #: kept content: the next octave's detail (``detail_ratio_coarse_original``) must stay above this
-    kept_coarse_detail_min: float = 0.90
+    kept_coarse_detail_min: float = 0.80
     #: replaced content (a removal): a tone or colour step across the contour passes when it is within this many
     #: robust spreads of what the scene does across the same contour placed on untouched parts of the photo
     scene_z_max: float = 3.0
@@ -81,6 +81,9 @@ class Thresholds:
     edge_step_factor: float = 1.5
     #: and at least this many levels
     edge_step_min: float = 2.5
+    #: a fill (replaced content): a block's corner (a horizontal and a vertical step meeting) above the
+    #: surroundings' 99.9th percentile of the same times this
+    corner_step_factor: float = 3.0
     #: texture break inside the fill above the surroundings' 99.9th percentile plus this (log units)
     edge_break_margin: float = 0.35
     #: this many distinct straight lines or more: a grid
@@ -529,10 +532,13 @@ def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th
         # a fill: the removed object's edges say nothing; a block's corner (a horizontal and a vertical hard edge
         # meeting) is what a natural straight edge crossing the fill (a stem, a horizon) does not have
         s_key, b_key, g_key = "edge_corner_raw", "edge_corner_break_raw", "grid_lines_raw"
-    s_in, s_null = metrics.get(s_key), metrics.get("edge_step_null")
-    b_in, b_null = metrics.get(b_key), metrics.get("edge_break_null")
+    corner = s_key == "edge_corner_raw"
+    s_in, s_null = metrics.get(s_key), metrics.get("edge_corner_null" if corner else "edge_step_null")
+    b_in, b_null = metrics.get(b_key), metrics.get("edge_corner_break_null" if corner else "edge_break_null")
+    if corner and not _finite(s_null):
+        s_null, b_null = metrics.get("edge_step_null"), metrics.get("edge_break_null")
     if _finite(s_in) and _finite(s_null):
-        lim_s = max(th.edge_step_min, th.edge_step_factor * s_null)
+        lim_s = max(th.edge_step_min, (th.corner_step_factor if corner else th.edge_step_factor) * s_null)
         lim_b = b_null + th.edge_break_margin if _finite(b_null) else float("inf")
         place = metrics.get("edge_place")
         bad_step = s_in > lim_s

@@ -50,11 +50,13 @@ def test_removal_with_a_hard_block_fails_on_its_corner(removal):
     assert m["edge_corner_raw"] < 0.5 * rep.regions[0]["metrics"]["edge_corner_raw"]
 
 
-def test_removal_with_a_hard_tone_step_fails(removal):
+def test_removal_leaving_a_darker_disc_fails(removal):
+    # the demo's ghost: the fill 4 levels darker than the scene, its outline visible
     truth, pasted, good, mask = removal
-    rep = assess(pasted, D.tone_step(good, mask, 12.0), mask)
+    rep = assess(pasted, D.tone_step(good, mask, -4.0), mask)
     assert rep.verdict == "fail"
-    assert {d.kind for d in rep.defects} & {"seam", "ghost", "colour_cast"}, rep.reasons
+    assert {d.kind for d in rep.defects} & {"seam", "ghost", "halo"}, rep.reasons
+    assert rep.seam_score > 3.0
 
 
 def test_retouch_is_judged_as_kept():

@@ -91,6 +91,8 @@ class Thresholds:
     edge_break_margin: float = 0.35
     #: this many distinct straight lines or more: a grid
     grid_lines_min: int = 4
+    #: a fill (replaced content): its own lattice lines must also exceed the surroundings' by this many
+    grid_lines_margin: int = 3
     #: whole-image change: global ΔE2000 and median luminance shift (levels) allowed
     global_delta_e_max: float = 1.0
     global_tone_max: float = 1.5
@@ -551,8 +553,8 @@ def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th
         checks["edge_step_max"] = "fail" if bad_step else "pass"
         checks["edge_break_max"] = "fail" if bad_break else "pass"
         glines = int(metrics.get(g_key) or 0)
-        if g_key == "grid_lines_raw" and int(metrics.get("grid_lines_null") or 0) >= th.grid_lines_min:
-            glines = 0  # a fill continuing the lattice its surroundings have
+        if g_key == "grid_lines_raw" and glines < int(metrics.get("grid_lines_null") or 0) + th.grid_lines_margin:
+            glines = 0  # a fill's lattice no stronger than its surroundings' own (a fence, waves, a pattern)
         checks["grid_lines"] = "fail" if glines >= th.grid_lines_min else "pass"
         if glines >= th.grid_lines_min:
             add("grid", g_key, glines, th.grid_lines_min,

@@ -96,6 +96,12 @@ def test_filtered_at_equals_the_whole_image_filter():
     got2 = M._filtered_at(img, lab, M._halo(6.0), xy, q=2)
     want2 = M._sample(lab(img[:300, :410]), xy, 2.0)
     assert np.allclose(got2, want2, atol=1e-2)
+    # scattered points take the tiled path (the dense ones above took the bounding box): the same values
+    few = np.array([[5.5, 7.25], [400.0, 290.0], [200.3, 20.9]], np.float32)
+    assert np.allclose(M._filtered_at(img, lp, M._halo(4.0), few)[:, 0],
+                       M._sample(lp(img)[:, :, None], few, 1.0)[:, 0], atol=1e-3)
+    assert np.allclose(M._filtered_at(img, lab, M._halo(6.0), few, q=2),
+                       M._sample(lab(img[:300, :410]), few, 2.0), atol=1e-2)
 
 
 def test_dust_pool_gets_the_band_of_its_spots():

@@ -641,15 +641,17 @@ def _filtered_at(img: np.ndarray, fn: Any, halo: int, xy: np.ndarray, *, tile: i
     """Bilinear samples at full-image positions ``xy`` (N, 2: x, y) of ``fn(img)``, where ``fn`` is a local filter
     (reaching at most ``halo`` px, with reflected borders, returning H x W [x C] float32 -- or, with ``q > 1``, an
     image ``q`` times smaller: tiles are then cut at multiples of ``q``), computed only on the ``tile``-px tiles
-    that hold points (plus the halo). The same values as ``fn`` on the whole image, up to float rounding, at a cost
-    that follows the points, not the image: a mask of scattered dust spots no longer costs whole-image filters.
-    Returns (N, C) float32."""
+    that hold points (plus the halo) -- or, when that would cost more, on the points' bounding box plus the halo.
+    The same values as ``fn`` on the whole image, up to float rounding, at a cost that follows the points, not the
+    image: a mask of scattered dust spots no longer costs whole-image filters. Returns (N, C) float32."""
     h, w = img.shape[:2]
     halo = -(-halo // q) * q
     tile = -(-tile // q) * q
     if q > 1:
         h, w = h - h % q, w - w % q
     n = len(xy)
+    if n == 0:
+        return np.zeros((0, 1), np.float32)
     ntx = (w - 1) // tile + 1
     tx = np.clip(np.floor(xy[:, 0]).astype(np.int64) // tile, 0, ntx - 1)
     ty = np.clip(np.floor(xy[:, 1]).astype(np.int64) // tile, 0, (h - 1) // tile)
@@ -657,6 +659,14 @@ def _filtered_at(img: np.ndarray, fn: Any, halo: int, xy: np.ndarray, *, tile: i
     order = np.argsort(key, kind="stable")
     ks = key[order]
     cuts = np.flatnonzero(np.diff(ks)) + 1
+    # a compact set of points (a large region's contour band): one filter over their box costs less than tiles
+    bx0 = max(0, (int(np.floor(xy[:, 0].min())) - halo) // q * q)
+    by0 = max(0, (int(np.floor(xy[:, 1].min())) - halo) // q * q)
+    bx1, by1 = min(w, int(np.ceil(xy[:, 0].max())) + 2 + halo), min(h, int(np.ceil(xy[:, 1].max())) + 2 + halo)
+    if (len(cuts) + 1) * (tile + 2 * halo + 1) ** 2 >= (bx1 - bx0) * (by1 - by0):
+        bx1, by1 = bx1 - (bx1 - bx0) % q, by1 - (by1 - by0) % q
+        sub = fn(img[by0:by1, bx0:bx1])
+        return _sample(sub if sub.ndim == 3 else sub[:, :, None], xy - np.array([bx0, by0], np.float32), float(q))
     out: np.ndarray | None = None
     for a, b in zip(np.r_[0, cuts], np.r_[cuts, n]):
         idx = order[a:b]

@@ -331,10 +331,10 @@ class _HF:
     def __init__(self, gray: np.ndarray):
         self.g = np.ascontiguousarray(gray, dtype=np.float32)
 
-    def _at(self, region: np.ndarray, what: str) -> tuple[np.ndarray, ...]:
+    def _at(self, region: np.ndarray | tuple[np.ndarray, np.ndarray], what: str) -> tuple[np.ndarray, ...]:
         g = self.g
         h, w = g.shape
-        ys, xs = np.nonzero(region)
+        ys, xs = region if isinstance(region, tuple) else np.nonzero(region)
         yl, yh = np.maximum(ys - 1, 0), np.minimum(ys + 1, h - 1)
         xl, xh = np.maximum(xs - 1, 0), np.minimum(xs + 1, w - 1)
         c, n, s, wv, e = g[ys, xs], g[yl, xs], g[yh, xs], g[ys, xl], g[ys, xh]
@@ -347,13 +347,13 @@ class _HF:
         gy = (sw + 2.0 * s + se) - (nw + 2.0 * n + ne)
         return resp, np.sqrt(gx * gx + gy * gy)
 
-    def noise(self, region: np.ndarray) -> float:
-        region = region.copy()
-        region[:1, :] = region[-1:, :] = False
-        region[:, :1] = region[:, -1:] = False
-        if not region.any():
+    def noise(self, region: np.ndarray | tuple[np.ndarray, np.ndarray]) -> float:
+        h, w = self.g.shape
+        ys, xs = region if isinstance(region, tuple) else np.nonzero(region)
+        keep = (ys > 0) & (ys < h - 1) & (xs > 0) & (xs < w - 1)  # no border pixels
+        if not keep.any():
             return float("nan")
-        resp, m = self._at(region, "noise")
+        resp, m = self._at((ys[keep], xs[keep]), "noise")
         r = np.abs(resp)
         flat = m <= np.median(m)
         if np.count_nonzero(flat) >= 16:
@@ -365,10 +365,11 @@ class _HF:
         t = float(kept.mean()) if kept.size else 0.0
         return t / 0.6574 / 6.0
 
-    def detail(self, region: np.ndarray) -> float:
-        if not region.any():
+    def detail(self, region: np.ndarray | tuple[np.ndarray, np.ndarray]) -> float:
+        ys, xs = region if isinstance(region, tuple) else np.nonzero(region)
+        if ys.size == 0:
             return float("nan")
-        return float(np.mean(np.abs(self._at(region, "lap")[0])))
+        return float(np.mean(np.abs(self._at((ys, xs), "lap")[0])))
 
 
 def noise_sigma(gray: np.ndarray, region: np.ndarray | None = None) -> float:
@@ -452,7 +453,7 @@ def detail_noise_consistency(
     nan = float("nan")
     if not inner.any() or not ring.any():
         return {"detail_ratio": nan, "noise_ratio": nan, "detail_ratio_original": nan, "noise_ratio_original": nan}
-    inner_s, ring_s = _subsample(inner), _subsample(ring)
+    inner_s, ring_s = np.nonzero(_subsample(inner)), np.nonzero(_subsample(ring))  # indices, gathered once
     # below about half an 8-bit level, grain and detail are invisible: floors keep the ratios of a flat sky
     # (JPEG-smoothed, sigma ~0) from exploding
     floor_d, floor_n = _DETAIL_FLOOR, _NOISE_FLOOR
@@ -476,8 +477,8 @@ def detail_noise_consistency(
         # 0.5 px (invisible at 1:1, as a re-encode) lowers the finest octave only; sigma 1.5 lowers this one too
         h2, w2 = inner.shape[0] // 2, inner.shape[1] // 2
         if h2 >= 3 and w2 >= 3:
-            inner2 = _subsample(inner[: 2 * h2 : 2, : 2 * w2 : 2])
-            if inner2.any():
+            inner2 = np.nonzero(_subsample(inner[: 2 * h2 : 2, : 2 * w2 : 2]))
+            if inner2[0].size:
                 def half(g: np.ndarray) -> np.ndarray:
                     return cv2.resize(g[: 2 * h2, : 2 * w2], (w2, h2), interpolation=cv2.INTER_AREA)
 
@@ -1640,8 +1641,8 @@ def straight_edges(
     texture averages out further) gives ``grid_step_max``, ``grid_step_null`` and ``grid_lines``: the largest
     number of added parallel lines stronger than ``grid_step_min`` levels that sit on one regular lattice (a
     common spacing, +-3 px) -- tile seams do, natural straight lines (stems, horizons) do not. ``edge_place`` /
-    ``grid_place``: (x, y) of the strongest. ``edge_step_raw``, ``edge_break_raw``, ``grid_step_raw`` and
-    ``grid_lines_raw``: the same of the edit alone (not minus the original), for an edit that replaced the content
+    ``grid_place``: (x, y) of the strongest. With ``corners`` (replaced content) also ``edge_step_raw``,
+    ``edge_break_raw``, ``grid_step_raw`` and ``grid_lines_raw``: the same of the edit alone (not minus the original), for an edit that replaced the content
     (the removed object's edges say nothing about the fill); ``grid_lines_null``: the lines on one lattice in the
     surroundings (the scene's own pattern, which a fill may continue). With ``corners``: ``edge_corner_raw`` and
     ``edge_corner_break_raw``, the largest ``min`` of the horizontal and the vertical statistic within
@@ -1706,7 +1707,7 @@ def straight_edges(
             vnull = cv2.blur(ff9, k, borderType=cv2.BORDER_CONSTANT) > 0.999
             step, brk = _line_stats(de, ade, L, with_break=tag == "edge")
             lines_null = max(lines_null, _null_max(step, brk, vnull, acc, ("ns", "nb") if tag == "edge" else
-                                                   ("gn", ""), grid_step_min if tag == "grid" else None))
+                                                   ("gn", ""), grid_step_min if tag == "grid" and corners else None))
             if corners and tag == "edge":
                 back = (lambda a: a) if axis == 0 else (lambda a: np.ascontiguousarray(a.T))
                 cmaps.append((back(np.where(vin, step, -np.inf).astype(np.float32)),
@@ -1716,9 +1717,10 @@ def straight_edges(
             if not vin.any():
                 continue
             # the edit's own straightness inside (judged against the surroundings when the content was replaced)
-            _, n_raw = _inside_max(step, brk, vin, acc, ("rs", "rb") if tag == "edge" else ("rg", ""),
-                                   grid_step_min if tag == "grid" else None)
-            lines_raw = max(lines_raw, n_raw)
+            if corners:
+                _, n_raw = _inside_max(step, brk, vin, acc, ("rs", "rb") if tag == "edge" else ("rg", ""),
+                                       grid_step_min if tag == "grid" else None)
+                lines_raw = max(lines_raw, n_raw)
             if do is not None:
                 step0, brk0 = _line_stats(do[0], do[1], L, with_break=tag == "edge")
                 step = step - step0

@@ -1324,7 +1324,7 @@ def tone_step(
     # the inside pixels (thinned) where kept-or-replaced is decided, and how deep each lies
     msk = mask[y0:y1, x0:x1]
     deep = _deep_region(msk, 12.0)
-    iys, ixs = np.nonzero(_subsample(msk, 200_000))
+    iys, ixs = np.nonzero(_subsample(msk, 30_000))
     dys, dxs = np.nonzero(deep)
     n_in = len(iys)
     px = np.concatenate([np.stack([ixs, iys], 1), np.stack([dxs, dys], 1)]).astype(np.float32) + np.array([x0, y0],
@@ -1399,7 +1399,7 @@ def tone_step(
 
 def _deep_region(mask: np.ndarray, depth: float) -> np.ndarray:
     """``mask`` eroded by ``depth`` px (distance on a 4x smaller copy, where a block counts when wholly inside),
-    thinned to about 200 000 px; the whole mask (thinned) when that leaves under 5% of it or 400 px."""
+    thinned to about 30 000 px; the whole mask (thinned) when that leaves under 5% of it or 400 px."""
     m = mask.astype(np.uint8)
     k = 4 if min(m.shape) >= 64 else 1
     small = m if k == 1 else cv2.resize(m * 255, (m.shape[1] // k, m.shape[0] // k), interpolation=cv2.INTER_AREA)
@@ -1409,7 +1409,7 @@ def _deep_region(mask: np.ndarray, depth: float) -> np.ndarray:
     deep[: deep_s.shape[0] * k, : deep_s.shape[1] * k] = np.repeat(np.repeat(deep_s, k, 0), k, 1)
     deep &= mask.astype(bool)
     region = deep if np.count_nonzero(deep) >= max(400, 0.05 * np.count_nonzero(m)) else mask.astype(bool)
-    return _subsample(region, 200_000)
+    return _subsample(region, 30_000)
 
 
 def _lowfreq_correlation(ge: np.ndarray, go: np.ndarray, *, floor: float = 0.5) -> float:

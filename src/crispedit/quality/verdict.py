@@ -92,7 +92,7 @@ class Thresholds:
     #: this many distinct straight lines or more: a grid
     grid_lines_min: int = 4
     #: a fill (replaced content): its own lattice lines must also exceed the surroundings' by this many
-    grid_lines_margin: int = 3
+    grid_lines_margin: int = 5
     #: whole-image change: global ΔE2000 and median luminance shift (levels) allowed
     global_delta_e_max: float = 1.0
     global_tone_max: float = 1.5

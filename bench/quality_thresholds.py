@@ -250,9 +250,14 @@ def table(args: argparse.Namespace) -> int:
         good = [r for r in recs if r["group"] == "good"]
         fa = sum(rejudge(r, th)[0] == "fail" for r in clean)
         fg = sum(rejudge(r, th)[0] == "fail" for r in good)
+        kept_missed = [x for x in missed if "/removal_" not in x]
+        fill_missed = [x for x in missed if "/removal_" in x]
+        n_kept = sum(r["must_fail"] and not r["kind"].startswith("removal_") for r in recs)
+        n_fill = sum(r["must_fail"] and r["kind"].startswith("removal_") for r in recs)
         print(f"\nclean cases failed: {fa}/{len(clean)}; good edits failed: {fg}/{len(good)}; clean or good "
-              f"failed: {fa + fg}/{len(clean) + len(good)}; must-fail defects missed: {len(missed)}"
-              + (f" ({', '.join(missed[:12])})" if missed else ""))
+              f"failed: {fa + fg}/{len(clean) + len(good)}; must-fail planted defects missed: "
+              f"{len(kept_missed)}/{n_kept}" + (f" ({', '.join(kept_missed)})" if kept_missed else "")
+              + f"; must-fail defects in a removal missed: {len(fill_missed)}/{n_fill}")
         secs = [r["seconds"] for r in recs]
         print(f"assess time: median {np.median(secs):.2f} s, max {max(secs):.2f} s")
     return 0

@@ -1064,6 +1064,50 @@ def _inradius_upper(mask: np.ndarray, bb: tuple[int, int, int, int], k: int = 4)
     return max(k * math.sqrt(2.0), k * (d + math.sqrt(2.0)))
 
 
+@dataclass
+class _Sides:
+    """Where :func:`tone_step` and :func:`colour_consistency` sample: contour points (full-image x, y) with both
+    sides inside the image, the inner and outer sample positions ``D`` px along the normal (full-image), the
+    points' segment ids and the crop box (x0, y0, x1, y1) around the mask."""
+
+    points: np.ndarray
+    inner: np.ndarray
+    outer: np.ndarray
+    segments: np.ndarray
+    n_segments: int
+    depth: float
+    box: tuple[int, int, int, int]
+
+
+def _contour_sides(mask: np.ndarray, band: int, segment_px: int | None, reach: float) -> _Sides | None:
+    """The contour of ``mask`` every 3 px (segments of ``segment_px``, default ``max(48, 2 band)``) and its inner and
+    outer sides at ``D = max(8, band)`` px -- clear of a centred blend band, but at most 0.6 x the mask's largest
+    inradius, so a thin mask is not sampled on its far side; points whose samples (or themselves) leave the image
+    are dropped. ``reach``: how far past the samples the caller's filter reads (sizes the crop box). None when
+    fewer than 4 points remain."""
+    h, w = mask.shape
+    bb = mask_bbox(mask)
+    if bb is None:
+        return None
+    if segment_px is None:
+        segment_px = max(48, 2 * band)
+    D = float(max(3.0, min(max(8, band), 0.6 * _max_inradius(mask, bb))))
+    x0, y0, x1, y1 = _crop_box(mask.shape, bb, int(D + reach) + 4)
+    contour = sample_contour(mask[y0:y1, x0:x1], (x0, y0), step=3.0, segment_px=segment_px)
+    p = contour.points
+    if len(p) < 4:
+        return None
+    pin, pout = p - D * contour.normals, p + D * contour.normals
+
+    def inside(q: np.ndarray) -> np.ndarray:
+        return (q[:, 0] >= x0) & (q[:, 0] < x1) & (q[:, 1] >= y0) & (q[:, 1] < y1)
+
+    ok = inside(pin) & inside(pout) & (p[:, 0] > 1) & (p[:, 0] < w - 2) & (p[:, 1] > 1) & (p[:, 1] < h - 2)
+    if ok.sum() < 4:
+        return None
+    return _Sides(p[ok], pin[ok], pout[ok], contour.segments[ok], contour.n_segments, D, (x0, y0, x1, y1))
+
+
 def colour_consistency(
     original: np.ndarray | None,
     edited: np.ndarray,
@@ -1090,40 +1134,18 @@ def colour_consistency(
     - ``colour_delta_e_before``: ``colour_delta_e`` of the original (how different its inner side already was).
     - ``colour_delta_e_p90``: 90th percentile of the per-segment inner-vs-outer ΔE of the edit (informational).
     """
-    h, w = mask.shape
-    bb = mask_bbox(mask)
     nan = {"colour_delta_e": float("nan"), "colour_delta_e_original": float("nan"), "colour_delta_e_p90": float("nan")}
-    if bb is None:
-        return nan
-    if segment_px is None:
-        segment_px = max(48, 2 * band)
-    # sample depth: clear of a centred blend band, but not past the middle of a thin mask
-    D = float(max(3.0, min(max(8, band), 0.6 * _max_inradius(mask, bb))))
-    x0, y0, x1, y1 = _crop_box(mask.shape, bb, int(D) + 16)
-    contour = sample_contour(mask[y0:y1, x0:x1], (x0, y0), step=3.0, segment_px=segment_px)
-    p = contour.points
-    if len(p) < 4:
-        return nan
-    local = p - np.array([x0, y0], np.float32)
-    pin = local - D * contour.normals
-    pout = local + D * contour.normals
-    cw, ch = x1 - x0, y1 - y0
-    ok = (
-        (pout[:, 0] >= 0) & (pout[:, 0] < cw) & (pout[:, 1] >= 0) & (pout[:, 1] < ch)
-        & (pin[:, 0] >= 0) & (pin[:, 0] < cw) & (pin[:, 1] >= 0) & (pin[:, 1] < ch)
-        & (p[:, 0] > 1) & (p[:, 0] < w - 2) & (p[:, 1] > 1) & (p[:, 1] < h - 2)
-    )
-    if ok.sum() < 4:
+    sides = _contour_sides(mask, band, segment_px, 12.0)
+    if sides is None:
         return nan
     # the low-passed Lab only on tiles around the samples (full-image positions)
-    org = np.array([x0, y0], np.float32)
-    both = np.concatenate([pin[ok], pout[ok]]) + org
+    n = len(sides.points)
+    both = np.concatenate([sides.inner, sides.outer])
     q = max(1, int(sigma // 3))  # the low-pass on a copy q times smaller (as sharp as it needs to be)
     lp = _lab_lowpass(sigma, q)
     v = _filtered_at(edited, lp, _halo(sigma), both, q=q).astype(np.float64)
-    inner, outer = v[: int(ok.sum())], v[int(ok.sum()) :]
-    seg = contour.segments[ok]
-    nseg = contour.n_segments
+    inner, outer = v[:n], v[n:]
+    seg, nseg = sides.segments, sides.n_segments
     cnt = np.bincount(seg, minlength=nseg)
     good = cnt >= 3
 
@@ -1140,7 +1162,7 @@ def colour_consistency(
     }
     if original is not None:
         v0 = _filtered_at(original, lp, _halo(sigma), both, q=q).astype(np.float64)
-        m0, mo0 = seg_mean(v0[: int(ok.sum())]), seg_mean(v0[int(ok.sum()) :])
+        m0, mo0 = seg_mean(v0[:n]), seg_mean(v0[n:])
         shift = np.median(mi - m0, axis=0)
         ref = np.average(m0, 0, wseg)
         out["colour_delta_e_original"] = float(ciede2000(ref, ref + shift))
@@ -1188,30 +1210,11 @@ def tone_step(
     nan = float("nan")
     out: dict[str, Any] = {"tone_step_levels": nan, "tone_step_edge": nan, "tone_step_original": nan,
                            "tone_step_before": nan, "tone_step_worst": nan, "tone_step_place": None}
-    h, w = mask.shape
-    bb = mask_bbox(mask)
-    if bb is None:
+    sides = _contour_sides(mask, band, segment_px, 3 * sigma)
+    if sides is None:
         return out
-    if segment_px is None:
-        segment_px = max(48, 2 * band)
-    D = float(max(3.0, min(max(8, band), 0.6 * _max_inradius(mask, bb))))
-    x0, y0, x1, y1 = _crop_box(mask.shape, bb, int(D + 3 * sigma) + 4)
-    contour = sample_contour(mask[y0:y1, x0:x1], (x0, y0), step=3.0, segment_px=segment_px)
-    p = contour.points
-    if len(p) < 4:
-        return out
-    local = p - np.array([x0, y0], np.float32)
-    pin, pout = local - D * contour.normals, local + D * contour.normals
-    cw, ch = x1 - x0, y1 - y0
-    ok = (
-        (pout[:, 0] >= 0) & (pout[:, 0] < cw) & (pout[:, 1] >= 0) & (pout[:, 1] < ch)
-        & (pin[:, 0] >= 0) & (pin[:, 0] < cw) & (pin[:, 1] >= 0) & (pin[:, 1] < ch)
-        & (p[:, 0] > 1) & (p[:, 0] < w - 2) & (p[:, 1] > 1) & (p[:, 1] < h - 2)
-    )
-    if ok.sum() < 4:
-        return out
-    seg = contour.segments[ok]
-    nseg = contour.n_segments
+    x0, y0, x1, y1 = sides.box
+    seg, nseg = sides.segments, sides.n_segments
     cnt = np.bincount(seg, minlength=nseg)
     good = cnt >= 2
 
@@ -1224,9 +1227,8 @@ def tone_step(
     n_in = len(iys)
     px = np.concatenate([np.stack([ixs, iys], 1), np.stack([dxs, dys], 1)]).astype(np.float32) + np.array([x0, y0],
                                                                                                         np.float32)
-    nok = int(ok.sum())
-    org = np.array([x0, y0], np.float32)
-    pts = np.concatenate([pin[ok] + org, pout[ok] + org, px])
+    nok = len(sides.points)
+    pts = np.concatenate([sides.inner, sides.outer, px])
     lp = _luma_lowpass(sigma)
 
     def per_seg(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -1240,7 +1242,8 @@ def tone_step(
         return si, so
 
     ei, eo = per_seg(edited)
-    centres = np.stack([np.bincount(seg, weights=p[ok][:, k], minlength=nseg)[good] / cnt[good] for k in (0, 1)], 1)
+    centres = np.stack([np.bincount(seg, weights=sides.points[:, k], minlength=nseg)[good] / cnt[good]
+                        for k in (0, 1)], 1)
     edge = ei - eo
     out["tone_step_edge"] = float(np.median(edge))
 

@@ -871,7 +871,78 @@ def _choose_placements(
     return chosen
 
 
-def seam_visibility(  # noqa: C901 - to be split (issue 12)
+def _scale_z(pyr: _Pyramid, contour: Contour, placements_by_scale: dict[int, list], used: tuple[int, ...]
+             ) -> tuple[dict[str, float], dict[str, float], np.ndarray, np.ndarray]:
+    """Per seam scale, the two statistics on the contour standardised against its null placements: the z-scores
+    (``|z|`` for the ratio), the raw statistics and signed z's, the null placements' own z-scores (rows:
+    placements) and the per-segment z-scores (rows: statistics); fixed spreads when a scale has no placement."""
+    zs: dict[str, float] = {}
+    stats: dict[str, float] = {}
+    n_stat = 2 * len(used)
+    n_pl = max(len(v) for v in placements_by_scale.values())
+    null_z = np.full((n_pl, n_stat), np.nan)
+    seg_z = np.full((n_stat, contour.n_segments), np.nan)
+    floors = (_NULL_STD_FLOOR, _COH_STD_FLOOR)
+    seg_floors = (_SEG_STD_FLOOR, _SEG_COH_STD_FLOOR)
+    for k, d in enumerate(used):
+        placements = placements_by_scale[d]
+        lab, q = pyr.level(d)
+        g, per = _contrast_stats(lab, q, contour.points, contour.normals, float(d), contour.segments,
+                                 contour.n_segments)
+        null_g = np.full((len(placements), 2), np.nan)
+        null_per = []
+        for j, (o, v) in enumerate(placements):
+            gn, pn = _contrast_stats(lab, q, contour.points[v] + o, contour.normals[v], float(d),
+                                     contour.segments[v], contour.n_segments)
+            null_g[j] = gn
+            null_per.append(pn)
+        for i, name in enumerate(("ratio", "coherence")):
+            key = f"{name}_d{d}"
+            stats[key] = float(g[i])
+            if placements:
+                ns = null_g[:, i]
+                med = float(np.median(ns))
+                sd = max(float(np.std(ns)), 1.4826 * float(np.median(np.abs(ns - med))), floors[i])
+                allseg = np.concatenate([pn[i] for pn in null_per])
+                allseg = allseg[np.isfinite(allseg)]
+                smed = float(np.median(allseg)) if allseg.size else 0.0
+                ssd = max(float(np.std(allseg)) if allseg.size else 0.0, seg_floors[i])
+                zn = (ns - med) / sd
+                null_z[: len(ns), 2 * k + i] = np.abs(zn) if name == "ratio" else zn
+            else:  # no untouched room: fall back to the spreads measured on photos (docs/quality.md)
+                med, sd = _FALLBACK_NULL[i]
+                smed, ssd = _FALLBACK_SEG[i]
+            # ratio: too much contrast across the contour (step, paste seam) and too little (a smeared band, a
+            # halo beside the contour) are both visible, so its |z| counts; coherence is one-sided by nature
+            z = (float(g[i]) - med) / sd
+            zs[key] = abs(z) if name == "ratio" else z
+            sz = (per[i] - smed) / ssd
+            seg_z[2 * k + i] = np.abs(sz) if name == "ratio" else sz
+            stats[f"{key}_signed_z"] = z
+    return zs, stats, null_z, seg_z
+
+
+def _worst_places(contour: Contour, seg_scores: np.ndarray, segment_px: int, n_worst: int
+                  ) -> list[tuple[int, int, float]]:
+    """The highest segment scores, their centres at least a segment apart: (x, y, score), worst first."""
+    centres = np.zeros((contour.n_segments, 2))
+    cnt = np.bincount(contour.segments, minlength=contour.n_segments)
+    for ax in range(2):
+        centres[:, ax] = np.bincount(contour.segments, weights=contour.points[:, ax], minlength=contour.n_segments)
+    centres /= np.maximum(cnt, 1)[:, None]
+    worst: list[tuple[int, int, float]] = []
+    order = np.argsort(-np.nan_to_num(seg_scores, nan=-np.inf))
+    for i in order:
+        if len(worst) >= n_worst or not np.isfinite(seg_scores[i]):
+            break
+        cx, cy = centres[i]
+        if any(math.hypot(cx - a, cy - b) < segment_px for a, b, _ in worst):
+            continue
+        worst.append((int(round(cx)), int(round(cy)), round(float(seg_scores[i]), 3)))
+    return worst
+
+
+def seam_visibility(
     edited: np.ndarray,
     mask: np.ndarray,
     band: int,
@@ -954,49 +1025,7 @@ def seam_visibility(  # noqa: C901 - to be split (issue 12)
         pyr = cache.setdefault("pyramid", _Pyramid(edited))
     else:
         pyr = _Pyramid(edited)
-    zs: dict[str, float] = {}
-    stats: dict[str, float] = {}
-    n_stat = 2 * len(used)
-    n_pl = max(len(v) for v in placements_by_scale.values())
-    null_z = np.full((n_pl, n_stat), np.nan)
-    seg_z = np.full((n_stat, contour.n_segments), np.nan)
-    floors = (_NULL_STD_FLOOR, _COH_STD_FLOOR)
-    seg_floors = (_SEG_STD_FLOOR, _SEG_COH_STD_FLOOR)
-    for k, d in enumerate(used):
-        placements = placements_by_scale[d]
-        lab, q = pyr.level(d)
-        g, per = _contrast_stats(lab, q, contour.points, contour.normals, float(d), contour.segments,
-                                 contour.n_segments)
-        null_g = np.full((len(placements), 2), np.nan)
-        null_per = []
-        for j, (o, v) in enumerate(placements):
-            gn, pn = _contrast_stats(lab, q, contour.points[v] + o, contour.normals[v], float(d),
-                                     contour.segments[v], contour.n_segments)
-            null_g[j] = gn
-            null_per.append(pn)
-        for i, name in enumerate(("ratio", "coherence")):
-            key = f"{name}_d{d}"
-            stats[key] = float(g[i])
-            if placements:
-                ns = null_g[:, i]
-                med = float(np.median(ns))
-                sd = max(float(np.std(ns)), 1.4826 * float(np.median(np.abs(ns - med))), floors[i])
-                allseg = np.concatenate([pn[i] for pn in null_per])
-                allseg = allseg[np.isfinite(allseg)]
-                smed = float(np.median(allseg)) if allseg.size else 0.0
-                ssd = max(float(np.std(allseg)) if allseg.size else 0.0, seg_floors[i])
-                zn = (ns - med) / sd
-                null_z[: len(ns), 2 * k + i] = np.abs(zn) if name == "ratio" else zn
-            else:  # no untouched room: fall back to the spreads measured on photos (docs/quality.md)
-                med, sd = _FALLBACK_NULL[i]
-                smed, ssd = _FALLBACK_SEG[i]
-            # ratio: too much contrast across the contour (step, paste seam) and too little (a smeared band, a
-            # halo beside the contour) are both visible, so its |z| counts; coherence is one-sided by nature
-            z = (float(g[i]) - med) / sd
-            zs[key] = abs(z) if name == "ratio" else z
-            sz = (per[i] - smed) / ssd
-            seg_z[2 * k + i] = np.abs(sz) if name == "ratio" else sz
-            stats[f"{key}_signed_z"] = z
+    zs, stats, null_z, seg_z = _scale_z(pyr, contour, placements_by_scale, used)
     n_min = min(len(v) for v in placements_by_scale.values())
     if 0 < n_min < 8:
         notes.append(f"only {n_min} null placements on untouched pixels; seam score is approximate")
@@ -1008,20 +1037,7 @@ def seam_visibility(  # noqa: C901 - to be split (issue 12)
     seg_scores = np.nanmax(np.where(np.isfinite(seg_z), seg_z, -np.inf), axis=0)
     seg_scores[~np.isfinite(seg_scores)] = np.nan
     # worst places: highest segment scores, centres at least one segment apart
-    centres = np.zeros((contour.n_segments, 2))
-    cnt = np.bincount(contour.segments, minlength=contour.n_segments)
-    for ax in range(2):
-        centres[:, ax] = np.bincount(contour.segments, weights=contour.points[:, ax], minlength=contour.n_segments)
-    centres /= np.maximum(cnt, 1)[:, None]
-    worst: list[tuple[int, int, float]] = []
-    order = np.argsort(-np.nan_to_num(seg_scores, nan=-np.inf))
-    for i in order:
-        if len(worst) >= n_worst or not np.isfinite(seg_scores[i]):
-            break
-        cx, cy = centres[i]
-        if any(math.hypot(cx - a, cy - b) < segment_px for a, b, _ in worst):
-            continue
-        worst.append((int(round(cx)), int(round(cy)), round(float(seg_scores[i]), 3)))
+    worst = _worst_places(contour, seg_scores, segment_px, n_worst)
     return SeamResult(
         seam_score=seam_score,
         scale_z=zs,

@@ -73,10 +73,15 @@ def _on_crop(fn, img: np.ndarray, m: np.ndarray, s: float, margin: int = 320, **
     return out
 
 
+#: planted defects (at their "clearly visible" strength) on top of a good removal: the checks of replaced content
+REMOVAL_DEFECTS = {"tone_step": 4.0, "tone_step_feathered": 4.0, "colour_cast": 3.0, "hard_block": 64.0,
+                   "grid_lines": 3.0, "blurred_patch": 1.5}
+
 GOOD = ("good_jpeg95", "good_blur0.5", "good_oracle", "retouch_jpeg95", "retouch_blur0.5")
 
 
-def good_edits(img: np.ndarray, m: np.ndarray, seed: int, kinds: list[str] | None):
+def good_edits(img: np.ndarray, m: np.ndarray, seed: int, kinds: list[str] | None,
+               removal_defects: list | None = None):
     """Good edits, each the second half of a paste-then-remove: the original given to the gate is the photo with
     foreign content pasted into the mask (:func:`crispedit.quality.defects.paste_seam`, opacity 1), and the edit
     returns the truth (the photo): re-compressed as JPEG q95, or blurred with sigma 0.5 px, inside a soft mask
@@ -95,12 +100,28 @@ def good_edits(img: np.ndarray, m: np.ndarray, seed: int, kinds: list[str] | Non
         if f"good_{how}" in want:
             yield f"good_{how}", pasted, _on_crop(lambda a, b, s, how=how: D.good_removal(
                 pasted_crop(a, b), a, b, how), img, m, 0)
+    if "good_jpeg95" in want and removal_defects is not None:
+        removal = _on_crop(lambda a, b, s: D.good_removal(pasted_crop(a, b), a, b, "jpeg95"), img, m, 0)
+        removal_defects.append((pasted, removal))
     if "good_oracle" in want:
         from oracle import OracleEngine
 
         from crispedit.harness import edit
 
-        yield "good_oracle", pasted, edit(pasted, m, engine=OracleEngine.variant("soft0.8", img), seed=seed).array
+        # the user's mask around the pasted object has a margin (the harness blends across the mask's edge: a mask
+        # that ends exactly at the object's outline leaves a line of it inside the blend band, a real seam)
+        yield "good_oracle", pasted, edit(pasted, oracle_mask(m), engine=OracleEngine.variant("soft0.8", img),
+                                          seed=seed).array
+
+
+def oracle_mask(m: np.ndarray) -> np.ndarray:
+    """The mask of the ``good_oracle`` removal: the pasted object's mask grown by its default blend band."""
+    import cv2
+
+    from crispedit.quality.metrics import default_band
+
+    r = default_band(m)
+    return cv2.dilate(m.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))) > 0
 
 
 def pasted_crop(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -119,8 +140,18 @@ def cases(img: np.ndarray, m: np.ndarray, seed: int, kinds: list[str] | None, en
     if not kinds or "clean_edit_x2" in kinds:
         yield "clean", "clean_edit_x2", 0.0, False, img, _on_crop(
             lambda a, b, s: D.clean_edit(a, b, seed=seed + 1, extra_noise=None, feather=16), img, m, 0)
-    for kind, orig, ed in good_edits(img, m, seed, kinds):
+    removals: list = []
+    for kind, orig, ed in good_edits(img, m, seed, kinds, removals):
         yield "good", kind, 0.0, False, orig, ed
+    if not removals and (not kinds or any(k.startswith("removal_") for k in kinds)):
+        list(good_edits(img, m, seed, ["good_jpeg95"], removals))
+    for pasted, removal in removals[:1]:
+        # the replace path: a good removal (the truth at q95 over the pasted object) with a planted defect
+        for kind, s in REMOVAL_DEFECTS.items():
+            if kinds and f"removal_{kind}" not in kinds:
+                continue
+            fn, _, _, kw = D.PLANTED[kind]
+            yield "planted", f"removal_{kind}", float(s), True, pasted, _on_crop(fn, removal, m, s, **dict(kw))
     if (not kinds or "classical" in kinds) and engine:
         from crispedit.harness import edit
 
@@ -148,7 +179,7 @@ def measure(args: argparse.Namespace) -> int:
             for group, kind, s, must, orig, ed in cases(img, m, 0, args.kinds,
                                                         engine=mname == "ell_s" and not args.no_engine):
                 t = time.perf_counter()
-                rep = assess(orig, ed, m, no_reference=False)
+                rep = assess(orig, ed, oracle_mask(m) if kind == "good_oracle" else m, no_reference=False)
                 dt = time.perf_counter() - t
                 rec = {"photo": photo.name, "size": [w, h], "mask": mname, "group": group, "kind": kind,
                        "strength": s, "must_fail": must, "verdict": rep.verdict, "seconds": round(dt, 3),
@@ -219,9 +250,14 @@ def table(args: argparse.Namespace) -> int:
         good = [r for r in recs if r["group"] == "good"]
         fa = sum(rejudge(r, th)[0] == "fail" for r in clean)
         fg = sum(rejudge(r, th)[0] == "fail" for r in good)
+        kept_missed = [x for x in missed if "/removal_" not in x]
+        fill_missed = [x for x in missed if "/removal_" in x]
+        n_kept = sum(r["must_fail"] and not r["kind"].startswith("removal_") for r in recs)
+        n_fill = sum(r["must_fail"] and r["kind"].startswith("removal_") for r in recs)
         print(f"\nclean cases failed: {fa}/{len(clean)}; good edits failed: {fg}/{len(good)}; clean or good "
-              f"failed: {fa + fg}/{len(clean) + len(good)}; must-fail defects missed: {len(missed)}"
-              + (f" ({', '.join(missed[:12])})" if missed else ""))
+              f"failed: {fa + fg}/{len(clean) + len(good)}; must-fail planted defects missed: "
+              f"{len(kept_missed)}/{n_kept}" + (f" ({', '.join(kept_missed)})" if kept_missed else "")
+              + f"; must-fail defects in a removal missed: {len(fill_missed)}/{n_fill}")
         secs = [r["seconds"] for r in recs]
         print(f"assess time: median {np.median(secs):.2f} s, max {max(secs):.2f} s")
     return 0

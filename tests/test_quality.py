@@ -231,7 +231,8 @@ def test_thresholds_are_configurable(scene):
     img, _, mask = scene
     edited = D.blurred_patch(img, mask, 1.5)
     assert assess(img, edited, mask).verdict == "fail"
-    lax = Thresholds(detail_min=0.0, noise_min=0.0, kept_detail_min=0.0, kept_noise_min=0.0)
+    lax = Thresholds(detail_min=0.0, noise_min=0.0, kept_detail_min=0.0, kept_noise_min=0.0,
+                     kept_coarse_detail_min=0.0)
     assert assess(img, edited, mask, thresholds=lax).verdict == "pass"
 
 
@@ -527,10 +528,12 @@ def test_sampling_has_no_point_limit():
 def test_brisque_model_is_plain_data_without_pickle():
     import inspect
 
+    from crispedit.quality import brisque as B
     from crispedit.quality import metrics as M
 
-    src = inspect.getsource(M)
-    assert "import pickle" not in src and "pickle.load" not in src
+    for mod in (M, B):
+        src = inspect.getsource(mod)
+        assert "import pickle" not in src and "pickle.load" not in src
     assert M.BRISQUE_MODEL_PATH.suffix == ".npz"
     with np.load(M.BRISQUE_MODEL_PATH, allow_pickle=False) as z:
         assert z["sv"].shape == (770, 36) and z["min"].shape == (36,)

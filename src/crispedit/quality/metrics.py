@@ -1,6 +1,6 @@
 """Zoom metrics: plain numpy/OpenCV functions on arrays.
 
-Every function takes arrays as loaded by :mod:`crispedit.imageio` (H x W or H x W x C, uint8 or uint16) or the
+Every function takes arrays as loaded by :mod:`crispedit.io` (H x W or H x W x C, uint8 or uint16) or the
 float32 images derived from them, and returns plain numbers or small arrays. Definitions and thresholds are in
 ``docs/quality.md``; :func:`crispedit.quality.verdict.assess` combines them into a verdict.
 
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -30,6 +29,7 @@ import numpy as np
 
 from crispedit.errors import InputError
 from crispedit.geometry import mask_bbox
+from crispedit.quality.brisque import BRISQUE_MODEL_PATH, brisque_available, brisque_score  # noqa: F401 - re-exported
 
 __all__ = [
     "as_float",
@@ -323,10 +323,10 @@ class _HF:
     def __init__(self, gray: np.ndarray):
         self.g = np.ascontiguousarray(gray, dtype=np.float32)
 
-    def _at(self, region: np.ndarray, what: str) -> tuple[np.ndarray, ...]:
+    def _at(self, region: np.ndarray | tuple[np.ndarray, np.ndarray], what: str) -> tuple[np.ndarray, ...]:
         g = self.g
         h, w = g.shape
-        ys, xs = np.nonzero(region)
+        ys, xs = region if isinstance(region, tuple) else np.nonzero(region)
         yl, yh = np.maximum(ys - 1, 0), np.minimum(ys + 1, h - 1)
         xl, xh = np.maximum(xs - 1, 0), np.minimum(xs + 1, w - 1)
         c, n, s, wv, e = g[ys, xs], g[yl, xs], g[yh, xs], g[ys, xl], g[ys, xh]
@@ -339,13 +339,13 @@ class _HF:
         gy = (sw + 2.0 * s + se) - (nw + 2.0 * n + ne)
         return resp, np.sqrt(gx * gx + gy * gy)
 
-    def noise(self, region: np.ndarray) -> float:
-        region = region.copy()
-        region[:1, :] = region[-1:, :] = False
-        region[:, :1] = region[:, -1:] = False
-        if not region.any():
+    def noise(self, region: np.ndarray | tuple[np.ndarray, np.ndarray]) -> float:
+        h, w = self.g.shape
+        ys, xs = region if isinstance(region, tuple) else np.nonzero(region)
+        keep = (ys > 0) & (ys < h - 1) & (xs > 0) & (xs < w - 1)  # no border pixels
+        if not keep.any():
             return float("nan")
-        resp, m = self._at(region, "noise")
+        resp, m = self._at((ys[keep], xs[keep]), "noise")
         r = np.abs(resp)
         flat = m <= np.median(m)
         if np.count_nonzero(flat) >= 16:
@@ -357,10 +357,11 @@ class _HF:
         t = float(kept.mean()) if kept.size else 0.0
         return t / 0.6574 / 6.0
 
-    def detail(self, region: np.ndarray) -> float:
-        if not region.any():
+    def detail(self, region: np.ndarray | tuple[np.ndarray, np.ndarray]) -> float:
+        ys, xs = region if isinstance(region, tuple) else np.nonzero(region)
+        if ys.size == 0:
             return float("nan")
-        return float(np.mean(np.abs(self._at(region, "lap")[0])))
+        return float(np.mean(np.abs(self._at((ys, xs), "lap")[0])))
 
 
 def noise_sigma(gray: np.ndarray, region: np.ndarray | None = None) -> float:
@@ -444,7 +445,7 @@ def detail_noise_consistency(
     nan = float("nan")
     if not inner.any() or not ring.any():
         return {"detail_ratio": nan, "noise_ratio": nan, "detail_ratio_original": nan, "noise_ratio_original": nan}
-    inner_s, ring_s = _subsample(inner), _subsample(ring)
+    inner_s, ring_s = np.nonzero(_subsample(inner)), np.nonzero(_subsample(ring))  # indices, gathered once
     # below about half an 8-bit level, grain and detail are invisible: floors keep the ratios of a flat sky
     # (JPEG-smoothed, sigma ~0) from exploding
     floor_d, floor_n = _DETAIL_FLOOR, _NOISE_FLOOR
@@ -464,6 +465,17 @@ def detail_noise_consistency(
         d0, n0 = hf0.detail(inner_s), hf0.noise(inner_s)
         out["detail_ratio_original"] = (d_in + floor_d) / (d0 + floor_d)
         out["noise_ratio_original"] = (n_in + floor_n) / (n0 + floor_n)
+        # the next octave: the 3x3 Laplacian on the luminance shrunk by 2 (area averaging). A blur of sigma
+        # 0.5 px (invisible at 1:1, as a re-encode) lowers the finest octave only; sigma 1.5 lowers this one too
+        h2, w2 = inner.shape[0] // 2, inner.shape[1] // 2
+        if h2 >= 3 and w2 >= 3:
+            inner2 = np.nonzero(_subsample(inner[: 2 * h2 : 2, : 2 * w2 : 2]))
+            if inner2[0].size:
+                def half(g: np.ndarray) -> np.ndarray:
+                    return cv2.resize(g[: 2 * h2, : 2 * w2], (w2, h2), interpolation=cv2.INTER_AREA)
+
+                c_in, c0 = _HF(half(hf.g)).detail(inner2), _HF(half(hf0.g)).detail(inner2)
+                out["detail_ratio_coarse_original"] = (c_in + floor_d) / (c0 + floor_d)
     return out
 
 
@@ -612,6 +624,80 @@ def _sample(img: np.ndarray, xy: np.ndarray, q: float) -> np.ndarray:
                                borderMode=cv2.BORDER_REFLECT).reshape(((r1 - r0) * cols, -1)))
     out = np.concatenate(parts) if len(parts) > 1 else parts[0]
     return out[:n]
+
+
+_LP_TILE = 48
+
+
+def _filtered_at(img: np.ndarray, fn: Any, halo: int, xy: np.ndarray, *, tile: int = _LP_TILE, q: int = 1
+                 ) -> np.ndarray:
+    """Bilinear samples at full-image positions ``xy`` (N, 2: x, y) of ``fn(img)``, where ``fn`` is a local filter
+    (reaching at most ``halo`` px, with reflected borders, returning H x W [x C] float32 -- or, with ``q > 1``, an
+    image ``q`` times smaller: tiles are then cut at multiples of ``q``), computed only on the ``tile``-px tiles
+    that hold points (plus the halo) -- or, when that would cost more, on the points' bounding box plus the halo.
+    The same values as ``fn`` on the whole image, up to float rounding, at a cost that follows the points, not the
+    image: a mask of scattered dust spots no longer costs whole-image filters. Returns (N, C) float32."""
+    h, w = img.shape[:2]
+    halo = -(-halo // q) * q
+    tile = -(-tile // q) * q
+    if q > 1:
+        h, w = h - h % q, w - w % q
+    n = len(xy)
+    if n == 0:
+        return np.zeros((0, 1), np.float32)
+    ntx = (w - 1) // tile + 1
+    tx = np.clip(np.floor(xy[:, 0]).astype(np.int64) // tile, 0, ntx - 1)
+    ty = np.clip(np.floor(xy[:, 1]).astype(np.int64) // tile, 0, (h - 1) // tile)
+    key = ty * ntx + tx
+    order = np.argsort(key, kind="stable")
+    ks = key[order]
+    cuts = np.flatnonzero(np.diff(ks)) + 1
+    # a compact set of points (a large region's contour band): one filter over their box costs less than tiles
+    bx0 = max(0, (int(np.floor(xy[:, 0].min())) - halo) // q * q)
+    by0 = max(0, (int(np.floor(xy[:, 1].min())) - halo) // q * q)
+    bx1, by1 = min(w, int(np.ceil(xy[:, 0].max())) + 2 + halo), min(h, int(np.ceil(xy[:, 1].max())) + 2 + halo)
+    if (len(cuts) + 1) * (tile + 2 * halo + 1) ** 2 >= (bx1 - bx0) * (by1 - by0):
+        bx1, by1 = bx1 - (bx1 - bx0) % q, by1 - (by1 - by0) % q
+        sub = fn(img[by0:by1, bx0:bx1])
+        return _sample(sub if sub.ndim == 3 else sub[:, :, None], xy - np.array([bx0, by0], np.float32), float(q))
+    out: np.ndarray | None = None
+    for a, b in zip(np.r_[0, cuts], np.r_[cuts, n]):
+        idx = order[a:b]
+        cy, cx = divmod(int(ks[a]), ntx)
+        x0, y0 = max(0, cx * tile - halo), max(0, cy * tile - halo)
+        x1, y1 = min(w, (cx + 1) * tile + 1 + halo), min(h, (cy + 1) * tile + 1 + halo)
+        if q > 1:
+            x1, y1 = x1 - (x1 - x0) % q, y1 - (y1 - y0) % q
+        sub = fn(img[y0:y1, x0:x1])
+        if sub.ndim == 2:
+            sub = sub[:, :, None]
+        v = _sample(sub, xy[idx] - np.array([x0, y0], np.float32), float(q))
+        if out is None:
+            out = np.empty((n, v.shape[1]), np.float32)
+        out[idx] = v
+    return out if out is not None else np.zeros((0, 1), np.float32)
+
+
+def _luma_lowpass(sigma: float) -> Any:
+    """A tile filter for :func:`_filtered_at`: the luminance in 8-bit levels, Gaussian-blurred by ``sigma`` px."""
+    def fn(a: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(_luma_levels(a), (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
+    return fn
+
+
+def _lab_lowpass(sigma: float, q: int = 1) -> Any:
+    """A tile filter for :func:`_filtered_at`: shrunk ``q`` times (area averaging), CIE Lab (float32),
+    Gaussian-blurred by ``sigma`` full-resolution px."""
+    def fn(a: np.ndarray) -> np.ndarray:
+        a = np.ascontiguousarray(a if a.ndim == 2 else a[:, :, : min(3, a.shape[2])])
+        if q > 1:
+            a = cv2.resize(a, (a.shape[1] // q, a.shape[0] // q), interpolation=cv2.INTER_AREA)
+        return cv2.GaussianBlur(rgb_to_lab(colour_channels(a)), (0, 0), sigma / q, borderType=cv2.BORDER_REFLECT)
+    return fn
+
+
+def _halo(sigma: float) -> int:
+    return int(math.ceil(4.0 * sigma)) + 2
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -777,7 +863,78 @@ def _choose_placements(
     return chosen
 
 
-def seam_visibility(  # noqa: C901 - to be split (issue 12)
+def _scale_z(pyr: _Pyramid, contour: Contour, placements_by_scale: dict[int, list], used: tuple[int, ...]
+             ) -> tuple[dict[str, float], dict[str, float], np.ndarray, np.ndarray]:
+    """Per seam scale, the two statistics on the contour standardised against its null placements: the z-scores
+    (``|z|`` for the ratio), the raw statistics and signed z's, the null placements' own z-scores (rows:
+    placements) and the per-segment z-scores (rows: statistics); fixed spreads when a scale has no placement."""
+    zs: dict[str, float] = {}
+    stats: dict[str, float] = {}
+    n_stat = 2 * len(used)
+    n_pl = max(len(v) for v in placements_by_scale.values())
+    null_z = np.full((n_pl, n_stat), np.nan)
+    seg_z = np.full((n_stat, contour.n_segments), np.nan)
+    floors = (_NULL_STD_FLOOR, _COH_STD_FLOOR)
+    seg_floors = (_SEG_STD_FLOOR, _SEG_COH_STD_FLOOR)
+    for k, d in enumerate(used):
+        placements = placements_by_scale[d]
+        lab, q = pyr.level(d)
+        g, per = _contrast_stats(lab, q, contour.points, contour.normals, float(d), contour.segments,
+                                 contour.n_segments)
+        null_g = np.full((len(placements), 2), np.nan)
+        null_per = []
+        for j, (o, v) in enumerate(placements):
+            gn, pn = _contrast_stats(lab, q, contour.points[v] + o, contour.normals[v], float(d),
+                                     contour.segments[v], contour.n_segments)
+            null_g[j] = gn
+            null_per.append(pn)
+        for i, name in enumerate(("ratio", "coherence")):
+            key = f"{name}_d{d}"
+            stats[key] = float(g[i])
+            if placements:
+                ns = null_g[:, i]
+                med = float(np.median(ns))
+                sd = max(float(np.std(ns)), 1.4826 * float(np.median(np.abs(ns - med))), floors[i])
+                allseg = np.concatenate([pn[i] for pn in null_per])
+                allseg = allseg[np.isfinite(allseg)]
+                smed = float(np.median(allseg)) if allseg.size else 0.0
+                ssd = max(float(np.std(allseg)) if allseg.size else 0.0, seg_floors[i])
+                zn = (ns - med) / sd
+                null_z[: len(ns), 2 * k + i] = np.abs(zn) if name == "ratio" else zn
+            else:  # no untouched room: fall back to the spreads measured on photos (docs/quality.md)
+                med, sd = _FALLBACK_NULL[i]
+                smed, ssd = _FALLBACK_SEG[i]
+            # ratio: too much contrast across the contour (step, paste seam) and too little (a smeared band, a
+            # halo beside the contour) are both visible, so its |z| counts; coherence is one-sided by nature
+            z = (float(g[i]) - med) / sd
+            zs[key] = abs(z) if name == "ratio" else z
+            sz = (per[i] - smed) / ssd
+            seg_z[2 * k + i] = np.abs(sz) if name == "ratio" else sz
+            stats[f"{key}_signed_z"] = z
+    return zs, stats, null_z, seg_z
+
+
+def _worst_places(contour: Contour, seg_scores: np.ndarray, segment_px: int, n_worst: int
+                  ) -> list[tuple[int, int, float]]:
+    """The highest segment scores, their centres at least a segment apart: (x, y, score), worst first."""
+    centres = np.zeros((contour.n_segments, 2))
+    cnt = np.bincount(contour.segments, minlength=contour.n_segments)
+    for ax in range(2):
+        centres[:, ax] = np.bincount(contour.segments, weights=contour.points[:, ax], minlength=contour.n_segments)
+    centres /= np.maximum(cnt, 1)[:, None]
+    worst: list[tuple[int, int, float]] = []
+    order = np.argsort(-np.nan_to_num(seg_scores, nan=-np.inf))
+    for i in order:
+        if len(worst) >= n_worst or not np.isfinite(seg_scores[i]):
+            break
+        cx, cy = centres[i]
+        if any(math.hypot(cx - a, cy - b) < segment_px for a, b, _ in worst):
+            continue
+        worst.append((int(round(cx)), int(round(cy)), round(float(seg_scores[i]), 3)))
+    return worst
+
+
+def seam_visibility(
     edited: np.ndarray,
     mask: np.ndarray,
     band: int,
@@ -860,49 +1017,7 @@ def seam_visibility(  # noqa: C901 - to be split (issue 12)
         pyr = cache.setdefault("pyramid", _Pyramid(edited))
     else:
         pyr = _Pyramid(edited)
-    zs: dict[str, float] = {}
-    stats: dict[str, float] = {}
-    n_stat = 2 * len(used)
-    n_pl = max(len(v) for v in placements_by_scale.values())
-    null_z = np.full((n_pl, n_stat), np.nan)
-    seg_z = np.full((n_stat, contour.n_segments), np.nan)
-    floors = (_NULL_STD_FLOOR, _COH_STD_FLOOR)
-    seg_floors = (_SEG_STD_FLOOR, _SEG_COH_STD_FLOOR)
-    for k, d in enumerate(used):
-        placements = placements_by_scale[d]
-        lab, q = pyr.level(d)
-        g, per = _contrast_stats(lab, q, contour.points, contour.normals, float(d), contour.segments,
-                                 contour.n_segments)
-        null_g = np.full((len(placements), 2), np.nan)
-        null_per = []
-        for j, (o, v) in enumerate(placements):
-            gn, pn = _contrast_stats(lab, q, contour.points[v] + o, contour.normals[v], float(d),
-                                     contour.segments[v], contour.n_segments)
-            null_g[j] = gn
-            null_per.append(pn)
-        for i, name in enumerate(("ratio", "coherence")):
-            key = f"{name}_d{d}"
-            stats[key] = float(g[i])
-            if placements:
-                ns = null_g[:, i]
-                med = float(np.median(ns))
-                sd = max(float(np.std(ns)), 1.4826 * float(np.median(np.abs(ns - med))), floors[i])
-                allseg = np.concatenate([pn[i] for pn in null_per])
-                allseg = allseg[np.isfinite(allseg)]
-                smed = float(np.median(allseg)) if allseg.size else 0.0
-                ssd = max(float(np.std(allseg)) if allseg.size else 0.0, seg_floors[i])
-                zn = (ns - med) / sd
-                null_z[: len(ns), 2 * k + i] = np.abs(zn) if name == "ratio" else zn
-            else:  # no untouched room: fall back to the spreads measured on photos (docs/quality.md)
-                med, sd = _FALLBACK_NULL[i]
-                smed, ssd = _FALLBACK_SEG[i]
-            # ratio: too much contrast across the contour (step, paste seam) and too little (a smeared band, a
-            # halo beside the contour) are both visible, so its |z| counts; coherence is one-sided by nature
-            z = (float(g[i]) - med) / sd
-            zs[key] = abs(z) if name == "ratio" else z
-            sz = (per[i] - smed) / ssd
-            seg_z[2 * k + i] = np.abs(sz) if name == "ratio" else sz
-            stats[f"{key}_signed_z"] = z
+    zs, stats, null_z, seg_z = _scale_z(pyr, contour, placements_by_scale, used)
     n_min = min(len(v) for v in placements_by_scale.values())
     if 0 < n_min < 8:
         notes.append(f"only {n_min} null placements on untouched pixels; seam score is approximate")
@@ -914,20 +1029,7 @@ def seam_visibility(  # noqa: C901 - to be split (issue 12)
     seg_scores = np.nanmax(np.where(np.isfinite(seg_z), seg_z, -np.inf), axis=0)
     seg_scores[~np.isfinite(seg_scores)] = np.nan
     # worst places: highest segment scores, centres at least one segment apart
-    centres = np.zeros((contour.n_segments, 2))
-    cnt = np.bincount(contour.segments, minlength=contour.n_segments)
-    for ax in range(2):
-        centres[:, ax] = np.bincount(contour.segments, weights=contour.points[:, ax], minlength=contour.n_segments)
-    centres /= np.maximum(cnt, 1)[:, None]
-    worst: list[tuple[int, int, float]] = []
-    order = np.argsort(-np.nan_to_num(seg_scores, nan=-np.inf))
-    for i in order:
-        if len(worst) >= n_worst or not np.isfinite(seg_scores[i]):
-            break
-        cx, cy = centres[i]
-        if any(math.hypot(cx - a, cy - b) < segment_px for a, b, _ in worst):
-            continue
-        worst.append((int(round(cx)), int(round(cy)), round(float(seg_scores[i]), 3)))
+    worst = _worst_places(contour, seg_scores, segment_px, n_worst)
     return SeamResult(
         seam_score=seam_score,
         scale_z=zs,
@@ -954,17 +1056,64 @@ def _max_inradius(mask: np.ndarray, bb: tuple[int, int, int, int]) -> float:
     return float(dt.max()) * k
 
 
-def _lowpass_lab(crop: np.ndarray, sigma: float) -> tuple[np.ndarray, float]:
-    """Lab of ``crop`` (as loaded) low-passed with a Gaussian of ``sigma`` px, at 1/q size; returns (lab, q)."""
-    q = max(1, int(sigma // 3))
-    src = np.ascontiguousarray(crop if crop.ndim == 2 else crop[:, :, : min(3, crop.shape[2])])
-    if q > 1:
-        small = cv2.resize(src, (max(1, src.shape[1] // q), max(1, src.shape[0] // q)), interpolation=cv2.INTER_AREA)
-        qx = src.shape[1] / small.shape[1]
-    else:
-        small, qx = src, 1.0
-    lab = cv2.GaussianBlur(rgb_to_lab(colour_channels(small)), (0, 0), sigma / qx, borderType=cv2.BORDER_REFLECT)
-    return lab, qx
+def _inradius_upper(mask: np.ndarray, bb: tuple[int, int, int, int], k: int = 4) -> float:
+    """An upper bound of the largest distance from a mask pixel to the outside, from the ``k`` x ``k`` blocks wholly
+    inside the mask (cheap on a mask of scattered spots over a large box)."""
+    sub = mask[bb[1] : bb[3], bb[0] : bb[2]].astype(np.uint8) * 255
+    hs, ws = sub.shape[0] // k, sub.shape[1] // k
+    if hs < 1 or ws < 1:
+        return float(max(sub.shape))
+    full = cv2.resize(sub[: hs * k, : ws * k], (ws, hs), interpolation=cv2.INTER_AREA) >= 255
+    d = float(cv2.distanceTransform(np.pad(full.astype(np.uint8), 1), cv2.DIST_L2, 5).max()) if full.any() else 0.0
+    d *= 1.05  # the 5x5 chamfer distance is within a few % of the Euclidean one
+    # a pixel of a full block lies within k / sqrt 2 of its centre, the nearest partial block's centre d k away
+    # holds an outside pixel within k / sqrt 2 of it; a pixel in a partial block (or in the remainder rows and
+    # columns at the box's edge) lies within k sqrt 2 of the outside
+    return max(k * math.sqrt(2.0), k * (d + math.sqrt(2.0)))
+
+
+@dataclass
+class _Sides:
+    """Where :func:`tone_step` and :func:`colour_consistency` sample: contour points (full-image x, y) with both
+    sides inside the image, the inner and outer sample positions ``D`` px along the normal (full-image), the
+    points' segment ids and the crop box (x0, y0, x1, y1) around the mask."""
+
+    points: np.ndarray
+    inner: np.ndarray
+    outer: np.ndarray
+    segments: np.ndarray
+    n_segments: int
+    depth: float
+    box: tuple[int, int, int, int]
+
+
+def _contour_sides(mask: np.ndarray, band: int, segment_px: int | None, reach: float) -> _Sides | None:
+    """The contour of ``mask`` every 3 px (segments of ``segment_px``, default ``max(48, 2 band)``) and its inner and
+    outer sides at ``D = max(8, band)`` px -- clear of a centred blend band, but at most 0.6 x the mask's largest
+    inradius, so a thin mask is not sampled on its far side; points whose samples (or themselves) leave the image
+    are dropped. ``reach``: how far past the samples the caller's filter reads (sizes the crop box). None when
+    fewer than 4 points remain."""
+    h, w = mask.shape
+    bb = mask_bbox(mask)
+    if bb is None:
+        return None
+    if segment_px is None:
+        segment_px = max(48, 2 * band)
+    D = float(max(3.0, min(max(8, band), 0.6 * _max_inradius(mask, bb))))
+    x0, y0, x1, y1 = _crop_box(mask.shape, bb, int(D + reach) + 4)
+    contour = sample_contour(mask[y0:y1, x0:x1], (x0, y0), step=3.0, segment_px=segment_px)
+    p = contour.points
+    if len(p) < 4:
+        return None
+    pin, pout = p - D * contour.normals, p + D * contour.normals
+
+    def inside(q: np.ndarray) -> np.ndarray:
+        return (q[:, 0] >= x0) & (q[:, 0] < x1) & (q[:, 1] >= y0) & (q[:, 1] < y1)
+
+    ok = inside(pin) & inside(pout) & (p[:, 0] > 1) & (p[:, 0] < w - 2) & (p[:, 1] > 1) & (p[:, 1] < h - 2)
+    if ok.sum() < 4:
+        return None
+    return _Sides(p[ok], pin[ok], pout[ok], contour.segments[ok], contour.n_segments, D, (x0, y0, x1, y1))
 
 
 def colour_consistency(
@@ -993,36 +1142,18 @@ def colour_consistency(
     - ``colour_delta_e_before``: ``colour_delta_e`` of the original (how different its inner side already was).
     - ``colour_delta_e_p90``: 90th percentile of the per-segment inner-vs-outer ΔE of the edit (informational).
     """
-    h, w = mask.shape
-    bb = mask_bbox(mask)
     nan = {"colour_delta_e": float("nan"), "colour_delta_e_original": float("nan"), "colour_delta_e_p90": float("nan")}
-    if bb is None:
+    sides = _contour_sides(mask, band, segment_px, 12.0)
+    if sides is None:
         return nan
-    if segment_px is None:
-        segment_px = max(48, 2 * band)
-    # sample depth: clear of a centred blend band, but not past the middle of a thin mask
-    D = float(max(3.0, min(max(8, band), 0.6 * _max_inradius(mask, bb))))
-    x0, y0, x1, y1 = _crop_box(mask.shape, bb, int(D) + 16)
-    contour = sample_contour(mask[y0:y1, x0:x1], (x0, y0), step=3.0, segment_px=segment_px)
-    p = contour.points
-    if len(p) < 4:
-        return nan
-    lab, qx = _lowpass_lab(edited[y0:y1, x0:x1], sigma)
-    local = p - np.array([x0, y0], np.float32)
-    pin = local - D * contour.normals
-    pout = local + D * contour.normals
-    cw, ch = x1 - x0, y1 - y0
-    ok = (
-        (pout[:, 0] >= 0) & (pout[:, 0] < cw) & (pout[:, 1] >= 0) & (pout[:, 1] < ch)
-        & (pin[:, 0] >= 0) & (pin[:, 0] < cw) & (pin[:, 1] >= 0) & (pin[:, 1] < ch)
-        & (p[:, 0] > 1) & (p[:, 0] < w - 2) & (p[:, 1] > 1) & (p[:, 1] < h - 2)
-    )
-    if ok.sum() < 4:
-        return nan
-    inner = _sample(lab, pin[ok], qx).astype(np.float64)
-    outer = _sample(lab, pout[ok], qx).astype(np.float64)
-    seg = contour.segments[ok]
-    nseg = contour.n_segments
+    # the low-passed Lab only on tiles around the samples (full-image positions)
+    n = len(sides.points)
+    both = np.concatenate([sides.inner, sides.outer])
+    q = max(1, int(sigma // 3))  # the low-pass on a copy q times smaller (as sharp as it needs to be)
+    lp = _lab_lowpass(sigma, q)
+    v = _filtered_at(edited, lp, _halo(sigma), both, q=q).astype(np.float64)
+    inner, outer = v[:n], v[n:]
+    seg, nseg = sides.segments, sides.n_segments
     cnt = np.bincount(seg, minlength=nseg)
     good = cnt >= 3
 
@@ -1038,119 +1169,13 @@ def colour_consistency(
         "colour_delta_e_original": float("nan"),
     }
     if original is not None:
-        lab0, _ = _lowpass_lab(original[y0:y1, x0:x1], sigma)
-        m0 = seg_mean(_sample(lab0, pin[ok], qx).astype(np.float64))
-        mo0 = seg_mean(_sample(lab0, pout[ok], qx).astype(np.float64))
+        v0 = _filtered_at(original, lp, _halo(sigma), both, q=q).astype(np.float64)
+        m0, mo0 = seg_mean(v0[:n]), seg_mean(v0[n:])
         shift = np.median(mi - m0, axis=0)
         ref = np.average(m0, 0, wseg)
         out["colour_delta_e_original"] = float(ciede2000(ref, ref + shift))
         out["colour_delta_e_before"] = float(ciede2000(ref, np.average(mo0, 0, wseg)))
     return out
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# BRISQUE (no-reference quality): features computed here, the fitted model shipped as plain arrays
-# ----------------------------------------------------------------------------------------------------------------
-_BRISQUE_MODEL: dict[str, Any] | None = None
-_BRISQUE_TRIED = False
-#: The LIVE-trained epsilon-SVR (RBF) and feature scaling of the ``brisque`` wheel (Apache-2.0, licence beside it),
-#: converted once by ``bench/brisque_model.py`` into a numpy archive: no pickle is ever loaded.
-BRISQUE_MODEL_PATH = Path(__file__).resolve().parents[1] / "data" / "brisque_live.npz"
-
-
-def _load_brisque() -> dict[str, Any] | None:
-    """The shipped BRISQUE model (``gamma``, ``rho``, ``coef``, ``sv``, ``min``, ``max``) or None when absent."""
-    global _BRISQUE_MODEL, _BRISQUE_TRIED
-    if _BRISQUE_TRIED:
-        return _BRISQUE_MODEL
-    _BRISQUE_TRIED = True
-    try:
-        with np.load(BRISQUE_MODEL_PATH, allow_pickle=False) as z:
-            _BRISQUE_MODEL = {k: np.asarray(z[k], np.float64) for k in ("coef", "sv", "min", "max")}
-            _BRISQUE_MODEL.update(gamma=float(z["gamma"]), rho=float(z["rho"]), source=str(BRISQUE_MODEL_PATH))
-    except (OSError, KeyError, ValueError):  # a missing or broken optional model only disables the metric
-        _BRISQUE_MODEL = None
-    return _BRISQUE_MODEL
-
-
-def brisque_available() -> bool:
-    """True when the shipped BRISQUE model (``crispedit/data/brisque_live.npz``) can be read."""
-    return _load_brisque() is not None
-
-
-_GAMMA_GRID = np.arange(0.2, 10.0, 0.001)
-
-
-def _rho_grid() -> np.ndarray:
-    from scipy.special import gammaln
-
-    g = _GAMMA_GRID
-    return np.exp(2 * gammaln(2 / g) - gammaln(1 / g) - gammaln(3 / g))
-
-
-_RHO = None
-
-
-def _aggd(x: np.ndarray) -> tuple[float, float, float, float]:
-    """Asymmetric generalised Gaussian fit by moment matching (Lasmar et al. 2009), as in BRISQUE."""
-    global _RHO
-    from scipy.special import gammaln
-
-    if _RHO is None:
-        _RHO = _rho_grid()
-    x = x.ravel().astype(np.float64)
-    left, right = x[x < 0], x[x >= 0]
-    sl = math.sqrt(np.mean(left**2)) if left.size else 1e-6
-    sr = math.sqrt(np.mean(right**2)) if right.size else 1e-6
-    gam = sl / max(sr, 1e-12)
-    r_hat = np.mean(np.abs(x)) ** 2 / max(np.mean(x**2), 1e-12)
-    R_hat = r_hat * (gam**3 + 1) * (gam + 1) / (gam**2 + 1) ** 2
-    alpha = float(_GAMMA_GRID[np.argmin((_RHO - R_hat) ** 2)])
-    const = math.exp(0.5 * (gammaln(1 / alpha) - gammaln(3 / alpha)))
-    mean = (sr - sl) * const * math.exp(gammaln(2 / alpha) - gammaln(1 / alpha))
-    return alpha, mean, sl, sr
-
-
-def _brisque_features(gray: np.ndarray) -> np.ndarray:
-    """36 BRISQUE features (Mittal, Moorthy & Bovik 2012) of a grey image in [0, 1], two scales."""
-    feats = []
-    img = gray.astype(np.float64)
-    for _ in range(2):
-        mu = cv2.GaussianBlur(img, (7, 7), 7 / 6, borderType=cv2.BORDER_REPLICATE)
-        var = cv2.GaussianBlur(img * img, (7, 7), 7 / 6, borderType=cv2.BORDER_REPLICATE) - mu * mu
-        mscn = (img - mu) / (np.sqrt(np.abs(var)) + 1.0 / 255.0)
-        a, _, sl, sr = _aggd(mscn)
-        feats += [a, (sl**2 + sr**2) / 2]
-        for sh in (
-            mscn[:, :-1] * mscn[:, 1:],
-            mscn[:-1, :] * mscn[1:, :],
-            mscn[:-1, :-1] * mscn[1:, 1:],
-            mscn[1:, :-1] * mscn[:-1, 1:],
-        ):
-            a, m, sl, sr = _aggd(sh)
-            feats += [a, m, sl**2, sr**2]
-        img = cv2.resize(img, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_CUBIC)
-    return np.array(feats)
-
-
-def brisque_score(rgb_or_gray: np.ndarray) -> float | None:
-    """BRISQUE score (lower = more natural, roughly 0..100) of a patch, or None without the model.
-
-    The features are computed here; the fitted SVR (LIVE database, from the ``brisque`` wheel, Apache-2.0) is read
-    from ``crispedit/data/brisque_live.npz`` with ``allow_pickle=False``.
-    """
-    model = _load_brisque()
-    if model is None:
-        return None
-    f = as_float(rgb_or_gray)
-    if f.ndim == 3:
-        f = _luma(np.ascontiguousarray(f[:, :, :3])) if f.shape[2] >= 3 else f[:, :, 0]
-    if min(f.shape) < 32:
-        return None
-    x = _brisque_features(f)
-    xs = -1 + 2.0 * (x - model["min"]) / (model["max"] - model["min"])
-    d2 = np.sum((model["sv"] - xs[None, :]) ** 2, axis=1)
-    return float(np.dot(model["coef"], np.exp(-model["gamma"] * d2)) - model["rho"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -1193,48 +1218,40 @@ def tone_step(
     nan = float("nan")
     out: dict[str, Any] = {"tone_step_levels": nan, "tone_step_edge": nan, "tone_step_original": nan,
                            "tone_step_before": nan, "tone_step_worst": nan, "tone_step_place": None}
-    h, w = mask.shape
-    bb = mask_bbox(mask)
-    if bb is None:
+    sides = _contour_sides(mask, band, segment_px, 3 * sigma)
+    if sides is None:
         return out
-    if segment_px is None:
-        segment_px = max(48, 2 * band)
-    D = float(max(3.0, min(max(8, band), 0.6 * _max_inradius(mask, bb))))
-    x0, y0, x1, y1 = _crop_box(mask.shape, bb, int(D + 3 * sigma) + 4)
-    contour = sample_contour(mask[y0:y1, x0:x1], (x0, y0), step=3.0, segment_px=segment_px)
-    p = contour.points
-    if len(p) < 4:
-        return out
-    local = p - np.array([x0, y0], np.float32)
-    pin, pout = local - D * contour.normals, local + D * contour.normals
-    cw, ch = x1 - x0, y1 - y0
-    ok = (
-        (pout[:, 0] >= 0) & (pout[:, 0] < cw) & (pout[:, 1] >= 0) & (pout[:, 1] < ch)
-        & (pin[:, 0] >= 0) & (pin[:, 0] < cw) & (pin[:, 1] >= 0) & (pin[:, 1] < ch)
-        & (p[:, 0] > 1) & (p[:, 0] < w - 2) & (p[:, 1] > 1) & (p[:, 1] < h - 2)
-    )
-    if ok.sum() < 4:
-        return out
-    seg = contour.segments[ok]
-    nseg = contour.n_segments
+    x0, y0, x1, y1 = sides.box
+    seg, nseg = sides.segments, sides.n_segments
     cnt = np.bincount(seg, minlength=nseg)
     good = cnt >= 2
 
     lumas: list[tuple[np.ndarray, np.ndarray]] = []
+    # the inside pixels (thinned) where kept-or-replaced is decided, and how deep each lies
+    msk = mask[y0:y1, x0:x1]
+    deep = _deep_region(msk, 12.0)
+    iys, ixs = np.nonzero(_subsample(msk, 30_000))
+    dys, dxs = np.nonzero(deep)
+    n_in = len(iys)
+    px = np.concatenate([np.stack([ixs, iys], 1), np.stack([dxs, dys], 1)]).astype(np.float32) + np.array([x0, y0],
+                                                                                                        np.float32)
+    nok = len(sides.points)
+    pts = np.concatenate([sides.inner, sides.outer, px])
+    lp = _luma_lowpass(sigma)
 
     def per_seg(img: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        raw = _luma_levels(img[y0:y1, x0:x1])
-        g = cv2.GaussianBlur(raw, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
-        lumas.append((raw, g))
-        g = g[:, :, None]
-        vi = _sample(g, pin[ok], 1.0)[:, 0].astype(np.float64)
-        vo = _sample(g, pout[ok], 1.0)[:, 0].astype(np.float64)
+        v = _filtered_at(img, lp, _halo(sigma), pts)[:, 0]
+        vi, vo = v[:nok].astype(np.float64), v[nok : 2 * nok].astype(np.float64)
+        ipx = px[:n_in].astype(np.int64)
+        raw = _luma_levels(np.ascontiguousarray(img[ipx[:, 1], ipx[:, 0]][None]))[0]
+        lumas.append((raw - v[2 * nok : 2 * nok + n_in], v[2 * nok + n_in :]))
         si = np.bincount(seg, weights=vi, minlength=nseg)[good] / cnt[good]
         so = np.bincount(seg, weights=vo, minlength=nseg)[good] / cnt[good]
         return si, so
 
     ei, eo = per_seg(edited)
-    centres = np.stack([np.bincount(seg, weights=p[ok][:, k], minlength=nseg)[good] / cnt[good] for k in (0, 1)], 1)
+    centres = np.stack([np.bincount(seg, weights=sides.points[:, k], minlength=nseg)[good] / cnt[good]
+                        for k in (0, 1)], 1)
     edge = ei - eo
     out["tone_step_edge"] = float(np.median(edge))
 
@@ -1256,12 +1273,13 @@ def tone_step(
     if offset is not None:
         # was the inside kept (the original's own structure plus a smooth offset: a tone change, to be judged
         # against what was there) or replaced (a removal: to be judged against the outside)?
-        inside = _subsample(mask[y0:y1, x0:x1], 200_000)
-        (re, ge), (ro, go) = lumas
-        he, ho = (re - ge)[inside], (ro - go)[inside]
+        (he, ge), (ho, go) = lumas
+        he, ho = he.astype(np.float64), ho.astype(np.float64)
         den = float(np.sqrt(np.sum(he * he) * np.sum(ho * ho)))
         kept = float(np.sum(he * ho) / den) if den > 0 else 1.0
         out["tone_structure_kept"] = kept
+        out["content_kept"] = content_kept = _lowfreq_correlation(ge, go)
+        kept = max(kept, content_kept)
         if kept >= 0.8:
             offset_only = float(np.median(offset))
             out["tone_step_levels"], out["tone_step_signed"] = abs(offset_only), offset_only
@@ -1274,7 +1292,7 @@ def tone_step(
         best, where = -1.0, 0
         for i in range(len(edge)):
             sl = slice(max(0, i - 1), i + 2)
-            if offset is not None and out.get("tone_structure_kept", 0.0) >= 0.8:
+            if offset is not None and max(out.get("tone_structure_kept", 0.0), out.get("content_kept", 0.0)) >= 0.8:
                 v = abs(float(np.median(offset[sl])))
             else:
                 v, _ = visible(edge[sl], None if offset is None else offset[sl])
@@ -1282,6 +1300,137 @@ def tone_step(
                 best, where = v, i
         out["tone_step_worst"] = best
         out["tone_step_place"] = (int(round(centres[where, 0])), int(round(centres[where, 1])))
+    return out
+
+
+def _deep_region(mask: np.ndarray, depth: float) -> np.ndarray:
+    """``mask`` eroded by ``depth`` px (distance on a 4x smaller copy, where a block counts when wholly inside),
+    thinned to about 30 000 px; the whole mask (thinned) when that leaves under 5% of it or 400 px."""
+    m = mask.astype(np.uint8)
+    k = 4 if min(m.shape) >= 64 else 1
+    small = m if k == 1 else cv2.resize(m * 255, (m.shape[1] // k, m.shape[0] // k), interpolation=cv2.INTER_AREA)
+    dsmall = cv2.distanceTransform(np.pad((small >= (255 if k > 1 else 1)).astype(np.uint8), 1), cv2.DIST_L2, 3)
+    deep_s = dsmall[1:-1, 1:-1] * k > depth
+    deep = np.zeros(m.shape, bool)
+    deep[: deep_s.shape[0] * k, : deep_s.shape[1] * k] = np.repeat(np.repeat(deep_s, k, 0), k, 1)
+    deep &= mask.astype(bool)
+    region = deep if np.count_nonzero(deep) >= max(400, 0.05 * np.count_nonzero(m)) else mask.astype(bool)
+    return _subsample(region, 30_000)
+
+
+def _lowfreq_correlation(ge: np.ndarray, go: np.ndarray, *, floor: float = 0.5) -> float:
+    """Correlation of two low-passed luminances (8-bit levels, sampled at the same pixels: the mask eroded by
+    12 px, :func:`_deep_region`), each minus its mean; ``floor`` levels of variance are added to both, so two flat
+    patches do not correlate. About 1 when the edit kept the scene's layout under the mask (a retouch, a tone or
+    colour change, a blur, a regrain: only the fine scales or an offset changed), near 0 when it replaced it (an
+    object removal, a fill)."""
+    n = len(ge)
+    if n < 16:
+        return float("nan")
+    a = ge.astype(np.float64) - float(np.mean(ge))
+    b = go.astype(np.float64) - float(np.mean(go))
+    den = math.sqrt((float(a @ a) + n * floor**2) * (float(b @ b) + n * floor**2))
+    return float(a @ b) / den
+
+
+def scene_steps(
+    edited: np.ndarray,
+    mask: np.ndarray,
+    band: int,
+    *,
+    forbidden: np.ndarray | None = None,
+    seed: int = 0,
+    cache: dict[str, Any] | None = None,
+    n_null: int = 24,
+    segment_px: int | None = None,
+) -> dict[str, Any]:
+    """How unusual the tone and colour difference across the contour is for this photo: the edit's inner vs outer
+    side against the same statistics on copies of the contour translated onto untouched parts of the image.
+
+    For an edit that replaced the content (a removal), the inside should look like the scene continues: the
+    difference across the contour is then whatever the scene does across a contour of this shape, which on a
+    contour crossing objects is not zero. The image low-passed as in the seam check's 8-px scale (shrunk by 4,
+    CIE Lab, Gaussian sigma 1 px there) is sampled ``D`` px inside and outside the contour (``D`` as in
+    :func:`tone_step`) and averaged per segment; per contour: ``L`` = median over segments of the L* step
+    (inside - outside), ``L_worst`` = the largest ``|median|`` over runs of three segments, ``E`` = CIEDE2000 of
+    the mean inner and mean outer colour. The same on up to ``n_null`` placements (chosen as the seam check's:
+    seeded offsets, every sample ``D + 8`` px clear of ``forbidden`` and of the mask). Returns ``scene_tone_z``
+    (``|L - median| / spread`` of the placements' ``L``), ``scene_tone_worst_z``, ``scene_colour_z`` (one-sided),
+    with the spread ``max(1.4826 MAD, floor)`` (floors 0.4 L*, 0.4 ΔE); the raw values (``scene_tone_lstar``,
+    ``scene_colour_delta_e``, their null medians) and ``scene_null_placements``. nan when fewer than
+    :data:`_NULL_MIN` placements fit.
+    """
+    nan = float("nan")
+    out: dict[str, Any] = {"scene_tone_z": nan, "scene_tone_worst_z": nan, "scene_colour_z": nan,
+                           "scene_null_placements": 0}
+    h, w = mask.shape
+    bb = mask_bbox(mask)
+    if bb is None:
+        return out
+    if segment_px is None:
+        segment_px = max(48, 2 * band)
+    D = float(max(3.0, min(max(8, band), 0.6 * _max_inradius(mask, bb))))
+    x0, y0, x1, y1 = _crop_box(mask.shape, bb, 4)
+    contour = sample_contour(mask[y0:y1, x0:x1], (x0, y0), step=3.0, segment_px=segment_px)
+    p = contour.points
+    keep = (p[:, 0] - D >= 0) & (p[:, 0] + D < w) & (p[:, 1] - D >= 0) & (p[:, 1] + D < h)
+    if keep.sum() < 8:
+        return out
+    pts, nrm = p[keep], contour.normals[keep]
+    uniq, seg = np.unique(contour.segments[keep], return_inverse=True)
+    nseg = len(uniq)
+    if cache is not None and "dist" in cache:
+        dist, f = cache["dist"]
+    else:
+        dist, f = _forbidden_distance(mask, 0, forbidden, max(2, int(min(h, w) // 256)))
+        if cache is not None:
+            cache["dist"] = (dist, f)
+    pyr = cache.setdefault("pyramid", _Pyramid(edited)) if cache is not None else _Pyramid(edited)
+    lab, q = pyr.level(8)
+    rng = np.random.default_rng(seed + 1)
+    placements = _choose_placements(Contour(pts, nrm, seg, nseg), dist, f, (h, w), D + 8.0, n_null, rng)
+
+    def stats(pp: np.ndarray, nn: np.ndarray, ss: np.ndarray) -> tuple[float, float, float]:
+        vi = _sample(lab, pp - D * nn, q).astype(np.float64)[:, :3]
+        vo = _sample(lab, pp + D * nn, q).astype(np.float64)[:, :3]
+        cnt = np.bincount(ss, minlength=nseg)
+        good = cnt >= 2
+        if good.sum() < 1:
+            return nan, nan, nan
+        mi = np.stack([np.bincount(ss, weights=vi[:, i], minlength=nseg) for i in range(vi.shape[1])], 1)[good]
+        mo = np.stack([np.bincount(ss, weights=vo[:, i], minlength=nseg) for i in range(vo.shape[1])], 1)[good]
+        mi /= cnt[good, None]
+        mo /= cnt[good, None]
+        dl = mi[:, 0] - mo[:, 0]
+        worst = abs(float(np.median(dl)))
+        for i in range(len(dl)):
+            worst = max(worst, abs(float(np.median(dl[max(0, i - 1) : i + 2]))))
+        wseg = cnt[good].astype(np.float64)
+        if mi.shape[1] >= 3:
+            de = float(ciede2000(np.average(mi, 0, wseg), np.average(mo, 0, wseg)))
+        else:
+            de = abs(float(np.average(dl, weights=wseg)))
+        return float(np.median(dl)), worst, de
+
+    real = stats(pts, nrm, seg)
+    out["scene_tone_lstar"], out["scene_tone_worst_lstar"], out["scene_colour_delta_e"] = real
+    out["scene_null_placements"] = len(placements)
+    if len(placements) < _NULL_MIN:
+        return out
+    null = np.array([stats(pts[v] + o, nrm[v], seg[v]) for o, v in placements])
+    null = null[np.isfinite(null).all(axis=1)]
+    if len(null) < _NULL_MIN:
+        return out
+
+    def z(value: float, ns: np.ndarray, floor: float, two_sided: bool) -> tuple[float, float]:
+        med = float(np.median(ns))
+        sd = max(1.4826 * float(np.median(np.abs(ns - med))), floor)
+        zz = (value - med) / sd
+        return (abs(zz) if two_sided else zz), med
+
+    out["scene_tone_z"], out["scene_tone_null"] = z(real[0], null[:, 0], 0.4, True)
+    out["scene_tone_worst_z"], out["scene_tone_worst_null"] = z(real[1], null[:, 1], 0.4, False)
+    out["scene_colour_z"], out["scene_colour_null"] = z(real[2], null[:, 2], 0.4, False)
     return out
 
 
@@ -1328,6 +1477,49 @@ def _regular_lines(profile: np.ndarray, thr: float, tol: float = 3.0) -> int:
     return best
 
 
+def _null_max(step: np.ndarray, brk: np.ndarray | None, vnull: np.ndarray, acc: dict[str, list],
+              keys: tuple[str, str], grid_min: float | None) -> int:
+    """The surroundings' own straightness: 99.9th percentiles of the step (and break) over the runs ``vnull``,
+    appended to ``acc``; with ``grid_min``, the lines on one lattice there (a fence, tiles, a painted pattern)."""
+    if vnull.sum() <= 100:
+        return 0
+    acc[keys[0]].append(float(np.percentile(step[vnull], 99.9)))
+    if brk is not None:
+        acc[keys[1]].append(float(np.percentile(brk[vnull], 99.9)))
+    return _regular_lines(np.where(vnull, step, -np.inf).max(axis=1), grid_min) if grid_min is not None else 0
+
+
+def _inside_max(step: np.ndarray, brk: np.ndarray | None, vin: np.ndarray, acc: dict[str, list],
+                keys: tuple[str, str], grid_min: float | None) -> tuple[np.ndarray, int]:
+    """Append the largest step (and break) over the valid runs ``vin`` to ``acc[keys[0]]`` (``acc[keys[1]]``);
+    returns the step map inside (-inf elsewhere) and, with ``grid_min``, the lines on one lattice."""
+    s_in = np.where(vin, step, -np.inf)
+    acc[keys[0]].append(float(s_in.max()))
+    if brk is not None:
+        acc[keys[1]].append(float(np.where(vin & np.isfinite(brk), brk, -np.inf).max()))
+    return s_in, (_regular_lines(s_in.max(axis=1), grid_min) if grid_min is not None else 0)
+
+
+def _corner_stats(cmaps: list[tuple[np.ndarray, ...]], length: int) -> dict[str, float]:
+    """A pasted block has a horizontal and a vertical edge meeting at a corner; a stem or a horizon crossing the
+    fill has one direction only. ``cmaps``: per axis (horizontal lines, vertical lines), the step and break maps
+    inside and on the surroundings (-inf elsewhere); the corner statistic is the ``min`` of the two directions'
+    largest values within ``length + 16`` px."""
+    nan = float("nan")
+    out = {}
+    k = np.ones((length + 16, length + 16), np.uint8)
+    for i, name in enumerate(("edge_corner_raw", "edge_corner_break_raw", "edge_corner_null",
+                              "edge_corner_break_null")):
+        c = np.minimum(cv2.dilate(cmaps[0][i], k), cv2.dilate(cmaps[1][i], k))
+        if i < 2:
+            v = float(c.max())
+        else:
+            cc = c[np.isfinite(c)]
+            v = float(np.percentile(cc, 99.9)) if cc.size > 100 else nan
+        out[name] = v if math.isfinite(v) else nan
+    return out
+
+
 def straight_edges(
     original: np.ndarray | None,
     edited: np.ndarray,
@@ -1339,6 +1531,7 @@ def straight_edges(
     grid_step_min: float = 1.5,
     depth: int = 4,
     exclude: np.ndarray | None = None,
+    corners: bool = False,
 ) -> dict[str, Any]:
     """Axis-aligned straight edges inside the mask that were not there and that the surroundings do not have.
 
@@ -1354,15 +1547,24 @@ def straight_edges(
     texture averages out further) gives ``grid_step_max``, ``grid_step_null`` and ``grid_lines``: the largest
     number of added parallel lines stronger than ``grid_step_min`` levels that sit on one regular lattice (a
     common spacing, +-3 px) -- tile seams do, natural straight lines (stems, horizons) do not. ``edge_place`` /
-    ``grid_place``: (x, y) of the strongest.
+    ``grid_place``: (x, y) of the strongest. With ``corners`` (replaced content) also ``edge_step_raw``,
+    ``edge_break_raw``, ``grid_step_raw`` and ``grid_lines_raw``: the same of the edit alone (not minus the original), for an edit that replaced the content
+    (the removed object's edges say nothing about the fill); ``grid_lines_null``: the lines on one lattice in the
+    surroundings (the scene's own pattern, which a fill may continue). With ``corners``: ``edge_corner_raw`` and
+    ``edge_corner_break_raw``, the largest ``min`` of the horizontal and the vertical statistic within
+    ``length + 16`` px of each other (a block's corner: two hard edges meet; a stem crossing the fill is one
+    direction), and their 99.9th percentiles on the surroundings (``edge_corner_null``, ``edge_corner_break_null``).
     """
     nan = float("nan")
     out: dict[str, Any] = {"edge_step_max": nan, "edge_step_null": nan, "edge_break_max": nan,
                            "edge_break_null": nan, "edge_place": None, "grid_step_max": nan,
-                           "grid_step_null": nan, "grid_lines": 0, "grid_place": None}
+                           "grid_step_null": nan, "grid_lines": 0, "grid_place": None, "edge_step_raw": nan,
+                           "edge_break_raw": nan, "grid_step_raw": nan, "grid_lines_raw": 0}
     bb = mask_bbox(mask)
     if bb is None:
         return out
+    if _inradius_upper(mask, bb) < math.hypot(length / 2.0, depth + 4.5):
+        return out  # no run's footprint (9 x length px, depth px inside) fits: small regions, dust
     grid_length = int(max(length, min(grid_length, min(bb[2] - bb[0], bb[3] - bb[1]) // 2)))
     margin = band + 4 + grid_length + 64
     x0, y0, x1, y1 = _crop_box(mask.shape, bb, margin)
@@ -1381,9 +1583,10 @@ def straight_edges(
     g0 = lum(original) if original is not None else None
     zone = m if exclude is None else (m | exclude[y0:y1, x0:x1])
     far = cv2.distanceTransform((~zone).astype(np.uint8), cv2.DIST_L2, 3) > band + 4
-    acc: dict[str, list] = {k: [] for k in ("es", "eb", "ns", "nb", "gs", "gn")}
+    acc: dict[str, list] = {k: [] for k in ("es", "eb", "ns", "nb", "gs", "gn", "rs", "rb", "rg")}
     places: dict[str, tuple[float, Any]] = {"edge": (-1.0, None), "grid": (-1.0, None)}
-    lines = 0
+    lines = lines_raw = lines_null = 0
+    cmaps: list[tuple[np.ndarray, ...]] = []
     for axis in (0, 1):
         tr = (lambda a: a) if axis == 0 else (lambda a: np.ascontiguousarray(a.T))
         gg, ii, ff = tr(g), tr(inner), tr(far)
@@ -1409,35 +1612,44 @@ def straight_edges(
             vin = cv2.blur(ii9, k, borderType=cv2.BORDER_CONSTANT) > 0.999
             vnull = cv2.blur(ff9, k, borderType=cv2.BORDER_CONSTANT) > 0.999
             step, brk = _line_stats(de, ade, L, with_break=tag == "edge")
-            q = nan
-            if vnull.sum() > 100:
-                q = float(np.percentile(step[vnull], 99.9))
-                acc["ns" if tag == "edge" else "gn"].append(q)
-                if brk is not None:
-                    acc["nb"].append(float(np.percentile(brk[vnull], 99.9)))
+            lines_null = max(lines_null, _null_max(step, brk, vnull, acc, ("ns", "nb") if tag == "edge" else
+                                                   ("gn", ""), grid_step_min if tag == "grid" and corners else None))
+            if corners and tag == "edge":
+                back = (lambda a: a) if axis == 0 else (lambda a: np.ascontiguousarray(a.T))
+                cmaps.append((back(np.where(vin, step, -np.inf).astype(np.float32)),
+                              back(np.where(vin & np.isfinite(brk), brk, -np.inf).astype(np.float32)),
+                              back(np.where(vnull, step, -np.inf).astype(np.float32)),
+                              back(np.where(vnull & np.isfinite(brk), brk, -np.inf).astype(np.float32))))
             if not vin.any():
                 continue
+            # the edit's own straightness inside (judged against the surroundings when the content was replaced)
+            if corners:
+                _, n_raw = _inside_max(step, brk, vin, acc, ("rs", "rb") if tag == "edge" else ("rg", ""),
+                                       grid_step_min if tag == "grid" else None)
+                lines_raw = max(lines_raw, n_raw)
             if do is not None:
                 step0, brk0 = _line_stats(do[0], do[1], L, with_break=tag == "edge")
                 step = step - step0
                 if brk is not None:
                     with np.errstate(invalid="ignore"):
                         brk = brk - brk0
-            s_in = np.where(vin, step, -np.inf)
-            acc["es" if tag == "edge" else "gs"].append(float(s_in.max()))
-            if brk is not None:
-                acc["eb"].append(float(np.where(vin & np.isfinite(brk), brk, -np.inf).max()))
-            if tag == "grid":
-                lines = max(lines, _regular_lines(s_in.max(axis=1), grid_step_min))
+            s_in, n_lines = _inside_max(step, brk, vin, acc, ("es", "eb") if tag == "edge" else ("gs", ""),
+                                        grid_step_min if tag == "grid" else None)
+            lines = max(lines, n_lines)
             yx = np.unravel_index(int(np.argmax(s_in)), s_in.shape)
             if s_in[yx] > places[tag][0]:
                 yy, xx = int(yx[0]), int(yx[1])
                 places[tag] = (float(s_in[yx]), (x0 + xx, y0 + yy) if axis == 0 else (x0 + yy, y0 + xx))
     for key, name in (("es", "edge_step_max"), ("eb", "edge_break_max"), ("gs", "grid_step_max"),
-                      ("ns", "edge_step_null"), ("nb", "edge_break_null"), ("gn", "grid_step_null")):
+                      ("ns", "edge_step_null"), ("nb", "edge_break_null"), ("gn", "grid_step_null"),
+                      ("rs", "edge_step_raw"), ("rb", "edge_break_raw"), ("rg", "grid_step_raw")):
         if acc[key]:
             out[name] = max(acc[key])
     out["grid_lines"] = lines
+    out["grid_lines_raw"] = lines_raw
+    out["grid_lines_null"] = lines_null
+    if len(cmaps) == 2:
+        out.update(_corner_stats(cmaps, length))
     out["edge_place"] = places["edge"][1]
     out["grid_place"] = places["grid"][1]
     return out

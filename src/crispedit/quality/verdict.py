@@ -51,6 +51,9 @@ class Thresholds:
     outside_changed_max: int = 0
     #: seam score above which the seam is visible (z-like; unedited photos measure about -1 .. 2.2)
     seam_max: float = 4.0
+    #: the same for an edit that replaced the content (a removal: no original to compare its tone with; the
+    #: demo's darker disc measures 3.4 and 3.8, good removals at most 0.95 on the tuning photos)
+    replaced_seam_max: float = 3.0
     #: worst local (per-segment) seam score above which one place along the seam is visible
     seam_local_max: float = 10.5
     #: detail ratio (inside / ring) allowed range
@@ -62,10 +65,15 @@ class Thresholds:
     #: where the edit kept the content (a retouch, a regrain: ``tone_structure_kept >= kept_structure_min``),
     #: detail and noise are compared with what was there only, in these ranges
     kept_structure_min: float = 0.7
-    kept_detail_min: float = 0.90
+    kept_detail_min: float = 0.75
     kept_detail_max: float = 1.30
-    kept_noise_min: float = 0.85
+    kept_noise_min: float = 0.78
     kept_noise_max: float = 1.30
+    #: kept content: the next octave's detail (``detail_ratio_coarse_original``) must stay above this
+    kept_coarse_detail_min: float = 0.80
+    #: replaced content (a removal): a tone or colour step across the contour passes when it is within this many
+    #: robust spreads of what the scene does across the same contour placed on untouched parts of the photo
+    scene_z_max: float = 3.0
     #: ΔE2000 of the inner side's colour against the original's (or the outer side's, after a removal)
     colour_delta_e_max: float = 2.0
     #: luminance step along the outline (8-bit levels, median over the contour; metrics.tone_step)
@@ -76,10 +84,15 @@ class Thresholds:
     edge_step_factor: float = 1.5
     #: and at least this many levels
     edge_step_min: float = 2.5
+    #: a fill (replaced content): a block's corner (a horizontal and a vertical step meeting) above the
+    #: surroundings' 99.9th percentile of the same times this
+    corner_step_factor: float = 3.0
     #: texture break inside the fill above the surroundings' 99.9th percentile plus this (log units)
     edge_break_margin: float = 0.35
     #: this many distinct straight lines or more: a grid
     grid_lines_min: int = 4
+    #: a fill (replaced content): its own lattice lines must also exceed the surroundings' by this many
+    grid_lines_margin: int = 5
     #: whole-image change: global ΔE2000 and median luminance shift (levels) allowed
     global_delta_e_max: float = 1.0
     global_tone_max: float = 1.5
@@ -281,9 +294,11 @@ def _finite(v: Any) -> bool:
     return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _units(mask: np.ndarray) -> list[tuple[str, int, np.ndarray]]:
-    """The mask's regions to judge: (name, index, full-size bool mask). The :data:`MAX_REGIONS` largest regions
-    of at least :data:`POOL_AREA` px one by one; the rest pooled into one unit."""
+def _units(mask: np.ndarray) -> list[tuple[str, int, np.ndarray, int]]:
+    """The mask's regions to judge: (name, index, full-size bool mask, default blend band). The
+    :data:`MAX_REGIONS` largest regions of at least :data:`POOL_AREA` px one by one; the rest pooled into one unit.
+    A region's band is ``max(32, 4% of its bounding box's diagonal)``; the pool's is the largest band of its
+    regions (each small region is blended with its own band, not with one sized from the box around them all)."""
     import cv2
 
     bb = M.mask_bbox(mask)
@@ -293,7 +308,12 @@ def _units(mask: np.ndarray) -> list[tuple[str, int, np.ndarray]]:
     n, labels, stats, _ = cv2.connectedComponentsWithStats(mask[bb[1] : bb[3], bb[0] : bb[2]].astype(np.uint8),
                                                            connectivity=8)
     if n <= 2:
-        return [("region 1", 1, mask)] if n == 2 else []
+        return [("region 1", 1, mask, M.default_band(mask))] if n == 2 else []
+
+    def band_of(i: int) -> int:
+        return int(max(32, round(0.04 * math.hypot(int(stats[i, cv2.CC_STAT_WIDTH]),
+                                                    int(stats[i, cv2.CC_STAT_HEIGHT])))))
+
     stats[:, cv2.CC_STAT_LEFT] += bx
     stats[:, cv2.CC_STAT_TOP] += by
     order = sorted(range(1, n), key=lambda i: -int(stats[i, cv2.CC_STAT_AREA]))
@@ -305,7 +325,7 @@ def _units(mask: np.ndarray) -> list[tuple[str, int, np.ndarray]]:
                                                   cv2.CC_STAT_HEIGHT))
         m = np.zeros(mask.shape, bool)
         m[y : y + h, x : x + w] = labels[y - by : y - by + h, x - bx : x - bx + w] == i
-        out.append((f"region {k}", k, m))
+        out.append((f"region {k}", k, m, band_of(i)))
     if pooled:
         if len(pooled) == 1:
             name = f"region {len(single) + 1}"
@@ -315,7 +335,7 @@ def _units(mask: np.ndarray) -> list[tuple[str, int, np.ndarray]]:
         keep[pooled] = True
         m = np.zeros(mask.shape, bool)
         m[bb[1] : bb[3], bb[0] : bb[2]] = keep[labels]
-        out.append((name, len(single) + 1, m))
+        out.append((name, len(single) + 1, m, max(band_of(i) for i in pooled)))
     return out
 
 
@@ -358,10 +378,24 @@ def _measure_unit(original: np.ndarray, edited: np.ndarray, m: np.ndarray, band:
     t = time.perf_counter()
     metrics.update(M.tone_step(original, edited, m, band))
     tick("tone", t)
+    if not _kept(metrics, max(0.9, DEFAULT_THRESHOLDS.kept_structure_min)):
+        # the content was replaced (a removal): how unusual its tone and colour step is for this photo
+        t = time.perf_counter()
+        metrics.update(M.scene_steps(edited, m, band, forbidden=zone, seed=seed, cache=cache))
+        tick("scene", t)
     t = time.perf_counter()
-    metrics.update(M.straight_edges(original, edited, m, band, exclude=zone))
+    metrics.update(M.straight_edges(original, edited, m, band, exclude=zone,
+                                    corners=not _kept(metrics, max(0.9, DEFAULT_THRESHOLDS.kept_structure_min))))
     tick("edges", t)
     return metrics, seam.worst_places, seam.notes
+
+
+def _kept(metrics: dict[str, Any], kept_min: float) -> bool:
+    """Did the edit keep the content under the mask (a retouch: compare with what was there) rather than replace
+    it (a removal: compare with what the scene does)? The larger of the fine-structure and the low-frequency
+    correlation with the original (``tone_structure_kept``, ``content_kept``) is at least ``kept_min``."""
+    vals = [v for v in (metrics.get("tone_structure_kept"), metrics.get("content_kept")) if _finite(v)]
+    return bool(vals) and max(vals) >= kept_min
 
 
 def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th: Thresholds, index: int,  # noqa: C901 - to be split (issue 12)
@@ -386,17 +420,19 @@ def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th
     kept = metrics.get("tone_structure_kept")
     off = metrics.get("tone_step_original")
     halo_like = _finite(kept) and kept >= 0.8 and _finite(off) and abs(off) <= th.tone_step_max / 2
+    # a fill cannot be compared with what was there: its outline is held to a stricter seam limit
+    seam_max = th.seam_max if _kept(metrics, th.kept_structure_min) else min(th.seam_max, th.replaced_seam_max)
     if _finite(metrics.get("seam_score")):
         v = metrics["seam_score"]
-        checks["seam_score"] = "pass" if v <= th.seam_max else "fail"
-        if v > th.seam_max:
+        checks["seam_score"] = "pass" if v <= seam_max else "fail"
+        if v > seam_max:
             top = max(z, key=lambda k: abs(z[k])) if z else ""
             kind = "ghost" if top.startswith("coherence") else ("halo" if z.get(top, 0) < 0 else "seam")
             if halo_like:
                 kind = "halo"
             what = {"ghost": "a tone step along the outline", "halo": "a smeared band or halo along the outline",
                     "seam": "a visible seam along the outline"}[kind]
-            add(kind, "seam_score", v, th.seam_max, f"{what}: seam_score {v:.1f} > {th.seam_max:g}")
+            add(kind, "seam_score", v, seam_max, f"{what}: seam_score {v:.1f} > {seam_max:g}")
     else:
         checks["seam_score"] = "n/a"
     if _finite(metrics.get("seam_local_max")):
@@ -409,10 +445,14 @@ def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th
     else:
         checks["seam_local_max"] = "n/a"
     # --- tone step (ghost: a darker or lighter disc)
+    replaced = not _kept(metrics, th.kept_structure_min)
+    scene_ok = {k: replaced and _finite(metrics.get(k)) and metrics[k] <= th.scene_z_max
+                for k in ("scene_tone_z", "scene_tone_worst_z", "scene_colour_z")}
     v = metrics.get("tone_step_levels")
     if _finite(v):
         place = metrics.get("tone_step_place") or None
-        ok = v <= th.tone_step_max
+        # a removal's inside may differ from its outside as much as the scene does across such a contour
+        ok = v <= th.tone_step_max or scene_ok["scene_tone_z"]
         checks["tone_step_levels"] = "pass" if ok else "fail"
         if not ok:
             sign = metrics.get("tone_step_signed")
@@ -422,7 +462,7 @@ def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th
                 place)
         lv = metrics.get("tone_step_worst")
         if _finite(lv):
-            okl = lv <= th.tone_step_local_max
+            okl = lv <= th.tone_step_local_max or scene_ok["scene_tone_worst_z"]
             checks["tone_step_worst"] = "pass" if okl else "fail"
             if not okl and ok:
                 add("ghost", "tone_step_worst", lv, th.tone_step_local_max,
@@ -444,15 +484,21 @@ def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th
                 unmeasured.append(f"{name}: no ring of untouched pixels around it to compare detail and grain")
             continue
         alt = metrics.get(key + "_original")
-        kept = _finite(metrics.get("tone_structure_kept")) and metrics["tone_structure_kept"] >= th.kept_structure_min
+        kept = not replaced
         if kept and _finite(alt):
             # the content was kept: it must keep its own sharpness and grain
             klo, khi = ((th.kept_detail_min, th.kept_detail_max) if key == "detail_ratio"
                         else (th.kept_noise_min, th.kept_noise_max))
-            if klo <= alt <= khi:
+            coarse = metrics.get("detail_ratio_coarse_original") if key == "detail_ratio" else None
+            if klo <= alt <= khi and not (_finite(coarse) and coarse < th.kept_coarse_detail_min):
                 checks[key] = "pass"
                 continue
             checks[key] = "fail"
+            if klo <= alt <= khi:  # the finest octave kept, the next one lost: a blur of more than half a px
+                add(low[0], "detail_ratio_coarse_original", coarse, th.kept_coarse_detail_min,
+                    f"the edit is blurrier than what was there: detail_ratio_coarse_original {coarse:.2f} < "
+                    f"{th.kept_coarse_detail_min:g}", metrics.get("inner_centre"))
+                continue
             (kind, what), limit, cmp = (low, klo, "<") if alt < klo else (high, khi, ">")
             what = what.replace("its surroundings", "what was there")
             add(kind, key + "_original", alt, limit, f"the edit is {what}: {key}_original {alt:.2f} {cmp} {limit:g}",
@@ -476,7 +522,8 @@ def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th
         before = metrics.get("colour_delta_e_before")
         had_object = not _finite(before) or before > th.colour_delta_e_max
         key, val = ("colour_delta_e", v) if had_object or not _finite(alt) else ("colour_delta_e_original", alt)
-        ok = val <= th.colour_delta_e_max or (_finite(alt) and alt <= th.colour_delta_e_max)
+        ok = (val <= th.colour_delta_e_max or (_finite(alt) and alt <= th.colour_delta_e_max)
+              or scene_ok["scene_colour_z"])
         checks["colour_delta_e"] = "pass" if ok else "fail"
         if not ok:
             add("colour_cast", key, val, th.colour_delta_e_max,
@@ -485,28 +532,40 @@ def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th
     else:
         checks["colour_delta_e"] = "n/a"
     # --- straight hard edges inside the fill: a pasted block, a grid
-    s_in, s_null = metrics.get("edge_step_max"), metrics.get("edge_step_null")
-    b_in, b_null = metrics.get("edge_break_max"), metrics.get("edge_break_null")
+    # what the edit added (minus the original at the same place) ... or, when it replaced the content, the fill's
+    # own straight edges (the removed object's say nothing about it): either against the surroundings' own
+    s_key, b_key, g_key = "edge_step_max", "edge_break_max", "grid_lines"
+    if replaced and _finite(metrics.get("edge_corner_raw")):
+        # a fill: the removed object's edges say nothing; a block's corner (a horizontal and a vertical hard edge
+        # meeting) is what a natural straight edge crossing the fill (a stem, a horizon) does not have
+        s_key, b_key, g_key = "edge_corner_raw", "edge_corner_break_raw", "grid_lines_raw"
+    corner = s_key == "edge_corner_raw"
+    s_in, s_null = metrics.get(s_key), metrics.get("edge_corner_null" if corner else "edge_step_null")
+    b_in, b_null = metrics.get(b_key), metrics.get("edge_corner_break_null" if corner else "edge_break_null")
+    if corner and not _finite(s_null):
+        s_null, b_null = metrics.get("edge_step_null"), metrics.get("edge_break_null")
     if _finite(s_in) and _finite(s_null):
-        lim_s = max(th.edge_step_min, th.edge_step_factor * s_null)
+        lim_s = max(th.edge_step_min, (th.corner_step_factor if corner else th.edge_step_factor) * s_null)
         lim_b = b_null + th.edge_break_margin if _finite(b_null) else float("inf")
         place = metrics.get("edge_place")
         bad_step = s_in > lim_s
         bad_break = _finite(b_in) and b_in > lim_b
         checks["edge_step_max"] = "fail" if bad_step else "pass"
         checks["edge_break_max"] = "fail" if bad_break else "pass"
-        glines = int(metrics.get("grid_lines") or 0)
+        glines = int(metrics.get(g_key) or 0)
+        if g_key == "grid_lines_raw" and glines < int(metrics.get("grid_lines_null") or 0) + th.grid_lines_margin:
+            glines = 0  # a fill's lattice no stronger than its surroundings' own (a fence, waves, a pattern)
         checks["grid_lines"] = "fail" if glines >= th.grid_lines_min else "pass"
         if glines >= th.grid_lines_min:
-            add("grid", "grid_lines", glines, th.grid_lines_min,
+            add("grid", g_key, glines, th.grid_lines_min,
                 f"a grid of {glines} straight lines inside the fill (strongest {metrics.get('grid_step_max', 0):.1f}"
-                f" levels): grid_lines {glines} >= {th.grid_lines_min}", metrics.get("grid_place"))
+                f" levels): {g_key} {glines} >= {th.grid_lines_min}", metrics.get("grid_place"))
         elif bad_step:
-            add("block", "edge_step_max", s_in, lim_s,
-                f"a hard straight edge inside the fill: edge_step_max {s_in:.1f} > {lim_s:.1f} levels", place)
+            add("block", s_key, s_in, lim_s,
+                f"a hard straight edge inside the fill: {s_key} {s_in:.1f} > {lim_s:.1f} levels", place)
         elif bad_break:
-            add("block", "edge_break_max", b_in, lim_b,
-                f"a hard-edged block of other texture inside the fill: edge_break_max {b_in:.2f} > {lim_b:.2f}",
+            add("block", b_key, b_in, lim_b,
+                f"a hard-edged block of other texture inside the fill: {b_key} {b_in:.2f} > {lim_b:.2f}",
                 place)
     else:
         checks["edge_step_max"] = "n/a"
@@ -625,7 +684,7 @@ def assess(  # noqa: C901 - to be split (issue 12)
     timings["diff"] = time.perf_counter() - t
     whole = metrics["mask_pixels"] >= (1.0 if source == "given" else 0.9) * h * w
     units = [] if whole else _units(mask)
-    bands = {name: int(band) if band is not None else M.default_band(m) for name, _, m in units}
+    bands = {name: int(band) if band is not None else b for name, _, _, b in units}
     band_all = max(bands.values(), default=int(band) if band is not None else 32)
 
     t = time.perf_counter()
@@ -685,7 +744,7 @@ def assess(  # noqa: C901 - to be split (issue 12)
             touched = np.zeros_like(changed)
             notes.append("pixels changed all over the image: reference areas avoid only the mask")
         zone = touched | mask
-        for name, index, m in units:
+        for name, index, m, _ in units:
             um, wp, unotes = _measure_unit(original, edited, m, bands[name], zone, mask, source, seed, cache,
                                            timings)
             bbu = M.mask_bbox(m)

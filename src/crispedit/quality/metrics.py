@@ -28,8 +28,9 @@ import cv2
 import numpy as np
 
 from crispedit.errors import InputError
-from crispedit.geometry import mask_bbox
+from crispedit.geometry import Box, mask_bbox
 from crispedit.quality.brisque import BRISQUE_MODEL_PATH, brisque_available, brisque_score  # noqa: F401 - re-exported
+from crispedit.regions import blend_band
 
 __all__ = [
     "as_float",
@@ -253,12 +254,9 @@ def _fill_holes(m: np.ndarray) -> np.ndarray:
 
 
 def default_band(mask: np.ndarray) -> int:
-    """Blend band in px: ``max(32, 4% of the diagonal of the mask's bounding box)``."""
+    """Blend band in px of the mask's bounding box: the harness's own formula (:func:`crispedit.regions.blend_band`)."""
     bb = mask_bbox(mask)
-    if bb is None:
-        return 32
-    diag = math.hypot(bb[2] - bb[0], bb[3] - bb[1])
-    return int(max(32, round(0.04 * diag)))
+    return blend_band(bb if bb is not None else Box(0, 0, 0, 0))
 
 
 def _crop_box(shape: tuple[int, ...], bb: tuple[int, int, int, int], margin: int) -> tuple[int, int, int, int]:

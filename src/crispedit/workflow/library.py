@@ -88,11 +88,9 @@ def _check_same_size(node: str, **images: Any) -> None:
 
 def _default_band(mask: Any) -> int:
     """The harness's blend band for a mask: max(32 px, 4% of the mask's bounding-box diagonal)."""
-    from crispedit.geometry import mask_bbox
-    from crispedit.regions import blend_band
+    from crispedit.quality.metrics import default_band
 
-    box = mask_bbox(mask)
-    return 32 if box is None else blend_band(box)
+    return default_band(mask)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -398,178 +398,219 @@ def _kept(metrics: dict[str, Any], kept_min: float) -> bool:
     return bool(vals) and max(vals) >= kept_min
 
 
-def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th: Thresholds, index: int,  # noqa: C901 - to be split (issue 12)
-                name: str, min_px: int) -> tuple[dict[str, str], list[Defect], list[str]]:
-    """Checks, defects and unmeasured reasons of one region's metrics."""
-    checks: dict[str, str] = {}
-    defects: list[Defect] = []
-    unmeasured: list[str] = []
-    at = (worst[0][0], worst[0][1]) if worst else (None, None)
+@dataclass
+class _UnitJudge:
+    """The judgement of one region's metrics: each check family a method, run in the order of :data:`_UNIT_CHECKS`;
+    each adds its ``checks`` entries (pass / fail / n/a), its :class:`Defect` s and what it could not measure."""
 
-    def add(kind: str, key: str, value: float, limit: float, msg: str, xy: Any = None) -> None:
-        x, y = xy if xy else at
-        defects.append(Defect(kind, index, key, float(value), float(limit), x, y, f"{name}: {msg}"))
+    metrics: dict[str, Any]
+    worst: list[tuple[int, int, float]]
+    th: Thresholds
+    index: int
+    name: str
+    min_px: int
+    checks: dict[str, str] = field(default_factory=dict)
+    defects: list[Defect] = field(default_factory=list)
+    unmeasured: list[str] = field(default_factory=list)
 
-    px = metrics["mask_pixels"]
-    if px < min_px or not _finite(metrics.get("seam_score")):
-        why = f"too small ({px} px)" if px < min_px else "no contour to measure inside the image"
-        unmeasured.append(f"{name}: {why}")
-    # --- seam: the whole contour and its worst stretch
-    z = metrics.get("seam_z") or {}
-    # the inside kept its content and its tone, yet the outline shows: the change is a ring along it
-    kept = metrics.get("tone_structure_kept")
-    off = metrics.get("tone_step_original")
-    halo_like = _finite(kept) and kept >= 0.8 and _finite(off) and abs(off) <= th.tone_step_max / 2
-    # a fill cannot be compared with what was there: its outline is held to a stricter seam limit
-    seam_max = th.seam_max if _kept(metrics, th.kept_structure_min) else min(th.seam_max, th.replaced_seam_max)
-    if _finite(metrics.get("seam_score")):
-        v = metrics["seam_score"]
-        checks["seam_score"] = "pass" if v <= seam_max else "fail"
-        if v > seam_max:
-            top = max(z, key=lambda k: abs(z[k])) if z else ""
-            kind = "ghost" if top.startswith("coherence") else ("halo" if z.get(top, 0) < 0 else "seam")
-            if halo_like:
-                kind = "halo"
-            what = {"ghost": "a tone step along the outline", "halo": "a smeared band or halo along the outline",
-                    "seam": "a visible seam along the outline"}[kind]
-            add(kind, "seam_score", v, seam_max, f"{what}: seam_score {v:.1f} > {seam_max:g}")
-    else:
-        checks["seam_score"] = "n/a"
-    if _finite(metrics.get("seam_local_max")):
-        v = metrics["seam_local_max"]
-        checks["seam_local_max"] = "pass" if v <= th.seam_local_max else "fail"
-        if v > th.seam_local_max:
-            what = "a halo along the outline" if halo_like else "a visible seam"
-            add("halo" if halo_like else "seam", "seam_local_max", v, th.seam_local_max,
-                f"{what} at x={at[0]}, y={at[1]}: seam_local_max {v:.1f} > {th.seam_local_max:g}")
-    else:
-        checks["seam_local_max"] = "n/a"
-    # --- tone step (ghost: a darker or lighter disc)
-    replaced = not _kept(metrics, th.kept_structure_min)
-    scene_ok = {k: replaced and _finite(metrics.get(k)) and metrics[k] <= th.scene_z_max
-                for k in ("scene_tone_z", "scene_tone_worst_z", "scene_colour_z")}
-    v = metrics.get("tone_step_levels")
-    if _finite(v):
-        place = metrics.get("tone_step_place") or None
-        # a removal's inside may differ from its outside as much as the scene does across such a contour
-        ok = v <= th.tone_step_max or scene_ok["scene_tone_z"]
-        checks["tone_step_levels"] = "pass" if ok else "fail"
-        if not ok:
-            sign = metrics.get("tone_step_signed")
-            word = "darker" if _finite(sign) and sign < 0 else "lighter"
-            add("ghost", "tone_step_levels", v, th.tone_step_max,
-                f"a {word} patch with its outline visible: tone_step_levels {v:.1f} > {th.tone_step_max:g} levels",
-                place)
-        lv = metrics.get("tone_step_worst")
-        if _finite(lv):
-            okl = lv <= th.tone_step_local_max or scene_ok["scene_tone_worst_z"]
-            checks["tone_step_worst"] = "pass" if okl else "fail"
-            if not okl and ok:
-                add("ghost", "tone_step_worst", lv, th.tone_step_local_max,
-                    f"a tone step along part of the outline: tone_step_worst {lv:.1f} > "
-                    f"{th.tone_step_local_max:g} levels", place)
-    else:
-        checks["tone_step_levels"] = "n/a"
-    # --- detail, noise: consistent with the surroundings (ring) OR with what was there (the original inside)
-    for key, lo, hi, low, high in (
-        ("detail_ratio", th.detail_min, th.detail_max, ("soft_patch", "blurrier than its surroundings"),
-         ("too_sharp", "sharper than its surroundings")),
-        ("noise_ratio", th.noise_min, th.noise_max, ("too_clean", "less grain than its surroundings"),
-         ("too_noisy", "noisier than its surroundings")),
-    ):
-        v = metrics.get(key)
+    def __post_init__(self) -> None:
+        m, th = self.metrics, self.th
+        self.at = (self.worst[0][0], self.worst[0][1]) if self.worst else (None, None)
+        # kept (a retouch: compare with what was there) or replaced (a removal: compare with what the scene does)
+        self.replaced = not _kept(m, th.kept_structure_min)
+        self.scene_ok = {k: self.replaced and _finite(m.get(k)) and m[k] <= th.scene_z_max
+                         for k in ("scene_tone_z", "scene_tone_worst_z", "scene_colour_z")}
+        # the inside kept its content and its tone, yet the outline shows: the change is a ring along it
+        kept, off = m.get("tone_structure_kept"), m.get("tone_step_original")
+        self.halo_like = _finite(kept) and kept >= 0.8 and _finite(off) and abs(off) <= th.tone_step_max / 2
+
+    def add(self, kind: str, key: str, value: float, limit: float, msg: str, xy: Any = None) -> None:
+        x, y = xy if xy else self.at
+        self.defects.append(Defect(kind, self.index, key, float(value), float(limit), x, y, f"{self.name}: {msg}"))
+
+    def coverage(self) -> None:
+        px = self.metrics["mask_pixels"]
+        if px < self.min_px or not _finite(self.metrics.get("seam_score")):
+            why = f"too small ({px} px)" if px < self.min_px else "no contour to measure inside the image"
+            self.unmeasured.append(f"{self.name}: {why}")
+
+    def seam(self) -> None:
+        """The whole contour (``seam_score``) and its worst stretch (``seam_local_max``)."""
+        m, th = self.metrics, self.th
+        z = m.get("seam_z") or {}
+        # a fill cannot be compared with what was there: its outline is held to a stricter seam limit
+        seam_max = min(th.seam_max, th.replaced_seam_max) if self.replaced else th.seam_max
+        v = m.get("seam_score")
+        if _finite(v):
+            self.checks["seam_score"] = "pass" if v <= seam_max else "fail"
+            if v > seam_max:
+                top = max(z, key=lambda k: abs(z[k])) if z else ""
+                kind = "ghost" if top.startswith("coherence") else ("halo" if z.get(top, 0) < 0 else "seam")
+                kind = "halo" if self.halo_like else kind
+                what = {"ghost": "a tone step along the outline", "halo": "a smeared band or halo along the outline",
+                        "seam": "a visible seam along the outline"}[kind]
+                self.add(kind, "seam_score", v, seam_max, f"{what}: seam_score {v:.1f} > {seam_max:g}")
+        else:
+            self.checks["seam_score"] = "n/a"
+        v = m.get("seam_local_max")
+        if _finite(v):
+            self.checks["seam_local_max"] = "pass" if v <= th.seam_local_max else "fail"
+            if v > th.seam_local_max:
+                what = "a halo along the outline" if self.halo_like else "a visible seam"
+                self.add("halo" if self.halo_like else "seam", "seam_local_max", v, th.seam_local_max,
+                         f"{what} at x={self.at[0]}, y={self.at[1]}: seam_local_max {v:.1f} > {th.seam_local_max:g}")
+        else:
+            self.checks["seam_local_max"] = "n/a"
+
+    def tone(self) -> None:
+        """A ghost: a darker or lighter disc (``tone_step_levels``), or a step along part of the outline."""
+        m, th = self.metrics, self.th
+        v = m.get("tone_step_levels")
         if not _finite(v):
-            checks[key] = "n/a"
-            if px >= POOL_AREA and key == "detail_ratio":
-                unmeasured.append(f"{name}: no ring of untouched pixels around it to compare detail and grain")
-            continue
-        alt = metrics.get(key + "_original")
-        kept = not replaced
-        if kept and _finite(alt):
-            # the content was kept: it must keep its own sharpness and grain
-            klo, khi = ((th.kept_detail_min, th.kept_detail_max) if key == "detail_ratio"
-                        else (th.kept_noise_min, th.kept_noise_max))
-            coarse = metrics.get("detail_ratio_coarse_original") if key == "detail_ratio" else None
-            if klo <= alt <= khi and not (_finite(coarse) and coarse < th.kept_coarse_detail_min):
-                checks[key] = "pass"
-                continue
-            checks[key] = "fail"
-            if klo <= alt <= khi:  # the finest octave kept, the next one lost: a blur of more than half a px
-                add(low[0], "detail_ratio_coarse_original", coarse, th.kept_coarse_detail_min,
-                    f"the edit is blurrier than what was there: detail_ratio_coarse_original {coarse:.2f} < "
-                    f"{th.kept_coarse_detail_min:g}", metrics.get("inner_centre"))
-                continue
-            (kind, what), limit, cmp = (low, klo, "<") if alt < klo else (high, khi, ">")
-            what = what.replace("its surroundings", "what was there")
-            add(kind, key + "_original", alt, limit, f"the edit is {what}: {key}_original {alt:.2f} {cmp} {limit:g}",
-                metrics.get("inner_centre"))
-            continue
-        alt_ok = _finite(alt) and lo <= alt <= hi
-        if lo <= v <= hi or alt_ok:
-            checks[key] = "pass"
-            continue
-        checks[key] = "fail"
+            self.checks["tone_step_levels"] = "n/a"
+            return
+        place = m.get("tone_step_place") or None
+        # a removal's inside may differ from its outside as much as the scene does across such a contour
+        ok = v <= th.tone_step_max or self.scene_ok["scene_tone_z"]
+        self.checks["tone_step_levels"] = "pass" if ok else "fail"
+        if not ok:
+            sign = m.get("tone_step_signed")
+            word = "darker" if _finite(sign) and sign < 0 else "lighter"
+            self.add("ghost", "tone_step_levels", v, th.tone_step_max,
+                     f"a {word} patch with its outline visible: tone_step_levels {v:.1f} > {th.tone_step_max:g} "
+                     "levels", place)
+        lv = m.get("tone_step_worst")
+        if _finite(lv):
+            okl = lv <= th.tone_step_local_max or self.scene_ok["scene_tone_worst_z"]
+            self.checks["tone_step_worst"] = "pass" if okl else "fail"
+            if not okl and ok:
+                self.add("ghost", "tone_step_worst", lv, th.tone_step_local_max,
+                         f"a tone step along part of the outline: tone_step_worst {lv:.1f} > "
+                         f"{th.tone_step_local_max:g} levels", place)
+
+    def texture(self) -> None:
+        """Detail and grain: consistent with the surroundings (ring) OR with what was there (the original)."""
+        th = self.th
+        for key, lo, hi, klo, khi, low, high in (
+            ("detail_ratio", th.detail_min, th.detail_max, th.kept_detail_min, th.kept_detail_max,
+             ("soft_patch", "blurrier than its surroundings"), ("too_sharp", "sharper than its surroundings")),
+            ("noise_ratio", th.noise_min, th.noise_max, th.kept_noise_min, th.kept_noise_max,
+             ("too_clean", "less grain than its surroundings"), ("too_noisy", "noisier than its surroundings")),
+        ):
+            v = self.metrics.get(key)
+            if not _finite(v):
+                self.checks[key] = "n/a"
+                if self.metrics["mask_pixels"] >= POOL_AREA and key == "detail_ratio":
+                    self.unmeasured.append(f"{self.name}: no ring of untouched pixels around it to compare detail "
+                                           "and grain")
+            elif not self.replaced and _finite(self.metrics.get(key + "_original")):
+                self._texture_kept(key, klo, khi, low, high)
+            else:
+                self._texture_ring(key, v, lo, hi, low, high)
+
+    def _texture_kept(self, key: str, klo: float, khi: float, low: tuple[str, str], high: tuple[str, str]) -> None:
+        # the content was kept: it must keep its own sharpness and grain
+        m, th = self.metrics, self.th
+        alt = m[key + "_original"]
+        coarse = m.get("detail_ratio_coarse_original") if key == "detail_ratio" else None
+        coarse_lost = _finite(coarse) and coarse < th.kept_coarse_detail_min
+        self.checks[key] = "pass" if klo <= alt <= khi and not coarse_lost else "fail"
+        if klo <= alt <= khi:
+            if coarse_lost:  # the finest octave kept, the next one lost: a blur of more than half a px
+                self.add(low[0], "detail_ratio_coarse_original", coarse, th.kept_coarse_detail_min,
+                         f"the edit is blurrier than what was there: detail_ratio_coarse_original {coarse:.2f} < "
+                         f"{th.kept_coarse_detail_min:g}", m.get("inner_centre"))
+            return
+        (kind, what), limit, cmp = (low, klo, "<") if alt < klo else (high, khi, ">")
+        what = what.replace("its surroundings", "what was there")
+        self.add(kind, key + "_original", alt, limit, f"the edit is {what}: {key}_original {alt:.2f} {cmp} {limit:g}",
+                 m.get("inner_centre"))
+
+    def _texture_ring(self, key: str, v: float, lo: float, hi: float, low: tuple[str, str],
+                      high: tuple[str, str]) -> None:
+        alt = self.metrics.get(key + "_original")
+        ok = lo <= v <= hi or (_finite(alt) and lo <= alt <= hi)
+        self.checks[key] = "pass" if ok else "fail"
+        if ok:
+            return
         (kind, what), limit, cmp = (low, lo, "<") if v < lo else (high, hi, ">")
-        bbx = metrics.get("inner_centre")
-        add(kind, key, v, limit, f"the edit is {what}: {key} {v:.2f} {cmp} {limit:g}"
-            + (f" ({key}_original {alt:.2f})" if _finite(alt) else ""), bbx)
-    # --- colour: the inner side keeps the original's colour (colour_delta_e_original) ... unless something of
-    # another colour was there before (colour_delta_e_before above the limit: a removed object), when agreeing
-    # with the outer side (colour_delta_e) is what counts
-    v = metrics.get("colour_delta_e")
-    if _finite(v):
-        alt = metrics.get("colour_delta_e_original")
-        before = metrics.get("colour_delta_e_before")
+        self.add(kind, key, v, limit, f"the edit is {what}: {key} {v:.2f} {cmp} {limit:g}"
+                 + (f" ({key}_original {alt:.2f})" if _finite(alt) else ""), self.metrics.get("inner_centre"))
+
+    def colour(self) -> None:
+        """The inner side keeps the original's colour (``colour_delta_e_original``) ... unless something of another
+        colour was there before (``colour_delta_e_before`` above the limit: a removed object), when agreeing with
+        the outer side (``colour_delta_e``) is what counts."""
+        m, th = self.metrics, self.th
+        v = m.get("colour_delta_e")
+        if not _finite(v):
+            self.checks["colour_delta_e"] = "n/a"
+            return
+        alt, before = m.get("colour_delta_e_original"), m.get("colour_delta_e_before")
         had_object = not _finite(before) or before > th.colour_delta_e_max
         key, val = ("colour_delta_e", v) if had_object or not _finite(alt) else ("colour_delta_e_original", alt)
         ok = (val <= th.colour_delta_e_max or (_finite(alt) and alt <= th.colour_delta_e_max)
-              or scene_ok["scene_colour_z"])
-        checks["colour_delta_e"] = "pass" if ok else "fail"
+              or self.scene_ok["scene_colour_z"])
+        self.checks["colour_delta_e"] = "pass" if ok else "fail"
         if not ok:
-            add("colour_cast", key, val, th.colour_delta_e_max,
-                f"a colour shift inside the edit: {key} {val:.1f} > {th.colour_delta_e_max:g} (ΔE2000)",
-                metrics.get("tone_step_place"))
-    else:
-        checks["colour_delta_e"] = "n/a"
-    # --- straight hard edges inside the fill: a pasted block, a grid
-    # what the edit added (minus the original at the same place) ... or, when it replaced the content, the fill's
-    # own straight edges (the removed object's say nothing about it): either against the surroundings' own
-    s_key, b_key, g_key = "edge_step_max", "edge_break_max", "grid_lines"
-    if replaced and _finite(metrics.get("edge_corner_raw")):
-        # a fill: the removed object's edges say nothing; a block's corner (a horizontal and a vertical hard edge
-        # meeting) is what a natural straight edge crossing the fill (a stem, a horizon) does not have
-        s_key, b_key, g_key = "edge_corner_raw", "edge_corner_break_raw", "grid_lines_raw"
-    corner = s_key == "edge_corner_raw"
-    s_in, s_null = metrics.get(s_key), metrics.get("edge_corner_null" if corner else "edge_step_null")
-    b_in, b_null = metrics.get(b_key), metrics.get("edge_corner_break_null" if corner else "edge_break_null")
-    if corner and not _finite(s_null):
-        s_null, b_null = metrics.get("edge_step_null"), metrics.get("edge_break_null")
-    if _finite(s_in) and _finite(s_null):
+            self.add("colour_cast", key, val, th.colour_delta_e_max,
+                     f"a colour shift inside the edit: {key} {val:.1f} > {th.colour_delta_e_max:g} (ΔE2000)",
+                     m.get("tone_step_place"))
+
+    def edges(self) -> None:
+        """Straight hard edges inside the fill: a pasted block, a grid. What the edit added (minus the original at
+        the same place) ... or, when it replaced the content, the fill's own straight edges (the removed object's
+        say nothing about it): either against the surroundings' own."""
+        m, th = self.metrics, self.th
+        s_key, b_key, g_key = "edge_step_max", "edge_break_max", "grid_lines"
+        if self.replaced and _finite(m.get("edge_corner_raw")):
+            # a block's corner (a horizontal and a vertical hard edge meeting) is what a natural straight edge
+            # crossing the fill (a stem, a horizon) does not have
+            s_key, b_key, g_key = "edge_corner_raw", "edge_corner_break_raw", "grid_lines_raw"
+        corner = s_key == "edge_corner_raw"
+        s_in, s_null = m.get(s_key), m.get("edge_corner_null" if corner else "edge_step_null")
+        b_in, b_null = m.get(b_key), m.get("edge_corner_break_null" if corner else "edge_break_null")
+        if corner and not _finite(s_null):
+            s_null, b_null = m.get("edge_step_null"), m.get("edge_break_null")
+        if not (_finite(s_in) and _finite(s_null)):
+            self.checks["edge_step_max"] = "n/a"
+            return
         lim_s = max(th.edge_step_min, (th.corner_step_factor if corner else th.edge_step_factor) * s_null)
         lim_b = b_null + th.edge_break_margin if _finite(b_null) else float("inf")
-        place = metrics.get("edge_place")
         bad_step = s_in > lim_s
         bad_break = _finite(b_in) and b_in > lim_b
-        checks["edge_step_max"] = "fail" if bad_step else "pass"
-        checks["edge_break_max"] = "fail" if bad_break else "pass"
-        glines = int(metrics.get(g_key) or 0)
-        if g_key == "grid_lines_raw" and glines < int(metrics.get("grid_lines_null") or 0) + th.grid_lines_margin:
+        self.checks["edge_step_max"] = "fail" if bad_step else "pass"
+        self.checks["edge_break_max"] = "fail" if bad_break else "pass"
+        glines = int(m.get(g_key) or 0)
+        if g_key == "grid_lines_raw" and glines < int(m.get("grid_lines_null") or 0) + th.grid_lines_margin:
             glines = 0  # a fill's lattice no stronger than its surroundings' own (a fence, waves, a pattern)
-        checks["grid_lines"] = "fail" if glines >= th.grid_lines_min else "pass"
+        self.checks["grid_lines"] = "fail" if glines >= th.grid_lines_min else "pass"
         if glines >= th.grid_lines_min:
-            add("grid", g_key, glines, th.grid_lines_min,
-                f"a grid of {glines} straight lines inside the fill (strongest {metrics.get('grid_step_max', 0):.1f}"
-                f" levels): {g_key} {glines} >= {th.grid_lines_min}", metrics.get("grid_place"))
+            self.add("grid", g_key, glines, th.grid_lines_min,
+                     f"a grid of {glines} straight lines inside the fill (strongest {m.get('grid_step_max', 0):.1f}"
+                     f" levels): {g_key} {glines} >= {th.grid_lines_min}", m.get("grid_place"))
         elif bad_step:
-            add("block", s_key, s_in, lim_s,
-                f"a hard straight edge inside the fill: {s_key} {s_in:.1f} > {lim_s:.1f} levels", place)
+            self.add("block", s_key, s_in, lim_s,
+                     f"a hard straight edge inside the fill: {s_key} {s_in:.1f} > {lim_s:.1f} levels",
+                     m.get("edge_place"))
         elif bad_break:
-            add("block", b_key, b_in, lim_b,
-                f"a hard-edged block of other texture inside the fill: {b_key} {b_in:.2f} > {lim_b:.2f}",
-                place)
-    else:
-        checks["edge_step_max"] = "n/a"
-    return checks, defects, unmeasured
+            self.add("block", b_key, b_in, lim_b,
+                     f"a hard-edged block of other texture inside the fill: {b_key} {b_in:.2f} > {lim_b:.2f}",
+                     m.get("edge_place"))
+
+
+#: the check families of a region, in the order their defects are listed
+_UNIT_CHECKS = (_UnitJudge.coverage, _UnitJudge.seam, _UnitJudge.tone, _UnitJudge.texture, _UnitJudge.colour,
+                _UnitJudge.edges)
+
+
+def _judge_unit(metrics: dict[str, Any], worst: list[tuple[int, int, float]], th: Thresholds, index: int,
+                name: str, min_px: int) -> tuple[dict[str, str], list[Defect], list[str]]:
+    """Checks, defects and unmeasured reasons of one region's metrics (:data:`_UNIT_CHECKS` in turn)."""
+    judge = _UnitJudge(metrics, worst, th, index, name, min_px)
+    for check in _UNIT_CHECKS:
+        check(judge)
+    return judge.checks, judge.defects, judge.unmeasured
 
 
 def _global_checks(g: dict[str, Any], th: Thresholds) -> tuple[dict[str, str], list[Defect]]:
@@ -597,7 +638,7 @@ def _global_checks(g: dict[str, Any], th: Thresholds) -> tuple[dict[str, str], l
     return checks, defects
 
 
-def assess(  # noqa: C901 - to be split (issue 12)
+def assess(
     original: np.ndarray,
     edited: np.ndarray,
     mask: np.ndarray | None = None,
@@ -653,122 +694,35 @@ def assess(  # noqa: C901 - to be split (issue 12)
     'unmeasured'
     """
     t_all = time.perf_counter()
-    timings: dict[str, float] = {}
     th = thresholds or DEFAULT_THRESHOLDS
-    original = np.asarray(original)
-    edited = np.asarray(edited)
+    original, edited = np.asarray(original), np.asarray(edited)
     if original.ndim not in (2, 3) or original.size == 0:
         raise InputError(f"expected an H x W or H x W x C image, got shape {original.shape}", "give an image array")
     M.check_pair(original, edited)
+    acc = _Assessment()
     t = time.perf_counter()
     if mask is None:
-        mask = M.changed_mask(original, edited)
-        source = "difference"
+        mask, source = M.changed_mask(original, edited), "difference"
     else:
-        mask = _check_mask(mask, original.shape)
-        source = "given"
-    timings["mask"] = time.perf_counter() - t
+        mask, source = _check_mask(mask, original.shape), "given"
+    acc.timings["mask"] = time.perf_counter() - t
     h, w = mask.shape
-    notes: list[str] = []
-    unmeasured: list[str] = []
-    defects: list[Defect] = []
-    checks: dict[str, str] = {}
-    regions: list[dict[str, Any]] = []
-    worst: list[tuple[int, int, float]] = []
 
     t = time.perf_counter()
     diff = M._max_abs_diff(original, edited)
     changed = diff > 0
-    metrics: dict[str, Any] = {"mask_pixels": int(np.count_nonzero(mask)),
-                               "changed_pixels": int(np.count_nonzero(changed))}
-    timings["diff"] = time.perf_counter() - t
-    whole = metrics["mask_pixels"] >= (1.0 if source == "given" else 0.9) * h * w
+    acc.metrics.update(mask_pixels=int(np.count_nonzero(mask)), changed_pixels=int(np.count_nonzero(changed)))
+    acc.timings["diff"] = time.perf_counter() - t
+    whole = acc.metrics["mask_pixels"] >= (1.0 if source == "given" else 0.9) * h * w
     units = [] if whole else _units(mask)
     bands = {name: int(band) if band is not None else b for name, _, _, b in units}
     band_all = max(bands.values(), default=int(band) if band is not None else 32)
 
-    t = time.perf_counter()
-    if whole:
-        metrics.update(outside_changed_pixels=0, outside_max_diff=0.0, outside_max_diff_norm=0.0)
+    _judge_outside(acc, original, edited, mask, diff, band_all, whole, th)
+    if whole or acc.metrics["mask_pixels"] == 0:
+        _judge_whole(acc, original, edited, source, th)
     else:
-        metrics.update(M.outside_identity(original, edited, mask, band_all, diff=diff))
-    timings["outside"] = time.perf_counter() - t
-    n_out = metrics["outside_changed_pixels"]
-    if whole:
-        checks["outside_changed_pixels"] = "n/a"
-    elif n_out > th.outside_changed_max:
-        checks["outside_changed_pixels"] = "fail"
-        far = changed.copy()
-        bb = M.mask_bbox(mask)
-        if bb is not None:
-            x0, y0, x1, y1 = M._crop_box(mask.shape, bb, band_all + 2)
-            far[y0:y1, x0:x1] &= M._dist_outside(mask[y0:y1, x0:x1]) > band_all
-        ys, xs = np.nonzero(far)
-        defects.append(Defect(
-            "outside_changed", 0, "outside_changed_pixels", n_out, th.outside_changed_max,
-            int(xs[0]) if xs.size else None, int(ys[0]) if ys.size else None,
-            f"{n_out} pixels changed beyond the {band_all}px blend band: outside_changed_pixels {n_out} > "
-            f"{th.outside_changed_max} (largest difference {metrics['outside_max_diff']:g})"))
-    else:
-        checks["outside_changed_pixels"] = "pass"
-
-    nan = float("nan")
-    if whole or metrics["mask_pixels"] == 0:
-        metrics.update(seam_score=nan, detail_ratio=nan, noise_ratio=nan, colour_delta_e=nan)
-        if metrics["mask_pixels"] == 0:
-            metrics["seam_score"] = 0.0
-            notes.append("no edited area found")
-            if source == "given":
-                notes.append("the mask is empty")
-        else:
-            t = time.perf_counter()
-            g = M.global_change(original, edited)
-            timings["global"] = time.perf_counter() - t
-            metrics.update(g)
-            gc, gd = _global_checks(g, th)
-            checks.update(gc)
-            defects += gd
-            checks["seam_score"] = "n/a"
-            if source == "difference":
-                unmeasured.append("the whole image changed and no mask was given: no seam and no untouched "
-                                  "pixels to check (global colour, tone, detail and grain were measured)")
-            notes.append("the whole image was edited: no seam to measure; global colour, tone, detail and grain "
-                         "measured against the original")
-    else:
-        cache: dict[str, Any] = {}
-        decided = None
-        # changed pixels are kept out of the reference areas (null placements, rings) ... unless they are all
-        # over the image (a lossy re-encode): then only the mask is
-        touched = changed
-        if n_out > 0.01 * h * w:
-            touched = np.zeros_like(changed)
-            notes.append("pixels changed all over the image: reference areas avoid only the mask")
-        zone = touched | mask
-        for name, index, m, _ in units:
-            um, wp, unotes = _measure_unit(original, edited, m, bands[name], zone, mask, source, seed, cache,
-                                           timings)
-            bbu = M.mask_bbox(m)
-            if bbu is not None:
-                um["inner_centre"] = ((bbu[0] + bbu[2]) // 2, (bbu[1] + bbu[3]) // 2)
-            uc, ud, uu = _judge_unit(um, wp, th, index, name, th.min_region_px)
-            verdict_u = "fail" if ud else ("unmeasured" if uu else "pass")
-            regions.append({"name": name, "index": index, "verdict": verdict_u, "box": list(bbu or ()),
-                            "metrics": {k: v for k, v in um.items() if not isinstance(v, dict)},
-                            "checks": uc, "worst_places": [list(p) for p in wp[:3]]})
-            defects += ud
-            unmeasured += uu
-            notes += [f"{name}: {n}" for n in unotes] if len(units) > 1 else unotes
-            worst += wp
-            for k, v in uc.items():
-                if v == "fail" or checks.get(k) in (None, "n/a"):
-                    checks[k] = v
-            # the region that decides: the first that fails, else the largest
-            if decided is None or (verdict_u == "fail" and decided[0] != "fail"):
-                decided = (verdict_u, um)
-        assert decided is not None
-        metrics.update({k: v for k, v in decided[1].items() if k not in ("mask_pixels",)})
-        metrics["regions"] = len(units)
-        worst.sort(key=lambda p: -p[2])
+        _judge_regions(acc, original, edited, mask, changed, units, bands, source, seed, th)
         if no_reference:
             t = time.perf_counter()
             bb = M.mask_bbox(mask)
@@ -776,34 +730,147 @@ def assess(  # noqa: C901 - to be split (issue 12)
             zone = mask.copy()
             zx0, zy0, zx1, zy1 = M._crop_box(mask.shape, bb, band_all)
             zone[zy0:zy1, zx0:zx1] = True
-            metrics.update(_brisque_pair(edited, mask, zone | changed))
-            timings["brisque"] = time.perf_counter() - t
-    if _finite(metrics.get("brisque_delta")):
-        if th.brisque_delta_max is None:
-            checks["brisque_delta"] = "info"
-        else:
-            ok = metrics["brisque_delta"] <= th.brisque_delta_max
-            checks["brisque_delta"] = "pass" if ok else "fail"
-            if not ok:
-                defects.append(Defect("unnatural", 0, "brisque_delta", metrics["brisque_delta"],
-                                      th.brisque_delta_max, None, None,
-                                      f"inside looks less natural: brisque_delta {metrics['brisque_delta']:.1f} > "
-                                      f"{th.brisque_delta_max:g}"))
-    timings["total"] = time.perf_counter() - t_all
-    verdict = "fail" if defects else ("unmeasured" if unmeasured else "pass")
+            acc.metrics.update(_brisque_pair(edited, mask, zone | changed))
+            acc.timings["brisque"] = time.perf_counter() - t
+    _judge_brisque(acc, th)
+    acc.timings["total"] = time.perf_counter() - t_all
+    verdict = "fail" if acc.defects else ("unmeasured" if acc.unmeasured else "pass")
     return QualityReport(
         verdict=verdict,
-        reasons=[d.message for d in defects],
-        metrics=metrics,
-        worst_places=worst[:6],
-        checks=checks,
-        notes=notes,
+        reasons=[d.message for d in acc.defects],
+        metrics=acc.metrics,
+        worst_places=acc.worst[:6],
+        checks=acc.checks,
+        notes=acc.notes,
         mask_source=source,
         band=band_all,
-        timings=timings,
+        timings=acc.timings,
         thresholds=th,
         mask=mask,
-        unmeasured=unmeasured,
-        defects=defects,
-        regions=regions,
+        unmeasured=acc.unmeasured,
+        defects=acc.defects,
+        regions=acc.regions,
     )
+
+
+@dataclass
+class _Assessment:
+    """What :func:`assess` gathers while it measures and judges (the fields of the :class:`QualityReport`)."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    checks: dict[str, str] = field(default_factory=dict)
+    defects: list[Defect] = field(default_factory=list)
+    unmeasured: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    regions: list[dict[str, Any]] = field(default_factory=list)
+    worst: list[tuple[int, int, float]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _judge_outside(acc: _Assessment, original: np.ndarray, edited: np.ndarray, mask: np.ndarray, diff: np.ndarray,
+                   band_all: int, whole: bool, th: Thresholds) -> None:
+    """Pixels changed beyond the blend band (``outside_changed_pixels``)."""
+    t = time.perf_counter()
+    if whole:
+        acc.metrics.update(outside_changed_pixels=0, outside_max_diff=0.0, outside_max_diff_norm=0.0)
+        acc.checks["outside_changed_pixels"] = "n/a"
+        acc.timings["outside"] = time.perf_counter() - t
+        return
+    acc.metrics.update(M.outside_identity(original, edited, mask, band_all, diff=diff))
+    acc.timings["outside"] = time.perf_counter() - t
+    n_out = acc.metrics["outside_changed_pixels"]
+    if n_out <= th.outside_changed_max:
+        acc.checks["outside_changed_pixels"] = "pass"
+        return
+    acc.checks["outside_changed_pixels"] = "fail"
+    far = diff > 0
+    bb = M.mask_bbox(mask)
+    if bb is not None:
+        x0, y0, x1, y1 = M._crop_box(mask.shape, bb, band_all + 2)
+        far[y0:y1, x0:x1] &= M._dist_outside(mask[y0:y1, x0:x1]) > band_all
+    ys, xs = np.nonzero(far)
+    acc.defects.append(Defect(
+        "outside_changed", 0, "outside_changed_pixels", n_out, th.outside_changed_max,
+        int(xs[0]) if xs.size else None, int(ys[0]) if ys.size else None,
+        f"{n_out} pixels changed beyond the {band_all}px blend band: outside_changed_pixels {n_out} > "
+        f"{th.outside_changed_max} (largest difference {acc.metrics['outside_max_diff']:g})"))
+
+
+def _judge_whole(acc: _Assessment, original: np.ndarray, edited: np.ndarray, source: str, th: Thresholds) -> None:
+    """No region to judge: nothing was edited, or the whole image was (measured globally against the original)."""
+    nan = float("nan")
+    acc.metrics.update(seam_score=nan, detail_ratio=nan, noise_ratio=nan, colour_delta_e=nan)
+    if acc.metrics["mask_pixels"] == 0:
+        acc.metrics["seam_score"] = 0.0
+        acc.notes.append("no edited area found")
+        if source == "given":
+            acc.notes.append("the mask is empty")
+        return
+    t = time.perf_counter()
+    g = M.global_change(original, edited)
+    acc.timings["global"] = time.perf_counter() - t
+    acc.metrics.update(g)
+    gc, gd = _global_checks(g, th)
+    acc.checks.update(gc)
+    acc.defects += gd
+    acc.checks["seam_score"] = "n/a"
+    if source == "difference":
+        acc.unmeasured.append("the whole image changed and no mask was given: no seam and no untouched "
+                              "pixels to check (global colour, tone, detail and grain were measured)")
+    acc.notes.append("the whole image was edited: no seam to measure; global colour, tone, detail and grain "
+                     "measured against the original")
+
+
+def _judge_regions(acc: _Assessment, original: np.ndarray, edited: np.ndarray, mask: np.ndarray,
+                   changed: np.ndarray, units: list[tuple[str, int, np.ndarray, int]], bands: dict[str, int],
+                   source: str, seed: int, th: Thresholds) -> None:
+    """Measure and judge each region alone; the first failing region (else the largest) gives the top metrics."""
+    h, w = mask.shape
+    cache: dict[str, Any] = {}
+    decided: tuple[str, dict[str, Any]] | None = None
+    # changed pixels are kept out of the reference areas (null placements, rings) ... unless they are all over the
+    # image (a lossy re-encode): then only the mask is
+    touched = changed
+    if acc.metrics["outside_changed_pixels"] > 0.01 * h * w:
+        touched = np.zeros_like(changed)
+        acc.notes.append("pixels changed all over the image: reference areas avoid only the mask")
+    zone = touched | mask
+    for name, index, m, _ in units:
+        um, wp, unotes = _measure_unit(original, edited, m, bands[name], zone, mask, source, seed, cache,
+                                       acc.timings)
+        bbu = M.mask_bbox(m)
+        if bbu is not None:
+            um["inner_centre"] = ((bbu[0] + bbu[2]) // 2, (bbu[1] + bbu[3]) // 2)
+        uc, ud, uu = _judge_unit(um, wp, th, index, name, th.min_region_px)
+        verdict_u = "fail" if ud else ("unmeasured" if uu else "pass")
+        acc.regions.append({"name": name, "index": index, "verdict": verdict_u, "box": list(bbu or ()),
+                            "metrics": {k: v for k, v in um.items() if not isinstance(v, dict)},
+                            "checks": uc, "worst_places": [list(p) for p in wp[:3]]})
+        acc.defects += ud
+        acc.unmeasured += uu
+        acc.notes += [f"{name}: {n}" for n in unotes] if len(units) > 1 else unotes
+        acc.worst += wp
+        for k, v in uc.items():
+            if v == "fail" or acc.checks.get(k) in (None, "n/a"):
+                acc.checks[k] = v
+        if decided is None or (verdict_u == "fail" and decided[0] != "fail"):
+            decided = (verdict_u, um)
+    assert decided is not None
+    acc.metrics.update({k: v for k, v in decided[1].items() if k not in ("mask_pixels",)})
+    acc.metrics["regions"] = len(units)
+    acc.worst.sort(key=lambda p: -p[2])
+
+
+def _judge_brisque(acc: _Assessment, th: Thresholds) -> None:
+    """BRISQUE inside vs. outside: informational unless a limit is set."""
+    v = acc.metrics.get("brisque_delta")
+    if not _finite(v):
+        return
+    if th.brisque_delta_max is None:
+        acc.checks["brisque_delta"] = "info"
+        return
+    ok = v <= th.brisque_delta_max
+    acc.checks["brisque_delta"] = "pass" if ok else "fail"
+    if not ok:
+        acc.defects.append(Defect("unnatural", 0, "brisque_delta", v, th.brisque_delta_max, None, None,
+                                  f"inside looks less natural: brisque_delta {v:.1f} > {th.brisque_delta_max:g}"))

@@ -168,6 +168,10 @@ def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
 def distance_from(mask: np.ndarray) -> np.ndarray:
     """Exact Euclidean distance (pixels) from every pixel to the nearest ``True`` pixel of ``mask``.
 
+    ``cv2.distanceTransform`` (``DIST_MASK_PRECISE``, Felzenszwalb & Huttenlocher's exact transform) with its
+    squared result rounded to the integer it is: the same float32 bits in every process (OpenCV's own output
+    can differ in the last bit), equal to ``scipy.ndimage.distance_transform_edt`` up to 2048 px.
+
     Parameters
     ----------
     mask : ndarray of bool, shape (H, W)
@@ -186,7 +190,15 @@ def distance_from(mask: np.ndarray) -> np.ndarray:
     m = np.asarray(mask, dtype=bool)
     if not m.any():
         return np.full(m.shape, _FAR, np.float32)
-    return cv2.distanceTransform((~m).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    d = cv2.distanceTransform((~m).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    # OpenCV's float result may differ in its last bit between processes (seen once scipy is loaded); the true
+    # squared distance is an integer, so rounding it and taking an IEEE (correctly rounded) square root gives the
+    # same float32 everywhere, equal to scipy.ndimage.distance_transform_edt (exact while d**2 < 2**22, i.e.
+    # d < 2048 px: far beyond any blend band)
+    np.multiply(d, d, out=d)
+    np.rint(d, out=d)
+    np.sqrt(d, out=d)
+    return d
 
 
 def _robust_sigma(values: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ BLUR_SIGMA = 0.8
 #: sigma (px) splitting "coarse structure" from "fine detail" in refine calls.
 REFINE_SIGMA = 2.5
 #: quantisation step (in 8-bit levels) of the returned crop.
-QUANT_STEP = 2.0
+QUANT_STEP = 1.0
 #: full-strength calls with a long side above GARBAGE_FACTOR x working_size return garbage.
 GARBAGE_FACTOR = 1.5
 

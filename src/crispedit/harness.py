@@ -348,12 +348,15 @@ def _finish_region(data: ImageData, out: np.ndarray, plan: MaskPlan, user_w: np.
     if hopts.get("seam", True):
         gen = seam_correct(gen, orig, em_p, rim=max(4, band // 4), sigma=max(4.0, band / 4))
     if hopts.get("sharpness", True) and ring.any():
-        gen = compositing.cap_detail(gen, orig, em_p, ring, limit=1.5)  # never much noisier than the photo around
+        gen = compositing.cap_detail(gen, orig, em_p, ring, limit=1.15)  # never much noisier than the photo around
+    if hopts.get("sharpness", True) and ring.any():
+        # the finest octaves a soft decode lost below the quantisation: made anew at the photo's level
+        gen = compositing.synthesise_detail(gen, orig, em_p, ring)
     if hopts.get("grain", True) and ring.any():
-        gen = compositing.match_grain(gen, orig, em_p, ring, seed=seed)
+        gen = compositing.match_grain(gen, orig, em_p, ring, seed=seed, sigmas=(0.7, 1.4, 2.8))
     if hopts.get("sharpness", True):
         # the blend band keeps the photo's own fine structure: an edge crossing the contour stays as sharp as it was
-        gen = compositing.transfer_detail(gen, orig, cm_p, width=2.0)
+        gen = compositing.transfer_detail(gen, orig, cm_p, width=1.0)
     box_p = (x0 + px0, y0 + py0, x0 + px1, y0 + py1)
     blended, keep = _blend(orig, gen, plan, region, box_p,
                            None if user_w is None else user_w[y0 + py0:y0 + py1, x0 + px0:x0 + px1])

@@ -1129,6 +1129,7 @@ def match_sharpness(edited: np.ndarray, original: np.ndarray, ring: np.ndarray, 
 def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring: np.ndarray, *,
                       sigmas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0), bands: int = 2, clip: float = 0.5,
                       max_scale: float = 256.0, excess_limit: float = 1.1, aim: float = 0.85,
+                      quantum: float = 0.0,
                       sample: np.ndarray | None = None) -> np.ndarray:
     """Synthesise the finest octaves an engine's decode lost beyond recovery, at the photo's own level.
 
@@ -1136,11 +1137,12 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
     bring it back (:func:`match_sharpness` restores what is left). This makes it anew by nonlinear
     extrapolation in frequency (Greenspan, Anderson & Akber 2000, "Image enhancement by nonlinear
     extrapolation in frequency space"): the edit's next two coarser bands ``U`` (which the engine keeps) are
-    passed through a bounded nonlinearity (clipped at ``clip`` x their robust level), whose harmonics are
+    passed through a bounded nonlinearity (clipped at ``clip`` x their local RMS level), whose harmonics are
     phase-coherent with the edges and texture of ``U``; band ``k`` of the result is the new detail. Its
     power is set so that the band's mean power inside ``mask`` (eroded by the filter reach, or ``sample``)
     reaches the photo's: the original's band power on ``ring`` scaled by the ratio of a coarse reference band
-    (the last of ``sigmas``; the engine keeps it) inside against on the ring (clamped to [0.1, 10]). A band
+    (the geometric mean over the two bands above the synthesised ones, which the engine keeps) inside
+    against on the ring (clamped to [0.1, 10]). A band
     already at that level gets nothing; the gain is at most ``max_scale``. A band above ``excess_limit`` x
     that level (an engine's own grain) is scaled down to it. Measured and made on luma (fine detail is
     nearly achromatic) and added equally to every channel.
@@ -1157,13 +1159,16 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
     bands : int
         How many of the finest bands are synthesised.
     clip : float
-        Bound of the nonlinearity in robust levels of ``U``.
+        Bound of the nonlinearity in local RMS levels of ``U``.
     max_scale : float
         Largest gain of a synthesised layer over its raw level.
     excess_limit : float
         Largest allowed band power over the target before the band is scaled down.
     aim : float
         Fraction of the target power a short band is brought to.
+    quantum : float
+        Step of the output's later rounding in [0, 1] units (1/255 for 8-bit; 0: none): the rounding noise it
+        will add is left out of the finest band's target.
     sample : ndarray of bool, shape (H, W), optional
         Pixels where the edit's band power is measured (default: ``mask`` eroded by the filter reach).
 
@@ -1201,38 +1206,68 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
     o_y = (orig @ luma)[:, :, None]
     e_pow = (_band_values(e_y, inner, sig, budget=120_000, block=64).astype(np.float64) ** 2).mean(axis=0)
     o_pow = (_band_values(o_y, rg, sig, budget=120_000, block=64).astype(np.float64) ** 2).mean(axis=0)
-    content = float(np.clip(e_pow[-1] / max(o_pow[-1], 1e-20), 0.1, 10.0))
+    # how much more (or less) detail the edit's content has than the ring's, from the two bands above the
+    # synthesised ones (the engine keeps most of them, sharpness matching restored them): the geometric mean
+    # of their ratios (the nearer band predicts the finest better, the farther one is better kept)
+    ratios = e_pow[bands:bands + 2] / np.maximum(o_pow[bands:bands + 2], 1e-20)
+    content = float(np.clip(np.sqrt(max(float(np.prod(ratios)), 1e-12)), 0.1, 10.0))
+    # the finest band's level is that of the 3x3 Laplacian (the pixel-level detail one sees at 100 %)
+    ry0, ry1, rx0, rx1 = _bbox(rg)  # type: ignore[misc]
+    o_lap = float((_laplacian(o_y[ry0:ry1, rx0:rx1])[rg[ry0:ry1, rx0:rx1]].astype(np.float64) ** 2).mean())
     target = o_pow * content
-    # synthesised up to ``aim`` x the predicted level only: the prediction from the ring is uncertain, and
-    # a soft patch a little short of the photo is less visible than an over-sharpened one
-    missing = aim * target - e_pow
-    todo = [k for k in range(bands) if missing[k] > 0.05 * target[k] and target[k] > 1e-12]
-    excess = [k for k in range(bands) if e_pow[k] > excess_limit * target[k]]
-    if not todo and not excess:
-        return _restore_shape(out, was_2d)
+    # the output is rounded to ``quantum`` afterwards: that adds about q^2/12 per channel of white noise, whose
+    # Laplacian on luma has sum(luma^2) x 20 x q^2/12 of power (the ring's level already holds it)
+    rounding = float((luma.astype(np.float64) ** 2).sum()) * 20.0 * quantum * quantum / 12.0
+    target[0] = max(0.0, o_lap * content - rounding)
     y0, y1, x0, x1 = _bbox(m, pad=pad)  # type: ignore[misc]
     sub_y = e_y[y0:y1, x0:x1]
     layers = _band_stack(sub_y, sig)
     inner_s = inner[y0:y1, x0:x1]
     corr = np.zeros_like(sub_y)
-    for k in excess:  # an engine's own grain (or amplified noise) above the photo's level: scaled down to it
-        corr += np.float32(math.sqrt(excess_limit * target[k] / e_pow[k]) - 1.0) * layers[k]
-    for k in todo:
-        u = layers[k + 1] + layers[k + 2]
-        t = max(1e-6, float(_robust_sigma(u[inner_s])[0]) * clip)
-        nl = np.clip(u, -t, t)
-        x = nl - _gauss(nl, sig[k]) if k == 0 else _gauss(nl, sig[k - 1]) - _gauss(nl, sig[k])
-        xv = x[inner_s].astype(np.float64)
-        ev = layers[k][inner_s].astype(np.float64)
+    for k in range(bands - 1, -1, -1):  # coarse to fine: the Laplacian of the finest sees the others' detail
+        if target[k] <= 1e-20:
+            continue
+        if k == 0:
+            ev = _laplacian(sub_y + corr)[inner_s].astype(np.float64)
+        else:
+            ev = layers[k][inner_s].astype(np.float64)
+        have = float((ev * ev).mean())
+        if have > excess_limit * target[k]:
+            # an engine's own grain (or amplified noise) above the photo's level: the band scaled down to it
+            x = layers[k]
+            want = excess_limit * target[k]
+        elif have < (aim - 0.05) * target[k]:
+            # synthesised up to ``aim`` x the predicted level only: the prediction from the ring is uncertain,
+            # and a patch a little short of the photo is less visible than an over-sharpened one
+            u = layers[k + 1] + layers[k + 2]
+            # the bound follows the local level of u (an RMS over a few of its wavelengths), so an edge of any
+            # contrast and a faint texture both saturate and make harmonics in proportion to their amplitude
+            r = int(round(4.0 * sig[k + 2])) + 1
+            t = _cv(u * u, cv2.blur, (2 * r + 1, 2 * r + 1), borderType=cv2.BORDER_REFLECT)
+            np.sqrt(t, out=t)
+            t *= np.float32(clip)
+            t += np.float32(1e-6)
+            nl = np.minimum(np.maximum(u, -t), t)
+            x = nl - _gauss(nl, sig[k]) if k == 0 else _gauss(nl, sig[k - 1]) - _gauss(nl, sig[k])
+            want = aim * target[k]
+        else:
+            continue
+        xv = (_laplacian(x) if k == 0 else x)[inner_s].astype(np.float64)
         x_pow, cross = float((xv * xv).mean()), float((xv * ev).mean())
         if x_pow <= 1e-20:
             continue
-        # the band's power with s x added is e_pow + 2 s cross + s^2 x_pow: solve for the target
-        scale = (-cross + math.sqrt(max(0.0, cross * cross + x_pow * missing[k]))) / x_pow
-        corr += np.float32(min(max_scale, scale)) * x
+        # the level with s x added is have + 2 s cross + s^2 x_pow: the root nearest 0 that reaches ``want``
+        disc = cross * cross + x_pow * (want - have)
+        scale = (-cross + math.sqrt(disc)) / x_pow if disc > 0 else -cross / x_pow
+        corr += np.float32(float(np.clip(scale, -1.0, max_scale))) * x
     new = np.clip(edit[y0:y1, x0:x1] + corr, 0.0, 1.0)
     np.copyto(out[y0:y1, x0:x1], new, where=m[y0:y1, x0:x1, None])
     return _restore_shape(out, was_2d)
+
+
+def _laplacian(img: np.ndarray) -> np.ndarray:
+    """3x3 Laplacian (``cv2.Laplacian``, ksize 1) of an HxWx1 float32 image, shape (H, W)."""
+    return cv2.Laplacian(np.ascontiguousarray(img[:, :, 0]), cv2.CV_32F, ksize=1, borderType=cv2.BORDER_REFLECT)
 
 
 def cap_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring: np.ndarray, *,

@@ -588,7 +588,7 @@ def test_distance_from_is_exact_and_the_same_in_every_process():
         assert out.stdout.strip() == here
 
 
-def _texture(n: int = 192, seed: int = 5) -> np.ndarray:
+def _photo_texture(n: int = 192, seed: int = 5) -> np.ndarray:
     """A photo-like texture: 1/f noise (sum of octaves), slightly blurred, 3 correlated channels."""
     rng = np.random.default_rng(seed)
     acc = np.zeros((n, n), np.float32)
@@ -601,19 +601,19 @@ def _texture(n: int = 192, seed: int = 5) -> np.ndarray:
     return np.clip(np.stack([base, 0.95 * base + 0.02, 1.05 * base - 0.03], axis=2), 0, 1).astype(np.float32)
 
 
-def _lap_energy(img: np.ndarray, sel: np.ndarray) -> float:
+def _luma_lap_energy(img: np.ndarray, sel: np.ndarray) -> float:
     y = np.ascontiguousarray((img @ np.array([0.299, 0.587, 0.114], np.float32)).astype(np.float32))
     return float((cv2.Laplacian(y, cv2.CV_32F, ksize=1)[sel] ** 2).mean())
 
 
 def test_synthesise_detail_restores_the_finest_level_of_a_soft_patch():
-    o = _texture()
+    o = _photo_texture()
     m = disk(*o.shape[:2], 96, 96, 60)
     soft = np.where(m[..., None], cv2.GaussianBlur(o, (0, 0), 1.2), o).astype(np.float32)
     out = compositing.synthesise_detail(soft, o, m, ~m & (distance_from(m) <= 40))
     inner = ~(distance_from(~m) < 12)
-    before = _lap_energy(soft, inner) / _lap_energy(o, inner)
-    after = _lap_energy(out, inner) / _lap_energy(o, inner)
+    before = _luma_lap_energy(soft, inner) / _luma_lap_energy(o, inner)
+    after = _luma_lap_energy(out, inner) / _luma_lap_energy(o, inner)
     assert before < 0.3
     assert after > 2.0 * before and 0.45 < after < 1.25, (before, after)
     assert np.array_equal(out[~m], soft[~m])  # nothing changes outside the mask
@@ -622,14 +622,14 @@ def test_synthesise_detail_restores_the_finest_level_of_a_soft_patch():
 
 
 def test_synthesise_detail_takes_an_engines_grain_down_and_leaves_a_matching_patch_alone():
-    o = _texture(seed=9)
+    o = _photo_texture(seed=9)
     m = disk(*o.shape[:2], 96, 96, 60)
     ring = ~m & (distance_from(m) <= 40)
     inner = ~(distance_from(~m) < 12)
     rng = np.random.default_rng(2)
     noisy = o + 0.03 * m[..., None] * rng.standard_normal(o.shape).astype(np.float32)
     out = compositing.synthesise_detail(noisy, o, m, ring)
-    assert _lap_energy(out, inner) < 0.6 * _lap_energy(noisy, inner)
-    assert _lap_energy(out, inner) < 2.0 * _lap_energy(o, inner)
+    assert _luma_lap_energy(out, inner) < 0.6 * _luma_lap_energy(noisy, inner)
+    assert _luma_lap_energy(out, inner) < 2.0 * _luma_lap_energy(o, inner)
     same = compositing.synthesise_detail(o, o, m, ring)
     assert np.abs(same - o).max() < 0.02

@@ -678,7 +678,7 @@ def _box_sums(mask: np.ndarray, size: int) -> np.ndarray:
 
 def _grain_bank(original: np.ndarray, mask: np.ndarray, ring: np.ndarray, sigmas: tuple[float, ...],
                 ring_sig: np.ndarray, patch: int, rng: np.random.Generator,
-                n_windows: int = 48) -> tuple[np.ndarray, int] | None:
+                n_windows: int = 24) -> tuple[np.ndarray, int] | None:
     """Windows of the original's band residual, taken from clean unmasked areas near the ring.
 
     Returns ``(bank, size)``: ``bank`` is ``(N, 2 size, 2 size, C * nb)`` (tiles of ``size`` are cut
@@ -769,7 +769,7 @@ def match_grain(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring
     measured robust level of edit + grain), because robust levels of heavy-tailed texture do not
     add in quadrature.
 
-    The added grain is the original's own residual: 48 windows of ``2 patch`` px taken from unmasked
+    The added grain is the original's own residual: 24 windows of ``2 patch`` px taken from unmasked
     areas near the ring (no pixel within the filter reach of the mask; high-energy windows, i.e.
     edges, are rejected; values clipped at 3 sigma), cut into a few hundred ``patch`` px patches at
     random offsets and laid over the mask at random with 50 % overlapping sine windows (variance
@@ -861,7 +861,7 @@ def match_grain(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring
         # against the ring's so normalising cannot blow its few stray values up into salt-and-pepper noise
         bank /= np.maximum(bank_sig, np.maximum(0.25 * ring_sig, 1e-6)).astype(np.float32)
         # a few hundred windowed patches cut at random offsets, later laid out at random
-        npatch = 192
+        npatch = 128
         k = rng.integers(0, n, size=npatch)
         oy = _GRID * rng.integers(0, (win - size) // _GRID + 1, size=npatch)
         ox = _GRID * rng.integers(0, (win - size) // _GRID + 1, size=npatch)
@@ -901,10 +901,10 @@ def match_grain(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring
     # --- per band and channel gains that hit the ring's level as *measured*: robust levels of a sum
     # are not the quadrature sum for heavy-tailed texture, so calibrate on a sample of grain paired
     # with samples of the edit (the grain is stationary and independent of the edit) -------------
-    side = int(min(max(bh, bw), 384))
+    side = int(min(max(bh, bw), 256))
     sample = grain(side + 2 * pad, side + 2 * pad)
     t_vals = _bands(sample, sigmas)[pad:pad + side, pad:pad + side].reshape(-1, nb, nb, c)
-    count = int(min(30_000, t_vals.shape[0], in_vals.shape[0]))
+    count = int(min(20_000, t_vals.shape[0], in_vals.shape[0]))
     t_vals = t_vals[rng.choice(t_vals.shape[0], size=count, replace=False)]
     e_vals = in_vals[rng.choice(in_vals.shape[0], size=count, replace=False)].reshape(-1, nb, c)
     gains = _calibrate_gains(e_vals, t_vals, ring_sig.reshape(nb, c), missing.reshape(nb, c))
@@ -1202,35 +1202,39 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
         return _restore_shape(out, was_2d)
     # fine detail is nearly achromatic: measured and made on luma (Rec. 601), added equally to every channel
     luma = np.array([0.299, 0.587, 0.114], np.float32) if c == 3 else np.full(c, 1.0 / c, np.float32)
-    e_y = (edit @ luma)[:, :, None]
-    o_y = (orig @ luma)[:, :, None]
-    e_pow = (_band_values(e_y, inner, sig, budget=120_000, block=64).astype(np.float64) ** 2).mean(axis=0)
-    o_pow = (_band_values(o_y, rg, sig, budget=120_000, block=64).astype(np.float64) ** 2).mean(axis=0)
+    y0, y1, x0, x1 = _bbox(m, pad=pad)  # type: ignore[misc]
+    sub_y = (edit[y0:y1, x0:x1] @ luma)[:, :, None]
+    layers = _band_stack(sub_y, sig)
+    # statistics on a fixed pseudo-random sample of pixels (at most 60k), not on every one
+    idx = _subsample(np.flatnonzero(inner[y0:y1, x0:x1]), 60_000)
+
+    def power(a: np.ndarray) -> float:
+        v = a.reshape(-1)[idx].astype(np.float64)
+        return float((v * v).mean())
+
+    e_pow = np.array([power(layer) for layer in layers])
+    ry0, ry1, rx0, rx1 = _bbox(rg, pad=pad)  # type: ignore[misc]
+    o_y = (orig[ry0:ry1, rx0:rx1] @ luma)[:, :, None]
+    ridx = _subsample(np.flatnonzero(rg[ry0:ry1, rx0:rx1]), 60_000)
+    o_pow = np.array([float((layer.reshape(-1)[ridx].astype(np.float64) ** 2).mean())
+                      for layer in _band_stack(o_y, sig)])
     # how much more (or less) detail the edit's content has than the ring's, from the two bands above the
     # synthesised ones (the engine keeps most of them, sharpness matching restored them): the geometric mean
     # of their ratios (the nearer band predicts the finest better, the farther one is better kept)
     ratios = e_pow[bands:bands + 2] / np.maximum(o_pow[bands:bands + 2], 1e-20)
     content = float(np.clip(np.sqrt(max(float(np.prod(ratios)), 1e-12)), 0.1, 10.0))
     # the finest band's level is that of the 3x3 Laplacian (the pixel-level detail one sees at 100 %)
-    ry0, ry1, rx0, rx1 = _bbox(rg)  # type: ignore[misc]
-    o_lap = float((_laplacian(o_y[ry0:ry1, rx0:rx1])[rg[ry0:ry1, rx0:rx1]].astype(np.float64) ** 2).mean())
+    o_lap = float((_laplacian(o_y).reshape(-1)[ridx].astype(np.float64) ** 2).mean())
     target = o_pow * content
     # the output is rounded to ``quantum`` afterwards: that adds about q^2/12 per channel of white noise, whose
     # Laplacian on luma has sum(luma^2) x 20 x q^2/12 of power (the ring's level already holds it)
     rounding = float((luma.astype(np.float64) ** 2).sum()) * 20.0 * quantum * quantum / 12.0
     target[0] = max(0.0, o_lap * content - rounding)
-    y0, y1, x0, x1 = _bbox(m, pad=pad)  # type: ignore[misc]
-    sub_y = e_y[y0:y1, x0:x1]
-    layers = _band_stack(sub_y, sig)
-    inner_s = inner[y0:y1, x0:x1]
     corr = np.zeros_like(sub_y)
     for k in range(bands - 1, -1, -1):  # coarse to fine: the Laplacian of the finest sees the others' detail
         if target[k] <= 1e-20:
             continue
-        if k == 0:
-            ev = _laplacian(sub_y + corr)[inner_s].astype(np.float64)
-        else:
-            ev = layers[k][inner_s].astype(np.float64)
+        ev = (_laplacian(sub_y + corr) if k == 0 else layers[k]).reshape(-1)[idx].astype(np.float64)
         have = float((ev * ev).mean())
         if have > excess_limit * target[k]:
             # an engine's own grain (or amplified noise) above the photo's level: the band scaled down to it
@@ -1252,7 +1256,7 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
             want = aim * target[k]
         else:
             continue
-        xv = (_laplacian(x) if k == 0 else x)[inner_s].astype(np.float64)
+        xv = (_laplacian(x) if k == 0 else x).reshape(-1)[idx].astype(np.float64)
         x_pow, cross = float((xv * xv).mean()), float((xv * ev).mean())
         if x_pow <= 1e-20:
             continue
@@ -1260,7 +1264,10 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
         disc = cross * cross + x_pow * (want - have)
         scale = (-cross + math.sqrt(disc)) / x_pow if disc > 0 else -cross / x_pow
         corr += np.float32(float(np.clip(scale, -1.0, max_scale))) * x
-    new = np.clip(edit[y0:y1, x0:x1] + corr, 0.0, 1.0)
+    if not corr.any():
+        return _restore_shape(out, was_2d)
+    new = edit[y0:y1, x0:x1] + corr
+    np.clip(new, 0.0, 1.0, out=new)
     np.copyto(out[y0:y1, x0:x1], new, where=m[y0:y1, x0:x1, None])
     return _restore_shape(out, was_2d)
 

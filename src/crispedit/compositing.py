@@ -1350,7 +1350,8 @@ def transfer_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, 
     there is the engine's re-rendering of the photo: softer, re-grained, an edge crossing the contour
     smeared. Outside the mask the original's high-pass (``img - G_sigma``) replaces the edit's,
     ramping in over ``width`` px from the mask's contour (smoothstep of the Euclidean distance); on
-    the mask nothing changes.
+    the mask nothing changes. The high-pass is taken from pixels outside the mask only (normalised
+    convolution), so the structure under the mask (an object being removed) never comes back.
 
     Parameters
     ----------
@@ -1383,7 +1384,14 @@ def transfer_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, 
     diff = cv2.subtract(orig, edit)  # highpass is linear: highpass(o) - highpass(e) = highpass(o - e)
     if diff.ndim == 2:
         diff = diff[:, :, None]
-    new = highpass(diff, sigma)
+    # the high-pass of pixels outside the mask from pixels outside the mask only (normalised convolution,
+    # Knutsson & Westin 1993): what lies under the mask (an object being removed) never leaks back out
+    outside = (~m).astype(np.float32)
+    diff *= outside[:, :, None]
+    den = _gauss(outside[:, :, None], sigma)
+    low = _gauss(diff, sigma)
+    low /= np.maximum(den, np.float32(1e-6))
+    new = diff - low
     new *= ramp
     new += edit
     np.clip(new, 0.0, 1.0, out=new)

@@ -357,7 +357,7 @@ def _finish_region(data: ImageData, out: np.ndarray, plan: MaskPlan, user_w: np.
         gen = compositing.synthesise_detail(gen, orig, em_p, ring, quantum=quantum)
     if hopts.get("sharpness", True):
         # the blend band keeps the photo's own fine structure: an edge crossing the contour stays as sharp as it was
-        gen = compositing.transfer_detail(gen, orig, cm_p, width=1.0)
+        gen = compositing.transfer_detail(gen, orig, cm_p, width=1.0, sigma=6.0)
     box_p = (x0 + px0, y0 + py0, x0 + px1, y0 + py1)
     blended, keep = _blend(orig, gen, plan, region, box_p,
                            None if user_w is None else user_w[y0 + py0:y0 + py1, x0 + px0:x0 + px1])

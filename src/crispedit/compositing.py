@@ -1127,7 +1127,7 @@ def match_sharpness(edited: np.ndarray, original: np.ndarray, ring: np.ndarray, 
 
 
 def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring: np.ndarray, *,
-                      sigmas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0), bands: int = 2, clip: float = 0.5,
+                      sigmas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0), bands: int = 3, clip: float = 0.5,
                       max_scale: float = 256.0, excess_limit: float = 1.1, aim: float = 0.85,
                       quantum: float = 0.0,
                       sample: np.ndarray | None = None) -> np.ndarray:
@@ -1197,7 +1197,9 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
     if nb < bands + 2:
         raise ValueError(f"need at least {bands + 2} band edges, got {nb}")
     pad = _filter_pad(sig)
-    inner = _erode(m, pad) if sample is None else _as_mask(sample, (h, w), "sample") & m
+    # measured a little inside the mask (the reach of the synthesised bands), not the coarse bands' full reach:
+    # that would leave only the deep interior of a small mask
+    inner = _erode(m, _filter_pad(sig[:bands])) if sample is None else _as_mask(sample, (h, w), "sample") & m
     if np.count_nonzero(inner) < 256 or np.count_nonzero(rg) < 256:
         return _restore_shape(out, was_2d)
     # fine detail is nearly achromatic: measured and made on luma (Rec. 601), added equally to every channel
@@ -1222,7 +1224,7 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
     # synthesised ones (the engine keeps most of them, sharpness matching restored them): the geometric mean
     # of their ratios (the nearer band predicts the finest better, the farther one is better kept)
     ratios = e_pow[bands:bands + 2] / np.maximum(o_pow[bands:bands + 2], 1e-20)
-    content = float(np.clip(np.sqrt(max(float(np.prod(ratios)), 1e-12)), 0.1, 10.0))
+    content = float(np.clip(np.exp(np.mean(np.log(np.maximum(ratios, 1e-12)))), 0.1, 10.0))
     # the finest band's level is that of the 3x3 Laplacian (the pixel-level detail one sees at 100 %)
     o_lap = float((_laplacian(o_y).reshape(-1)[ridx].astype(np.float64) ** 2).mean())
     target = o_pow * content
@@ -1238,7 +1240,8 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
         have = float((ev * ev).mean())
         if have > excess_limit * target[k]:
             # an engine's own grain (or amplified noise) above the photo's level: the band scaled down to it
-            x = layers[k]
+            # (the finest: the band as it is now, with what the coarser steps added)
+            x = layers[k] if k else (sub_y + corr) - _gauss(sub_y + corr, sig[0])
             want = excess_limit * target[k]
         elif have < (aim - 0.05) * target[k]:
             # synthesised up to ``aim`` x the predicted level only: the prediction from the ring is uncertain,

@@ -630,6 +630,7 @@ def test_synthesise_detail_takes_an_engines_grain_down_and_leaves_a_matching_pat
     noisy = o + 0.01 * m[..., None] * rng.standard_normal(o.shape).astype(np.float32)  # 2.5 levels
     out = compositing.synthesise_detail(noisy, o, m, ring)
     assert _luma_lap_energy(out, inner) < 0.6 * _luma_lap_energy(noisy, inner)
-    assert _luma_lap_energy(out, inner) < 2.0 * _luma_lap_energy(o, inner)
+    # taken down (each band to at most half its power per call: a wrong prediction must not leave a soft patch)
+    assert _luma_lap_energy(out, inner) > 0.25 * _luma_lap_energy(noisy, inner)
     same = compositing.synthesise_detail(o, o, m, ring)
     assert np.abs(same - o).max() < 0.02

@@ -1144,7 +1144,7 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
     (the geometric mean over the two bands above the synthesised ones, which the engine keeps) inside
     against on the ring (clamped to [0.1, 10]). A band
     already at that level gets nothing; the gain is at most ``max_scale``. A band above ``excess_limit`` x
-    that level (an engine's own grain) is scaled down to it. Measured and made on luma (fine detail is
+    that level (an engine's own grain) is scaled down to it, to no less than 0.7 of its amplitude. Measured and made on luma (fine detail is
     nearly achromatic) and added equally to every channel.
 
     Parameters
@@ -1243,6 +1243,7 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
             # (the finest: the band as it is now, with what the coarser steps added)
             x = layers[k] if k else (sub_y + corr) - _gauss(sub_y + corr, sig[0])
             want = excess_limit * target[k]
+            floor = -0.3  # at most to 0.7 of its amplitude: the prediction is uncertain, a soft patch is worse
         elif have < (aim - 0.05) * target[k]:
             # synthesised up to ``aim`` x the predicted level only: the prediction from the ring is uncertain,
             # and a patch a little short of the photo is less visible than an over-sharpened one
@@ -1257,6 +1258,7 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
             nl = np.minimum(np.maximum(u, -t), t)
             x = nl - _gauss(nl, sig[k]) if k == 0 else _gauss(nl, sig[k - 1]) - _gauss(nl, sig[k])
             want = aim * target[k]
+            floor = 0.0
         else:
             continue
         xv = (_laplacian(x) if k == 0 else x).reshape(-1)[idx].astype(np.float64)
@@ -1266,7 +1268,7 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
         # the level with s x added is have + 2 s cross + s^2 x_pow: the root nearest 0 that reaches ``want``
         disc = cross * cross + x_pow * (want - have)
         scale = (-cross + math.sqrt(disc)) / x_pow if disc > 0 else -cross / x_pow
-        corr += np.float32(float(np.clip(scale, -1.0, max_scale))) * x
+        corr += np.float32(float(np.clip(scale, floor, max_scale))) * x
     if not corr.any():
         return _restore_shape(out, was_2d)
     new = edit[y0:y1, x0:x1] + corr

@@ -12,6 +12,8 @@ accepted too and comes back in the same shape) and ``bool`` masks of shape ``(H,
   original's own high-frequency residual (random overlapping patches, variance-preserving windows).
 - :func:`match_sharpness` -- undoes an engine's softness (and its own grain) band by band: a per-band
   Wiener gain fitted where the engine's output should equal the original (a ring outside the mask).
+- :func:`synthesise_detail` -- makes anew (nonlinear extrapolation, at the level the ring predicts) the finest
+  octaves a soft decode lost below the quantisation, and takes an engine's excess grain down.
 - :func:`transfer_detail` -- gives the blend band back the original's own fine structure outside the mask.
 - :func:`restore_detail` -- swaps the high frequencies of the edit for a given detail layer.
 - :func:`highpass`, :func:`noise_sigma` -- helpers shared with the quality module.

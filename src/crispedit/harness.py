@@ -5,7 +5,8 @@ edit: at native scale when the crop is about the engine's working size, else on 
 then climbs back to native scale in 2x stages, each refined in overlapping tiles with ``strength < 1`` (the
 "native" detail mode). Each pass's softness and grain (a VAE decode's) and its tone drift are measured on a ring
 of untouched pixels and undone (per-band equalisation, local tone membrane); the step left along the boundary is
-corrected in the gradient domain; the photo's own grain is matched; the band outside the user's mask keeps the
+corrected in the gradient domain; the photo's own grain is matched; the finest octaves a soft decode lost
+are synthesised at the level the ring predicts; the band outside the user's mask keeps the
 photo's own fine structure; and the result is blended across a band with a Laplacian pyramid. Every pixel
 farther than the band from the mask is copied from the input, bit for bit."""
 

@@ -10,7 +10,7 @@ calls it at the wrong place or scale gets the wrong content back.
   ``softness`` px (default 0.8) at the size of the call, over the whole returned crop; optionally the engine's own
   grain (``noise``: white Gaussian noise of that std in 8-bit levels, slightly correlated, sigma 0.5 px); a small
   smooth tone drift (``drift=+1``: +2-4 % brightness, ``-1``: -2-4 %, plus a slight colour cast varying smoothly
-  across the crop) and light quantisation.
+  across the crop) and the rounding to 8 bits an SD pipeline does (one level).
 - **Full-strength call far above the working size** (long side > 1.5 x ``working_size``): SD's composition
   breaks, the mask area is garbage (the truth shuffled in blocks, heavily blurred, plus noise); the rest gets the
   same drift.
@@ -40,8 +40,10 @@ Region = tuple[int, int, int, int]
 BLUR_SIGMA = 0.8
 #: sigma (px) splitting "coarse structure" from "fine detail" in refine calls.
 REFINE_SIGMA = 2.5
-#: quantisation step (in 8-bit levels) of the returned crop.
-QUANT_STEP = 2.0
+#: quantisation step (in 8-bit levels) of the returned crop. SD 1.5 pipelines decode to float and round once to
+#: 8 bits (diffusers ``numpy_to_pil``: ``(x * 255).round()``): one level. (Until issue 9's second pass this was 2,
+#: a 7-bit engine; that step's noise alone exceeded the fine detail of the smoothest photos.)
+QUANT_STEP = 1.0
 #: full-strength calls with a long side above GARBAGE_FACTOR x working_size return garbage.
 GARBAGE_FACTOR = 1.5
 

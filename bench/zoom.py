@@ -474,7 +474,8 @@ def doc_section(cases: list[Case], command: str, seconds: float, commit: str | N
 
 Oracle engine (`bench/oracle.py`): knows the true photo. Every call, refinements included, is decoded like SD's
 VAE: a Gaussian blur of `softness` px at the call's size, optionally the engine's own grain (`noise`, 8-bit levels),
-a smooth 2-4 % tone drift (`drift` +1 brighter / -1 darker) with a slight colour cast, quantisation to 2 levels.
+a smooth 2-4 % tone drift (`drift` +1 brighter / -1 darker) with a slight colour cast, rounding to 8 bits (1 level,
+as an SD pipeline's decode; the anchors see the same engine).
 Full-strength calls return the truth of their region at the call's size (garbage above 1.5x the 512-px working
 size); refine calls (strength < 1) keep the low-pass of their input and bring the true high-pass inside the mask.
 A perfect harness gives back the original. Variants: {variants}. Anchors on the same cases and variants: `a1111` =

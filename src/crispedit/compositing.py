@@ -12,6 +12,8 @@ accepted too and comes back in the same shape) and ``bool`` masks of shape ``(H,
   original's own high-frequency residual (random overlapping patches, variance-preserving windows).
 - :func:`match_sharpness` -- undoes an engine's softness (and its own grain) band by band: a per-band
   Wiener gain fitted where the engine's output should equal the original (a ring outside the mask).
+- :func:`synthesise_detail` -- makes anew (nonlinear extrapolation, at the level the ring predicts) the finest
+  octaves a soft decode lost below the quantisation, and takes an engine's excess grain down.
 - :func:`transfer_detail` -- gives the blend band back the original's own fine structure outside the mask.
 - :func:`restore_detail` -- swaps the high frequencies of the edit for a given detail layer.
 - :func:`highpass`, :func:`noise_sigma` -- helpers shared with the quality module.
@@ -47,6 +49,7 @@ __all__ = [
     "match_sharpness",
     "sharpness_gains",
     "cap_detail",
+    "synthesise_detail",
     "transfer_detail",
     "restore_detail",
     "highpass",
@@ -159,6 +162,10 @@ def _erode(mask: np.ndarray, radius: int) -> np.ndarray:
 def distance_from(mask: np.ndarray) -> np.ndarray:
     """Exact Euclidean distance (pixels) from every pixel to the nearest ``True`` pixel of ``mask``.
 
+    ``cv2.distanceTransform`` (``DIST_MASK_PRECISE``, Felzenszwalb & Huttenlocher's exact transform) with its
+    squared result rounded to the integer it is: the same float32 bits in every process (OpenCV's own output
+    can differ in the last bit), equal to ``scipy.ndimage.distance_transform_edt`` up to 2048 px.
+
     Parameters
     ----------
     mask : ndarray of bool, shape (H, W)
@@ -177,7 +184,15 @@ def distance_from(mask: np.ndarray) -> np.ndarray:
     m = np.asarray(mask, dtype=bool)
     if not m.any():
         return np.full(m.shape, _FAR, np.float32)
-    return cv2.distanceTransform((~m).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    d = cv2.distanceTransform((~m).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    # OpenCV's float result may differ in its last bit between processes (seen once scipy is loaded); the true
+    # squared distance is an integer, so rounding it and taking an IEEE (correctly rounded) square root gives the
+    # same float32 everywhere, equal to scipy.ndimage.distance_transform_edt (exact while d**2 < 2**22, i.e.
+    # d < 2048 px: far beyond any blend band)
+    np.multiply(d, d, out=d)
+    np.rint(d, out=d)
+    np.sqrt(d, out=d)
+    return d
 
 
 def _robust_sigma(values: np.ndarray) -> np.ndarray:
@@ -656,7 +671,7 @@ def _box_sums(mask: np.ndarray, size: int) -> np.ndarray:
 
 def _grain_bank(original: np.ndarray, mask: np.ndarray, ring: np.ndarray, sigmas: tuple[float, ...],
                 ring_sig: np.ndarray, patch: int, rng: np.random.Generator,
-                n_windows: int = 48) -> tuple[np.ndarray, int] | None:
+                n_windows: int = 24) -> tuple[np.ndarray, int] | None:
     """Windows of the original's band residual, taken from clean unmasked areas near the ring.
 
     Returns ``(bank, size)``: ``bank`` is ``(N, 2 size, 2 size, C * nb)`` (tiles of ``size`` are cut
@@ -747,7 +762,7 @@ def match_grain(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring
     measured robust level of edit + grain), because robust levels of heavy-tailed texture do not
     add in quadrature.
 
-    The added grain is the original's own residual: 48 windows of ``2 patch`` px taken from unmasked
+    The added grain is the original's own residual: 24 windows of ``2 patch`` px taken from unmasked
     areas near the ring (no pixel within the filter reach of the mask; high-energy windows, i.e.
     edges, are rejected; values clipped at 3 sigma), cut into a few hundred ``patch`` px patches at
     random offsets and laid over the mask at random with 50 % overlapping sine windows (variance
@@ -839,7 +854,7 @@ def match_grain(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring
         # against the ring's so normalising cannot blow its few stray values up into salt-and-pepper noise
         bank /= np.maximum(bank_sig, np.maximum(0.25 * ring_sig, 1e-6)).astype(np.float32)
         # a few hundred windowed patches cut at random offsets, later laid out at random
-        npatch = 192
+        npatch = 128
         k = rng.integers(0, n, size=npatch)
         oy = _GRID * rng.integers(0, (win - size) // _GRID + 1, size=npatch)
         ox = _GRID * rng.integers(0, (win - size) // _GRID + 1, size=npatch)
@@ -879,10 +894,10 @@ def match_grain(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring
     # --- per band and channel gains that hit the ring's level as *measured*: robust levels of a sum
     # are not the quadrature sum for heavy-tailed texture, so calibrate on a sample of grain paired
     # with samples of the edit (the grain is stationary and independent of the edit) -------------
-    side = int(min(max(bh, bw), 384))
+    side = int(min(max(bh, bw), 256))
     sample = grain(side + 2 * pad, side + 2 * pad)
     t_vals = _bands(sample, sigmas)[pad:pad + side, pad:pad + side].reshape(-1, nb, nb, c)
-    count = int(min(30_000, t_vals.shape[0], in_vals.shape[0]))
+    count = int(min(20_000, t_vals.shape[0], in_vals.shape[0]))
     t_vals = t_vals[rng.choice(t_vals.shape[0], size=count, replace=False)]
     e_vals = in_vals[rng.choice(in_vals.shape[0], size=count, replace=False)].reshape(-1, nb, c)
     gains = _calibrate_gains(e_vals, t_vals, ring_sig.reshape(nb, c), missing.reshape(nb, c))
@@ -1104,6 +1119,162 @@ def match_sharpness(edited: np.ndarray, original: np.ndarray, ring: np.ndarray, 
     return _restore_shape(out, was_2d)
 
 
+def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring: np.ndarray, *,
+                      sigmas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0), bands: int = 3, clip: float = 0.5,
+                      max_scale: float = 256.0, excess_limit: float = 1.1, aim: float = 0.85,
+                      quantum: float = 0.0,
+                      sample: np.ndarray | None = None) -> np.ndarray:
+    """Synthesise the finest octaves an engine's decode lost beyond recovery, at the photo's own level.
+
+    A VAE decode at 0.8-1.2 px softness leaves the top octave below the 8-bit quantisation: no gain can
+    bring it back (:func:`match_sharpness` restores what is left). This makes it anew by nonlinear
+    extrapolation in frequency (Greenspan, Anderson & Akber 2000, "Image enhancement by nonlinear
+    extrapolation in frequency space"): the edit's next two coarser bands ``U`` (which the engine keeps) are
+    passed through a bounded nonlinearity (clipped at ``clip`` x their local RMS level), whose harmonics are
+    phase-coherent with the edges and texture of ``U``; band ``k`` of the result is the new detail. Its
+    power is set so that the band's mean power inside ``mask`` (eroded by the filter reach, or ``sample``)
+    reaches the photo's: the original's band power on ``ring`` scaled by the ratio of a coarse reference band
+    (the geometric mean over the two bands above the synthesised ones, which the engine keeps) inside
+    against on the ring (clamped to [0.1, 10]). A band
+    already at that level gets nothing; the gain is at most ``max_scale``. A band above ``excess_limit`` x
+    that level (an engine's own grain) is scaled down to it, to no less than 0.7 of its amplitude. Measured and made on luma (fine detail is
+    nearly achromatic) and added equally to every channel.
+
+    Parameters
+    ----------
+    edited, original : ndarray, shape (H, W) or (H, W, C), float in [0, 1]
+    mask : ndarray of bool, shape (H, W)
+        Pixels that may change (the engine's output).
+    ring : ndarray of bool, shape (H, W)
+        Reference pixels of the original (outside ``mask``).
+    sigmas : tuple of float
+        Band edges (px), finest first; ``bands`` + 2 bands are used at least, the last is the reference.
+    bands : int
+        How many of the finest bands are synthesised.
+    clip : float
+        Bound of the nonlinearity in local RMS levels of ``U``.
+    max_scale : float
+        Largest gain of a synthesised layer over its raw level.
+    excess_limit : float
+        Largest allowed band power over the target before the band is scaled down.
+    aim : float
+        Fraction of the target power a short band is brought to.
+    quantum : float
+        Step of the output's later rounding in [0, 1] units (1/255 for 8-bit; 0: none): the rounding noise it
+        will add is left out of the finest band's target.
+    sample : ndarray of bool, shape (H, W), optional
+        Pixels where the edit's band power is measured (default: ``mask`` eroded by the filter reach).
+
+    Returns
+    -------
+    ndarray of float32, same shape as ``edited``; clipped to [0, 1]; unchanged outside ``mask``.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> o = np.clip(0.5 + 0.1 * rng.standard_normal((128, 128, 1)), 0, 1).astype(np.float32)
+    >>> o = cv2.GaussianBlur(o, (0, 0), 0.6)[..., None]
+    >>> m = np.zeros((128, 128), bool); m[32:96, 32:96] = True
+    >>> soft = np.where(m[..., None], cv2.GaussianBlur(o, (0, 0), 1.2)[..., None], o)
+    >>> out = synthesise_detail(soft, o, m, ~m)
+    >>> bool(highpass(out, 0.7)[40:88, 40:88].std() > 2 * highpass(soft, 0.7)[40:88, 40:88].std())
+    True
+    """
+    edit, orig, was_2d = _as_pair(edited, original)
+    h, w, c = edit.shape
+    m = _as_mask(mask, (h, w))
+    rg = _as_mask(ring, (h, w), "ring") & ~m
+    out = edit.copy()
+    sig = tuple(float(v) for v in sigmas)
+    nb = len(sig)
+    if nb < bands + 2:
+        raise ValueError(f"need at least {bands + 2} band edges, got {nb}")
+    pad = _filter_pad(sig)
+    # measured a little inside the mask (the reach of the synthesised bands), not the coarse bands' full reach:
+    # that would leave only the deep interior of a small mask
+    inner = _erode(m, _filter_pad(sig[:bands])) if sample is None else _as_mask(sample, (h, w), "sample") & m
+    if np.count_nonzero(inner) < 256 or np.count_nonzero(rg) < 256:
+        return _restore_shape(out, was_2d)
+    # fine detail is nearly achromatic: measured and made on luma (Rec. 601), added equally to every channel
+    luma = np.array([0.299, 0.587, 0.114], np.float32) if c == 3 else np.full(c, 1.0 / c, np.float32)
+    y0, y1, x0, x1 = _bbox(m, pad=pad)  # type: ignore[misc]
+    sub_y = (edit[y0:y1, x0:x1] @ luma)[:, :, None]
+    layers = _band_stack(sub_y, sig)
+    # statistics on a fixed pseudo-random sample of pixels (at most 60k), not on every one
+    idx = _subsample(np.flatnonzero(inner[y0:y1, x0:x1]), 60_000)
+
+    def power(a: np.ndarray) -> float:
+        v = a.reshape(-1)[idx].astype(np.float64)
+        return float((v * v).mean())
+
+    e_pow = np.array([power(layer) for layer in layers])
+    ry0, ry1, rx0, rx1 = _bbox(rg, pad=pad)  # type: ignore[misc]
+    o_y = (orig[ry0:ry1, rx0:rx1] @ luma)[:, :, None]
+    ridx = _subsample(np.flatnonzero(rg[ry0:ry1, rx0:rx1]), 60_000)
+    o_pow = np.array([float((layer.reshape(-1)[ridx].astype(np.float64) ** 2).mean())
+                      for layer in _band_stack(o_y, sig)])
+    # how much more (or less) detail the edit's content has than the ring's, from the two bands above the
+    # synthesised ones (the engine keeps most of them, sharpness matching restored them): the geometric mean
+    # of their ratios (the nearer band predicts the finest better, the farther one is better kept)
+    ratios = e_pow[bands:bands + 2] / np.maximum(o_pow[bands:bands + 2], 1e-20)
+    content = float(np.clip(np.exp(np.mean(np.log(np.maximum(ratios, 1e-12)))), 0.1, 10.0))
+    # the finest band's level is that of the 3x3 Laplacian (the pixel-level detail one sees at 100 %)
+    o_lap = float((_laplacian(o_y).reshape(-1)[ridx].astype(np.float64) ** 2).mean())
+    target = o_pow * content
+    # the output is rounded to ``quantum`` afterwards: that adds about q^2/12 per channel of white noise, whose
+    # Laplacian on luma has sum(luma^2) x 20 x q^2/12 of power (the ring's level already holds it)
+    rounding = float((luma.astype(np.float64) ** 2).sum()) * 20.0 * quantum * quantum / 12.0
+    target[0] = max(0.0, o_lap * content - rounding)
+    corr = np.zeros_like(sub_y)
+    for k in range(bands - 1, -1, -1):  # coarse to fine: the Laplacian of the finest sees the others' detail
+        if target[k] <= 1e-20:
+            continue
+        ev = (_laplacian(sub_y + corr) if k == 0 else layers[k]).reshape(-1)[idx].astype(np.float64)
+        have = float((ev * ev).mean())
+        if have > excess_limit * target[k]:
+            # an engine's own grain (or amplified noise) above the photo's level: the band scaled down to it
+            # (the finest: the band as it is now, with what the coarser steps added)
+            x = layers[k] if k else (sub_y + corr) - _gauss(sub_y + corr, sig[0])
+            want = excess_limit * target[k]
+            floor = -0.3  # at most to 0.7 of its amplitude: the prediction is uncertain, a soft patch is worse
+        elif have < (aim - 0.05) * target[k]:
+            # synthesised up to ``aim`` x the predicted level only: the prediction from the ring is uncertain,
+            # and a patch a little short of the photo is less visible than an over-sharpened one
+            u = layers[k + 1] + layers[k + 2]
+            # the bound follows the local level of u (an RMS over a few of its wavelengths), so an edge of any
+            # contrast and a faint texture both saturate and make harmonics in proportion to their amplitude
+            r = int(round(4.0 * sig[k + 2])) + 1
+            t = _cv(u * u, cv2.blur, (2 * r + 1, 2 * r + 1), borderType=cv2.BORDER_REFLECT)
+            np.sqrt(t, out=t)
+            t *= np.float32(clip)
+            t += np.float32(1e-6)
+            nl = np.minimum(np.maximum(u, -t), t)
+            x = nl - _gauss(nl, sig[k]) if k == 0 else _gauss(nl, sig[k - 1]) - _gauss(nl, sig[k])
+            want = aim * target[k]
+            floor = 0.0
+        else:
+            continue
+        xv = (_laplacian(x) if k == 0 else x).reshape(-1)[idx].astype(np.float64)
+        x_pow, cross = float((xv * xv).mean()), float((xv * ev).mean())
+        if x_pow <= 1e-20:
+            continue
+        # the level with s x added is have + 2 s cross + s^2 x_pow: the root nearest 0 that reaches ``want``
+        disc = cross * cross + x_pow * (want - have)
+        scale = (-cross + math.sqrt(disc)) / x_pow if disc > 0 else -cross / x_pow
+        corr += np.float32(float(np.clip(scale, floor, max_scale))) * x
+    if not corr.any():
+        return _restore_shape(out, was_2d)
+    new = edit[y0:y1, x0:x1] + corr
+    np.clip(new, 0.0, 1.0, out=new)
+    np.copyto(out[y0:y1, x0:x1], new, where=m[y0:y1, x0:x1, None])
+    return _restore_shape(out, was_2d)
+
+
+def _laplacian(img: np.ndarray) -> np.ndarray:
+    """3x3 Laplacian (``cv2.Laplacian``, ksize 1) of an HxWx1 float32 image, shape (H, W)."""
+    return cv2.Laplacian(np.ascontiguousarray(img[:, :, 0]), cv2.CV_32F, ksize=1, borderType=cv2.BORDER_REFLECT)
+
+
 def cap_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring: np.ndarray, *,
                sigmas: tuple[float, ...] = SHARPNESS_SIGMAS[:2], limit: float = 1.2) -> np.ndarray:
     """Keep an edit from being noisier than its surroundings: cap its fine-band power at the ring's.
@@ -1177,7 +1348,8 @@ def transfer_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, 
     there is the engine's re-rendering of the photo: softer, re-grained, an edge crossing the contour
     smeared. Outside the mask the original's high-pass (``img - G_sigma``) replaces the edit's,
     ramping in over ``width`` px from the mask's contour (smoothstep of the Euclidean distance); on
-    the mask nothing changes.
+    the mask nothing changes. The high-pass is taken from pixels outside the mask only (normalised
+    convolution), so the structure under the mask (an object being removed) never comes back.
 
     Parameters
     ----------
@@ -1210,7 +1382,14 @@ def transfer_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, 
     diff = cv2.subtract(orig, edit)  # highpass is linear: highpass(o) - highpass(e) = highpass(o - e)
     if diff.ndim == 2:
         diff = diff[:, :, None]
-    new = highpass(diff, sigma)
+    # the high-pass of pixels outside the mask from pixels outside the mask only (normalised convolution,
+    # Knutsson & Westin 1993): what lies under the mask (an object being removed) never leaks back out
+    outside = (~m).astype(np.float32)
+    diff *= outside[:, :, None]
+    den = _gauss(outside[:, :, None], sigma)
+    low = _gauss(diff, sigma)
+    low /= np.maximum(den, np.float32(1e-6))
+    new = diff - low
     new *= ramp
     new += edit
     np.clip(new, 0.0, 1.0, out=new)

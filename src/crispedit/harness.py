@@ -5,7 +5,8 @@ edit: at native scale when the crop is about the engine's working size, else on 
 then climbs back to native scale in 2x stages, each refined in overlapping tiles with ``strength < 1`` (the
 "native" detail mode). Each pass's softness and grain (a VAE decode's) and its tone drift are measured on a ring
 of untouched pixels and undone (per-band equalisation, local tone membrane); the step left along the boundary is
-corrected in the gradient domain; the photo's own grain is matched; the band outside the user's mask keeps the
+corrected in the gradient domain; the photo's own grain is matched; the finest octaves a soft decode lost
+are synthesised at the level the ring predicts; the band outside the user's mask keeps the
 photo's own fine structure; and the result is blended across a band with a Laplacian pyramid. Every pixel
 farther than the band from the mask is copied from the input, bit for bit."""
 
@@ -349,12 +350,16 @@ def _finish_region(data: ImageData, out: np.ndarray, plan: MaskPlan, user_w: np.
     if hopts.get("seam", True):
         gen = seam_correct(gen, orig, em_p, rim=max(4, band // 4), sigma=max(4.0, band / 4))
     if hopts.get("sharpness", True) and ring.any():
-        gen = compositing.cap_detail(gen, orig, em_p, ring, limit=1.5)  # never much noisier than the photo around
+        gen = compositing.cap_detail(gen, orig, em_p, ring, limit=1.15)  # never much noisier than the photo around
     if hopts.get("grain", True) and ring.any():
         gen = compositing.match_grain(gen, orig, em_p, ring, seed=seed)
+    if hopts.get("sharpness", True) and ring.any():
+        # the finest octaves a soft decode lost below the quantisation: made anew at the photo's level
+        quantum = 1.0 / float(np.iinfo(crop.dtype).max) if crop.dtype.kind == "u" else 0.0
+        gen = compositing.synthesise_detail(gen, orig, em_p, ring, quantum=quantum)
     if hopts.get("sharpness", True):
         # the blend band keeps the photo's own fine structure: an edge crossing the contour stays as sharp as it was
-        gen = compositing.transfer_detail(gen, orig, cm_p, width=2.0)
+        gen = compositing.transfer_detail(gen, orig, cm_p, width=1.0, sigma=6.0)
     box_p = (x0 + px0, y0 + py0, x0 + px1, y0 + py1)
     blended, keep = _blend(orig, gen, plan, region, box_p,
                            None if user_w is None else user_w[y0 + py0:y0 + py1, x0 + px0:x0 + px1])

@@ -1197,7 +1197,7 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
         return _restore_shape(out, was_2d)
     # fine detail is nearly achromatic: measured and made on luma (Rec. 601), added equally to every channel
     luma = np.array([0.299, 0.587, 0.114], np.float32) if c == 3 else np.full(c, 1.0 / c, np.float32)
-    y0, y1, x0, x1 = _bbox(m, pad=pad)  # type: ignore[misc]
+    x0, y0, x1, y1 = mask_bbox(m, pad=pad)  # type: ignore[misc]
     sub_y = (edit[y0:y1, x0:x1] @ luma)[:, :, None]
     layers = _band_stack(sub_y, sig)
     # statistics on a fixed pseudo-random sample of pixels (at most 60k), not on every one
@@ -1208,7 +1208,7 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
         return float((v * v).mean())
 
     e_pow = np.array([power(layer) for layer in layers])
-    ry0, ry1, rx0, rx1 = _bbox(rg, pad=pad)  # type: ignore[misc]
+    rx0, ry0, rx1, ry1 = mask_bbox(rg, pad=pad)  # type: ignore[misc]
     o_y = (orig[ry0:ry1, rx0:rx1] @ luma)[:, :, None]
     ridx = _subsample(np.flatnonzero(rg[ry0:ry1, rx0:rx1]), 60_000)
     o_pow = np.array([float((layer.reshape(-1)[ridx].astype(np.float64) ** 2).mean())

@@ -269,14 +269,76 @@ def _dist_outside(mask_crop: np.ndarray) -> np.ndarray:
     return cv2.distanceTransform((~mask_crop).astype(np.uint8), cv2.DIST_L2, 5)
 
 
+# Sharing and tiling the 5x5 chamfer distance maps (OpenCV's DIST_L2, mask 5) is exact for the thresholds the
+# gate applies: the map counts integer steps of 1, 1.4 and 2.1969 px (scaled by 2^16), and the shortest path from
+# a pixel to its nearest feature stays in the box the two span, so any crop holding that box gives the same
+# integer distance; only its conversion to float32 may differ in the last bit between crops (vector vs. scalar
+# code at a row's end), and a distance is an exact integer number of pixels only along a straight run of unit
+# steps (exact in either conversion), so ``dist > k`` and ``dist <= k`` for integer ``k`` never differ.
+def dist_outside_cached(mask: np.ndarray, margin: int, cache: dict[str, Any] | None
+                        ) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+    """Distance (px) to the nearest True pixel of ``mask`` (full size) on its bounding box plus ``margin`` px:
+    (map, crop box x0, y0, x1, y1), or None for an empty mask. With ``cache`` (one dict per mask), a map computed
+    on a larger crop is sliced instead of recomputed (integer thresholds on it are the same; see above)."""
+    bb = mask_bbox(mask)
+    if bb is None:
+        return None
+    box = _crop_box(mask.shape, bb, margin)
+    if cache is not None and "mask_dist" in cache:
+        dist, (cx0, cy0, cx1, cy1) = cache["mask_dist"]
+        if cx0 <= box[0] and cy0 <= box[1] and cx1 >= box[2] and cy1 >= box[3]:
+            return dist[box[1] - cy0 : box[3] - cy0, box[0] - cx0 : box[2] - cx0], box
+    dist = _dist_outside(mask[box[1] : box[3], box[0] : box[2]])
+    if cache is not None:
+        cache["mask_dist"] = (dist, box)
+    return dist, box
+
+
+_DEPTH_TILE = 64
+
+
+def _depth_inside(mask: np.ndarray) -> np.ndarray:
+    """Distance (px, float32) of each True pixel of ``mask`` to the nearest False pixel, the image's edge counting
+    as False: ``cv2.distanceTransform(np.pad(mask, 1), DIST_L2, 5)[1:-1, 1:-1]``, computed only on the
+    ``_DEPTH_TILE`` px tiles that hold mask pixels, each with a halo wider than the mask's largest inradius
+    (:func:`_inradius_upper`), so a mask of scattered spots over a large crop costs its spots' tiles (integer
+    thresholds on it are those of the whole map; see :func:`dist_outside_cached`)."""
+    h, w = mask.shape
+    bb = mask_bbox(mask)
+    out = np.zeros((h, w), np.float32)
+    if bb is None:
+        return out
+    t = _DEPTH_TILE
+    halo = int(math.ceil(1.1 * _inradius_upper(mask, bb))) + 3
+    nty, ntx = -(-h // t), -(-w // t)
+    occ = np.zeros((nty * t, ntx * t), bool)
+    occ[:h, :w] = mask
+    occ = occ.reshape(nty, t, ntx, t).any(axis=(1, 3))
+    tiles = np.argwhere(occ)
+    if len(tiles) * (t + 2 * halo) ** 2 >= h * w:
+        return cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    for r, c in tiles:
+        y0, x0 = r * t, c * t
+        y1, x1 = min(h, y0 + t), min(w, x0 + t)
+        sy0, sx0, sy1, sx1 = max(0, y0 - halo), max(0, x0 - halo), min(h, y1 + halo), min(w, x1 + halo)
+        # the image's edge counts as outside (a one-pixel False border), a tile's own edge does not
+        py0, px0, py1, px1 = int(sy0 == 0), int(sx0 == 0), int(sy1 == h), int(sx1 == w)
+        sub = np.pad(mask[sy0:sy1, sx0:sx1], ((py0, py1), (px0, px1))).astype(np.uint8)
+        d = cv2.distanceTransform(sub, cv2.DIST_L2, 5)
+        out[y0:y1, x0:x1] = d[y0 - sy0 + py0 : y1 - sy0 + py0, x0 - sx0 + px0 : x1 - sx0 + px0]
+    return out
+
+
 def outside_identity(
-    original: np.ndarray, edited: np.ndarray, mask: np.ndarray, band: int, *, diff: np.ndarray | None = None
+    original: np.ndarray, edited: np.ndarray, mask: np.ndarray, band: int, *, diff: np.ndarray | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Changed pixels beyond the blend band: the bit-identity promise.
 
     Returns ``outside_changed_pixels`` (pixels farther than ``band`` px from the mask where any channel differs,
     alpha included), ``outside_max_diff`` (largest absolute difference there, in the image's own units) and
-    ``outside_max_diff_norm`` (the same divided by full scale).
+    ``outside_max_diff_norm`` (the same divided by full scale). ``cache`` (a dict kept by the caller for this
+    mask) shares the distance map to the mask with the regions' rings (:func:`dist_outside_cached`).
     """
     check_pair(original, edited)
     d = _max_abs_diff(original, edited) if diff is None else diff
@@ -284,14 +346,13 @@ def outside_identity(
     n_total = int(np.count_nonzero(changed))
     if n_total == 0:
         return {"outside_changed_pixels": 0, "outside_max_diff": 0.0, "outside_max_diff_norm": 0.0}
-    bb = mask_bbox(mask)
-    if bb is None:
+    md = dist_outside_cached(mask, band + 2, cache)
+    if md is None:
         far = changed
     else:
-        x0, y0, x1, y1 = _crop_box(d.shape, bb, band + 2)
+        dist, (x0, y0, x1, y1) = md
         far = changed.copy()
         inner = far[y0:y1, x0:x1]
-        dist = _dist_outside(mask[y0:y1, x0:x1])
         inner &= dist > band
     n = int(np.count_nonzero(far))
     mx = float(d[far].max()) if n else 0.0
@@ -389,18 +450,21 @@ def grey_float(a: np.ndarray) -> np.ndarray:
     return np.asarray(g, np.float32) * np.float32(1.0 / _scale_of(a))
 
 
-def inner_and_ring(mask: np.ndarray, band: int, ring_offset: int, ring_width: int) -> tuple[np.ndarray, np.ndarray]:
+def inner_and_ring(mask: np.ndarray, band: int, ring_offset: int, ring_width: int, *,
+                   dist: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Inside = mask eroded by the band (less if that leaves too little); ring = a band of ``ring_width`` px
-    starting ``ring_offset`` px outside the mask. Both bool, same shape as ``mask`` (give a crop)."""
+    starting ``ring_offset`` px outside the mask. Both bool, same shape as ``mask`` (give a crop). ``dist``: the
+    distance to ``mask`` on this crop when the caller has it (:func:`dist_outside_cached`)."""
     area = int(np.count_nonzero(mask))
-    depth = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    depth = _depth_inside(mask)
     inner = mask
     for e in (band, band // 2, band // 4, 2):
         cand = depth > e
         if np.count_nonzero(cand) >= max(400, 0.05 * area):
             inner = cand
             break
-    dist = _dist_outside(mask)
+    if dist is None:
+        dist = _dist_outside(mask)
     ring = (dist > ring_offset) & (dist <= ring_offset + ring_width)
     return inner, ring
 
@@ -424,6 +488,7 @@ def detail_noise_consistency(
     *,
     ring_offset: int | None = None,
     exclude: np.ndarray | None = None,
+    mask_dist: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Detail and noise inside the (eroded) mask vs. a ring outside the blend band, on a crop (as loaded).
 
@@ -432,12 +497,13 @@ def detail_noise_consistency(
     sharpness and grain, < 1 for a blurred or over-smoothed patch, > 1 for over-sharpening or extra noise.
     With ``original``, ``detail_ratio_original`` and ``noise_ratio_original`` compare the edit's inside with
     the original's inside (what was there before). ``exclude`` (bool, same crop): other edited pixels, kept
-    ``band`` px out of the ring.
+    ``band`` px out of the ring. ``mask_dist`` (float32, same crop): the distance to ``mask`` when the caller has
+    it (:func:`dist_outside_cached`), else computed here.
     """
     if ring_offset is None:
         ring_offset = band
     ring_width = max(24, band)
-    inner, ring = inner_and_ring(mask, band, ring_offset, ring_width)
+    inner, ring = inner_and_ring(mask, band, ring_offset, ring_width, dist=mask_dist)
     if exclude is not None and exclude.any():  # other edits nearby are not "the surroundings"
         ring &= _dist_outside(exclude) > band
     nan = float("nan")

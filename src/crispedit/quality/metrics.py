@@ -1151,6 +1151,17 @@ class _Sides:
     box: tuple[int, int, int, int]
 
 
+def _contour_sides_cached(cache: dict[str, Any] | None, mask: np.ndarray, band: int, segment_px: int | None,
+                          reach: float) -> _Sides | None:
+    """:func:`_contour_sides`, kept in ``cache`` (a dict for this mask) for the next check that asks the same."""
+    if cache is None:
+        return _contour_sides(mask, band, segment_px, reach)
+    key = f"sides {band} {segment_px} {reach}"
+    if key not in cache:
+        cache[key] = _contour_sides(mask, band, segment_px, reach)
+    return cache[key]  # type: ignore[no-any-return]
+
+
 def _contour_sides(mask: np.ndarray, band: int, segment_px: int | None, reach: float) -> _Sides | None:
     """The contour of ``mask`` every 3 px (segments of ``segment_px``, default ``max(48, 2 band)``) and its inner and
     outer sides at ``D = max(8, band)`` px -- clear of a centred blend band, but at most 0.6 x the mask's largest
@@ -1188,6 +1199,7 @@ def colour_consistency(
     *,
     sigma: float = 6.0,
     segment_px: int | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """ΔE2000 of the low-passed images (Gaussian, ``sigma`` px) on the inner vs. outer side of the contour.
 
@@ -1205,9 +1217,11 @@ def colour_consistency(
       inner colour and that colour plus the median shift.
     - ``colour_delta_e_before``: ``colour_delta_e`` of the original (how different its inner side already was).
     - ``colour_delta_e_p90``: 90th percentile of the per-segment inner-vs-outer ΔE of the edit (informational).
+
+    ``cache`` (a dict for this mask) shares the contour and its sample positions with :func:`tone_step`.
     """
     nan = {"colour_delta_e": float("nan"), "colour_delta_e_original": float("nan"), "colour_delta_e_p90": float("nan")}
-    sides = _contour_sides(mask, band, segment_px, 12.0)
+    sides = _contour_sides_cached(cache, mask, band, segment_px, 12.0)
     if sides is None:
         return nan
     # the low-passed Lab only on tiles around the samples (full-image positions)
@@ -1258,6 +1272,7 @@ def tone_step(
     *,
     sigma: float = 4.0,
     segment_px: int | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Luminance step across the contour, in 8-bit levels (signed: inside minus outside).
 
@@ -1277,12 +1292,13 @@ def tone_step(
     - ``tone_step_worst`` (levels) and ``tone_step_place`` (x, y): the same over the worst run of three
       segments.
 
-    All nan when the contour is too short (fewer than 4 usable points).
+    All nan when the contour is too short (fewer than 4 usable points). ``cache`` (a dict for this mask) shares
+    the contour and its sample positions with :func:`colour_consistency`.
     """
     nan = float("nan")
     out: dict[str, Any] = {"tone_step_levels": nan, "tone_step_edge": nan, "tone_step_original": nan,
                            "tone_step_before": nan, "tone_step_worst": nan, "tone_step_place": None}
-    sides = _contour_sides(mask, band, segment_px, 3 * sigma)
+    sides = _contour_sides_cached(cache, mask, band, segment_px, 3 * sigma)
     if sides is None:
         return out
     x0, y0, x1, y1 = sides.box
@@ -1353,17 +1369,32 @@ def tone_step(
         out["tone_step_levels"], out["tone_step_signed"] = visible(edge, offset)
     # the worst stretch: runs of 3 segments along the contour
     if len(edge) >= 3:
-        best, where = -1.0, 0
-        for i in range(len(edge)):
-            sl = slice(max(0, i - 1), i + 2)
-            if offset is not None and max(out.get("tone_structure_kept", 0.0), out.get("content_kept", 0.0)) >= 0.8:
-                v = abs(float(np.median(offset[sl])))
+        if offset is not None and max(out.get("tone_structure_kept", 0.0), out.get("content_kept", 0.0)) >= 0.8:
+            v = np.abs(_run3_median(offset))
+        else:
+            me = _run3_median(edge)
+            if offset is None:
+                v = np.abs(me)
             else:
-                v, _ = visible(edge[sl], None if offset is None else offset[sl])
-            if v > best:
-                best, where = v, i
+                mo = _run3_median(offset)
+                v = np.where(np.abs(mo) < np.abs(me), np.abs(mo), np.abs(me))
+        # the first largest (a nan never wins), else -1 at the first segment
+        vv = np.where(np.isnan(v), -np.inf, v)
+        where = int(np.argmax(vv))
+        best = float(vv[where]) if vv[where] > -1.0 else -1.0
+        if best == -1.0:
+            where = 0
         out["tone_step_worst"] = best
         out["tone_step_place"] = (int(round(centres[where, 0])), int(round(centres[where, 1])))
+    return out
+
+
+def _run3_median(x: np.ndarray) -> np.ndarray:
+    """Median of each run of three neighbours along ``x`` (two at either end), as ``np.median`` of each slice
+    ``x[max(0, i - 1) : i + 2]`` computes it (``len(x) >= 3``)."""
+    out = np.empty(len(x), np.float64)
+    out[1:-1] = np.median(np.stack([x[:-2], x[1:-1], x[2:]]), axis=0)
+    out[0], out[-1] = np.median(x[:2]), np.median(x[-2:])
     return out
 
 

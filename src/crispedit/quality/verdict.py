@@ -376,10 +376,11 @@ def _measure_unit(original: np.ndarray, edited: np.ndarray, m: np.ndarray, band:
     metrics.update(dn)
     tick("detail_noise", t)
     t = time.perf_counter()
-    metrics.update(M.colour_consistency(original, edited, m, band))
+    unit_cache: dict[str, Any] = {}  # this region's contour, shared by the colour and tone checks
+    metrics.update(M.colour_consistency(original, edited, m, band, cache=unit_cache))
     tick("colour", t)
     t = time.perf_counter()
-    metrics.update(M.tone_step(original, edited, m, band))
+    metrics.update(M.tone_step(original, edited, m, band, cache=unit_cache))
     tick("tone", t)
     if not _kept(metrics, max(0.9, DEFAULT_THRESHOLDS.kept_structure_min)):
         # the content was replaced (a removal): how unusual its tone and colour step is for this photo

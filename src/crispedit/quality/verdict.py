@@ -331,10 +331,13 @@ def _units(mask: np.ndarray) -> list[tuple[str, int, np.ndarray, int]]:
             name = f"region {len(single) + 1}"
         else:
             name = f"{len(pooled)} small regions"
-        keep = np.zeros(n, bool)
-        keep[pooled] = True
-        m = np.zeros(mask.shape, bool)
-        m[bb[1] : bb[3], bb[0] : bb[2]] = keep[labels]
+        if not single:  # every region pooled: the pool is the mask
+            m = mask.copy()
+        else:
+            keep = np.zeros(n, bool)
+            keep[pooled] = True
+            m = np.zeros(mask.shape, bool)
+            m[bb[1] : bb[3], bb[0] : bb[2]] = keep[labels]
         out.append((name, len(single) + 1, m, max(band_of(i) for i in pooled)))
     return out
 
@@ -718,15 +721,19 @@ def assess(
     acc.metrics.update(mask_pixels=int(np.count_nonzero(mask)), changed_pixels=int(np.count_nonzero(changed)))
     acc.timings["diff"] = time.perf_counter() - t
     whole = acc.metrics["mask_pixels"] >= (1.0 if source == "given" else 0.9) * h * w
+    t = time.perf_counter()
     units = [] if whole else _units(mask)
+    acc.timings["units"] = time.perf_counter() - t
     bands = {name: int(band) if band is not None else b for name, _, _, b in units}
     band_all = max(bands.values(), default=int(band) if band is not None else 32)
 
     # one distance map to the mask, on a crop wide enough for the outside check and (with one region) its ring
     cache: dict[str, Any] = {}
+    t = time.perf_counter()
     if not whole and len(units) == 1:
         b1 = bands[units[0][0]]
         M.dist_outside_cached(mask, max(band_all + 2, b1 + max(24, b1) + 8), cache)
+    acc.timings["mask_distance"] = time.perf_counter() - t
     _judge_outside(acc, original, edited, mask, diff, band_all, whole, th, cache)
     if whole or acc.metrics["mask_pixels"] == 0:
         _judge_whole(acc, original, edited, source, th)

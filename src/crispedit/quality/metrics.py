@@ -1712,15 +1712,16 @@ def straight_edges(
         do = diffs(tr(g0)) if g0 is not None else None
         # a run's footprint (rows y-4 .. y+4): eroded once, then a run is valid when all of it is in the region
         ii9 = cv2.erode(ii.astype(np.uint8), np.ones((9, 1), np.uint8), borderType=cv2.BORDER_CONSTANT,
-                        borderValue=0).astype(np.float32)
+                        borderValue=0)
         ff9 = cv2.erode(ff.astype(np.uint8), np.ones((9, 1), np.uint8), borderType=cv2.BORDER_CONSTANT,
-                        borderValue=0).astype(np.float32)
+                        borderValue=0)
         for L, tag in ((length, "edge"), (grid_length, "grid")):
             if gg.shape[1] < L:
                 continue
-            k = (L, 1)
-            vin = cv2.blur(ii9, k, borderType=cv2.BORDER_CONSTANT) > 0.999
-            vnull = cv2.blur(ff9, k, borderType=cv2.BORDER_CONSTANT) > 0.999
+            # a run is valid when all its L px are (a centred L-px minimum; outside the crop counts as not)
+            k1 = np.ones((1, L), np.uint8)
+            vin = cv2.erode(ii9, k1, borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+            vnull = cv2.erode(ff9, k1, borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
             step, brk = _line_stats(de, ade, L, with_break=tag == "edge")
             lines_null = max(lines_null, _null_max(step, brk, vnull, acc, ("ns", "nb") if tag == "edge" else
                                                    ("gn", ""), grid_step_min if tag == "grid" and corners else None))

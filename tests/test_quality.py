@@ -630,3 +630,50 @@ def test_good_removal_puts_the_truth_back_over_the_whole_mask():
         assert np.array_equal(out[far], truth[far])  # untouched beyond the soft edge
     with pytest.raises(ValueError):
         D.good_removal(pasted, truth, m, "sharpen")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# speed helpers: the same results as the whole-crop computations they replace
+# ---------------------------------------------------------------------------------------------------------------
+def _dust_mask(h: int, w: int, n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    m = np.zeros((h, w), np.uint8)
+    for _ in range(n):
+        cv2.circle(m, (int(rng.integers(-4, w + 4)), int(rng.integers(-4, h + 4))), int(rng.integers(1, 20)), 1, -1)
+    return m.astype(bool)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_tiled_depth_and_shared_distance_give_the_same_thresholded_sets(seed: int) -> None:
+    from crispedit.quality import metrics as M
+
+    m = _dust_mask(700, 1100, 60, seed)
+    m[:, :2] = True  # spots on the image's edge: the edge counts as outside
+    whole = cv2.distanceTransform(np.pad(m, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    tiled = M._depth_inside(m)
+    assert tiled.shape == m.shape and tiled.max() > 3
+    for k in range(0, 40):
+        assert np.array_equal(whole > k, tiled > k), k
+    inner = np.zeros_like(m)
+    inner[200:500, 300:800] = m[200:500, 300:800]  # spots away from the image's edges: the crops differ
+    cache: dict = {}
+    wide, box = M.dist_outside_cached(inner, 90, cache)
+    narrow, nbox = M.dist_outside_cached(inner, 30, cache)  # sliced from the cached wide map
+    assert nbox != box and narrow.base is not None
+    own = M._dist_outside(inner[nbox[1] : nbox[3], nbox[0] : nbox[2]])
+    for k in range(0, 30):
+        assert np.array_equal(own > k, narrow > k), k
+
+
+def test_run3_median_and_nonzero_match_numpy() -> None:
+    from crispedit.quality import metrics as M
+
+    rng = np.random.default_rng(3)
+    for n in (3, 4, 11):
+        x = rng.normal(size=n)
+        x[1] = np.nan if n == 11 else x[1]
+        ref = np.array([np.median(x[max(0, i - 1) : i + 2]) for i in range(n)])
+        assert np.array_equal(M._run3_median(x), ref, equal_nan=True)
+    b = rng.random((400, 500)) < 0.003
+    for got, want in zip(M._nonzero(b), np.nonzero(b)):
+        assert np.array_equal(got, want) and got.dtype == want.dtype

@@ -269,14 +269,77 @@ def _dist_outside(mask_crop: np.ndarray) -> np.ndarray:
     return cv2.distanceTransform((~mask_crop).astype(np.uint8), cv2.DIST_L2, 5)
 
 
+# Sharing and tiling the 5x5 chamfer distance maps (OpenCV's DIST_L2, mask 5) is exact for the thresholds the
+# gate applies: the map counts integer steps of 1, 1.4 and 2.1969 px (scaled by 2^16), and the shortest path from
+# a pixel to its nearest feature stays in the box the two span, so any crop holding that box gives the same
+# integer distance; only its conversion to float32 may differ in the last bit between crops (vector vs. scalar
+# code at a row's end), and a distance is an exact integer number of pixels only along a straight run of unit
+# steps (exact in either conversion), so ``dist > k`` and ``dist <= k`` for integer ``k`` never differ.
+def dist_outside_cached(mask: np.ndarray, margin: int, cache: dict[str, Any] | None
+                        ) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+    """Distance (px) to the nearest True pixel of ``mask`` (full size) on its bounding box plus ``margin`` px:
+    (map, crop box x0, y0, x1, y1), or None for an empty mask. With ``cache`` (one dict per mask), a map computed
+    on a larger crop is sliced instead of recomputed (integer thresholds on it are the same; see above)."""
+    bb = mask_bbox(mask)
+    if bb is None:
+        return None
+    box = _crop_box(mask.shape, bb, margin)
+    if cache is not None and "mask_dist" in cache:
+        dist, (cx0, cy0, cx1, cy1) = cache["mask_dist"]
+        if cx0 <= box[0] and cy0 <= box[1] and cx1 >= box[2] and cy1 >= box[3]:
+            return dist[box[1] - cy0 : box[3] - cy0, box[0] - cx0 : box[2] - cx0], box
+    dist = _dist_outside(mask[box[1] : box[3], box[0] : box[2]])
+    if cache is not None:
+        cache["mask_dist"] = (dist, box)
+    return dist, box
+
+
+_DEPTH_TILE = 64
+
+
+def _depth_inside(mask: np.ndarray) -> np.ndarray:
+    """Distance (px, float32) of each True pixel of ``mask`` to the nearest False pixel, the image's edge counting
+    as False: ``cv2.distanceTransform(np.pad(mask, 1), DIST_L2, 5)[1:-1, 1:-1]``, computed only on the
+    ``_DEPTH_TILE`` px tiles that hold mask pixels, each with a halo wider than the mask's largest inradius
+    (:func:`_inradius_upper`), so a mask of scattered spots over a large crop costs its spots' tiles (integer
+    thresholds on it are those of the whole map; see :func:`dist_outside_cached`)."""
+    h, w = mask.shape
+    bb = mask_bbox(mask)
+    out = np.zeros((h, w), np.float32)
+    if bb is None:
+        return out
+    t = _DEPTH_TILE
+    halo = int(math.ceil(1.1 * _inradius_upper(mask, bb))) + 3
+    nty, ntx = -(-h // t), -(-w // t)
+    occ = np.zeros((nty * t, ntx * t), bool)
+    occ[:h, :w] = mask
+    occ = occ.reshape(nty, t, ntx, t).any(axis=(1, 3))
+    tiles = np.argwhere(occ)
+    if len(tiles) * (t + 2 * halo) ** 2 >= h * w:
+        return cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    m8 = mask.astype(np.uint8)
+    for r, c in tiles:
+        y0, x0 = r * t, c * t
+        y1, x1 = min(h, y0 + t), min(w, x0 + t)
+        sy0, sx0, sy1, sx1 = max(0, y0 - halo), max(0, x0 - halo), min(h, y1 + halo), min(w, x1 + halo)
+        # the image's edge counts as outside (a one-pixel False border), a tile's own edge does not
+        py0, px0, py1, px1 = int(sy0 == 0), int(sx0 == 0), int(sy1 == h), int(sx1 == w)
+        sub = cv2.copyMakeBorder(m8[sy0:sy1, sx0:sx1], py0, py1, px0, px1, cv2.BORDER_CONSTANT, value=0)
+        d = cv2.distanceTransform(sub, cv2.DIST_L2, 5)
+        out[y0:y1, x0:x1] = d[y0 - sy0 + py0 : y1 - sy0 + py0, x0 - sx0 + px0 : x1 - sx0 + px0]
+    return out
+
+
 def outside_identity(
-    original: np.ndarray, edited: np.ndarray, mask: np.ndarray, band: int, *, diff: np.ndarray | None = None
+    original: np.ndarray, edited: np.ndarray, mask: np.ndarray, band: int, *, diff: np.ndarray | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Changed pixels beyond the blend band: the bit-identity promise.
 
     Returns ``outside_changed_pixels`` (pixels farther than ``band`` px from the mask where any channel differs,
     alpha included), ``outside_max_diff`` (largest absolute difference there, in the image's own units) and
-    ``outside_max_diff_norm`` (the same divided by full scale).
+    ``outside_max_diff_norm`` (the same divided by full scale). ``cache`` (a dict kept by the caller for this
+    mask) shares the distance map to the mask with the regions' rings (:func:`dist_outside_cached`).
     """
     check_pair(original, edited)
     d = _max_abs_diff(original, edited) if diff is None else diff
@@ -284,14 +347,13 @@ def outside_identity(
     n_total = int(np.count_nonzero(changed))
     if n_total == 0:
         return {"outside_changed_pixels": 0, "outside_max_diff": 0.0, "outside_max_diff_norm": 0.0}
-    bb = mask_bbox(mask)
-    if bb is None:
+    md = dist_outside_cached(mask, band + 2, cache)
+    if md is None:
         far = changed
     else:
-        x0, y0, x1, y1 = _crop_box(d.shape, bb, band + 2)
+        dist, (x0, y0, x1, y1) = md
         far = changed.copy()
         inner = far[y0:y1, x0:x1]
-        dist = _dist_outside(mask[y0:y1, x0:x1])
         inner &= dist > band
     n = int(np.count_nonzero(far))
     mx = float(d[far].max()) if n else 0.0
@@ -389,20 +451,37 @@ def grey_float(a: np.ndarray) -> np.ndarray:
     return np.asarray(g, np.float32) * np.float32(1.0 / _scale_of(a))
 
 
-def inner_and_ring(mask: np.ndarray, band: int, ring_offset: int, ring_width: int) -> tuple[np.ndarray, np.ndarray]:
+def inner_and_ring(mask: np.ndarray, band: int, ring_offset: int, ring_width: int, *,
+                   dist: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Inside = mask eroded by the band (less if that leaves too little); ring = a band of ``ring_width`` px
-    starting ``ring_offset`` px outside the mask. Both bool, same shape as ``mask`` (give a crop)."""
+    starting ``ring_offset`` px outside the mask. Both bool, same shape as ``mask`` (give a crop). ``dist``: the
+    distance to ``mask`` on this crop when the caller has it (:func:`dist_outside_cached`)."""
     area = int(np.count_nonzero(mask))
-    depth = cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    depth = _depth_inside(mask)
     inner = mask
     for e in (band, band // 2, band // 4, 2):
         cand = depth > e
         if np.count_nonzero(cand) >= max(400, 0.05 * area):
             inner = cand
             break
-    dist = _dist_outside(mask)
+    if dist is None:
+        dist = _dist_outside(mask)
     ring = (dist > ring_offset) & (dist <= ring_offset + ring_width)
     return inner, ring
+
+
+def _nonzero(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.nonzero`` of a 2-D bool array (row-major order, int64 indices), through OpenCV's ``findNonZero`` when
+    under 1% of a large crop is set (several times faster there; slower on dense arrays)."""
+    if b.ndim != 2 or b.dtype != bool or b.size < 65536 or np.count_nonzero(b) > 0.01 * b.size:
+        ys, xs = np.nonzero(b)
+        return ys, xs
+    pts = cv2.findNonZero(np.ascontiguousarray(b).view(np.uint8))
+    if pts is None:
+        z = np.zeros(0, np.int64)
+        return z, z.copy()
+    pts = pts.reshape(-1, 2)
+    return pts[:, 1].astype(np.int64), pts[:, 0].astype(np.int64)
 
 
 def _subsample(region: np.ndarray, max_px: int = 300_000) -> np.ndarray:
@@ -424,6 +503,7 @@ def detail_noise_consistency(
     *,
     ring_offset: int | None = None,
     exclude: np.ndarray | None = None,
+    mask_dist: np.ndarray | None = None,
 ) -> dict[str, float]:
     """Detail and noise inside the (eroded) mask vs. a ring outside the blend band, on a crop (as loaded).
 
@@ -432,18 +512,19 @@ def detail_noise_consistency(
     sharpness and grain, < 1 for a blurred or over-smoothed patch, > 1 for over-sharpening or extra noise.
     With ``original``, ``detail_ratio_original`` and ``noise_ratio_original`` compare the edit's inside with
     the original's inside (what was there before). ``exclude`` (bool, same crop): other edited pixels, kept
-    ``band`` px out of the ring.
+    ``band`` px out of the ring. ``mask_dist`` (float32, same crop): the distance to ``mask`` when the caller has
+    it (:func:`dist_outside_cached`), else computed here.
     """
     if ring_offset is None:
         ring_offset = band
     ring_width = max(24, band)
-    inner, ring = inner_and_ring(mask, band, ring_offset, ring_width)
+    inner, ring = inner_and_ring(mask, band, ring_offset, ring_width, dist=mask_dist)
     if exclude is not None and exclude.any():  # other edits nearby are not "the surroundings"
         ring &= _dist_outside(exclude) > band
     nan = float("nan")
     if not inner.any() or not ring.any():
         return {"detail_ratio": nan, "noise_ratio": nan, "detail_ratio_original": nan, "noise_ratio_original": nan}
-    inner_s, ring_s = np.nonzero(_subsample(inner)), np.nonzero(_subsample(ring))  # indices, gathered once
+    inner_s, ring_s = _nonzero(_subsample(inner)), _nonzero(_subsample(ring))  # indices, gathered once
     # below about half an 8-bit level, grain and detail are invisible: floors keep the ratios of a flat sky
     # (JPEG-smoothed, sigma ~0) from exploding
     floor_d, floor_n = _DETAIL_FLOOR, _NOISE_FLOOR
@@ -467,7 +548,7 @@ def detail_noise_consistency(
         # 0.5 px (invisible at 1:1, as a re-encode) lowers the finest octave only; sigma 1.5 lowers this one too
         h2, w2 = inner.shape[0] // 2, inner.shape[1] // 2
         if h2 >= 3 and w2 >= 3:
-            inner2 = np.nonzero(_subsample(inner[: 2 * h2 : 2, : 2 * w2 : 2]))
+            inner2 = _nonzero(_subsample(inner[: 2 * h2 : 2, : 2 * w2 : 2]))
             if inner2[0].size:
                 def half(g: np.ndarray) -> np.ndarray:
                     return cv2.resize(g[: 2 * h2, : 2 * w2], (w2, h2), interpolation=cv2.INTER_AREA)
@@ -1085,6 +1166,17 @@ class _Sides:
     box: tuple[int, int, int, int]
 
 
+def _contour_sides_cached(cache: dict[str, Any] | None, mask: np.ndarray, band: int, segment_px: int | None,
+                          reach: float) -> _Sides | None:
+    """:func:`_contour_sides`, kept in ``cache`` (a dict for this mask) for the next check that asks the same."""
+    if cache is None:
+        return _contour_sides(mask, band, segment_px, reach)
+    key = f"sides {band} {segment_px} {reach}"
+    if key not in cache:
+        cache[key] = _contour_sides(mask, band, segment_px, reach)
+    return cache[key]  # type: ignore[no-any-return]
+
+
 def _contour_sides(mask: np.ndarray, band: int, segment_px: int | None, reach: float) -> _Sides | None:
     """The contour of ``mask`` every 3 px (segments of ``segment_px``, default ``max(48, 2 band)``) and its inner and
     outer sides at ``D = max(8, band)`` px -- clear of a centred blend band, but at most 0.6 x the mask's largest
@@ -1122,6 +1214,7 @@ def colour_consistency(
     *,
     sigma: float = 6.0,
     segment_px: int | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> dict[str, float]:
     """ΔE2000 of the low-passed images (Gaussian, ``sigma`` px) on the inner vs. outer side of the contour.
 
@@ -1139,9 +1232,11 @@ def colour_consistency(
       inner colour and that colour plus the median shift.
     - ``colour_delta_e_before``: ``colour_delta_e`` of the original (how different its inner side already was).
     - ``colour_delta_e_p90``: 90th percentile of the per-segment inner-vs-outer ΔE of the edit (informational).
+
+    ``cache`` (a dict for this mask) shares the contour and its sample positions with :func:`tone_step`.
     """
     nan = {"colour_delta_e": float("nan"), "colour_delta_e_original": float("nan"), "colour_delta_e_p90": float("nan")}
-    sides = _contour_sides(mask, band, segment_px, 12.0)
+    sides = _contour_sides_cached(cache, mask, band, segment_px, 12.0)
     if sides is None:
         return nan
     # the low-passed Lab only on tiles around the samples (full-image positions)
@@ -1192,6 +1287,7 @@ def tone_step(
     *,
     sigma: float = 4.0,
     segment_px: int | None = None,
+    cache: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Luminance step across the contour, in 8-bit levels (signed: inside minus outside).
 
@@ -1211,12 +1307,13 @@ def tone_step(
     - ``tone_step_worst`` (levels) and ``tone_step_place`` (x, y): the same over the worst run of three
       segments.
 
-    All nan when the contour is too short (fewer than 4 usable points).
+    All nan when the contour is too short (fewer than 4 usable points). ``cache`` (a dict for this mask) shares
+    the contour and its sample positions with :func:`colour_consistency`.
     """
     nan = float("nan")
     out: dict[str, Any] = {"tone_step_levels": nan, "tone_step_edge": nan, "tone_step_original": nan,
                            "tone_step_before": nan, "tone_step_worst": nan, "tone_step_place": None}
-    sides = _contour_sides(mask, band, segment_px, 3 * sigma)
+    sides = _contour_sides_cached(cache, mask, band, segment_px, 3 * sigma)
     if sides is None:
         return out
     x0, y0, x1, y1 = sides.box
@@ -1228,8 +1325,8 @@ def tone_step(
     # the inside pixels (thinned) where kept-or-replaced is decided, and how deep each lies
     msk = mask[y0:y1, x0:x1]
     deep = _deep_region(msk, 12.0)
-    iys, ixs = np.nonzero(_subsample(msk, 30_000))
-    dys, dxs = np.nonzero(deep)
+    iys, ixs = _nonzero(_subsample(msk, 30_000))
+    dys, dxs = _nonzero(deep)
     n_in = len(iys)
     px = np.concatenate([np.stack([ixs, iys], 1), np.stack([dxs, dys], 1)]).astype(np.float32) + np.array([x0, y0],
                                                                                                         np.float32)
@@ -1287,17 +1384,32 @@ def tone_step(
         out["tone_step_levels"], out["tone_step_signed"] = visible(edge, offset)
     # the worst stretch: runs of 3 segments along the contour
     if len(edge) >= 3:
-        best, where = -1.0, 0
-        for i in range(len(edge)):
-            sl = slice(max(0, i - 1), i + 2)
-            if offset is not None and max(out.get("tone_structure_kept", 0.0), out.get("content_kept", 0.0)) >= 0.8:
-                v = abs(float(np.median(offset[sl])))
+        if offset is not None and max(out.get("tone_structure_kept", 0.0), out.get("content_kept", 0.0)) >= 0.8:
+            v = np.abs(_run3_median(offset))
+        else:
+            me = _run3_median(edge)
+            if offset is None:
+                v = np.abs(me)
             else:
-                v, _ = visible(edge[sl], None if offset is None else offset[sl])
-            if v > best:
-                best, where = v, i
+                mo = _run3_median(offset)
+                v = np.where(np.abs(mo) < np.abs(me), np.abs(mo), np.abs(me))
+        # the first largest (a nan never wins), else -1 at the first segment
+        vv = np.where(np.isnan(v), -np.inf, v)
+        where = int(np.argmax(vv))
+        best = float(vv[where]) if vv[where] > -1.0 else -1.0
+        if best == -1.0:
+            where = 0
         out["tone_step_worst"] = best
         out["tone_step_place"] = (int(round(centres[where, 0])), int(round(centres[where, 1])))
+    return out
+
+
+def _run3_median(x: np.ndarray) -> np.ndarray:
+    """Median of each run of three neighbours along ``x`` (two at either end), as ``np.median`` of each slice
+    ``x[max(0, i - 1) : i + 2]`` computes it (``len(x) >= 3``)."""
+    out = np.empty(len(x), np.float64)
+    out[1:-1] = np.median(np.stack([x[:-2], x[1:-1], x[2:]]), axis=0)
+    out[0], out[-1] = np.median(x[:2]), np.median(x[-2:])
     return out
 
 
@@ -1600,15 +1712,16 @@ def straight_edges(
         do = diffs(tr(g0)) if g0 is not None else None
         # a run's footprint (rows y-4 .. y+4): eroded once, then a run is valid when all of it is in the region
         ii9 = cv2.erode(ii.astype(np.uint8), np.ones((9, 1), np.uint8), borderType=cv2.BORDER_CONSTANT,
-                        borderValue=0).astype(np.float32)
+                        borderValue=0)
         ff9 = cv2.erode(ff.astype(np.uint8), np.ones((9, 1), np.uint8), borderType=cv2.BORDER_CONSTANT,
-                        borderValue=0).astype(np.float32)
+                        borderValue=0)
         for L, tag in ((length, "edge"), (grid_length, "grid")):
             if gg.shape[1] < L:
                 continue
-            k = (L, 1)
-            vin = cv2.blur(ii9, k, borderType=cv2.BORDER_CONSTANT) > 0.999
-            vnull = cv2.blur(ff9, k, borderType=cv2.BORDER_CONSTANT) > 0.999
+            # a run is valid when all its L px are (a centred L-px minimum; outside the crop counts as not)
+            k1 = np.ones((1, L), np.uint8)
+            vin = cv2.erode(ii9, k1, borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+            vnull = cv2.erode(ff9, k1, borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
             step, brk = _line_stats(de, ade, L, with_break=tag == "edge")
             lines_null = max(lines_null, _null_max(step, brk, vnull, acc, ("ns", "nb") if tag == "edge" else
                                                    ("gn", ""), grid_step_min if tag == "grid" and corners else None))

@@ -331,19 +331,24 @@ def _units(mask: np.ndarray) -> list[tuple[str, int, np.ndarray, int]]:
             name = f"region {len(single) + 1}"
         else:
             name = f"{len(pooled)} small regions"
-        keep = np.zeros(n, bool)
-        keep[pooled] = True
-        m = np.zeros(mask.shape, bool)
-        m[bb[1] : bb[3], bb[0] : bb[2]] = keep[labels]
+        if not single:  # every region pooled: the pool is the mask
+            m = mask.copy()
+        else:
+            keep = np.zeros(n, bool)
+            keep[pooled] = True
+            m = np.zeros(mask.shape, bool)
+            m[bb[1] : bb[3], bb[0] : bb[2]] = keep[labels]
         out.append((name, len(single) + 1, m, max(band_of(i) for i in pooled)))
     return out
 
 
 def _measure_unit(original: np.ndarray, edited: np.ndarray, m: np.ndarray, band: int, zone: np.ndarray,
                   all_mask: np.ndarray, source: str, seed: int, cache: dict[str, Any],
-                  timings: dict[str, float]) -> tuple[dict[str, Any], list[tuple[int, int, float]], list[str]]:
+                  timings: dict[str, float], *, whole_mask: bool = False
+                  ) -> tuple[dict[str, Any], list[tuple[int, int, float]], list[str]]:
     """Every metric of one region (or pool of regions). ``zone``: the mask and the changed pixels (kept out of
-    the null placements and of the surroundings' reference)."""
+    the null placements and of the surroundings' reference). ``whole_mask``: ``m`` is the whole mask (one unit),
+    so the cached distance map to the mask serves its ring."""
     metrics: dict[str, Any] = {"mask_pixels": int(np.count_nonzero(m)), "band": band}
     nan = float("nan")
 
@@ -368,15 +373,17 @@ def _measure_unit(original: np.ndarray, edited: np.ndarray, m: np.ndarray, band:
     ring_offset = 2 if source == "difference" else band
     # other regions stay out of this one's ring (its own blend band's changes are where the ring starts)
     others = all_mask[y0:y1, x0:x1] & ~m[y0:y1, x0:x1]
+    md = M.dist_outside_cached(m, band + ring_w + 8, cache) if whole_mask else None
     dn = M.detail_noise_consistency(original[y0:y1, x0:x1], edited[y0:y1, x0:x1], m[y0:y1, x0:x1], band,
-                                    ring_offset=ring_offset, exclude=others)
+                                    ring_offset=ring_offset, exclude=others, mask_dist=md[0] if md else None)
     metrics.update(dn)
     tick("detail_noise", t)
     t = time.perf_counter()
-    metrics.update(M.colour_consistency(original, edited, m, band))
+    unit_cache: dict[str, Any] = {}  # this region's contour, shared by the colour and tone checks
+    metrics.update(M.colour_consistency(original, edited, m, band, cache=unit_cache))
     tick("colour", t)
     t = time.perf_counter()
-    metrics.update(M.tone_step(original, edited, m, band))
+    metrics.update(M.tone_step(original, edited, m, band, cache=unit_cache))
     tick("tone", t)
     if not _kept(metrics, max(0.9, DEFAULT_THRESHOLDS.kept_structure_min)):
         # the content was replaced (a removal): how unusual its tone and colour step is for this photo
@@ -714,15 +721,24 @@ def assess(
     acc.metrics.update(mask_pixels=int(np.count_nonzero(mask)), changed_pixels=int(np.count_nonzero(changed)))
     acc.timings["diff"] = time.perf_counter() - t
     whole = acc.metrics["mask_pixels"] >= (1.0 if source == "given" else 0.9) * h * w
+    t = time.perf_counter()
     units = [] if whole else _units(mask)
+    acc.timings["units"] = time.perf_counter() - t
     bands = {name: int(band) if band is not None else b for name, _, _, b in units}
     band_all = max(bands.values(), default=int(band) if band is not None else 32)
 
-    _judge_outside(acc, original, edited, mask, diff, band_all, whole, th)
+    # one distance map to the mask, on a crop wide enough for the outside check and (with one region) its ring
+    cache: dict[str, Any] = {}
+    t = time.perf_counter()
+    if not whole and len(units) == 1:
+        b1 = bands[units[0][0]]
+        M.dist_outside_cached(mask, max(band_all + 2, b1 + max(24, b1) + 8), cache)
+    acc.timings["mask_distance"] = time.perf_counter() - t
+    _judge_outside(acc, original, edited, mask, diff, band_all, whole, th, cache)
     if whole or acc.metrics["mask_pixels"] == 0:
         _judge_whole(acc, original, edited, source, th)
     else:
-        _judge_regions(acc, original, edited, mask, changed, units, bands, source, seed, th)
+        _judge_regions(acc, original, edited, mask, changed, units, bands, source, seed, th, cache)
         if no_reference:
             t = time.perf_counter()
             bb = M.mask_bbox(mask)
@@ -768,7 +784,7 @@ class _Assessment:
 
 
 def _judge_outside(acc: _Assessment, original: np.ndarray, edited: np.ndarray, mask: np.ndarray, diff: np.ndarray,
-                   band_all: int, whole: bool, th: Thresholds) -> None:
+                   band_all: int, whole: bool, th: Thresholds, cache: dict[str, Any]) -> None:
     """Pixels changed beyond the blend band (``outside_changed_pixels``)."""
     t = time.perf_counter()
     if whole:
@@ -776,7 +792,7 @@ def _judge_outside(acc: _Assessment, original: np.ndarray, edited: np.ndarray, m
         acc.checks["outside_changed_pixels"] = "n/a"
         acc.timings["outside"] = time.perf_counter() - t
         return
-    acc.metrics.update(M.outside_identity(original, edited, mask, band_all, diff=diff))
+    acc.metrics.update(M.outside_identity(original, edited, mask, band_all, diff=diff, cache=cache))
     acc.timings["outside"] = time.perf_counter() - t
     n_out = acc.metrics["outside_changed_pixels"]
     if n_out <= th.outside_changed_max:
@@ -784,10 +800,10 @@ def _judge_outside(acc: _Assessment, original: np.ndarray, edited: np.ndarray, m
         return
     acc.checks["outside_changed_pixels"] = "fail"
     far = diff > 0
-    bb = M.mask_bbox(mask)
-    if bb is not None:
-        x0, y0, x1, y1 = M._crop_box(mask.shape, bb, band_all + 2)
-        far[y0:y1, x0:x1] &= M._dist_outside(mask[y0:y1, x0:x1]) > band_all
+    md = M.dist_outside_cached(mask, band_all + 2, cache)
+    if md is not None:
+        dist, (x0, y0, x1, y1) = md
+        far[y0:y1, x0:x1] &= dist > band_all
     ys, xs = np.nonzero(far)
     acc.defects.append(Defect(
         "outside_changed", 0, "outside_changed_pixels", n_out, th.outside_changed_max,
@@ -823,10 +839,10 @@ def _judge_whole(acc: _Assessment, original: np.ndarray, edited: np.ndarray, sou
 
 def _judge_regions(acc: _Assessment, original: np.ndarray, edited: np.ndarray, mask: np.ndarray,
                    changed: np.ndarray, units: list[tuple[str, int, np.ndarray, int]], bands: dict[str, int],
-                   source: str, seed: int, th: Thresholds) -> None:
-    """Measure and judge each region alone; the first failing region (else the largest) gives the top metrics."""
+                   source: str, seed: int, th: Thresholds, cache: dict[str, Any]) -> None:
+    """Measure and judge each region alone; the first failing region (else the largest) gives the top metrics.
+    ``cache``: shared between the regions' checks (pyramid, distance maps)."""
     h, w = mask.shape
-    cache: dict[str, Any] = {}
     decided: tuple[str, dict[str, Any]] | None = None
     # changed pixels are kept out of the reference areas (null placements, rings) ... unless they are all over the
     # image (a lossy re-encode): then only the mask is
@@ -837,7 +853,7 @@ def _judge_regions(acc: _Assessment, original: np.ndarray, edited: np.ndarray, m
     zone = touched | mask
     for name, index, m, _ in units:
         um, wp, unotes = _measure_unit(original, edited, m, bands[name], zone, mask, source, seed, cache,
-                                       acc.timings)
+                                       acc.timings, whole_mask=len(units) == 1)
         bbu = M.mask_bbox(m)
         if bbu is not None:
             um["inner_centre"] = ((bbu[0] + bbu[2]) // 2, (bbu[1] + bbu[3]) // 2)

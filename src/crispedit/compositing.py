@@ -1148,7 +1148,8 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
     ring : ndarray of bool, shape (H, W)
         Reference pixels of the original (outside ``mask``).
     sigmas : tuple of float
-        Band edges (px), finest first; ``bands`` + 2 bands are used at least, the last is the reference.
+        Band edges (px), finest first, at least ``bands`` + 2: the first ``bands`` are synthesised, the next two
+        are the reference; later edges only widen the box the bands are filtered on (its border reach).
     bands : int
         How many of the finest bands are synthesised.
     clip : float
@@ -1199,7 +1200,10 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
     luma = np.array([0.299, 0.587, 0.114], np.float32) if c == 3 else np.full(c, 1.0 / c, np.float32)
     x0, y0, x1, y1 = mask_bbox(m, pad=pad)  # type: ignore[misc]
     sub_y = (edit[y0:y1, x0:x1] @ luma)[:, :, None]
-    layers = _band_stack(sub_y, sig)
+    # only the synthesised bands and the two reference bands above them are ever read: the coarsest edges'
+    # Gaussians (the costliest filters) are not computed, the box keeps the full tuple's reach
+    used = sig[:bands + 2]
+    layers = _band_stack(sub_y, used)
     # statistics on a fixed pseudo-random sample of pixels (at most 60k), not on every one
     idx = _subsample(np.flatnonzero(inner[y0:y1, x0:x1]), 60_000)
 
@@ -1208,11 +1212,12 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
         return float((v * v).mean())
 
     e_pow = np.array([power(layer) for layer in layers])
-    rx0, ry0, rx1, ry1 = mask_bbox(rg, pad=pad)  # type: ignore[misc]
+    # the ring's bands are read on the ring only: its box needs the used bands' reach, no more
+    rx0, ry0, rx1, ry1 = mask_bbox(rg, pad=_filter_pad(used))  # type: ignore[misc]
     o_y = (orig[ry0:ry1, rx0:rx1] @ luma)[:, :, None]
     ridx = _subsample(np.flatnonzero(rg[ry0:ry1, rx0:rx1]), 60_000)
     o_pow = np.array([float((layer.reshape(-1)[ridx].astype(np.float64) ** 2).mean())
-                      for layer in _band_stack(o_y, sig)])
+                      for layer in _band_stack(o_y, used)])
     # how much more (or less) detail the edit's content has than the ring's, from the two bands above the
     # synthesised ones (the engine keeps most of them, sharpness matching restored them): the geometric mean
     # of their ratios (the nearer band predicts the finest better, the farther one is better kept)

@@ -1383,13 +1383,15 @@ def transfer_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, 
     out = edit.copy()
     if not m.any() or m.all():
         return _restore_shape(out, was_2d)
-    ramp = _smoothstep(distance_from(m) / np.float32(max(1e-3, width)))[:, :, None]
+    outside = (~m).astype(np.float32)
+    # the distances are 0 on the mask and at least 1 px off it, so a ramp of width <= 1 px is the outside
+    # itself (smoothstep(1) = 1): no distance transform is needed
+    ramp = (outside if width <= 1.0 else _smoothstep(distance_from(m) / np.float32(max(1e-3, width))))[:, :, None]
     diff = cv2.subtract(orig, edit)  # highpass is linear: highpass(o) - highpass(e) = highpass(o - e)
     if diff.ndim == 2:
         diff = diff[:, :, None]
     # the high-pass of pixels outside the mask from pixels outside the mask only (normalised convolution,
     # Knutsson & Westin 1993): what lies under the mask (an object being removed) never leaks back out
-    outside = (~m).astype(np.float32)
     diff *= outside[:, :, None]
     den = _gauss(outside[:, :, None], sigma)
     low = _gauss(diff, sigma)

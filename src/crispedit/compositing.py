@@ -704,7 +704,13 @@ def _grain_bank(original: np.ndarray, mask: np.ndarray, ring: np.ndarray, sigmas
                 scale = np.maximum(ring_sig, 1e-12).astype(np.float32)
                 blk = max(4, win // 8)
                 nbk = win // blk
-                energy = ((bank_arr[:, :nbk * blk, :nbk * blk] / scale) ** 2).mean(axis=3)
+                norm = bank_arr[:, :nbk * blk, :nbk * blk] / scale
+                norm *= norm
+                # the mean over the band channels, summed in order (numpy's own order for so short an axis)
+                energy = norm[..., 0].copy()
+                for j in range(1, norm.shape[3]):
+                    energy += norm[..., j]
+                energy /= np.float32(norm.shape[3])
                 energy = energy.reshape(-1, nbk, blk, nbk, blk).mean(axis=(2, 4))
                 peak = energy.reshape(energy.shape[0], -1).max(axis=1)
                 keep = peak <= 1.5 * np.median(peak) + 1e-20
@@ -1269,9 +1275,11 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
         corr += np.float32(float(np.clip(scale, floor, max_scale))) * x
     if not corr.any():
         return _restore_shape(out, was_2d)
-    new = edit[y0:y1, x0:x1] + corr
+    # written on the mask's own box (the padded box was the filters' reach only)
+    mx0, my0, mx1, my1 = mask_bbox(m)  # type: ignore[misc]
+    new = edit[my0:my1, mx0:mx1] + corr[my0 - y0:my1 - y0, mx0 - x0:mx1 - x0]
     np.clip(new, 0.0, 1.0, out=new)
-    np.copyto(out[y0:y1, x0:x1], new, where=m[y0:y1, x0:x1, None])
+    np.copyto(out[my0:my1, mx0:mx1], new, where=m[my0:my1, mx0:mx1, None])
     return _restore_shape(out, was_2d)
 
 

@@ -129,6 +129,27 @@ def _gauss(arr: np.ndarray, sigma: float) -> np.ndarray:
                borderType=cv2.BORDER_REFLECT)
 
 
+#: From this sigma (px) on, :func:`_gauss_coarse` filters at half resolution.
+_HALF_RES_SIGMA = 4.0
+
+
+def _gauss_coarse(arr: np.ndarray, sigma: float) -> np.ndarray:
+    """:func:`_gauss` for a wide Gaussian, computed on a 2x-reduced copy (a pyramid level) and interpolated back.
+
+    The 2x2 box reduction (variance 1/4 px^2) and the bilinear expansion (about 1/8 px^2) are taken out of the
+    Gaussian's variance, so the result matches the full-resolution filter to a small fraction of its smallest
+    detail (a Gaussian of ``sigma`` >= 4 px has no energy near the reduced Nyquist frequency): about 4x cheaper.
+    Narrower Gaussians and images under 32 px are filtered at full resolution.
+    """
+    h, w = arr.shape[:2]
+    if sigma < _HALF_RES_SIGMA or min(h, w) < 32:
+        return _gauss(arr, sigma)
+    small = _cv(arr, cv2.resize, ((w + 1) // 2, (h + 1) // 2), interpolation=cv2.INTER_AREA)
+    s_half = math.sqrt(max(sigma * sigma - 0.375, 0.25)) / 2.0
+    small = _gauss(small, s_half)
+    return _cv(small, cv2.resize, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
 def _disk(radius: int) -> np.ndarray:
     r = max(0, int(radius))
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
@@ -950,11 +971,14 @@ def _calibrate_gains(e_vals: np.ndarray, t_vals: np.ndarray, ring: np.ndarray, m
 SHARPNESS_SIGMAS = (0.7, 1.4, 2.8)
 
 
-def _band_stack(img: np.ndarray, sigmas: tuple[float, ...]) -> list[np.ndarray]:
-    """``[img - G_s0, G_s0 - G_s1, ...]`` (band-pass layers, finest first), each HxWxC float32."""
+def _band_stack(img: np.ndarray, sigmas: tuple[float, ...], *, coarse: bool = False) -> list[np.ndarray]:
+    """``[img - G_s0, G_s0 - G_s1, ...]`` (band-pass layers, finest first), each HxWxC float32.
+
+    ``coarse``: Gaussians of sigma >= 4 px are filtered at half resolution (:func:`_gauss_coarse`).
+    """
     layers, prev = [], img
     for s in sigmas:
-        cur = _gauss(img, s)
+        cur = _gauss_coarse(img, s) if coarse else _gauss(img, s)
         layers.append(prev - cur)
         prev = cur
     return layers
@@ -1209,7 +1233,7 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
     # only the synthesised bands and the two reference bands above them are ever read: the coarsest edges'
     # Gaussians (the costliest filters) are not computed, the box keeps the full tuple's reach
     used = sig[:bands + 2]
-    layers = _band_stack(sub_y, used)
+    layers = _band_stack(sub_y, used, coarse=True)
     # statistics on a fixed pseudo-random sample of pixels (at most 60k), not on every one
     idx = _subsample(np.flatnonzero(inner[y0:y1, x0:x1]), 60_000)
 
@@ -1223,7 +1247,7 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
     o_y = (orig[ry0:ry1, rx0:rx1] @ luma)[:, :, None]
     ridx = _subsample(np.flatnonzero(rg[ry0:ry1, rx0:rx1]), 60_000)
     o_pow = np.array([float((layer.reshape(-1)[ridx].astype(np.float64) ** 2).mean())
-                      for layer in _band_stack(o_y, used)])
+                      for layer in _band_stack(o_y, used, coarse=True)])
     # how much more (or less) detail the edit's content has than the ring's, from the two bands above the
     # synthesised ones (the engine keeps most of them, sharpness matching restored them): the geometric mean
     # of their ratios (the nearer band predicts the finest better, the farther one is better kept)
@@ -1401,8 +1425,8 @@ def transfer_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, 
     # the high-pass of pixels outside the mask from pixels outside the mask only (normalised convolution,
     # Knutsson & Westin 1993): what lies under the mask (an object being removed) never leaks back out
     diff *= outside[:, :, None]
-    den = _gauss(outside[:, :, None], sigma)
-    low = _gauss(diff, sigma)
+    den = _gauss_coarse(outside[:, :, None], sigma)
+    low = _gauss_coarse(diff, sigma)
     low /= np.maximum(den, np.float32(1e-6))
     new = diff - low
     new *= ramp

@@ -1179,7 +1179,8 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
         Reference pixels of the original (outside ``mask``).
     sigmas : tuple of float
         Band edges (px), finest first, at least ``bands`` + 2: the first ``bands`` are synthesised, the next two
-        are the reference; later edges only widen the box the bands are filtered on (its border reach).
+        are the reference; later edges only widen the box the bands are filtered on (its border reach). Edges of
+        4 px and more are filtered at half resolution (:func:`_gauss_coarse`).
     bands : int
         How many of the finest bands are synthesised.
     clip : float
@@ -1396,7 +1397,8 @@ def transfer_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, 
     width : float
         Ramp width in px outside the mask.
     sigma : float
-        Gaussian sigma (px) splitting fine detail from the base.
+        Gaussian sigma (px) splitting fine detail from the base (from 4 px on filtered at half resolution,
+        :func:`_gauss_coarse`: within a small fraction of an 8-bit level of the full-resolution filter).
 
     Returns
     -------

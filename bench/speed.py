@@ -94,15 +94,48 @@ def _classical_counted() -> tuple[Any, list[float]]:
     return eng, spent
 
 
+#: The composite's steps (module, attribute the harness calls through): their CPU seconds are reported one by one.
+STEPS = (("compositing", "tone_match"), ("harness", "seam_correct"), ("compositing", "match_sharpness"),
+         ("compositing", "cap_detail"), ("compositing", "match_grain"), ("compositing", "synthesise_detail"),
+         ("compositing", "transfer_detail"), ("compositing", "multiband_blend"))
+
+
+def _steps_counted() -> tuple[dict[str, float], Any]:
+    """Wrap the composite's steps (:data:`STEPS`) to add up their CPU seconds; returns the sums and an undo."""
+    import importlib
+
+    spent: dict[str, float] = {}
+    undo = []
+    for mod_name, attr in STEPS:
+        mod = importlib.import_module(f"crispedit.{mod_name}")
+        inner = getattr(mod, attr)
+
+        def wrapped(*args: Any, _inner: Any = inner, _name: str = attr, **kwargs: Any) -> Any:
+            c = _cpu()
+            try:
+                return _inner(*args, **kwargs)
+            finally:
+                spent[_name] = spent.get(_name, 0.0) + _cpu() - c
+
+        setattr(mod, attr, wrapped)
+        undo.append((mod, attr, inner))
+    return spent, lambda: [setattr(m, a, f) for m, a, f in undo]
+
+
 def one_edit(image: Path, mask: Path, out: Path) -> dict[str, float]:
-    """Edit with the classical engine and encode; seconds per stage (harness timings + encode + wall), and the
-    CPU seconds (user + sys) of the harness (edit and encode less the engine's calls)."""
+    """Edit with the classical engine and encode; seconds per stage (harness timings + encode + wall), the
+    CPU seconds (user + sys) of the harness (edit and encode less the engine's calls) and of each composite step
+    (``cpu:<step>``)."""
     import crispedit
     from crispedit.io import save_image
 
     eng, engine_cpu = _classical_counted()
+    steps, undo = _steps_counted()
     c, t = _cpu(), time.perf_counter()
-    result = crispedit.edit(str(image), str(mask), engine=eng, seed=0)
+    try:
+        result = crispedit.edit(str(image), str(mask), engine=eng, seed=0)
+    finally:
+        undo()
     t_edit = time.perf_counter() - t
     t = time.perf_counter()
     if out.exists():
@@ -114,6 +147,7 @@ def one_edit(image: Path, mask: Path, out: Path) -> dict[str, float]:
     st["edit_wall"] = t_edit
     st["total_wall"] = t_edit + t_enc
     st["harness_cpu"] = _cpu() - c - engine_cpu[0]
+    st.update({f"cpu:{k}": v for k, v in steps.items()})
     return st
 
 
@@ -185,6 +219,9 @@ def report(r4: dict[str, Any] | None, r8: dict[str, Any] | None) -> str:
         out.append(f"\nCPU seconds (user + sys, all threads; median): harness {r4['harness_cpu']:.3f}, I/O floor "
                    f"{r4['floor_cpu']:.3f}, ratio {r4['harness_cpu'] / r4['floor_cpu']:.2f}; 1-min load average "
                    f"after the runs {r4['load']:.1f} (wall times stretch with the load on a shared machine).")
+        parts = [f"{attr} {s[f'cpu:{attr}']:.3f}" for _, attr in STEPS if f"cpu:{attr}" in s]
+        if parts:
+            out.append(f"\nComposite steps, CPU seconds (median): {', '.join(parts)}.")
     if r8:
         out.append("")
         if "error" in r8:

@@ -634,3 +634,45 @@ def test_synthesise_detail_takes_an_engines_grain_down_and_leaves_a_matching_pat
     assert _luma_lap_energy(out, inner) > 0.25 * _luma_lap_energy(noisy, inner)
     same = compositing.synthesise_detail(o, o, m, ring)
     assert np.abs(same - o).max() < 0.02
+
+
+def test_synthesise_detail_reads_only_its_bands_and_the_two_above():
+    # edges past ``bands`` + 2 only widen the filtered box: on an image the box covers either way, the result
+    # does not depend on them (the coarsest Gaussians are not computed)
+    o = _photo_texture(seed=4)
+    m = disk(*o.shape[:2], 96, 96, 50)
+    soft = np.where(m[..., None], cv2.GaussianBlur(o, (0, 0), 1.0), o).astype(np.float32)
+    ring = ~m & (distance_from(m) <= 40)
+    ref = compositing.synthesise_detail(soft, o, m, ring)
+    other = compositing.synthesise_detail(soft, o, m, ring, sigmas=(0.5, 1.0, 2.0, 4.0, 8.0, 32.0))
+    assert np.abs(ref - soft).max() > 0.005  # something was synthesised
+    assert np.array_equal(ref, other)
+
+
+def test_transfer_detail_narrow_ramp_is_the_outside():
+    # a ramp of at most 1 px is 1 on every pixel off the mask (exact distances are 0 or >= 1): the same result as
+    # the smoothstep of the distance
+    o = _texture(64, 64)
+    e = cv2.GaussianBlur(o, (0, 0), 1.5)
+    m = disk(64, 64, 30, 34, 17)
+    out = compositing.transfer_detail(e, o, m, width=1.0, sigma=3.0)  # below the half-resolution sigmas
+    outside = (~m).astype(np.float32)[:, :, None]
+    ramp = compositing._smoothstep(distance_from(m))[:, :, None]
+    assert np.array_equal(ramp, outside)
+    diff = (o - e) * outside
+    low = cv2.GaussianBlur(diff, (0, 0), 3.0, borderType=cv2.BORDER_REFLECT) / np.maximum(
+        cv2.GaussianBlur(outside, (0, 0), 3.0, borderType=cv2.BORDER_REFLECT)[:, :, None], 1e-6)
+    assert np.abs(out - np.clip(e + ramp * (diff - low), 0, 1)).max() < 1e-6
+    assert np.array_equal(out[m], e[m])
+
+
+def test_gauss_coarse_matches_the_full_resolution_filter():
+    rng = np.random.default_rng(5)
+    img = cv2.GaussianBlur(rng.random((150, 170, 3)).astype(np.float32), (0, 0), 1.0) + _texture(150, 170)
+    for sigma in (4.0, 6.0, 8.0):
+        full = compositing._gauss(img, sigma)
+        half = compositing._gauss_coarse(img, sigma)
+        assert half.shape == full.shape and half.dtype == np.float32
+        # a small fraction of what the filter removes: far below one 8-bit level
+        assert np.abs(half - full).max() < 0.02 * np.abs(img - full).max() and np.abs(half - full).max() < 1 / 255
+    assert np.array_equal(compositing._gauss_coarse(img, 2.0), compositing._gauss(img, 2.0))  # narrow: exact

@@ -1,26 +1,54 @@
-"""Smooth membrane interpolation (push-pull) and the boundary seam correction built on it.
+"""The membrane (harmonic interpolation) solver, and the boundary seam correction built on it.
 
 A gradient-domain (Poisson) blend keeps the edit's gradients and forces its boundary to agree with the
-surroundings: the correction is the harmonic interpolation of the boundary mismatch. Push-pull over a Gaussian
-pyramid (Gortler et al. 1996) gives a close, fast approximation of that membrane.
+surroundings: the correction is the harmonic interpolation of the boundary mismatch, the membrane. One solver,
+:func:`membrane_solve`, serves every such step of crispedit: the local tone match of the harness
+(``compositing.tone_match``, a soft fit to a ring), its seam correction (:func:`seam_correct`, pinned to the
+border mismatch) and the classical engine's tone lock (pinned to the fill's surroundings). It solves the
+membrane's sparse linear system exactly (scipy.sparse.linalg, SuperLU) on a coarse grid: the membranes are
+smooth, so a grid cell of a few pixels to a few tens of pixels is enough, and a few thousand to a hundred
+thousand cells take milliseconds to a fraction of a second.
 """
 
 from __future__ import annotations
 
 import cv2
 import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
 
 from crispedit.geometry import mask_bbox
 
+__all__ = ["membrane_solve", "neumann_laplacian", "seam_correct"]
 
-def push_pull_fill(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Fill ``~valid`` pixels of ``img`` (H x W x C float32) with a smooth membrane of the valid ones.
+
+def neumann_laplacian(gh: int, gw: int) -> sp.csr_matrix:
+    """Graph Laplacian of a ``gh`` x ``gw`` 4-connected grid (zero-flux, i.e. Neumann, borders).
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix, shape (gh * gw, gh * gw), float64
+        ``D_x^T D_x + D_y^T D_y`` with forward differences; cells in row-major order. Positive
+        semi-definite; its null space is the constants.
+    """
+    def diff(n: int) -> sp.csr_matrix:
+        if n < 2:
+            return sp.csr_matrix((0, n))
+        return (sp.eye(n - 1, n, k=1) - sp.eye(n - 1, n)).tocsr()
+
+    dx = sp.kron(sp.eye(gh), diff(gw))
+    dy = sp.kron(diff(gh), sp.eye(gw))
+    return (dx.T @ dx + dy.T @ dy).tocsr()
+
+
+def _push_pull(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Push-pull pyramid membrane (Gortler et al. 1996) of ``img`` (H x W x C float32) from ``valid`` pixels.
 
     Down the pyramid, values and weights are averaged together; up the pyramid, holes take the coarser level's
     estimate where the local weight is small. Valid pixels come back unchanged.
     """
     w = valid.astype(np.float32)
-    levels = [(img * w[..., None], w)]
+    levels: list[tuple[np.ndarray, np.ndarray]] = [(img * w[..., None], w)]
     while min(levels[-1][1].shape) > 8:
         c, wt = levels[-1]
         c2 = cv2.pyrDown(c)
@@ -35,6 +63,96 @@ def push_pull_fill(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return fill
 
 
+def membrane_solve(values: np.ndarray, weight: np.ndarray, *, stiffness: float | None = None,
+                   method: str = "exact") -> np.ndarray:
+    """The membrane (harmonic interpolation) of ``values`` where ``weight`` holds them, on a grid.
+
+    Minimises ``sum |grad u|^2 + stiffness * sum weight * (u - values)^2`` over the grid (4-neighbour
+    differences, zero-flux borders), per channel, by a sparse direct solve of its normal equations
+    ``(L + stiffness W) u = stiffness W values`` (scipy.sparse.linalg.splu, one factorisation for all
+    channels). With ``stiffness=None`` the data are hard constraints: cells with ``weight > 0`` keep their
+    values exactly (Dirichlet) and only the others are solved, ``L_ff u_f = -L_fc values_c``: the classical
+    membrane interpolation (Pérez et al. 2003, "Poisson image editing"). The membrane reproduces constants
+    and linear ramps and never overshoots the data (maximum principle). A group of free cells that touches no
+    data gets 0.
+
+    ``method="push-pull"`` (hard constraints only) gives instead the push-pull pyramid approximation of the
+    membrane (Gortler et al. 1996, "The Lumigraph"; OpenCV pyrDown / pyrUp): values and weights averaged
+    down the pyramid, holes filled from the coarser level on the way up. It is smoother than the exact
+    membrane (no peak at an isolated data cell: a weighted average at every scale) and lets distant data of
+    any value, zeros included, pull the fill; the harness's seam correction and the classical engine's tone
+    lock were tuned on it and measure better with it (docs/benchmarks.md, "membrane solver").
+
+    Parameters
+    ----------
+    values : ndarray, shape (gh, gw) or (gh, gw, C), float
+        Data; only cells with ``weight > 0`` are read.
+    weight : ndarray, shape (gh, gw), float in [0, 1] or bool
+        Confidence of each cell's data (soft fit), or which cells are data (hard, ``stiffness=None``).
+    stiffness : float or None
+        Weight of the data term against smoothness, in cells^-2 (a soft fit pulls about ``1 / sqrt(stiffness)``
+        cells away from noisy data); ``None`` for hard constraints.
+    method : {"exact", "push-pull"}
+        The sparse direct solve, or the pyramid approximation (``stiffness`` must then be None).
+
+    Returns
+    -------
+    ndarray of float32, same shape as ``values``
+
+    Raises
+    ------
+    ValueError
+        If ``weight``'s shape is not ``values``'s first two dimensions, ``stiffness`` is negative or given
+        with ``method="push-pull"``, or ``method`` is unknown.
+
+    Examples
+    --------
+    >>> v = np.zeros((1, 5), np.float32); v[0, 4] = 4.0
+    >>> w = np.zeros((1, 5)); w[0, [0, 4]] = 1
+    >>> membrane_solve(v, w).round(3).tolist()
+    [[0.0, 1.0, 2.0, 3.0, 4.0]]
+    """
+    vals = np.asarray(values, np.float64)
+    was_2d = vals.ndim == 2
+    if was_2d:
+        vals = vals[:, :, None]
+    gh, gw, c = vals.shape
+    wt = np.asarray(weight, np.float64)
+    if wt.shape != (gh, gw):
+        raise ValueError(f"weight has shape {wt.shape}, values {vals.shape[:2]}")
+    if stiffness is not None and stiffness < 0:
+        raise ValueError(f"stiffness must be >= 0 or None, got {stiffness}")
+    if method not in ("exact", "push-pull"):
+        raise ValueError(f"method must be 'exact' or 'push-pull', got {method!r}")
+    if method == "push-pull":
+        if stiffness is not None:
+            raise ValueError("method='push-pull' takes hard constraints only (stiffness=None)")
+        res = _push_pull(vals.astype(np.float32), wt > 0)
+        return res[:, :, 0] if was_2d else res
+    flat = vals.reshape(-1, c)
+    lap = neumann_laplacian(gh, gw)
+    # the systems are symmetric: a minimum-degree ordering of A^T + A fills in less than the default COLAMD
+    if stiffness is None:
+        fixed = wt.reshape(-1) > 0
+        free = ~fixed
+        out = np.where(fixed[:, None], flat, 0.0)
+        if free.any() and fixed.any():
+            a = lap[free][:, free]
+            # a tiny diagonal keeps a free group without data solvable (it then solves to 0)
+            a = (a + sp.identity(a.shape[0], format="csc") * 1e-9).tocsc()
+            rhs = -(lap[free][:, fixed] @ flat[fixed])  # the pinned neighbours' pull
+            out[free] = spla.splu(a, permc_spec="MMD_AT_PLUS_A").solve(np.asarray(rhs, np.float64))
+    else:
+        data = float(stiffness) * wt.reshape(-1)
+        if not data.any():
+            out = np.zeros_like(flat)
+        else:
+            system = (lap + sp.diags(data)).tocsc()
+            out = spla.splu(system, permc_spec="MMD_AT_PLUS_A").solve(data[:, None] * flat)
+    res = out.reshape(gh, gw, c).astype(np.float32)
+    return res[:, :, 0] if was_2d else res
+
+
 def seam_correct(edited: np.ndarray, original: np.ndarray, region: np.ndarray, *, rim: int = 3,
                  sigma: float = 4.0) -> np.ndarray:
     """Remove the low-frequency step between ``edited`` inside ``region`` and ``original`` outside it.
@@ -42,7 +160,8 @@ def seam_correct(edited: np.ndarray, original: np.ndarray, region: np.ndarray, *
     The mismatch is measured along the region's border (local means of the original within ``rim`` px
     outside against the edit within ``rim`` px inside, Gaussian ``sigma``), spread over the region as a
     membrane, and added to the edit there. The correction is smooth, so it is computed on a copy reduced by
-    about ``sigma / 2`` and upsampled: cheap on 3000-px crops.
+    about ``sigma / 2`` and upsampled: cheap on 3000-px crops. The membrane is :func:`membrane_solve` pinned
+    to the mismatch on the border and to 0 outside the region.
     """
     bb = mask_bbox(region, rim + int(3 * sigma) + 2)
     if bb is None:
@@ -58,13 +177,15 @@ def seam_correct(edited: np.ndarray, original: np.ndarray, region: np.ndarray, *
 
     inside = r
     kern = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rim + 1, 2 * rim + 1))
-    inner = (inside & ~cv2.erode(inside, kern)).astype(np.float32)
-    outer = (cv2.dilate(inside, kern) & ~inside).astype(np.float32)
+    eroded: np.ndarray = cv2.erode(inside, kern)
+    dilated: np.ndarray = cv2.dilate(inside, kern)
+    inner = (inside & ~eroded).astype(np.float32)
+    outer = (dilated & ~inside).astype(np.float32)
     if not inner.any() or not outer.any():
         return edited
     s_low = max(0.5, sigma / k)
 
-    def local_mean(img: np.ndarray, sel: np.ndarray) -> np.ndarray:
+    def local_mean(img: np.ndarray, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         sel_d = down(sel)[..., 0]
         wsum = cv2.GaussianBlur(sel_d, (0, 0), s_low)
         vsum = cv2.GaussianBlur(down(img * sel[..., None]), (0, 0), s_low).reshape(lh, lw, -1)
@@ -75,7 +196,7 @@ def seam_correct(edited: np.ndarray, original: np.ndarray, region: np.ndarray, *
     region_d = down(inside.astype(np.float32))[..., 0]
     rim_d = inner_d > 0.25
     values = np.where(rim_d[..., None], mo - me, 0.0).astype(np.float32)
-    corr = push_pull_fill(values, rim_d | (region_d < 0.5))
+    corr = membrane_solve(values, rim_d | (region_d < 0.5), method="push-pull")
     corr = cv2.resize(corr, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
     out = edited.copy()
     np.add(e, corr, out=out[box], where=r.astype(bool)[..., None])

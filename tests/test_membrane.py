@@ -1,0 +1,106 @@
+"""The one membrane solver (crispedit.membrane.membrane_solve) and the seam correction built on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from crispedit.membrane import membrane_solve, neumann_laplacian, seam_correct
+
+
+def test_neumann_laplacian_annihilates_constants_and_is_symmetric():
+    lap = neumann_laplacian(5, 7)
+    assert lap.shape == (35, 35)
+    assert np.allclose(lap @ np.ones(35), 0.0)
+    assert abs(lap - lap.T).max() == 0
+    # interior cell: 4 neighbours; corner: 2
+    assert lap[0, 0] == 2 and lap[8, 8] == 4
+
+
+def test_exact_hard_constraints_reproduce_a_linear_ramp():
+    gh, gw = 24, 30
+    yy, xx = np.mgrid[:gh, :gw].astype(np.float64)
+    ramp = 0.02 * xx - 0.01 * yy + 0.3
+    border = np.zeros((gh, gw), bool)
+    border[[0, -1], :] = True
+    border[:, [0, -1]] = True
+    vals = np.where(border, ramp, 7.0)  # free cells' values must not be read
+    out = membrane_solve(vals, border)
+    assert out.dtype == np.float32 and out.shape == (gh, gw)
+    assert np.abs(out - ramp).max() < 1e-5
+    assert np.array_equal(out[border], ramp[border].astype(np.float32))
+
+
+def test_exact_membrane_obeys_the_maximum_principle_per_channel():
+    rng = np.random.default_rng(3)
+    vals = rng.uniform(-1, 1, (20, 20, 3))
+    pinned = rng.random((20, 20)) < 0.1
+    out = membrane_solve(vals, pinned)
+    assert out.shape == vals.shape
+    for ch in range(3):
+        lo, hi = vals[pinned, ch].min(), vals[pinned, ch].max()
+        assert out[..., ch].min() >= lo - 1e-5 and out[..., ch].max() <= hi + 1e-5
+
+
+def test_free_group_without_data_gets_zero():
+    vals = np.ones((6, 9))
+    weight = np.zeros((6, 9), bool)
+    weight[:, 0] = True
+    weight[:, 4] = True  # every free cell lies between data of 1
+    out = membrane_solve(vals, weight)
+    assert np.allclose(out, 1.0, atol=1e-6)
+    assert np.array_equal(membrane_solve(vals, np.zeros((6, 9), bool)), np.zeros((6, 9), np.float32))
+    assert np.array_equal(membrane_solve(vals, np.zeros((6, 9)), stiffness=10.0), np.zeros((6, 9), np.float32))
+
+
+def test_soft_fit_reproduces_constants_and_bends_with_stiffness():
+    gh, gw = 16, 40
+    vals = np.zeros((gh, gw, 2))
+    vals[:, :10] = [0.2, -0.1]
+    weight = np.zeros((gh, gw))
+    weight[:, :10] = 1.0
+    out = membrane_solve(vals, weight, stiffness=10.0)
+    assert np.allclose(out, [0.2, -0.1], atol=1e-5)  # data on one side only: the membrane is flat
+    vals[:, -10:] = [0.6, 0.3]
+    weight[:, -10:] = 0.5
+    stiff = membrane_solve(vals, weight, stiffness=100.0)
+    loose = membrane_solve(vals, weight, stiffness=0.01)
+    assert abs(stiff[0, 0, 0] - 0.2) < abs(loose[0, 0, 0] - 0.2)  # stiffer fits the data closer
+    assert 0.2 - 1e-5 <= stiff[..., 0].min() and stiff[..., 0].max() <= 0.6 + 1e-5
+
+
+def test_push_pull_keeps_data_and_fills_inside_its_range():
+    rng = np.random.default_rng(5)
+    vals = rng.uniform(0, 1, (40, 50, 3)).astype(np.float32)
+    valid = rng.random((40, 50)) < 0.2
+    out = membrane_solve(vals, valid, method="push-pull")
+    assert out.shape == vals.shape and out.dtype == np.float32
+    assert np.allclose(out[valid], vals[valid], atol=1e-5)
+    assert out.min() >= vals[valid].min() - 1e-4 and out.max() <= vals[valid].max() + 1e-4
+
+
+def test_bad_arguments_raise():
+    v = np.zeros((4, 4))
+    with pytest.raises(ValueError, match="shape"):
+        membrane_solve(v, np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="stiffness"):
+        membrane_solve(v, np.ones((4, 4)), stiffness=-1.0)
+    with pytest.raises(ValueError, match="push-pull"):
+        membrane_solve(v, np.ones((4, 4)), stiffness=1.0, method="push-pull")
+    with pytest.raises(ValueError, match="method"):
+        membrane_solve(v, np.ones((4, 4)), method="multigrid")
+
+
+def test_seam_correct_removes_a_constant_step_and_leaves_outside_alone():
+    h, w = 160, 200
+    rng = np.random.default_rng(0)
+    orig = (0.5 + 0.01 * rng.standard_normal((h, w, 3))).astype(np.float32)
+    yy, xx = np.mgrid[:h, :w]
+    region = np.hypot(yy - 80, xx - 100) < 40
+    edited = orig.copy()
+    edited[region] += 0.08
+    out = seam_correct(edited, orig, region, rim=4, sigma=6.0)
+    assert np.array_equal(out[~region], edited[~region])
+    rim = region & (np.hypot(yy - 80, xx - 100) >= 34)
+    assert abs(float((out - orig)[rim].mean())) < 0.02  # the step at the border is (mostly) gone
+    assert abs(float((edited - orig)[rim].mean())) > 0.07

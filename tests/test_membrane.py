@@ -104,3 +104,39 @@ def test_seam_correct_removes_a_constant_step_and_leaves_outside_alone():
     rim = region & (np.hypot(yy - 80, xx - 100) >= 34)
     assert abs(float((out - orig)[rim].mean())) < 0.02  # the step at the border is (mostly) gone
     assert abs(float((edited - orig)[rim].mean())) > 0.07
+
+
+def test_screening_fades_the_membrane_away_from_its_data():
+    gh, gw = 12, 60
+    vals = np.zeros((gh, gw))
+    vals[:, 0] = 1.0
+    pinned = np.zeros((gh, gw), bool)
+    pinned[:, 0] = True
+    plain = membrane_solve(vals, pinned)
+    screened = membrane_solve(vals, pinned, screening=1.0 / 9.0)
+    assert np.allclose(plain, 1.0, atol=1e-5)  # the plain membrane of one data column: flat
+    row = screened[0]
+    assert np.all(np.diff(row[:31]) < 0) and row[1] > 0.6
+    # decays like exp(-d / 3): about 1/e every three cells, and exactly 0 beyond 10 / sqrt(mu) = 30 cells
+    assert 0.2 < row[9] / row[6] < 0.5
+    assert row[30] > 0 and np.all(row[31:] == 0.0)
+    with pytest.raises(ValueError, match="screening"):
+        membrane_solve(vals, pinned, screening=-1.0)
+    with pytest.raises(ValueError, match="push-pull"):
+        membrane_solve(vals, pinned, screening=0.1, method="push-pull")
+
+
+def test_seam_correct_fade_keeps_the_correction_near_the_border():
+    h, w = 200, 200
+    orig = np.full((h, w, 3), 0.5, np.float32)
+    yy, xx = np.mgrid[:h, :w]
+    d = np.hypot(yy - 100, xx - 100)
+    region = d < 80
+    edited = orig.copy()
+    edited[region] += 0.1
+    faded = seam_correct(edited, orig, region, rim=4, sigma=8.0)
+    plain = seam_correct(edited, orig, region, rim=4, sigma=8.0, fade=0)
+    centre = d < 10
+    assert abs(float((plain - orig)[centre].mean())) < 0.01  # the plain membrane carries the step inwards
+    assert abs(float((faded - edited)[centre].mean())) < 0.005  # the faded one leaves the centre alone
+    assert abs(float((faded - orig)[region & (d > 74)].mean())) < 0.03  # and still closes the step at the border

@@ -41,30 +41,8 @@ def neumann_laplacian(gh: int, gw: int) -> sp.csr_matrix:
     return (dx.T @ dx + dy.T @ dy).tocsr()
 
 
-def _push_pull(img: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Push-pull pyramid membrane (Gortler et al. 1996) of ``img`` (H x W x C float32) from ``valid`` pixels.
-
-    Down the pyramid, values and weights are averaged together; up the pyramid, holes take the coarser level's
-    estimate where the local weight is small. Valid pixels come back unchanged.
-    """
-    w = valid.astype(np.float32)
-    levels: list[tuple[np.ndarray, np.ndarray]] = [(img * w[..., None], w)]
-    while min(levels[-1][1].shape) > 8:
-        c, wt = levels[-1]
-        c2 = cv2.pyrDown(c)
-        levels.append((c2.reshape(c2.shape[0], c2.shape[1], -1), cv2.pyrDown(wt)))
-    c, wt = levels[-1]
-    fill = c / np.maximum(wt, 1e-6)[..., None]
-    for c, wt in reversed(levels[:-1]):
-        up = cv2.pyrUp(fill, dstsize=(wt.shape[1], wt.shape[0])).reshape(c.shape)
-        est = c / np.maximum(wt, 1e-6)[..., None]
-        alpha = np.clip(wt * 2.0, 0.0, 1.0)[..., None]
-        fill = alpha * est + (1 - alpha) * up
-    return fill
-
-
 def membrane_solve(values: np.ndarray, weight: np.ndarray, *, stiffness: float | None = None,
-                   screening: float = 0.0, method: str = "exact") -> np.ndarray:
+                   screening: float = 0.0) -> np.ndarray:
     """The membrane (harmonic interpolation) of ``values`` where ``weight`` holds them, on a grid.
 
     Minimises ``sum |grad u|^2 + stiffness * sum weight * (u - values)^2`` over the grid (4-neighbour
@@ -80,12 +58,8 @@ def membrane_solve(values: np.ndarray, weight: np.ndarray, *, stiffness: float |
     its data; with hard data, cells farther than ``10 / sqrt(mu)`` from any (where it is below 5e-5 of the
     data) are set to 0 without solving.
 
-    ``method="push-pull"`` (hard constraints only) gives instead the push-pull pyramid approximation of the
-    membrane (Gortler et al. 1996, "The Lumigraph"; OpenCV pyrDown / pyrUp): values and weights averaged
-    down the pyramid, holes filled from the coarser level on the way up. It is smoother than the exact
-    membrane (no peak at an isolated data cell: a weighted average at every scale) and lets distant data of
-    any value, zeros included, pull the fill; the harness's seam correction and the classical engine's tone
-    lock were tuned on it and measure better with it (docs/benchmarks.md, "membrane solver").
+    It replaces the push-pull pyramid approximation (Gortler et al. 1996) the seam correction and the
+    classical tone lock used before (docs/benchmarks.md, "membrane solver": before/after figures).
 
     Parameters
     ----------
@@ -98,8 +72,6 @@ def membrane_solve(values: np.ndarray, weight: np.ndarray, *, stiffness: float |
         cells away from noisy data); ``None`` for hard constraints.
     screening : float
         ``mu >= 0``, in cells^-2: the decay of the membrane away from its data (0: none, the plain membrane).
-    method : {"exact", "push-pull"}
-        The sparse direct solve, or the pyramid approximation (``stiffness`` None and ``screening`` 0).
 
     Returns
     -------
@@ -108,8 +80,8 @@ def membrane_solve(values: np.ndarray, weight: np.ndarray, *, stiffness: float |
     Raises
     ------
     ValueError
-        If ``weight``'s shape is not ``values``'s first two dimensions, ``stiffness`` or ``screening`` is
-        negative or either is given with ``method="push-pull"``, or ``method`` is unknown.
+        If ``weight``'s shape is not ``values``'s first two dimensions, or ``stiffness`` or ``screening``
+        is negative.
 
     Examples
     --------
@@ -130,13 +102,6 @@ def membrane_solve(values: np.ndarray, weight: np.ndarray, *, stiffness: float |
         raise ValueError(f"stiffness must be >= 0 or None, got {stiffness}")
     if screening < 0:
         raise ValueError(f"screening must be >= 0, got {screening}")
-    if method not in ("exact", "push-pull"):
-        raise ValueError(f"method must be 'exact' or 'push-pull', got {method!r}")
-    if method == "push-pull":
-        if stiffness is not None or screening:
-            raise ValueError("method='push-pull' takes hard constraints only (stiffness=None, screening=0)")
-        res = _push_pull(vals.astype(np.float32), wt > 0)
-        return res[:, :, 0] if was_2d else res
     flat = vals.reshape(-1, c)
     lap = neumann_laplacian(gh, gw)
     # the systems are symmetric: a minimum-degree ordering of A^T + A fills in less than the default COLAMD

@@ -21,8 +21,8 @@ A hole is filled with patches copied from its surroundings, never invented and n
 - **Tone lock**: copied patches carry the brightness of wherever they came from (a glow next to the removed
   object, a darker corner), which reads as a lighter or darker disc with the mask's outline. Below a spatial
   scale of ``tone_lock`` x the hole's long side, the fill's local mean is replaced by that of a smooth
-  membrane of the surroundings (``membrane.membrane_solve``, the exact harmonic interpolation). Only small differences (a drift of up to
-  about ``tone_tolerance`` levels) are corrected: a membrane blends the colours of distinct regions around the
+  membrane of the surroundings (``membrane.membrane_solve``, the exact harmonic interpolation). Only small
+  differences (a drift of up to about ``tone_tolerance`` levels) are corrected: a membrane blends the colours of distinct regions around the
   hole (sky and a roof), so a larger difference is content and is left to the fill; and only where the
   sources the membrane blends agree (else a flat fill beside an edge got a lighter arc).
 - **Direction prior**: where the surroundings run one way throughout (grass, hair, wood grain;

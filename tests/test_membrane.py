@@ -104,10 +104,10 @@ def test_screening_fades_the_membrane_away_from_its_data():
     screened = membrane_solve(vals, pinned, screening=1.0 / 9.0)
     assert np.allclose(plain, 1.0, atol=1e-5)  # the plain membrane of one data column: flat
     row = screened[0]
-    assert np.all(np.diff(row[:31]) < 0) and row[1] > 0.6
-    # decays like exp(-d / 3): about 1/e every three cells, and exactly 0 beyond 10 / sqrt(mu) = 30 cells
+    assert np.all(np.diff(row[:19]) < 0) and row[1] > 0.6
+    # decays like exp(-d / 3): about 1/e every three cells, and exactly 0 beyond 6 / sqrt(mu) = 18 cells
     assert 0.2 < row[9] / row[6] < 0.5
-    assert row[30] > 0 and np.all(row[31:] == 0.0)
+    assert row[18] > 0 and np.all(row[19:] == 0.0)
 
 
 def test_seam_correct_fade_keeps_the_correction_near_the_border():

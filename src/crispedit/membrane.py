@@ -55,7 +55,7 @@ def membrane_solve(values: np.ndarray, weight: np.ndarray, *, stiffness: float |
     data gets 0. ``screening`` (``mu``) adds ``mu * sum u^2`` over the cells that are not hard data: the
     screened membrane (screened Poisson equation, Bhat et al. 2008, "Fourier analysis of the 2D screened
     Poisson equation for gradient domain problems") fades to 0 over about ``1 / sqrt(mu)`` cells away from
-    its data; with hard data, cells farther than ``10 / sqrt(mu)`` from any (where it is below 5e-5 of the
+    its data; with hard data, cells farther than ``6 / sqrt(mu)`` from any (where it is below 0.25 % of the
     data) are set to 0 without solving.
 
     It replaces the push-pull pyramid approximation (Gortler et al. 1996) the seam correction and the
@@ -110,10 +110,10 @@ def membrane_solve(values: np.ndarray, weight: np.ndarray, *, stiffness: float |
         free = ~fixed
         out = np.where(fixed[:, None], flat, 0.0)
         if screening > 0 and free.any() and fixed.any():
-            # a screened membrane decays as exp(-d sqrt(mu)): cells farther than 10 / sqrt(mu) from the data
-            # (under 5e-5 of it) are left at 0 and not solved
+            # a screened membrane decays as exp(-d sqrt(mu)): cells farther than 6 / sqrt(mu) from the data
+            # (under 0.25 % of it) are left at 0 and not solved
             dist = cv2.distanceTransform(free.reshape(gh, gw).astype(np.uint8), cv2.DIST_L2, 5)
-            free &= dist.reshape(-1) <= 10.0 / np.sqrt(screening)
+            free &= dist.reshape(-1) <= 6.0 / np.sqrt(screening)
         if free.any() and fixed.any():
             a = lap[free][:, free]
             # (a tiny diagonal keeps a free group without data solvable: it then solves to 0)

@@ -36,10 +36,9 @@ import math
 
 import cv2
 import numpy as np
-import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 
 from crispedit.geometry import mask_bbox
+from crispedit.membrane import membrane_solve
 
 __all__ = [
     "blend_weight",
@@ -512,17 +511,6 @@ def multiband_blend(original: np.ndarray, edited: np.ndarray, weight: np.ndarray
 # --------------------------------------------------------------------------------------------------
 
 
-def _neumann_laplacian(gh: int, gw: int) -> sp.csr_matrix:
-    def diff(n: int) -> sp.csr_matrix:
-        if n < 2:
-            return sp.csr_matrix((0, n))
-        return (sp.eye(n - 1, n, k=1) - sp.eye(n - 1, n)).tocsr()
-
-    dx = sp.kron(sp.eye(gh), diff(gw))
-    dy = sp.kron(diff(gh), sp.eye(gw))
-    return (dx.T @ dx + dy.T @ dy).tocsr()
-
-
 def tone_match(edited: np.ndarray, original: np.ndarray, known: np.ndarray, target: np.ndarray, *,
                scale: float, max_grid: int = 160, stiffness: float = 10.0) -> np.ndarray:
     """Spatially varying tone/colour correction of ``edited`` from a ring where it should match.
@@ -531,8 +519,9 @@ def tone_match(edited: np.ndarray, original: np.ndarray, known: np.ndarray, targ
        a Gaussian of ``sigma = scale / 4`` computed by normalized convolution restricted to
        ``known`` (unknown pixels do not pull the average).
     2. ``d`` is interpolated into ``target`` by a membrane (harmonic) fit, solved exactly on a
-       coarse grid (cell ~ ``sigma / 2``, at most ``max_grid`` cells a side) with a sparse direct
-       solver: it reproduces constants and linear ramps and never overshoots the measured values.
+       coarse grid (cell ~ ``sigma / 2``, at most ``max_grid`` cells a side) by
+       :func:`crispedit.membrane.membrane_solve` (a soft fit weighted by the known fraction of each
+       cell): it reproduces constants and linear ramps and never overshoots the measured values.
     3. The bilinearly upsampled correction is added to ``edited`` on ``target``; the result is
        clipped to [0, 1].  Pixels outside ``target`` are returned unchanged.
 
@@ -605,12 +594,7 @@ def tone_match(edited: np.ndarray, original: np.ndarray, known: np.ndarray, targ
         den = frac
     meas = num / np.maximum(den, 1e-6)[:, :, None]
 
-    data = np.float64(stiffness) * frac.reshape(-1).astype(np.float64)
-    system = (_neumann_laplacian(gh, gw) + sp.diags(data)).tocsc()
-    solve = spla.factorized(system)
-    corr = np.empty((gh, gw, c), np.float32)
-    for ch in range(c):
-        corr[:, :, ch] = solve(data * meas[:, :, ch].reshape(-1).astype(np.float64)).reshape(gh, gw)
+    corr = membrane_solve(meas, frac, stiffness=stiffness)
 
     if (gh, gw) != (bh, bw):
         corr = _cv(corr, cv2.resize, (bw, bh), interpolation=cv2.INTER_LINEAR)

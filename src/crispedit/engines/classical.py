@@ -21,8 +21,8 @@ A hole is filled with patches copied from its surroundings, never invented and n
 - **Tone lock**: copied patches carry the brightness of wherever they came from (a glow next to the removed
   object, a darker corner), which reads as a lighter or darker disc with the mask's outline. Below a spatial
   scale of ``tone_lock`` x the hole's long side, the fill's local mean is replaced by that of a smooth
-  membrane of the surroundings (push-pull, Gortler et al. 1996). Only small differences (a drift of up to
-  about ``tone_tolerance`` levels) are corrected: a membrane blends the colours of distinct regions around the
+  membrane of the surroundings (``membrane.membrane_solve``, the exact harmonic interpolation). Only small
+  differences (a drift of up to about ``tone_tolerance`` levels) are corrected: a membrane blends the colours of distinct regions around the
   hole (sky and a roof), so a larger difference is content and is left to the fill; and only where the
   sources the membrane blends agree (else a flat fill beside an edge got a lighter arc).
 - **Direction prior**: where the surroundings run one way throughout (grass, hair, wood grain;
@@ -51,7 +51,7 @@ from PIL import Image
 
 from crispedit.engines.base import Region, register_engine
 from crispedit.errors import InputError
-from crispedit.membrane import push_pull_fill
+from crispedit.membrane import membrane_solve
 from crispedit.options import ClassicalOptions, check_classical
 
 _DIFFUSION = {"telea": cv2.INPAINT_TELEA, "ns": cv2.INPAINT_NS}
@@ -388,9 +388,10 @@ def _lock_tone(known_rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, sigma:
     Copied patches carry the brightness of wherever they came from (a glow next to the removed object, a
     darker corner), which reads as a lighter or darker disc in the hole's shape. Below the spatial scale
     ``sigma`` (Gaussian, px) the fill's local mean, taken over hole pixels only, is replaced by that of a
-    push-pull membrane of the known pixels (Gortler et al. 1996): the minimum-assumption interpolation of
-    the surroundings, whose sources are the known pixels near the hole within ``3 tolerance`` of the fill's
-    local mean beside them (the roof beside a roof fill, not the sky beside it). Differences well above
+    membrane of the known pixels (:func:`crispedit.membrane.membrane_solve` pinned to them: the harmonic,
+    minimum-assumption interpolation of the surroundings), whose sources are the known pixels near the hole
+    within ``3 tolerance`` of the fill's local mean beside them (the roof beside a roof fill, not the sky
+    beside it). Differences well above
     ``tolerance`` (8-bit levels, RMS over channels) are content, not drift, and are dropped (by
     ``t⁴ / (t⁴ + d⁴)``). Where the membrane blends sources that disagree (its spread, from a membrane of the
     squares, above about ``1.5 tolerance``: a red field and a pink one on either side of an edge) it is not
@@ -421,7 +422,7 @@ def _lock_tone(known_rgb: np.ndarray, fill: np.ndarray, hole: np.ndarray, sigma:
     # the membrane and the spread of the sources it blends (a membrane of the squares): where it blends
     # distinct surroundings (a red field and a pink one beside the hole) its tone is neither's, and pulling a
     # flat fill towards it leaves a lighter or darker arc; the correction is trusted where the sources agree
-    both = push_pull_fill(np.concatenate([known_d, known_d * known_d], axis=2), sources)
+    both = membrane_solve(np.concatenate([known_d, known_d * known_d], axis=2), sources)
     c = known_d.shape[2]
     memb = both[..., :c]
     spread2 = np.maximum(np.sum(both[..., c:] - memb * memb, axis=2, keepdims=True) / c, 0.0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Any
@@ -35,20 +35,28 @@ _BAND_BYTES = 4 << 20  # rows compressed per task
 def read_text_chunks(path: Path) -> list[tuple[str, bytes]]:
     """All tEXt / zTXt / iTXt chunks of a PNG, raw, in file order (chunk headers walked, nothing inflated)."""
     chunks: list[tuple[str, bytes]] = []
-    size = path.stat().st_size
     with open(path, "rb") as f:
-        if f.read(8) != PNG_SIGNATURE:
-            return chunks
-        pos = 8
-        while pos + 12 <= size:
-            f.seek(pos)
-            length, ctype = struct.unpack(">I4s", f.read(8))
-            if pos + 12 + length > size or ctype == b"IEND":
-                break
+        for ctype, length in _chunk_headers(f, path.stat().st_size):
             if ctype in _TEXT_TYPES:
                 chunks.append((ctype.decode("ascii"), f.read(length)))
-            pos += 12 + length
     return chunks
+
+
+def _chunk_headers(f: IO[bytes], size: int) -> Iterator[tuple[bytes, int]]:
+    """(type, length) of each whole chunk of the PNG open in ``f`` (``size`` bytes), in file order, with ``f`` at
+    the chunk's data; nothing for a file without the PNG signature; stops after IEND or before a truncated chunk."""
+    if f.read(8) != PNG_SIGNATURE:
+        return
+    pos = 8
+    while pos + 12 <= size:
+        f.seek(pos)
+        length, ctype = struct.unpack(">I4s", f.read(8))
+        if pos + 12 + length > size:
+            return
+        yield ctype, length
+        if ctype == b"IEND":
+            return
+        pos += 12 + length
 
 
 def itxt_text(payload: bytes) -> tuple[bytes, bytes] | None:
@@ -66,18 +74,8 @@ def itxt_text(payload: bytes) -> tuple[bytes, bytes] | None:
 def scan_png(path: Path) -> dict:
     """Walk the chunk headers of a PNG (no decompression): IHDR fields, eXIf data, whether it is complete."""
     out: dict[str, Any] = {"bit_depth": 8, "color_type": 2, "exif": None, "complete": False}
-    size = path.stat().st_size
     with open(path, "rb") as f:
-        if f.read(8) != PNG_SIGNATURE:
-            return out
-        pos = 8
-        while pos + 12 <= size:
-            f.seek(pos)
-            head = f.read(8)
-            length, ctype = struct.unpack(">I4s", head)
-            end = pos + 12 + length
-            if end > size:
-                return out  # truncated inside this chunk
+        for ctype, length in _chunk_headers(f, path.stat().st_size):
             if ctype == b"IHDR" and length >= 13:
                 ihdr = f.read(13)
                 out["bit_depth"], out["color_type"] = ihdr[8], ihdr[9]
@@ -85,8 +83,6 @@ def scan_png(path: Path) -> dict:
                 out["exif"] = f.read(length)
             elif ctype == b"IEND":
                 out["complete"] = True
-                return out
-            pos = end
     return out
 
 

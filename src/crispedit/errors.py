@@ -21,5 +21,20 @@ class InputError(CrispEditError):
     """Bad image, mask, path or option given by the user."""
 
 
+class ProblemsError(InputError):
+    """Several problems of one input (a workflow file, a job table), found together and reported together:
+    ``messages`` holds one line per problem; the error's text is ``"ORIGIN: N problems"`` followed by them.
+    Subclasses set ``fix_text``."""
+
+    fix_text = "fix the problems above"
+
+    def __init__(self, messages: list[str], origin: str):
+        self.messages = list(messages)
+        n = len(self.messages)
+        head = f"{origin}: {n} problem{'s' if n != 1 else ''}"
+        body = "\n".join(f"  - {m}" for m in self.messages)
+        super().__init__(f"{head}\n{body}\n ", self.fix_text)
+
+
 class ModelError(CrispEditError):
     """A model could not be found or loaded (missing weights, refused pickle, ...)."""

@@ -26,21 +26,19 @@ from typing import Any, Callable, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from crispedit.errors import InputError
+from crispedit.errors import InputError, ProblemsError
 
 #: Formats the edits can be written in (``--format``).
 EDIT_FORMATS = ("png", "tif", "webp", "jpg")
 
 
-class BatchTableError(InputError):
+class BatchTableError(ProblemsError):
     """A job table with problems; ``messages`` holds one line per problem, each naming its row."""
 
+    fix_text = "fix the rows above; nothing was run"
+
     def __init__(self, messages: list[str], origin: str = "jobs"):
-        self.messages = list(messages)
-        n = len(self.messages)
-        head = f"{origin}: {n} problem{'s' if n != 1 else ''}"
-        body = "\n".join(f"  - {m}" for m in self.messages)
-        super().__init__(f"{head}\n{body}\n ", "fix the rows above; nothing was run")
+        super().__init__(messages, origin)
 
 
 class EditRow(BaseModel):

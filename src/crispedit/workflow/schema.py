@@ -39,7 +39,7 @@ from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from crispedit.errors import InputError
+from crispedit.errors import InputError, ProblemsError
 from crispedit.workflow.library import NODE_TYPES
 from crispedit.workflow.types import NodeType, Param, Port, did_you_mean
 
@@ -50,15 +50,13 @@ SUPPORTED_VERSIONS = (1,)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
-class WorkflowError(InputError):
+class WorkflowError(ProblemsError):
     """A workflow file that cannot run; ``messages`` holds one line per problem (node and field named)."""
 
+    fix_text = "fix them (`crispedit nodes TYPE` lists a node's inputs and params)"
+
     def __init__(self, messages: list[str], origin: str = "workflow"):
-        self.messages = list(messages)
-        n = len(self.messages)
-        head = f"{origin}: {n} problem{'s' if n != 1 else ''}"
-        body = "\n".join(f"  - {m}" for m in self.messages)
-        super().__init__(f"{head}\n{body}\n ", "fix them (`crispedit nodes TYPE` lists a node's inputs and params)")
+        super().__init__(messages, origin)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -10,12 +10,12 @@ from hypothesis import strategies as st
 
 from crispedit import compositing
 from crispedit.compositing import (
+    band_level,
     blend_weight,
     distance_from,
     highpass,
     match_grain,
     multiband_blend,
-    noise_sigma,
     restore_detail,
     tone_match,
 )
@@ -268,20 +268,20 @@ def test_tone_match_large_crop_uses_coarse_grid():
 
 
 # --------------------------------------------------------------------------------------------------
-# highpass / noise_sigma
+# highpass / band_level
 # --------------------------------------------------------------------------------------------------
 
 
-def test_noise_sigma_estimates_white_noise_and_ignores_edges():
+def test_band_level_measures_white_noise_and_ignores_edges():
     rng = np.random.default_rng(0)
     img = np.full((256, 256, 3), 0.3, np.float32)
     img[:, 128:] = 0.8  # a strong edge
     img += (0.02 * rng.standard_normal(img.shape)).astype(np.float32)
-    est = noise_sigma(img)
+    est = band_level(img)
     assert est.shape == (3,)
     np.testing.assert_allclose(est, 0.02, rtol=0.1)
     assert np.abs(highpass(np.full((8, 8), 0.5, np.float32))).max() == 0
-    assert np.array_equal(noise_sigma(img, np.zeros((256, 256), bool)), np.zeros(3))
+    assert np.array_equal(band_level(img, np.zeros((256, 256), bool)), np.zeros(3))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -308,14 +308,14 @@ def grain_case(h: int = 256, w: int = 256, sigma: float = 0.03, correlated: bool
 def test_match_grain_restores_noise_level_and_leaves_outside():
     original, edited, mask, ring = grain_case()
     inner = ~(distance_from(~mask) < 6)
-    before = noise_sigma(edited, inner)
-    target = noise_sigma(original, ring)
+    before = band_level(edited, inner)
+    target = band_level(original, ring)
     assert np.all(before < 0.3 * target)
     out = match_grain(edited, original, mask, ring, seed=1)
-    after = noise_sigma(out, inner)
+    after = band_level(out, inner)
     np.testing.assert_allclose(after, target, rtol=0.2)
     # also the coarser band
-    np.testing.assert_allclose(noise_sigma(out, inner, sigma=3.0), noise_sigma(original, ring, sigma=3.0),
+    np.testing.assert_allclose(band_level(out, inner, sigma=3.0), band_level(original, ring, sigma=3.0),
                                rtol=0.2)
     assert np.array_equal(out[~mask], edited[~mask])
     assert out.dtype == np.float32
@@ -349,7 +349,7 @@ def test_match_grain_fallback_when_no_clean_patch_fits():
     out = match_grain(edited, original, mask, ring, seed=0)
     inner = np.zeros_like(mask)
     inner[12:-12, 12:-12] = True
-    np.testing.assert_allclose(noise_sigma(out, inner), noise_sigma(original, ring), rtol=0.25)
+    np.testing.assert_allclose(band_level(out, inner), band_level(original, ring), rtol=0.25)
     assert np.array_equal(out[~mask], edited[~mask])
 
 
@@ -372,7 +372,7 @@ def test_restore_detail_swaps_high_frequencies_inside_mask():
     out = restore_detail(edited, hi, mask, sigma=2.0)
     assert np.array_equal(out[~mask], edited[~mask])
     inner = ~(distance_from(~mask) < 8)
-    np.testing.assert_allclose(noise_sigma(out, inner), noise_sigma(original, inner), rtol=0.1)
+    np.testing.assert_allclose(band_level(out, inner), band_level(original, inner), rtol=0.1)
     added = restore_detail(edited, hi, mask, sigma=2.0, replace=False)
     np.testing.assert_allclose(added[mask], np.clip(edited + hi, 0, 1)[mask], atol=1e-6)
 
@@ -388,7 +388,7 @@ def test_grayscale_and_single_channel_inputs_keep_their_shape():
         g = match_grain(e, o, mask, ring, seed=0)
         assert g.shape == o.shape and g.dtype == np.float32
         assert restore_detail(e, highpass(o, 1.0), mask, sigma=1.0).shape == o.shape
-        assert noise_sigma(o, ring).shape == ((1,) if o.ndim == 2 else (o.shape[2],))
+        assert band_level(o, ring).shape == ((1,) if o.ndim == 2 else (o.shape[2],))
 
 
 # --------------------------------------------------------------------------------------------------

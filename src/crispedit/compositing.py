@@ -16,7 +16,8 @@ accepted too and comes back in the same shape) and ``bool`` masks of shape ``(H,
   octaves a soft decode lost below the quantisation, and takes an engine's excess grain down.
 - :func:`transfer_detail` -- gives the blend band back the original's own fine structure outside the mask.
 - :func:`restore_detail` -- swaps the high frequencies of the edit for a given detail layer.
-- :func:`highpass`, :func:`noise_sigma` -- helpers shared with the quality module.
+- :func:`highpass`, :func:`band_level` -- a band's residual and its robust per-channel amplitude (what
+  :func:`match_grain` matches; the project's one noise estimator is :func:`crispedit.quality.metrics.noise_sigma`).
 
 All functions are vectorised with OpenCV/NumPy and work on bounding boxes of the region they change,
 so their cost follows the edited area.
@@ -52,7 +53,7 @@ __all__ = [
     "transfer_detail",
     "restore_detail",
     "highpass",
-    "noise_sigma",
+    "band_level",
     "distance_from",
 ]
 
@@ -275,32 +276,40 @@ def _highpass_gain(sigma: float) -> float:
     return float(math.sqrt(max(1e-12, 1.0 - 2.0 * g2[c, c] + float((g2**2).sum()))))
 
 
-def noise_sigma(img: np.ndarray, region: np.ndarray | None = None, *, sigma: float = 1.0) -> np.ndarray:
-    """Robust per-channel noise level of ``img`` on ``region``.
+def band_level(img: np.ndarray, region: np.ndarray | None = None, *, sigma: float = 1.0) -> np.ndarray:
+    """Robust per-channel amplitude of the high-pass band of ``img`` on ``region``.
 
-    The median absolute deviation of the high-pass residual (:func:`highpass` with ``sigma``),
-    scaled so that for white Gaussian noise of standard deviation ``s`` the result is ``s``.
-    Edges and texture occupy few pixels and barely move the median, so this measures grain, not
-    structure.
+    The median absolute deviation of the residual ``img - gaussian(img, sigma)`` (:func:`highpass`), scaled so
+    that for white Gaussian noise of standard deviation ``s`` the result is ``s``. This is the band amplitude
+    that :func:`match_grain` and :func:`synthesise_detail` match between an edit and its surroundings, per
+    channel and per scale (grain and fine texture together). It is not a noise estimate: the project's one
+    noise estimator, which excludes texture and edges, is :func:`crispedit.quality.metrics.noise_sigma`
+    (Immerkaer 1996).
 
     Parameters
     ----------
     img : ndarray, shape (H, W) or (H, W, C)
+        Float image in [0, 1].
     region : ndarray of bool, shape (H, W), optional
         Pixels to measure; all pixels when omitted.
     sigma : float
-        Scale of the residual (1 px: grain; 3 px: coarser detail).
+        Scale of the band in px (1 px: grain and the finest texture; 3 px: coarser detail).
 
     Returns
     -------
     ndarray of float64, shape (C,)
-        Zeros when the region is empty.
+        In the image's units; zeros when the region is empty.
+
+    Raises
+    ------
+    ValueError
+        When ``region`` does not have the image's height and width.
 
     Examples
     --------
     >>> rng = np.random.default_rng(0)
     >>> img = 0.5 + 0.02 * rng.standard_normal((256, 256, 1)).astype(np.float32)
-    >>> bool(abs(noise_sigma(img)[0] - 0.02) < 0.002)
+    >>> bool(abs(band_level(img)[0] - 0.02) < 0.002)
     True
     """
     arr, _ = _as_image(img)
@@ -813,7 +822,7 @@ def match_grain(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring
     >>> m = np.zeros((128, 128), bool); m[40:88, 40:88] = True
     >>> e = o.copy(); e[m] = 0.5
     >>> out = match_grain(e, o, m, ~m, seed=0)
-    >>> bool(abs(noise_sigma(out, m)[0] / noise_sigma(o, ~m)[0] - 1) < 0.2)
+    >>> bool(abs(band_level(out, m)[0] / band_level(o, ~m)[0] - 1) < 0.2)
     True
     """
     edit, orig, was_2d = _as_pair(edited, original)

@@ -20,7 +20,6 @@ from __future__ import annotations
 import difflib
 from typing import Any, Callable, Literal, Optional, TypeVar
 
-import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from crispedit.errors import InputError
@@ -298,5 +297,7 @@ def spawn_seeds(seed: Optional[int], n: int) -> list[int]:
     Used per candidate (``--candidates``): unlike ``seed + i``, no candidate's seed equals another's or any seed
     derived inside one edit. ``seed=None`` uses 0 (a workflow with candidates stays repeatable).
     """
+    import numpy as np  # here, not at import: the options layer loads in every CLI call and workflow (cheap start)
+
     root = np.random.SeedSequence(0 if seed is None else int(seed))
     return [int(c.generate_state(1, np.uint32)[0]) for c in root.spawn(int(n))]

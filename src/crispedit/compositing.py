@@ -37,6 +37,7 @@ import math
 import cv2
 import numpy as np
 
+from crispedit.arrays import add_where, copy_where, scale_pixels
 from crispedit.geometry import mask_bbox
 from crispedit.membrane import membrane_solve
 
@@ -452,7 +453,7 @@ def multiband_blend(original: np.ndarray, edited: np.ndarray, weight: np.ndarray
     if not core.any():
         return _restore_shape(out, was_2d)
     if band <= 0:
-        np.copyto(out, edit, where=core[:, :, None])
+        copy_where(out, edit, core)
         return _restore_shape(out, was_2d)
 
     band_f = float(band)
@@ -497,12 +498,12 @@ def multiband_blend(original: np.ndarray, edited: np.ndarray, weight: np.ndarray
         size = (gp[k].shape[1], gp[k].shape[0])
         lap = _cv(gp[k + 1], cv2.pyrUp, dstsize=size)
         np.subtract(gp[k], lap, out=lap)
-        lap *= wp[k][:, :, None]
+        scale_pixels(lap, wp[k])
         acc = _cv(acc, cv2.pyrUp, dstsize=size)
         acc += lap
-    acc *= envelope[:, :, None]
+    scale_pixels(acc, envelope)
     region = out[y0:y1, x0:x1]
-    np.add(region, acc, out=region, where=inside[:, :, None])
+    add_where(region, acc, inside)
     return _restore_shape(out, was_2d)
 
 
@@ -575,7 +576,7 @@ def tone_match(edited: np.ndarray, original: np.ndarray, known: np.ndarray, targ
     diff = cv2.subtract(orig[y0:y1, x0:x1], edit[y0:y1, x0:x1])
     if diff.ndim == 2:
         diff = diff[:, :, None]
-    diff *= knf[:, :, None]
+    scale_pixels(diff, knf)
     if not diff.any():
         return _restore_shape(out, was_2d)
 
@@ -601,7 +602,7 @@ def tone_match(edited: np.ndarray, original: np.ndarray, known: np.ndarray, targ
     sub = out[y0:y1, x0:x1]
     corr += sub
     np.clip(corr, 0.0, 1.0, out=corr)
-    np.copyto(sub, corr, where=tg[y0:y1, x0:x1, None])
+    copy_where(sub, corr, tg[y0:y1, x0:x1])
     return _restore_shape(out, was_2d)
 
 
@@ -918,7 +919,7 @@ def match_grain(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring
     sub = out[gy0:gy1, gx0:gx1]
     total += sub
     np.clip(total, 0.0, 1.0, out=total)
-    np.copyto(sub, total, where=m[gy0:gy1, gx0:gx1, None])
+    copy_where(sub, total, m[gy0:gy1, gx0:gx1])
     return _restore_shape(out, was_2d)
 
 
@@ -1288,7 +1289,7 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
     mx0, my0, mx1, my1 = mask_bbox(m)  # type: ignore[misc]
     new = edit[my0:my1, mx0:mx1] + corr[my0 - y0:my1 - y0, mx0 - x0:mx1 - x0]
     np.clip(new, 0.0, 1.0, out=new)
-    np.copyto(out[my0:my1, mx0:mx1], new, where=m[my0:my1, mx0:mx1, None])
+    copy_where(out[my0:my1, mx0:mx1], new, m[my0:my1, mx0:mx1])
     return _restore_shape(out, was_2d)
 
 
@@ -1358,7 +1359,7 @@ def cap_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring:
         if g < 0.999:
             corr += np.float32(g - 1.0) * layer
     new = np.clip(sub + corr, 0.0, 1.0)
-    np.copyto(out[y0:y1, x0:x1], new, where=m[y0:y1, x0:x1, None])
+    copy_where(out[y0:y1, x0:x1], new, m[y0:y1, x0:x1])
     return _restore_shape(out, was_2d)
 
 
@@ -1410,12 +1411,12 @@ def transfer_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, 
         diff = diff[:, :, None]
     # the high-pass of pixels outside the mask from pixels outside the mask only (normalised convolution,
     # Knutsson & Westin 1993): what lies under the mask (an object being removed) never leaks back out
-    diff *= outside[:, :, None]
+    scale_pixels(diff, outside)
     den = _gauss_coarse(outside[:, :, None], sigma)
     low = _gauss_coarse(diff, sigma)
     low /= np.maximum(den, np.float32(1e-6))
     new = diff - low
-    new *= ramp
+    scale_pixels(new, ramp)
     new += edit
     np.clip(new, 0.0, 1.0, out=new)
     return _restore_shape(new, was_2d)
@@ -1470,5 +1471,5 @@ def restore_detail(edited: np.ndarray, original_hi: np.ndarray, mask: np.ndarray
     base = _gauss(edit[y0:y1, x0:x1], sigma) if replace else edit[y0:y1, x0:x1]
     new = base + hi[y0:y1, x0:x1]
     np.clip(new, 0.0, 1.0, out=new)
-    np.copyto(out[y0:y1, x0:x1], new, where=m[y0:y1, x0:x1, None])
+    copy_where(out[y0:y1, x0:x1], new, m[y0:y1, x0:x1])
     return _restore_shape(out, was_2d)

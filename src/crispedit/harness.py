@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image
 
 from crispedit import compositing
+from crispedit.arrays import copy_where
 from crispedit import options as options_mod
 from crispedit.engines.base import Engine, get_engine, option_names
 from crispedit.errors import InputError
@@ -187,7 +188,7 @@ def _assemble(original: np.ndarray, colour: np.ndarray, keep: np.ndarray | None)
     if keep is None:
         out[..., :nc] = new
     else:
-        np.copyto(out[..., :nc], new, where=~keep[..., None])
+        copy_where(out[..., :nc], new, ~keep)
     return out
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from crispedit.arrays import add_where
 from crispedit.geometry import mask_bbox
 
 __all__ = ["membrane_solve", "neumann_laplacian", "seam_correct"]
@@ -182,5 +183,5 @@ def seam_correct(edited: np.ndarray, original: np.ndarray, region: np.ndarray, *
     corr = membrane_solve(values, rim_d | (region_d < 0.5), screening=screening)
     corr = cv2.resize(corr, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
     out = edited.copy()
-    np.add(e, corr, out=out[box], where=r.astype(bool)[..., None])
+    add_where(out[box], corr.astype(out.dtype, copy=False), r.astype(bool))  # out[box] is e
     return out

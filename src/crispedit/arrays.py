@@ -13,7 +13,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["copy_where", "add_where", "scale_pixels"]
+__all__ = ["copy_where", "add_where", "scale_pixels", "divide_pixels", "times_pixels"]
 
 _CV_DTYPES = (np.uint8, np.uint16, np.int16, np.int32, np.float32, np.float64)
 
@@ -108,8 +108,51 @@ def scale_pixels(arr: np.ndarray, weight: np.ndarray) -> np.ndarray:
     if arr.size == 0 or c == 1 or arr.dtype != np.float32 or w.dtype != np.float32 or not _cv_ok(arr):
         arr *= w[:, :, None]
         return arr
-    wc = cv2.merge([np.ascontiguousarray(w)] * c)
-    res = cv2.multiply(arr, wc, dst=arr)
+    res = cv2.multiply(arr, _merged(w, c), dst=arr)
+    if res is not arr and res.__array_interface__["data"][0] != arr.__array_interface__["data"][0]:
+        arr[...] = res.reshape(arr.shape)  # pragma: no cover - OpenCV reallocated (not seen)
+    return arr
+
+
+def _merged(weight: np.ndarray, c: int) -> np.ndarray:
+    w = weight[:, :, 0] if weight.ndim == 3 else weight
+    return cv2.merge([np.ascontiguousarray(w)] * c)
+
+
+def times_pixels(arr: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """``arr * weight[..., None]`` as a new array (``arr`` is left alone); see :func:`scale_pixels`.
+
+    Parameters
+    ----------
+    arr : ndarray of float32, shape (H, W, C)
+    weight : ndarray of float32, shape (H, W) or (H, W, 1)
+
+    Returns
+    -------
+    ndarray of float32, shape (H, W, C)
+    """
+    if arr.size and arr.shape[2] > 1 and arr.dtype == np.float32 and weight.dtype == np.float32 and _cv_ok(arr):
+        return cv2.multiply(arr, _merged(weight, arr.shape[2])).reshape(arr.shape)
+    return arr * (weight if weight.ndim == 3 else weight[:, :, None])
+
+
+def divide_pixels(arr: np.ndarray, divisor: np.ndarray) -> np.ndarray:
+    """``arr /= divisor[..., None]`` in place (IEEE float division, as NumPy) and return ``arr``.
+
+    Parameters
+    ----------
+    arr : ndarray of float32, shape (H, W, C); written in place.
+    divisor : ndarray of float32, shape (H, W) or (H, W, 1); nonzero.
+
+    Returns
+    -------
+    ``arr``
+    """
+    c = arr.shape[2]
+    if arr.size == 0 or c == 1 or arr.dtype != np.float32 or divisor.dtype != np.float32 or not _cv_ok(arr):
+        arr /= divisor if divisor.ndim == 3 else divisor[:, :, None]
+        return arr
+    res = cv2.divide(arr, _merged(divisor, c), dst=arr)
     if res is not arr and res.__array_interface__["data"][0] != arr.__array_interface__["data"][0]:
         arr[...] = res.reshape(arr.shape)  # pragma: no cover - OpenCV reallocated (not seen)
     return arr

@@ -37,7 +37,7 @@ import math
 import cv2
 import numpy as np
 
-from crispedit.arrays import add_where, copy_where, scale_pixels
+from crispedit.arrays import add_where, copy_where, divide_pixels, scale_pixels
 from crispedit.geometry import mask_bbox
 from crispedit.membrane import membrane_solve
 
@@ -1425,7 +1425,7 @@ def transfer_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, 
     scale_pixels(diff, outside)
     den = _gauss_coarse(outside[:, :, None], sigma)
     low = _gauss_coarse(diff, sigma)
-    low /= np.maximum(den, np.float32(1e-6))
+    divide_pixels(low, np.maximum(den, np.float32(1e-6)))
     new = diff - low
     scale_pixels(new, ramp)
     new += edit

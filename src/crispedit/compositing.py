@@ -679,10 +679,12 @@ def _band_values(img: np.ndarray | tuple[np.ndarray, ...], region: np.ndarray,
     return np.concatenate(out, axis=0)
 
 
-def _box_sums(mask: np.ndarray, size: int) -> np.ndarray:
-    """Number of True pixels in every ``size`` x ``size`` window, indexed by its top-left corner."""
-    ii = cv2.integral(mask.astype(np.uint8), sdepth=cv2.CV_32S)
-    return ii[size:, size:] - ii[:-size, size:] - ii[size:, :-size] + ii[:-size, :-size]
+def _box_sums(mask: np.ndarray, size: int, step: int = 1) -> np.ndarray:
+    """Number of True pixels in every ``size`` x ``size`` window whose top-left corner is on the ``step`` grid
+    (``[i, j]``: the window at ``(i step, j step)``)."""
+    ii = cv2.integral(mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8), sdepth=cv2.CV_32S)
+    return (ii[size::step, size::step] - ii[:-size:step, size::step] - ii[size::step, :-size:step]
+            + ii[:-size:step, :-size:step])
 
 
 def _grain_bank(original: np.ndarray, mask: np.ndarray, ring: np.ndarray, sigmas: tuple[float, ...],
@@ -701,9 +703,9 @@ def _grain_bank(original: np.ndarray, mask: np.ndarray, ring: np.ndarray, sigmas
         win = 2 * size
         if h >= win and w >= win:
             step = _GRID  # corners on the 8 px grid: keeps the phase of JPEG blocks; plenty, cheap
-            full = (_box_sums(allowed, win) == win * win)[::step, ::step]
+            full = _box_sums(allowed, win, step) == win * win
             if np.count_nonzero(full) >= 8:
-                near = full & (_box_sums(ring, win)[::step, ::step] >= 0.25 * win * win)
+                near = full & (_box_sums(ring, win, step) >= 0.25 * win * win)
                 ys, xs = np.nonzero(near if np.count_nonzero(near) >= 16 else full)
                 ys, xs = ys * step, xs * step
                 take = rng.choice(ys.size, size=min(n_windows, ys.size), replace=False)
@@ -720,20 +722,25 @@ def _grain_bank(original: np.ndarray, mask: np.ndarray, ring: np.ndarray, sigmas
                 scale = np.maximum(ring_sig, 1e-12).astype(np.float32)
                 blk = max(4, win // 8)
                 nbk = win // blk
-                norm = bank_arr[:, :nbk * blk, :nbk * blk] / scale
-                norm *= norm
-                # the mean over the band channels, summed in order (numpy's own order for so short an axis)
-                energy = norm[..., 0].copy()
-                for j in range(1, norm.shape[3]):
-                    energy += norm[..., j]
-                energy /= np.float32(norm.shape[3])
+                # the mean over the band channels of the squared normalised values, summed in channel order
+                # (numpy's own order for so short an axis), one channel at a time (no strided copy of the bank)
+                nch = bank_arr.shape[3]
+                energy = bank_arr[:, :nbk * blk, :nbk * blk, 0] / scale[0]
+                energy *= energy
+                for j in range(1, nch):
+                    sq = bank_arr[:, :nbk * blk, :nbk * blk, j] / scale[j]
+                    sq *= sq
+                    energy += sq
+                energy /= np.float32(nch)
                 energy = energy.reshape(-1, nbk, blk, nbk, blk).mean(axis=(2, 4))
                 peak = energy.reshape(energy.shape[0], -1).max(axis=1)
                 keep = peak <= 1.5 * np.median(peak) + 1e-20
                 if np.count_nonzero(keep) < 4:
                     keep = peak <= np.sort(peak)[min(3, peak.size - 1)]
                 bank_arr = bank_arr[keep]
-                np.clip(bank_arr, -3.0 * scale, 3.0 * scale, out=bank_arr)  # tame stray edges
+                # tame stray edges: clipped at 3 ring levels (rows of whole windows: a contiguous inner axis)
+                flat = bank_arr.reshape(bank_arr.shape[0] * win, win * nch)
+                np.clip(flat, np.tile(-3.0 * scale, win), np.tile(3.0 * scale, win), out=flat)
                 return bank_arr, size
         size //= 2
     return None

@@ -13,7 +13,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["copy_where", "add_where", "scale_pixels", "divide_pixels", "times_pixels"]
+__all__ = ["copy_where", "add_where", "scale_pixels", "divide_pixels", "times_pixels", "plus_pixels"]
 
 _CV_DTYPES = (np.uint8, np.uint16, np.int16, np.int32, np.float32, np.float64)
 
@@ -156,3 +156,20 @@ def divide_pixels(arr: np.ndarray, divisor: np.ndarray) -> np.ndarray:
     if res is not arr and res.__array_interface__["data"][0] != arr.__array_interface__["data"][0]:
         arr[...] = res.reshape(arr.shape)  # pragma: no cover - OpenCV reallocated (not seen)
     return arr
+
+
+def plus_pixels(arr: np.ndarray, addend: np.ndarray) -> np.ndarray:
+    """``arr + addend`` as a new array, ``addend`` of shape (H, W) or (H, W, 1) added to every channel.
+
+    Parameters
+    ----------
+    arr : ndarray of float32, shape (H, W, C)
+    addend : ndarray of float32, shape (H, W) or (H, W, 1)
+
+    Returns
+    -------
+    ndarray of float32, shape (H, W, C) (the same IEEE sums as NumPy's broadcast add)
+    """
+    if arr.size and arr.shape[2] > 1 and arr.dtype == np.float32 and addend.dtype == np.float32 and _cv_ok(arr):
+        return cv2.add(arr, _merged(addend, arr.shape[2])).reshape(arr.shape)
+    return arr + (addend if addend.ndim == 3 else addend[:, :, None])

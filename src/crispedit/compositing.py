@@ -37,7 +37,7 @@ import math
 import cv2
 import numpy as np
 
-from crispedit.arrays import add_where, copy_where, divide_pixels, scale_pixels
+from crispedit.arrays import add_where, copy_where, divide_pixels, plus_pixels, scale_pixels
 from crispedit.geometry import mask_bbox
 from crispedit.membrane import membrane_solve
 
@@ -1305,7 +1305,7 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
         return _restore_shape(out, was_2d)
     # written on the mask's own box (the padded box was the filters' reach only)
     mx0, my0, mx1, my1 = mask_bbox(m)  # type: ignore[misc]
-    new = edit[my0:my1, mx0:mx1] + corr[my0 - y0:my1 - y0, mx0 - x0:mx1 - x0]
+    new = plus_pixels(edit[my0:my1, mx0:mx1], corr[my0 - y0:my1 - y0, mx0 - x0:mx1 - x0])
     np.clip(new, 0.0, 1.0, out=new)
     copy_where(out[my0:my1, mx0:mx1], new, m[my0:my1, mx0:mx1])
     return _restore_shape(out, was_2d)

@@ -21,8 +21,8 @@ import numpy as np
 from PIL import Image
 
 from crispedit import compositing
-from crispedit.arrays import copy_where
 from crispedit import options as options_mod
+from crispedit.arrays import copy_where
 from crispedit.engines.base import Engine, get_engine, option_names
 from crispedit.errors import InputError
 from crispedit.geometry import Box, mask_bbox, pixel_tiles
@@ -226,7 +226,8 @@ def _call(eng: Engine, rgb: np.ndarray, mask: np.ndarray, prompt: str | None, se
     t = time.perf_counter()
     res = eng.inpaint(Image.fromarray(rgb), Image.fromarray(mask.astype(np.uint8) * 255), prompt,
                       seed=seed, strength=strength, region=region)
-    res = res.convert("RGB")
+    if res.mode != "RGB":  # (convert copies even when the mode is already RGB)
+        res = res.convert("RGB")
     if res.size != (rgb.shape[1], rgb.shape[0]):
         raise RuntimeError(f"engine returned {res.size}, expected {(rgb.shape[1], rgb.shape[0])}")
     dt = time.perf_counter() - t

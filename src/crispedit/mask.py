@@ -84,7 +84,8 @@ def _read_array(src: Any) -> tuple[np.ndarray, bool]:
                 im.load()
                 from PIL import ImageOps
 
-                return _pil_array(ImageOps.exif_transpose(im)), True
+                ImageOps.exif_transpose(im, in_place=True)  # (not a copy when there is nothing to turn)
+                return _pil_array(im), True
         except (OSError, SyntaxError, ValueError) as exc:
             raise InputError(f"cannot read mask {path}: {exc}", "save the mask as a PNG, white = edit") from None
     if isinstance(src, Image.Image):

@@ -262,14 +262,30 @@ def load_mask_weights(src: Any, size: tuple[int, int]) -> tuple[np.ndarray, Mask
     InputError
         the file is missing or unreadable, or the mask is not ``size``.
     """
+    w, reading = read_mask_weights(src)
+    check_mask_size(w, size)
+    return w, reading
+
+
+def read_mask_weights(src: Any) -> tuple[np.ndarray, MaskReading]:
+    """:func:`load_mask_weights` without the size check (for reading a mask before the image's size is known).
+
+    Raises
+    ------
+    InputError
+        the file is missing or unreadable.
+    """
     arr, from_image = _read_array(src)
-    w, reading = _weights(arr, from_image=from_image)
-    if w.shape[::-1] != tuple(size):
+    return _weights(arr, from_image=from_image)
+
+
+def check_mask_size(weights: np.ndarray, size: tuple[int, int]) -> None:
+    """Raise ``InputError`` unless ``weights`` (H, W) is an image of ``size`` = (width, height)."""
+    if weights.shape[::-1] != tuple(size):
         raise InputError(
-            f"mask is {w.shape[1]}x{w.shape[0]} but the image is {size[0]}x{size[1]}",
+            f"mask is {weights.shape[1]}x{weights.shape[0]} but the image is {size[0]}x{size[1]}",
             "make the mask the same size as the image (after EXIF rotation)",
         )
-    return w, reading
 
 
 def load_mask(src: Any, size: tuple[int, int]) -> np.ndarray:

@@ -105,3 +105,13 @@ def test_mask_levels_by_lookup_equal_division() -> None:
     assert np.array_equal(_unit(levels), levels.astype(np.float32) / 255.0)
     rgba = RNG.integers(0, 256, (20, 30, 4)).astype(np.uint8)
     assert np.array_equal(_unit(rgba[..., 3]), rgba[..., 3].astype(np.float32) / 255.0)  # a strided channel
+
+
+@pytest.mark.parametrize("n", [1, 2, 7, 30000, 29999])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_robust_sigma_equals_numpy_medians(n: int, dtype: type) -> None:
+    v = RNG.standard_normal((n, 6)).astype(dtype)
+    med = np.median(v, axis=0)
+    want = compositing._MAD_TO_STD * np.median(np.abs(v - med), axis=0).astype(np.float64)
+    assert np.array_equal(compositing._robust_sigma(v), want)
+    assert compositing._robust_sigma(v[:0]).shape == (6,)

@@ -38,6 +38,7 @@ import math
 import cv2
 import numpy as np
 
+from crispedit.arrays import add_where, copy_where, divide_pixels, plus_pixels, scale_pixels
 from crispedit.geometry import mask_bbox
 from crispedit.membrane import membrane_solve
 
@@ -220,10 +221,17 @@ def _robust_sigma(values: np.ndarray) -> np.ndarray:
     """Per-column robust standard deviation (MAD x 1.4826) of an ``(N, C)`` array."""
     if values.shape[0] == 0:
         return np.zeros(values.shape[1], np.float64)
-    cols = np.ascontiguousarray(values.T)  # medians of contiguous rows: the same values, faster
-    med = np.median(cols, axis=1)
-    dev = np.abs(cols - med[:, None])
-    return _MAD_TO_STD * np.median(dev, axis=1).astype(np.float64)
+    # medians of contiguous rows of one private copy, partitioned in place (np.median's own arithmetic: the two
+    # middle values' mean, or the middle one), the deviations written over it: the same values, fewer copies
+    cols = np.array(values.T, order="C", copy=True)
+    n = cols.shape[1]
+    kth = [n // 2 - 1, n // 2] if n % 2 == 0 else [n // 2]
+    cols.partition(kth, axis=1)
+    med = cols[:, kth].mean(axis=1)
+    np.subtract(cols, med[:, None].astype(cols.dtype, copy=False), out=cols)
+    np.abs(cols, out=cols)
+    cols.partition(kth, axis=1)
+    return _MAD_TO_STD * cols[:, kth].mean(axis=1).astype(np.float64)
 
 
 def _subsample(idx: np.ndarray, limit: int = 30_000) -> np.ndarray:
@@ -236,6 +244,16 @@ def _subsample(idx: np.ndarray, limit: int = 30_000) -> np.ndarray:
         return idx
     picks = np.random.default_rng(0x5EED).integers(0, idx.size, size=limit)
     return idx[np.sort(picks)]
+
+
+def _mean_products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(a * b).mean(axis=(0, 2))`` in float64 for ``(N, K, C)`` arrays: one ``einsum`` over contiguous rows
+    (the same sums, in another order: equal to about 1e-15 relative), not NumPy's slow strided reduction."""
+    n, k, c = a.shape
+    a2 = np.asarray(a, np.float64).reshape(n, k * c)
+    b2 = a2 if b is a else np.asarray(b, np.float64).reshape(n, k * c)
+    sums = np.einsum("ij,ij->j", a2, b2).reshape(k, c).sum(axis=1)
+    return sums / max(1, n * c)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -461,7 +479,7 @@ def multiband_blend(original: np.ndarray, edited: np.ndarray, weight: np.ndarray
     if not core.any():
         return _restore_shape(out, was_2d)
     if band <= 0:
-        np.copyto(out, edit, where=core[:, :, None])
+        copy_where(out, edit, core)
         return _restore_shape(out, was_2d)
 
     band_f = float(band)
@@ -506,12 +524,12 @@ def multiband_blend(original: np.ndarray, edited: np.ndarray, weight: np.ndarray
         size = (gp[k].shape[1], gp[k].shape[0])
         lap = _cv(gp[k + 1], cv2.pyrUp, dstsize=size)
         np.subtract(gp[k], lap, out=lap)
-        lap *= wp[k][:, :, None]
+        scale_pixels(lap, wp[k])
         acc = _cv(acc, cv2.pyrUp, dstsize=size)
         acc += lap
-    acc *= envelope[:, :, None]
+    scale_pixels(acc, envelope)
     region = out[y0:y1, x0:x1]
-    np.add(region, acc, out=region, where=inside[:, :, None])
+    add_where(region, acc, inside)
     return _restore_shape(out, was_2d)
 
 
@@ -584,7 +602,7 @@ def tone_match(edited: np.ndarray, original: np.ndarray, known: np.ndarray, targ
     diff = cv2.subtract(orig[y0:y1, x0:x1], edit[y0:y1, x0:x1])
     if diff.ndim == 2:
         diff = diff[:, :, None]
-    diff *= knf[:, :, None]
+    scale_pixels(diff, knf)
     if not diff.any():
         return _restore_shape(out, was_2d)
 
@@ -610,7 +628,7 @@ def tone_match(edited: np.ndarray, original: np.ndarray, known: np.ndarray, targ
     sub = out[y0:y1, x0:x1]
     corr += sub
     np.clip(corr, 0.0, 1.0, out=corr)
-    np.copyto(sub, corr, where=tg[y0:y1, x0:x1, None])
+    copy_where(sub, corr, tg[y0:y1, x0:x1])
     return _restore_shape(out, was_2d)
 
 
@@ -677,10 +695,12 @@ def _band_values(img: np.ndarray | tuple[np.ndarray, ...], region: np.ndarray,
     return np.concatenate(out, axis=0)
 
 
-def _box_sums(mask: np.ndarray, size: int) -> np.ndarray:
-    """Number of True pixels in every ``size`` x ``size`` window, indexed by its top-left corner."""
-    ii = cv2.integral(mask.astype(np.uint8), sdepth=cv2.CV_32S)
-    return ii[size:, size:] - ii[:-size, size:] - ii[size:, :-size] + ii[:-size, :-size]
+def _box_sums(mask: np.ndarray, size: int, step: int = 1) -> np.ndarray:
+    """Number of True pixels in every ``size`` x ``size`` window whose top-left corner is on the ``step`` grid
+    (``[i, j]``: the window at ``(i step, j step)``)."""
+    ii = cv2.integral(mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8), sdepth=cv2.CV_32S)
+    return (ii[size::step, size::step] - ii[:-size:step, size::step] - ii[size::step, :-size:step]
+            + ii[:-size:step, :-size:step])
 
 
 def _grain_bank(original: np.ndarray, mask: np.ndarray, ring: np.ndarray, sigmas: tuple[float, ...],
@@ -699,9 +719,9 @@ def _grain_bank(original: np.ndarray, mask: np.ndarray, ring: np.ndarray, sigmas
         win = 2 * size
         if h >= win and w >= win:
             step = _GRID  # corners on the 8 px grid: keeps the phase of JPEG blocks; plenty, cheap
-            full = (_box_sums(allowed, win) == win * win)[::step, ::step]
+            full = _box_sums(allowed, win, step) == win * win
             if np.count_nonzero(full) >= 8:
-                near = full & (_box_sums(ring, win)[::step, ::step] >= 0.25 * win * win)
+                near = full & (_box_sums(ring, win, step) >= 0.25 * win * win)
                 ys, xs = np.nonzero(near if np.count_nonzero(near) >= 16 else full)
                 ys, xs = ys * step, xs * step
                 take = rng.choice(ys.size, size=min(n_windows, ys.size), replace=False)
@@ -718,20 +738,25 @@ def _grain_bank(original: np.ndarray, mask: np.ndarray, ring: np.ndarray, sigmas
                 scale = np.maximum(ring_sig, 1e-12).astype(np.float32)
                 blk = max(4, win // 8)
                 nbk = win // blk
-                norm = bank_arr[:, :nbk * blk, :nbk * blk] / scale
-                norm *= norm
-                # the mean over the band channels, summed in order (numpy's own order for so short an axis)
-                energy = norm[..., 0].copy()
-                for j in range(1, norm.shape[3]):
-                    energy += norm[..., j]
-                energy /= np.float32(norm.shape[3])
+                # the mean over the band channels of the squared normalised values, summed in channel order
+                # (numpy's own order for so short an axis), one channel at a time (no strided copy of the bank)
+                nch = bank_arr.shape[3]
+                energy = bank_arr[:, :nbk * blk, :nbk * blk, 0] / scale[0]
+                energy *= energy
+                for j in range(1, nch):
+                    sq = bank_arr[:, :nbk * blk, :nbk * blk, j] / scale[j]
+                    sq *= sq
+                    energy += sq
+                energy /= np.float32(nch)
                 energy = energy.reshape(-1, nbk, blk, nbk, blk).mean(axis=(2, 4))
                 peak = energy.reshape(energy.shape[0], -1).max(axis=1)
                 keep = peak <= 1.5 * np.median(peak) + 1e-20
                 if np.count_nonzero(keep) < 4:
                     keep = peak <= np.sort(peak)[min(3, peak.size - 1)]
                 bank_arr = bank_arr[keep]
-                np.clip(bank_arr, -3.0 * scale, 3.0 * scale, out=bank_arr)  # tame stray edges
+                # tame stray edges: clipped at 3 ring levels (rows of whole windows: a contiguous inner axis)
+                flat = bank_arr.reshape(bank_arr.shape[0] * win, win * nch)
+                np.clip(flat, np.tile(-3.0 * scale, win), np.tile(3.0 * scale, win), out=flat)
                 return bank_arr, size
         size //= 2
     return None
@@ -927,7 +952,7 @@ def match_grain(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring
     sub = out[gy0:gy1, gx0:gx1]
     total += sub
     np.clip(total, 0.0, 1.0, out=total)
-    np.copyto(sub, total, where=m[gy0:gy1, gx0:gx1, None])
+    copy_where(sub, total, m[gy0:gy1, gx0:gx1])
     return _restore_shape(out, was_2d)
 
 
@@ -1018,17 +1043,18 @@ def sharpness_gains(edited: np.ndarray, original: np.ndarray, ring: np.ndarray, 
     vals = _band_values((edit, orig), rg, tuple(float(s) for s in sigmas), budget=65_536, block=64)
     vals = vals.astype(np.float64)
     vals = vals.reshape(vals.shape[0], nb, 2, c)
-    e, o = vals[:, :, 0, :], vals[:, :, 1, :]
-    so = np.maximum((o * o).sum(axis=(0, 2)), 1e-20)
-    a = (e * o).sum(axis=(0, 2)) / so
+    e, o = np.ascontiguousarray(vals[:, :, 0, :]), np.ascontiguousarray(vals[:, :, 1, :])
+    n_vals = max(1, o.shape[0] * o.shape[2])
+    signal = _mean_products(o, o)
+    so = np.maximum(signal * n_vals, 1e-20)
+    a = _mean_products(e, o) * n_vals / so
     resid = e - a[None, :, None] * o
-    noise = (resid * resid).mean(axis=(0, 2))
-    signal = (o * o).mean(axis=(0, 2))
+    noise = _mean_products(resid, resid)
     gain = a * signal / np.maximum(a * a * signal + noise, 1e-20)
     gain = np.clip(gain, 0.0, max_gain)
     # the photo's stationary grain: robust (MAD) level of the original's band, mean over channels
     os_ = o[_subsample(np.arange(o.shape[0]))]
-    grain = (_MAD_TO_STD * np.median(np.abs(os_ - np.median(os_, axis=0)), axis=0)) ** 2
+    grain = (_robust_sigma(os_.reshape(os_.shape[0], -1)).reshape(nb, c)) ** 2
     return {"transfer": a, "noise": noise, "signal": signal, "gain": gain, "grain": grain.mean(axis=1)}
 
 
@@ -1295,9 +1321,9 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
         return _restore_shape(out, was_2d)
     # written on the mask's own box (the padded box was the filters' reach only)
     mx0, my0, mx1, my1 = mask_bbox(m)  # type: ignore[misc]
-    new = edit[my0:my1, mx0:mx1] + corr[my0 - y0:my1 - y0, mx0 - x0:mx1 - x0]
+    new = plus_pixels(edit[my0:my1, mx0:mx1], corr[my0 - y0:my1 - y0, mx0 - x0:mx1 - x0])
     np.clip(new, 0.0, 1.0, out=new)
-    np.copyto(out[my0:my1, mx0:mx1], new, where=m[my0:my1, mx0:mx1, None])
+    copy_where(out[my0:my1, mx0:mx1], new, m[my0:my1, mx0:mx1])
     return _restore_shape(out, was_2d)
 
 
@@ -1355,8 +1381,8 @@ def cap_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring:
     nb = len(sigmas)
     e_vals = _band_values(edit, inner, sigmas).reshape(-1, nb, c)
     o_vals = _band_values(orig, rg, sigmas).reshape(-1, nb, c)
-    p_in = (e_vals.astype(np.float64) ** 2).mean(axis=(0, 2))
-    p_ring = (o_vals.astype(np.float64) ** 2).mean(axis=(0, 2))
+    p_in = _mean_products(e_vals, e_vals)
+    p_ring = _mean_products(o_vals, o_vals)
     scale = np.sqrt(np.minimum(1.0, limit * p_ring / np.maximum(p_in, 1e-20)))
     if np.all(scale > 0.99):
         return _restore_shape(out, was_2d)
@@ -1367,7 +1393,7 @@ def cap_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring:
         if g < 0.999:
             corr += np.float32(g - 1.0) * layer
     new = np.clip(sub + corr, 0.0, 1.0)
-    np.copyto(out[y0:y1, x0:x1], new, where=m[y0:y1, x0:x1, None])
+    copy_where(out[y0:y1, x0:x1], new, m[y0:y1, x0:x1])
     return _restore_shape(out, was_2d)
 
 
@@ -1419,12 +1445,12 @@ def transfer_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, 
         diff = diff[:, :, None]
     # the high-pass of pixels outside the mask from pixels outside the mask only (normalised convolution,
     # Knutsson & Westin 1993): what lies under the mask (an object being removed) never leaks back out
-    diff *= outside[:, :, None]
+    scale_pixels(diff, outside)
     den = _gauss_coarse(outside[:, :, None], sigma)
     low = _gauss_coarse(diff, sigma)
-    low /= np.maximum(den, np.float32(1e-6))
+    divide_pixels(low, np.maximum(den, np.float32(1e-6)))
     new = diff - low
-    new *= ramp
+    scale_pixels(new, ramp)
     new += edit
     np.clip(new, 0.0, 1.0, out=new)
     return _restore_shape(new, was_2d)
@@ -1479,5 +1505,5 @@ def restore_detail(edited: np.ndarray, original_hi: np.ndarray, mask: np.ndarray
     base = _gauss(edit[y0:y1, x0:x1], sigma) if replace else edit[y0:y1, x0:x1]
     new = base + hi[y0:y1, x0:x1]
     np.clip(new, 0.0, 1.0, out=new)
-    np.copyto(out[y0:y1, x0:x1], new, where=m[y0:y1, x0:x1, None])
+    copy_where(out[y0:y1, x0:x1], new, m[y0:y1, x0:x1])
     return _restore_shape(out, was_2d)

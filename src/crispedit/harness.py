@@ -13,7 +13,9 @@ farther than the band from the mask is copied from the input, bit for bit."""
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import cv2
@@ -22,11 +24,12 @@ from PIL import Image
 
 from crispedit import compositing
 from crispedit import options as options_mod
+from crispedit.arrays import copy_where
 from crispedit.engines.base import Engine, get_engine, option_names
 from crispedit.errors import InputError
 from crispedit.geometry import Box, mask_bbox, pixel_tiles
 from crispedit.io import ImageData, from_float, load_image, to_float, to_pil
-from crispedit.mask import grow, load_mask_weights
+from crispedit.mask import check_mask_size, grow, read_mask_weights
 from crispedit.membrane import seam_correct
 from crispedit.regions import MaskPlan, Region, part_clusters, plan_mask
 
@@ -100,12 +103,13 @@ def edit(image: Any, mask: Any = None, prompt: str | None = None, engine: str | 
                          "regenerated and refined at refine_strength)")
     progress: Progress | None = opts.progress
     max_pixels = options_mod.DEFAULT_MAX_PIXELS if opts.max_pixels is None else opts.max_pixels
-    data = image if isinstance(image, ImageData) else load_image(image, max_pixels=max_pixels)
+    data, mask_read = _load_inputs(image, mask, max_pixels)
     t = timer.add("decode", t0) if not isinstance(image, ImageData) else t0
     size = (data.width, data.height)
     m = soft = reading = None
     if mask is not None:
-        weights, reading = load_mask_weights(mask, size)
+        weights, reading = mask_read if mask_read is not None else read_mask_weights(mask)
+        check_mask_size(weights, size)
         m = weights > 0
         soft = weights if reading.kind == "soft" else None
         del weights
@@ -134,6 +138,21 @@ def edit(image: Any, mask: Any = None, prompt: str | None = None, engine: str | 
     info["engine_calls"] = info.get("engine_calls", [])
     info["timings"] = {k: round(v, 4) for k, v in timer.t.items()}
     return EditResult(image=to_pil(data, out), array=out, info=info, source=data)
+
+
+def _load_inputs(image: Any, mask: Any, max_pixels: int) -> tuple[ImageData, tuple[np.ndarray, Any] | None]:
+    """Decode ``image`` and, when ``mask`` is a file, read it at the same time (a second thread: Pillow's decoders
+    and NumPy/OpenCV release the GIL, so the two overlap); returns the image and the mask's
+    :func:`crispedit.mask.read_mask_weights`, or None when there is no mask file. The results are those of
+    reading one after the other, and so is the order of errors: the image's first."""
+    if isinstance(image, ImageData):
+        return image, None
+    if not isinstance(mask, (str, Path)):
+        return load_image(image, max_pixels=max_pixels), None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="crispedit-mask") as pool:
+        job = pool.submit(read_mask_weights, mask)
+        data = load_image(image, max_pixels=max_pixels)  # an error here waits for the job, then propagates
+        return data, job.result()
 
 
 def _whole_image(data: ImageData, eng: Engine, prompt: str | None, seed: int | None, hopts: dict, info: dict,
@@ -187,7 +206,7 @@ def _assemble(original: np.ndarray, colour: np.ndarray, keep: np.ndarray | None)
     if keep is None:
         out[..., :nc] = new
     else:
-        np.copyto(out[..., :nc], new, where=~keep[..., None])
+        copy_where(out[..., :nc], new, ~keep)
     return out
 
 
@@ -225,7 +244,8 @@ def _call(eng: Engine, rgb: np.ndarray, mask: np.ndarray, prompt: str | None, se
     t = time.perf_counter()
     res = eng.inpaint(Image.fromarray(rgb), Image.fromarray(mask.astype(np.uint8) * 255), prompt,
                       seed=seed, strength=strength, region=region)
-    res = res.convert("RGB")
+    if res.mode != "RGB":  # (convert copies even when the mode is already RGB)
+        res = res.convert("RGB")
     if res.size != (rgb.shape[1], rgb.shape[0]):
         raise RuntimeError(f"engine returned {res.size}, expected {(rgb.shape[1], rgb.shape[0])}")
     dt = time.perf_counter() - t

@@ -84,7 +84,8 @@ def _read_array(src: Any) -> tuple[np.ndarray, bool]:
                 im.load()
                 from PIL import ImageOps
 
-                return _pil_array(ImageOps.exif_transpose(im)), True
+                ImageOps.exif_transpose(im, in_place=True)  # (not a copy when there is nothing to turn)
+                return _pil_array(im), True
         except (OSError, SyntaxError, ValueError) as exc:
             raise InputError(f"cannot read mask {path}: {exc}", "save the mask as a PNG, white = edit") from None
     if isinstance(src, Image.Image):
@@ -101,11 +102,17 @@ def _pil_array(im: Image.Image) -> np.ndarray:
     return np.asarray(im.convert("L"))
 
 
+#: ``level / 255`` as float32 for every 8-bit level (what ``a.astype(np.float32) / 255.0`` gives).
+_U8_UNIT = np.arange(256, dtype=np.float32) / np.float32(255.0)
+
+
 def _unit(a: np.ndarray) -> np.ndarray:
     """Levels of any dtype as float32 in [0, 1] (uint8 / 255, uint16 / 65535, 32-bit ints by their peak)."""
     if a.dtype == bool:
         return a.astype(np.float32)
     if a.dtype == np.uint8:
+        if a.ndim == 2 and a.size:  # a table lookup: the same float32 quotients, without a float pass over the image
+            return cv2.LUT(np.ascontiguousarray(a), _U8_UNIT)
         return a.astype(np.float32) / 255.0
     if a.dtype == np.uint16:
         return a.astype(np.float32) / 65535.0
@@ -255,14 +262,30 @@ def load_mask_weights(src: Any, size: tuple[int, int]) -> tuple[np.ndarray, Mask
     InputError
         the file is missing or unreadable, or the mask is not ``size``.
     """
+    w, reading = read_mask_weights(src)
+    check_mask_size(w, size)
+    return w, reading
+
+
+def read_mask_weights(src: Any) -> tuple[np.ndarray, MaskReading]:
+    """:func:`load_mask_weights` without the size check (for reading a mask before the image's size is known).
+
+    Raises
+    ------
+    InputError
+        the file is missing or unreadable.
+    """
     arr, from_image = _read_array(src)
-    w, reading = _weights(arr, from_image=from_image)
-    if w.shape[::-1] != tuple(size):
+    return _weights(arr, from_image=from_image)
+
+
+def check_mask_size(weights: np.ndarray, size: tuple[int, int]) -> None:
+    """Raise ``InputError`` unless ``weights`` (H, W) is an image of ``size`` = (width, height)."""
+    if weights.shape[::-1] != tuple(size):
         raise InputError(
-            f"mask is {w.shape[1]}x{w.shape[0]} but the image is {size[0]}x{size[1]}",
+            f"mask is {weights.shape[1]}x{weights.shape[0]} but the image is {size[0]}x{size[1]}",
             "make the mask the same size as the image (after EXIF rotation)",
         )
-    return w, reading
 
 
 def load_mask(src: Any, size: tuple[int, int]) -> np.ndarray:

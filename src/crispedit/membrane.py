@@ -17,6 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
+from crispedit.arrays import add_where, times_pixels
 from crispedit.geometry import mask_bbox
 
 __all__ = ["membrane_solve", "neumann_laplacian", "seam_correct"]
@@ -169,7 +170,7 @@ def seam_correct(edited: np.ndarray, original: np.ndarray, region: np.ndarray, *
     def local_mean(img: np.ndarray, sel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         sel_d = down(sel)[..., 0]
         wsum = cv2.GaussianBlur(sel_d, (0, 0), s_low)
-        vsum = cv2.GaussianBlur(down(img * sel[..., None]), (0, 0), s_low).reshape(lh, lw, -1)
+        vsum = cv2.GaussianBlur(down(times_pixels(img, sel)), (0, 0), s_low).reshape(lh, lw, -1)
         return vsum / np.maximum(wsum, 1e-6)[..., None], sel_d
 
     mo, _ = local_mean(o, outer)
@@ -182,5 +183,5 @@ def seam_correct(edited: np.ndarray, original: np.ndarray, region: np.ndarray, *
     corr = membrane_solve(values, rim_d | (region_d < 0.5), screening=screening)
     corr = cv2.resize(corr, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
     out = edited.copy()
-    np.add(e, corr, out=out[box], where=r.astype(bool)[..., None])
+    add_where(out[box], corr.astype(out.dtype, copy=False), r.astype(bool))  # out[box] is e
     return out

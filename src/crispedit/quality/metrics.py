@@ -86,9 +86,11 @@ def as_float(arr: np.ndarray) -> np.ndarray:
     (2, 2, 1)
     """
     scale = _scale_of(arr)
-    out = np.asarray(arr, dtype=np.float32)
-    if scale != 1.0:
-        out = out * np.float32(1.0 / scale)
+    if scale != 1.0:  # an integer image: one float32 copy, scaled in place (the same values as ``a * s``)
+        out = arr.astype(np.float32)
+        out *= np.float32(1.0 / scale)
+    else:
+        out = np.asarray(arr, dtype=np.float32)
     if out.ndim == 2:
         out = out[:, :, None]
     return out
@@ -311,13 +313,17 @@ def _depth_inside(mask: np.ndarray) -> np.ndarray:
     t = _DEPTH_TILE
     halo = int(math.ceil(1.1 * _inradius_upper(mask, bb))) + 3
     nty, ntx = -(-h // t), -(-w // t)
-    occ = np.zeros((nty * t, ntx * t), bool)
-    occ[:h, :w] = mask
-    occ = occ.reshape(nty, t, ntx, t).any(axis=(1, 3))
-    tiles = np.argwhere(occ)
+    # which tiles hold mask pixels: OR over each band of t rows (a contiguous reduction), then over t columns
+    full = h // t
+    rows = np.zeros((nty, ntx * t), bool)
+    if full:
+        np.logical_or.reduce(mask[: full * t].reshape(full, t, w), axis=1, out=rows[:full, :w])
+    if h > full * t:
+        np.logical_or.reduce(mask[full * t :], axis=0, out=rows[full, :w])
+    tiles = np.argwhere(rows.reshape(nty, ntx, t).any(axis=2))
     if len(tiles) * (t + 2 * halo) ** 2 >= h * w:
         return cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
-    m8 = mask.astype(np.uint8)
+    m8 = mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8)  # bool as 0/1 bytes: no copy
     for r, c in tiles:
         y0, x0 = r * t, c * t
         y1, x1 = min(h, y0 + t), min(w, x0 + t)
@@ -448,7 +454,12 @@ def grey_float(a: np.ndarray) -> np.ndarray:
         g = cv2.cvtColor(np.ascontiguousarray(a[:, :, :3]), cv2.COLOR_RGB2GRAY)
     else:
         g = a if a.ndim == 2 else a[:, :, 0]
-    return np.asarray(g, np.float32) * np.float32(1.0 / _scale_of(a))
+    scale = _scale_of(a)
+    if scale == 1.0:
+        return np.asarray(g, np.float32) * np.float32(1.0)
+    out = g.astype(np.float32)  # an integer image: one float32 copy, scaled in place (the same values as ``g * s``)
+    out *= np.float32(1.0 / scale)
+    return out
 
 
 def inner_and_ring(mask: np.ndarray, band: int, ring_offset: int, ring_width: int, *,
@@ -834,7 +845,8 @@ class _Pyramid:
                     g = cv2.cvtColor(np.ascontiguousarray(img[:, :, :3]), cv2.COLOR_RGB2GRAY)
                 else:
                     g = np.ascontiguousarray(img[:, :, 0])
-                g = g.astype(np.float32) * np.float32(100.0 / _scale_of(img))
+                g = g.astype(np.float32)
+                g *= np.float32(100.0 / _scale_of(img))  # in place: the same values as ``g * s``, one copy less
                 lab = cv2.GaussianBlur(g, (0, 0), 1.0, borderType=cv2.BORDER_REFLECT)[:, :, None]
                 qx = 1.0
             else:
@@ -1416,14 +1428,19 @@ def _run3_median(x: np.ndarray) -> np.ndarray:
 def _deep_region(mask: np.ndarray, depth: float) -> np.ndarray:
     """``mask`` eroded by ``depth`` px (distance on a 4x smaller copy, where a block counts when wholly inside),
     thinned to about 30 000 px; the whole mask (thinned) when that leaves under 5% of it or 400 px."""
-    m = mask.astype(np.uint8)
+    m = mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8)
     k = 4 if min(m.shape) >= 64 else 1
     small = m if k == 1 else cv2.resize(m * 255, (m.shape[1] // k, m.shape[0] // k), interpolation=cv2.INTER_AREA)
     dsmall = cv2.distanceTransform(np.pad((small >= (255 if k > 1 else 1)).astype(np.uint8), 1), cv2.DIST_L2, 3)
     deep_s = dsmall[1:-1, 1:-1] * k > depth
     deep = np.zeros(m.shape, bool)
-    deep[: deep_s.shape[0] * k, : deep_s.shape[1] * k] = np.repeat(np.repeat(deep_s, k, 0), k, 1)
-    deep &= mask.astype(bool)
+    ys, xs = np.nonzero(deep_s)
+    if ys.size:  # each deep block back to k x k px, on the deep blocks' bounding box only
+        y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+        blocks = np.broadcast_to(deep_s[y0:y1, None, x0:x1, None], (y1 - y0, k, x1 - x0, k))
+        box = (slice(y0 * k, y1 * k), slice(x0 * k, x1 * k))
+        deep[box] = blocks.reshape((y1 - y0) * k, (x1 - x0) * k)
+        deep[box] &= mask[box].astype(bool)
     region = deep if np.count_nonzero(deep) >= max(400, 0.05 * np.count_nonzero(m)) else mask.astype(bool)
     return _subsample(region, 30_000)
 

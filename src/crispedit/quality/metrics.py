@@ -302,14 +302,26 @@ _DEPTH_TILE = 64
 def _depth_inside(mask: np.ndarray) -> np.ndarray:
     """Distance (px, float32) of each True pixel of ``mask`` to the nearest False pixel, the image's edge counting
     as False: ``cv2.distanceTransform(np.pad(mask, 1), DIST_L2, 5)[1:-1, 1:-1]``, computed only on the
-    ``_DEPTH_TILE`` px tiles that hold mask pixels, each with a halo wider than the mask's largest inradius
-    (:func:`_inradius_upper`), so a mask of scattered spots over a large crop costs its spots' tiles (integer
-    thresholds on it are those of the whole map; see :func:`dist_outside_cached`)."""
+    ``_DEPTH_TILE`` px tiles that hold mask pixels (:func:`_depth_patches`; integer thresholds on it are those of
+    the whole map; see :func:`dist_outside_cached`)."""
+    patches = _depth_patches(mask)
+    if len(patches) == 1 and patches[0][2].shape == mask.shape:
+        return patches[0][2]
+    out = np.zeros(mask.shape, np.float32)
+    for y0, x0, d in patches:
+        out[y0 : y0 + d.shape[0], x0 : x0 + d.shape[1]] = d
+    return out
+
+
+def _depth_patches(mask: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+    """:func:`_depth_inside` as patches (y0, x0, float32 map) that cover every True pixel of ``mask`` (0 elsewhere):
+    one patch per ``_DEPTH_TILE`` px tile that holds mask pixels, each computed with a halo wider than the mask's
+    largest inradius (:func:`_inradius_upper`), so a mask of scattered spots over a large crop costs its spots'
+    tiles; or one patch, the whole map, when the tiles would cost more. Empty for an empty mask."""
     h, w = mask.shape
     bb = mask_bbox(mask)
-    out = np.zeros((h, w), np.float32)
     if bb is None:
-        return out
+        return []
     t = _DEPTH_TILE
     halo = int(math.ceil(1.1 * _inradius_upper(mask, bb))) + 3
     nty, ntx = -(-h // t), -(-w // t)
@@ -322,17 +334,18 @@ def _depth_inside(mask: np.ndarray) -> np.ndarray:
         np.logical_or.reduce(mask[full * t :], axis=0, out=rows[full, :w])
     tiles = np.argwhere(rows.reshape(nty, ntx, t).any(axis=2))
     if len(tiles) * (t + 2 * halo) ** 2 >= h * w:
-        return cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+        return [(0, 0, cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1])]
     m8 = mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8)  # bool as 0/1 bytes: no copy
+    out = []
     for r, c in tiles:
-        y0, x0 = r * t, c * t
+        y0, x0 = int(r) * t, int(c) * t
         y1, x1 = min(h, y0 + t), min(w, x0 + t)
         sy0, sx0, sy1, sx1 = max(0, y0 - halo), max(0, x0 - halo), min(h, y1 + halo), min(w, x1 + halo)
         # the image's edge counts as outside (a one-pixel False border), a tile's own edge does not
         py0, px0, py1, px1 = int(sy0 == 0), int(sx0 == 0), int(sy1 == h), int(sx1 == w)
         sub = cv2.copyMakeBorder(m8[sy0:sy1, sx0:sx1], py0, py1, px0, px1, cv2.BORDER_CONSTANT, value=0)
         d = cv2.distanceTransform(sub, cv2.DIST_L2, 5)
-        out[y0:y1, x0:x1] = d[y0 - sy0 + py0 : y1 - sy0 + py0, x0 - sx0 + px0 : x1 - sx0 + px0]
+        out.append((y0, x0, d[y0 - sy0 + py0 : y1 - sy0 + py0, x0 - sx0 + px0 : x1 - sx0 + px0]))
     return out
 
 
@@ -468,12 +481,13 @@ def inner_and_ring(mask: np.ndarray, band: int, ring_offset: int, ring_width: in
     starting ``ring_offset`` px outside the mask. Both bool, same shape as ``mask`` (give a crop). ``dist``: the
     distance to ``mask`` on this crop when the caller has it (:func:`dist_outside_cached`)."""
     area = int(np.count_nonzero(mask))
-    depth = _depth_inside(mask)
+    patches = _depth_patches(mask)  # the depth map on the tiles that hold the mask (``depth > e`` is 0 elsewhere)
     inner = mask
     for e in (band, band // 2, band // 4, 2):
-        cand = depth > e
-        if np.count_nonzero(cand) >= max(400, 0.05 * area):
-            inner = cand
+        if sum(int(np.count_nonzero(d > e)) for _, _, d in patches) >= max(400, 0.05 * area):
+            inner = np.zeros(mask.shape, bool)
+            for y0, x0, d in patches:
+                np.greater(d, e, out=inner[y0 : y0 + d.shape[0], x0 : x0 + d.shape[1]])
             break
     if dist is None:
         dist = _dist_outside(mask)
@@ -717,16 +731,19 @@ def _sample(img: np.ndarray, xy: np.ndarray, q: float) -> np.ndarray:
 
 
 _LP_TILE = 48
+_LP_CELL = 16  # the squares whose 8-connected groups make one cluster of points (:func:`_filtered_at`)
 
 
 def _filtered_at(img: np.ndarray, fn: Any, halo: int, xy: np.ndarray, *, tile: int = _LP_TILE, q: int = 1
                  ) -> np.ndarray:
     """Bilinear samples at full-image positions ``xy`` (N, 2: x, y) of ``fn(img)``, where ``fn`` is a local filter
     (reaching at most ``halo`` px, with reflected borders, returning H x W [x C] float32 -- or, with ``q > 1``, an
-    image ``q`` times smaller: tiles are then cut at multiples of ``q``), computed only on the ``tile``-px tiles
-    that hold points (plus the halo) -- or, when that would cost more, on the points' bounding box plus the halo.
-    The same values as ``fn`` on the whole image, up to float rounding, at a cost that follows the points, not the
-    image: a mask of scattered dust spots no longer costs whole-image filters. Returns (N, C) float32."""
+    image ``q`` times smaller: boxes are then cut at multiples of ``q``), computed only around the points: on their
+    bounding box plus the halo when that is compact, else per cluster of points (the 8-connected groups of
+    ``_LP_CELL`` px squares that hold points: a dust spot's samples) on the cluster's box, or, where that box would
+    cost more, on the ``tile``-px tiles that hold its points. The same values as ``fn`` on the whole image (a local
+    filter's value, away from a box's edge, does not depend on the box), at a cost that follows the points, not
+    the image: a mask of scattered dust spots no longer costs whole-image filters. Returns (N, C) float32."""
     h, w = img.shape[:2]
     halo = -(-halo // q) * q
     tile = -(-tile // q) * q
@@ -739,32 +756,64 @@ def _filtered_at(img: np.ndarray, fn: Any, halo: int, xy: np.ndarray, *, tile: i
     tx = np.clip(np.floor(xy[:, 0]).astype(np.int64) // tile, 0, ntx - 1)
     ty = np.clip(np.floor(xy[:, 1]).astype(np.int64) // tile, 0, (h - 1) // tile)
     key = ty * ntx + tx
-    order = np.argsort(key, kind="stable")
-    ks = key[order]
-    cuts = np.flatnonzero(np.diff(ks)) + 1
-    # a compact set of points (a large region's contour band): one filter over their box costs less than tiles
-    bx0 = max(0, (int(np.floor(xy[:, 0].min())) - halo) // q * q)
-    by0 = max(0, (int(np.floor(xy[:, 1].min())) - halo) // q * q)
-    bx1, by1 = min(w, int(np.ceil(xy[:, 0].max())) + 2 + halo), min(h, int(np.ceil(xy[:, 1].max())) + 2 + halo)
-    if (len(cuts) + 1) * (tile + 2 * halo + 1) ** 2 >= (bx1 - bx0) * (by1 - by0):
-        bx1, by1 = bx1 - (bx1 - bx0) % q, by1 - (by1 - by0) % q
-        sub = fn(img[by0:by1, bx0:bx1])
-        return _sample(sub if sub.ndim == 3 else sub[:, :, None], xy - np.array([bx0, by0], np.float32), float(q))
-    out: np.ndarray | None = None
-    for a, b in zip(np.r_[0, cuts], np.r_[cuts, n]):
-        idx = order[a:b]
-        cy, cx = divmod(int(ks[a]), ntx)
-        x0, y0 = max(0, cx * tile - halo), max(0, cy * tile - halo)
-        x1, y1 = min(w, (cx + 1) * tile + 1 + halo), min(h, (cy + 1) * tile + 1 + halo)
-        if q > 1:
-            x1, y1 = x1 - (x1 - x0) % q, y1 - (y1 - y0) % q
+    tile_cost = (tile + 2 * halo + 1) ** 2
+
+    def box_of(pts: np.ndarray) -> tuple[int, int, int, int]:
+        bx0 = max(0, (int(np.floor(pts[:, 0].min())) - halo) // q * q)
+        by0 = max(0, (int(np.floor(pts[:, 1].min())) - halo) // q * q)
+        return bx0, by0, min(w, int(np.ceil(pts[:, 0].max())) + 2 + halo), min(h, int(np.ceil(pts[:, 1].max())) + 2 + halo)
+
+    def on_box(pts: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+        x0, y0, x1, y1 = box
+        x1, y1 = x1 - (x1 - x0) % q, y1 - (y1 - y0) % q  # whole q x q blocks
         sub = fn(img[y0:y1, x0:x1])
-        if sub.ndim == 2:
-            sub = sub[:, :, None]
-        v = _sample(sub, xy[idx] - np.array([x0, y0], np.float32), float(q))
+        return _sample(sub if sub.ndim == 3 else sub[:, :, None], pts - np.array([x0, y0], np.float32), float(q))
+
+    # a compact set of points (a large region's contour band): one filter over their box costs less than tiles
+    box = box_of(xy)
+    if len(np.unique(key)) * tile_cost >= (box[2] - box[0]) * (box[3] - box[1]):
+        return on_box(xy, box)
+    out: np.ndarray | None = None
+
+    def put(idx: np.ndarray, v: np.ndarray) -> None:
+        nonlocal out
         if out is None:
             out = np.empty((n, v.shape[1]), np.float32)
         out[idx] = v
+
+    # clusters of points (a dust spot's samples): one box each where that costs less than the cluster's tiles
+    cell = _LP_CELL
+    ncx, ncy = (w - 1) // cell + 1, (h - 1) // cell + 1
+    cx = np.clip(np.floor(xy[:, 0]).astype(np.int64) // cell, 0, ncx - 1)
+    cy = np.clip(np.floor(xy[:, 1]).astype(np.int64) // cell, 0, ncy - 1)
+    grid = np.zeros((ncy, ncx), np.uint8)
+    grid[cy, cx] = 1
+    ncl, labels = cv2.connectedComponents(grid, connectivity=8, ltype=cv2.CV_32S)
+    cid = labels[cy, cx] - 1
+    # each cluster's tiles (the cost of tiling it)
+    pairs = np.unique(cid * (int(key.max()) + 1) + key)
+    tiles_of = np.bincount(pairs // (int(key.max()) + 1), minlength=ncl - 1)
+    order = np.argsort(cid, kind="stable")
+    cuts = np.flatnonzero(np.diff(cid[order])) + 1
+    tiled: list[np.ndarray] = []
+    for a, b in zip(np.r_[0, cuts], np.r_[cuts, n]):
+        idx = order[a:b]
+        cbox = box_of(xy[idx])
+        if (cbox[2] - cbox[0]) * (cbox[3] - cbox[1]) <= tiles_of[cid[idx[0]]] * tile_cost:
+            put(idx, on_box(xy[idx], cbox))
+        else:
+            tiled.append(idx)
+    if tiled:
+        rest = np.concatenate(tiled)
+        order = rest[np.argsort(key[rest], kind="stable")]
+        ks = key[order]
+        cuts = np.flatnonzero(np.diff(ks)) + 1
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(order)]):
+            idx = order[a:b]
+            ty_, tx_ = divmod(int(ks[a]), ntx)
+            x0, y0 = max(0, tx_ * tile - halo), max(0, ty_ * tile - halo)
+            x1, y1 = min(w, (tx_ + 1) * tile + 1 + halo), min(h, (ty_ + 1) * tile + 1 + halo)
+            put(idx, on_box(xy[idx], (x0, y0, x1, y1)))
     return out if out is not None else np.zeros((0, 1), np.float32)
 
 
@@ -1435,8 +1484,12 @@ def _deep_region(mask: np.ndarray, depth: float) -> np.ndarray:
     deep_s = dsmall[1:-1, 1:-1] * k > depth
     deep = np.zeros(m.shape, bool)
     ys, xs = np.nonzero(deep_s)
-    if ys.size:  # each deep block back to k x k px, on the deep blocks' bounding box only
-        y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    y0, y1, x0, x1 = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1) if ys.size else (0,) * 4
+    if ys.size * 4 < (y1 - y0) * (x1 - x0):  # scattered deep blocks: each back to k x k px, at its own pixels
+        oy, ox = np.divmod(np.arange(k * k), k)
+        py, px = (ys[:, None] * k + oy).ravel(), (xs[:, None] * k + ox).ravel()
+        deep[py, px] = mask[py, px]
+    elif ys.size:  # on the deep blocks' bounding box
         blocks = np.broadcast_to(deep_s[y0:y1, None, x0:x1, None], (y1 - y0, k, x1 - x0, k))
         box = (slice(y0 * k, y1 * k), slice(x0 * k, x1 * k))
         deep[box] = blocks.reshape((y1 - y0) * k, (x1 - x0) * k)

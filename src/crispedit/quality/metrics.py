@@ -678,26 +678,16 @@ _GRAD_HALO = 16  # > the Gaussian's radius (12 px at sigma 3) + the Sobel's (1 p
 def _mask_gradient_at(m8: np.ndarray, xi: np.ndarray, yi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sobel gradient (x, y) of the mask blurred by a Gaussian of sigma 3 px, at pixels (``xi``, ``yi``).
 
-    The same values as blurring and differentiating the whole crop, computed only on the tiles of
-    ``_GRAD_TILE`` px that hold a point (each with a ``_GRAD_HALO`` px halo, clipped at the crop's edges, where
-    the border rule is the whole crop's): a mask of scattered spots over a large crop costs its spots' tiles."""
+    The same values as blurring and differentiating the whole crop, computed only on boxes around the points
+    (:func:`_point_boxes`: per cluster of points or per ``_GRAD_TILE`` px tile, with a ``_GRAD_HALO`` px halo,
+    clipped at the crop's edges, where the border rule is the whole crop's): a mask of scattered spots over a large
+    crop costs its spots' boxes."""
     h, w = m8.shape
-    ty, tx = yi // _GRAD_TILE, xi // _GRAD_TILE
-    ntx = -(-w // _GRAD_TILE)
-    if len(np.unique(ty * ntx + tx)) * (_GRAD_TILE + 2 * _GRAD_HALO) ** 2 >= h * w:  # dense: the whole crop
-        blur = cv2.GaussianBlur(m8.astype(np.float32), (0, 0), 3.0)
-        return (cv2.Sobel(blur, cv2.CV_32F, 1, 0, ksize=3)[yi, xi], cv2.Sobel(blur, cv2.CV_32F, 0, 1, ksize=3)[yi, xi])
     gx = np.zeros(len(xi), np.float32)
     gy = np.zeros(len(xi), np.float32)
-    key = ty * ntx + tx
-    order = np.argsort(key, kind="stable")
-    uniq, first = np.unique(key[order], return_index=True)
-    bounds = np.append(first, len(order))
-    for k, t in enumerate(uniq):
-        idx = order[bounds[k] : bounds[k + 1]]
-        r, c = divmod(int(t), ntx)
-        y0, x0 = max(0, r * _GRAD_TILE - _GRAD_HALO), max(0, c * _GRAD_TILE - _GRAD_HALO)
-        y1, x1 = min(h, (r + 1) * _GRAD_TILE + _GRAD_HALO), min(w, (c + 1) * _GRAD_TILE + _GRAD_HALO)
+    if len(xi) == 0:
+        return gx, gy
+    for idx, (x0, y0, x1, y1) in _point_boxes(np.stack([xi, yi], 1), w, h, _GRAD_HALO, _GRAD_TILE):
         blur = cv2.GaussianBlur(m8[y0:y1, x0:x1].astype(np.float32), (0, 0), 3.0)
         py, px = yi[idx] - y0, xi[idx] - x0
         gx[idx] = cv2.Sobel(blur, cv2.CV_32F, 1, 0, ksize=3)[py, px]
@@ -734,73 +724,54 @@ _LP_TILE = 48
 _LP_CELL = 16  # the squares whose 8-connected groups make one cluster of points (:func:`_filtered_at`)
 
 
-def _filtered_at(img: np.ndarray, fn: Any, halo: int, xy: np.ndarray, *, tile: int = _LP_TILE, q: int = 1
-                 ) -> np.ndarray:
-    """Bilinear samples at full-image positions ``xy`` (N, 2: x, y) of ``fn(img)``, where ``fn`` is a local filter
-    (reaching at most ``halo`` px, with reflected borders, returning H x W [x C] float32 -- or, with ``q > 1``, an
-    image ``q`` times smaller: boxes are then cut at multiples of ``q``), computed only around the points: on their
-    bounding box plus the halo when that is compact, else per cluster of points (the 8-connected groups of
-    ``_LP_CELL`` px squares that hold points: a dust spot's samples) on the cluster's box, or, where that box would
-    cost more, on the ``tile``-px tiles that hold its points. The same values as ``fn`` on the whole image (a local
-    filter's value, away from a box's edge, does not depend on the box), at a cost that follows the points, not
-    the image: a mask of scattered dust spots no longer costs whole-image filters. Returns (N, C) float32."""
-    h, w = img.shape[:2]
-    halo = -(-halo // q) * q
-    tile = -(-tile // q) * q
-    if q > 1:
-        h, w = h - h % q, w - w % q
+def _point_boxes(xy: np.ndarray, w: int, h: int, halo: int, tile: int, q: int = 1
+                 ) -> list[tuple[np.ndarray, tuple[int, int, int, int]]]:
+    """Boxes (x0, y0, x1, y1) on a ``w`` x ``h`` image around the points ``xy`` (N, 2: x, y; float or int) with a
+    ``halo`` px margin, each with the indices of the points it serves: one box around all points when that costs
+    no more than tiling them, else one per cluster of points (the 8-connected groups of ``_LP_CELL`` px squares
+    that hold points: a dust spot's samples) or, where a cluster's box would cost more than its tiles, one per
+    ``tile``-px tile that holds points (tile plus halo). Box corners are at multiples of ``q``. Every point lies at
+    least ``halo`` px inside its box, except where the box meets the image's edge."""
     n = len(xy)
-    if n == 0:
-        return np.zeros((0, 1), np.float32)
     ntx = (w - 1) // tile + 1
-    tx = np.clip(np.floor(xy[:, 0]).astype(np.int64) // tile, 0, ntx - 1)
-    ty = np.clip(np.floor(xy[:, 1]).astype(np.int64) // tile, 0, (h - 1) // tile)
-    key = ty * ntx + tx
+    fx, fy = np.floor(xy[:, 0]).astype(np.int64), np.floor(xy[:, 1]).astype(np.int64)
+    key = np.clip(fy // tile, 0, (h - 1) // tile) * ntx + np.clip(fx // tile, 0, ntx - 1)
     tile_cost = (tile + 2 * halo + 1) ** 2
 
-    def box_of(pts: np.ndarray) -> tuple[int, int, int, int]:
-        bx0 = max(0, (int(np.floor(pts[:, 0].min())) - halo) // q * q)
-        by0 = max(0, (int(np.floor(pts[:, 1].min())) - halo) // q * q)
-        return bx0, by0, min(w, int(np.ceil(pts[:, 0].max())) + 2 + halo), min(h, int(np.ceil(pts[:, 1].max())) + 2 + halo)
+    def box_of(idx: np.ndarray | slice) -> tuple[int, int, int, int]:
+        x, y = fx[idx], fy[idx]
+        return (max(0, (int(x.min()) - halo) // q * q), max(0, (int(y.min()) - halo) // q * q),
+                min(w, int(np.ceil(xy[idx, 0].max())) + 2 + halo), min(h, int(np.ceil(xy[idx, 1].max())) + 2 + halo))
 
-    def on_box(pts: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
-        x0, y0, x1, y1 = box
-        x1, y1 = x1 - (x1 - x0) % q, y1 - (y1 - y0) % q  # whole q x q blocks
-        sub = fn(img[y0:y1, x0:x1])
-        return _sample(sub if sub.ndim == 3 else sub[:, :, None], pts - np.array([x0, y0], np.float32), float(q))
+    def area(b: tuple[int, int, int, int]) -> int:
+        return (b[2] - b[0]) * (b[3] - b[1])
 
-    # a compact set of points (a large region's contour band): one filter over their box costs less than tiles
-    box = box_of(xy)
-    if len(np.unique(key)) * tile_cost >= (box[2] - box[0]) * (box[3] - box[1]):
-        return on_box(xy, box)
-    out: np.ndarray | None = None
-
-    def put(idx: np.ndarray, v: np.ndarray) -> None:
-        nonlocal out
-        if out is None:
-            out = np.empty((n, v.shape[1]), np.float32)
-        out[idx] = v
-
-    # clusters of points (a dust spot's samples): one box each where that costs less than the cluster's tiles
+    # a compact set of points (a large region's contour band): one box costs less than tiles
+    box = box_of(slice(None))
+    n_tiles = len(np.unique(key))
+    if n_tiles * tile_cost >= area(box):
+        return [(np.arange(n), box)]
+    out = []
     cell = _LP_CELL
     ncx, ncy = (w - 1) // cell + 1, (h - 1) // cell + 1
-    cx = np.clip(np.floor(xy[:, 0]).astype(np.int64) // cell, 0, ncx - 1)
-    cy = np.clip(np.floor(xy[:, 1]).astype(np.int64) // cell, 0, ncy - 1)
+    cx, cy = np.clip(fx // cell, 0, ncx - 1), np.clip(fy // cell, 0, ncy - 1)
     grid = np.zeros((ncy, ncx), np.uint8)
     grid[cy, cx] = 1
     ncl, labels = cv2.connectedComponents(grid, connectivity=8, ltype=cv2.CV_32S)
-    cid = labels[cy, cx] - 1
+    cid = (labels[cy, cx] - 1).astype(np.int64)
+    if ncl - 1 > n_tiles:  # more clusters than tiles (many tiny spots): tiles, several spots a call
+        cid[:] = 0
     # each cluster's tiles (the cost of tiling it)
-    pairs = np.unique(cid * (int(key.max()) + 1) + key)
-    tiles_of = np.bincount(pairs // (int(key.max()) + 1), minlength=ncl - 1)
+    kmax = int(key.max()) + 1
+    tiles_of = np.bincount(np.unique(cid * kmax + key) // kmax, minlength=max(1, ncl - 1))
     order = np.argsort(cid, kind="stable")
     cuts = np.flatnonzero(np.diff(cid[order])) + 1
     tiled: list[np.ndarray] = []
     for a, b in zip(np.r_[0, cuts], np.r_[cuts, n]):
         idx = order[a:b]
-        cbox = box_of(xy[idx])
-        if (cbox[2] - cbox[0]) * (cbox[3] - cbox[1]) <= tiles_of[cid[idx[0]]] * tile_cost:
-            put(idx, on_box(xy[idx], cbox))
+        cbox = box_of(idx)
+        if area(cbox) <= tiles_of[cid[idx[0]]] * tile_cost:
+            out.append((idx, cbox))
         else:
             tiled.append(idx)
     if tiled:
@@ -809,11 +780,39 @@ def _filtered_at(img: np.ndarray, fn: Any, halo: int, xy: np.ndarray, *, tile: i
         ks = key[order]
         cuts = np.flatnonzero(np.diff(ks)) + 1
         for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(order)]):
-            idx = order[a:b]
-            ty_, tx_ = divmod(int(ks[a]), ntx)
-            x0, y0 = max(0, tx_ * tile - halo), max(0, ty_ * tile - halo)
-            x1, y1 = min(w, (tx_ + 1) * tile + 1 + halo), min(h, (ty_ + 1) * tile + 1 + halo)
-            put(idx, on_box(xy[idx], (x0, y0, x1, y1)))
+            ty, tx = divmod(int(ks[a]), ntx)
+            x0, y0 = max(0, tx * tile - halo), max(0, ty * tile - halo)
+            out.append((order[a:b], (x0, y0, min(w, (tx + 1) * tile + 1 + halo), min(h, (ty + 1) * tile + 1 + halo))))
+    return out
+
+
+def _filtered_at(img: np.ndarray, fn: Any, halo: int, xy: np.ndarray, *, tile: int = _LP_TILE, q: int = 1
+                 ) -> np.ndarray:
+    """Bilinear samples at full-image positions ``xy`` (N, 2: x, y) of ``fn(img)``, where ``fn`` is a local filter
+    (reaching at most ``halo`` px, with reflected borders, returning H x W [x C] float32 -- or, with ``q > 1``, an
+    image ``q`` times smaller: boxes are then cut at multiples of ``q``), computed only on boxes around the points
+    (:func:`_point_boxes`: their bounding box when compact, else per cluster of points or per ``tile``-px tile).
+    The same values as ``fn`` on the whole image up to float rounding (a local filter's value away from a box's
+    edge does not depend on the box), at a cost that follows the points, not the image: a mask of scattered dust
+    spots no longer costs whole-image filters. Returns (N, C) float32."""
+    h, w = img.shape[:2]
+    halo = -(-halo // q) * q
+    tile = -(-tile // q) * q
+    if q > 1:
+        h, w = h - h % q, w - w % q
+    n = len(xy)
+    if n == 0:
+        return np.zeros((0, 1), np.float32)
+    out: np.ndarray | None = None
+    for idx, (x0, y0, x1, y1) in _point_boxes(xy, w, h, halo, tile, q):
+        x1, y1 = x1 - (x1 - x0) % q, y1 - (y1 - y0) % q  # whole q x q blocks
+        sub = fn(img[y0:y1, x0:x1])
+        v = _sample(sub if sub.ndim == 3 else sub[:, :, None], xy[idx] - np.array([x0, y0], np.float32), float(q))
+        if len(idx) == n:
+            return v
+        if out is None:
+            out = np.empty((n, v.shape[1]), np.float32)
+        out[idx] = v
     return out if out is not None else np.zeros((0, 1), np.float32)
 
 

@@ -509,6 +509,17 @@ def _nonzero(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pts[:, 1].astype(np.int64), pts[:, 0].astype(np.int64)
 
 
+def _thinned_nonzero(region: np.ndarray, max_px: int = 300_000) -> tuple[np.ndarray, np.ndarray]:
+    """``_nonzero(_subsample(region, max_px))``: the same indices, in the same order, from the thinning grid's
+    pixels only (no full-size copy, no scan of the pixels the grid skips)."""
+    n = int(np.count_nonzero(region))
+    if n <= max_px:
+        return _nonzero(region)
+    k = int(math.ceil(math.sqrt(n / max_px)))
+    ys, xs = _nonzero(np.ascontiguousarray(region[::k, ::k]))
+    return ys * k, xs * k
+
+
 def _subsample(region: np.ndarray, max_px: int = 300_000) -> np.ndarray:
     """``region`` thinned on a regular grid to at most about ``max_px`` True pixels (for medians)."""
     n = int(np.count_nonzero(region))
@@ -549,7 +560,7 @@ def detail_noise_consistency(
     nan = float("nan")
     if not inner.any() or not ring.any():
         return {"detail_ratio": nan, "noise_ratio": nan, "detail_ratio_original": nan, "noise_ratio_original": nan}
-    inner_s, ring_s = _nonzero(_subsample(inner)), _nonzero(_subsample(ring))  # indices, gathered once
+    inner_s, ring_s = _thinned_nonzero(inner), _thinned_nonzero(ring)  # indices, gathered once
     # below about half an 8-bit level, grain and detail are invisible: floors keep the ratios of a flat sky
     # (JPEG-smoothed, sigma ~0) from exploding
     floor_d, floor_n = _DETAIL_FLOOR, _NOISE_FLOOR
@@ -573,7 +584,7 @@ def detail_noise_consistency(
         # 0.5 px (invisible at 1:1, as a re-encode) lowers the finest octave only; sigma 1.5 lowers this one too
         h2, w2 = inner.shape[0] // 2, inner.shape[1] // 2
         if h2 >= 3 and w2 >= 3:
-            inner2 = _nonzero(_subsample(inner[: 2 * h2 : 2, : 2 * w2 : 2]))
+            inner2 = _thinned_nonzero(inner[: 2 * h2 : 2, : 2 * w2 : 2])
             if inner2[0].size:
                 def half(g: np.ndarray) -> np.ndarray:
                     return cv2.resize(g[: 2 * h2, : 2 * w2], (w2, h2), interpolation=cv2.INTER_AREA)
@@ -765,15 +776,19 @@ def _point_boxes(xy: np.ndarray, w: int, h: int, halo: int, tile: int, q: int = 
     kmax = int(key.max()) + 1
     tiles_of = np.bincount(np.unique(cid * kmax + key) // kmax, minlength=max(1, ncl - 1))
     order = np.argsort(cid, kind="stable")
-    cuts = np.flatnonzero(np.diff(cid[order])) + 1
+    starts = np.r_[0, np.flatnonzero(np.diff(cid[order])) + 1]
+    # every cluster's box at once (as box_of computes it)
+    cx0 = np.maximum(0, (np.minimum.reduceat(fx[order], starts) - halo) // q * q)
+    cy0 = np.maximum(0, (np.minimum.reduceat(fy[order], starts) - halo) // q * q)
+    cx1 = np.minimum(w, np.ceil(np.maximum.reduceat(xy[order, 0], starts)).astype(np.int64) + 2 + halo)
+    cy1 = np.minimum(h, np.ceil(np.maximum.reduceat(xy[order, 1], starts)).astype(np.int64) + 2 + halo)
+    boxed = (cx1 - cx0) * (cy1 - cy0) <= tiles_of[cid[order[starts]]] * tile_cost
     tiled: list[np.ndarray] = []
-    for a, b in zip(np.r_[0, cuts], np.r_[cuts, n]):
-        idx = order[a:b]
-        cbox = box_of(idx)
-        if area(cbox) <= tiles_of[cid[idx[0]]] * tile_cost:
-            out.append((idx, cbox))
+    for k, (a, b) in enumerate(zip(starts, np.r_[starts[1:], n])):
+        if boxed[k]:
+            out.append((order[a:b], (int(cx0[k]), int(cy0[k]), int(cx1[k]), int(cy1[k]))))
         else:
-            tiled.append(idx)
+            tiled.append(order[a:b])
     if tiled:
         rest = np.concatenate(tiled)
         order = rest[np.argsort(key[rest], kind="stable")]
@@ -1384,9 +1399,8 @@ def tone_step(
     lumas: list[tuple[np.ndarray, np.ndarray]] = []
     # the inside pixels (thinned) where kept-or-replaced is decided, and how deep each lies
     msk = mask[y0:y1, x0:x1]
-    deep = _deep_region(msk, 12.0)
-    iys, ixs = _nonzero(_subsample(msk, 30_000))
-    dys, dxs = _nonzero(deep)
+    dys, dxs = _deep_region(msk, 12.0)
+    iys, ixs = _thinned_nonzero(msk, 30_000)
     n_in = len(iys)
     px = np.concatenate([np.stack([ixs, iys], 1), np.stack([dxs, dys], 1)]).astype(np.float32) + np.array([x0, y0],
                                                                                                         np.float32)
@@ -1473,9 +1487,10 @@ def _run3_median(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _deep_region(mask: np.ndarray, depth: float) -> np.ndarray:
-    """``mask`` eroded by ``depth`` px (distance on a 4x smaller copy, where a block counts when wholly inside),
-    thinned to about 30 000 px; the whole mask (thinned) when that leaves under 5% of it or 400 px."""
+def _deep_region(mask: np.ndarray, depth: float) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels (rows, columns: :func:`_nonzero`) of ``mask`` eroded by ``depth`` px (distance on a 4x smaller
+    copy, where a block counts when wholly inside), thinned to about 30 000 px; the whole mask (thinned) when that
+    leaves under 5% of it or 400 px."""
     m = mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8)
     k = 4 if min(m.shape) >= 64 else 1
     small = m if k == 1 else cv2.resize(m * 255, (m.shape[1] // k, m.shape[0] // k), interpolation=cv2.INTER_AREA)
@@ -1494,7 +1509,7 @@ def _deep_region(mask: np.ndarray, depth: float) -> np.ndarray:
         deep[box] = blocks.reshape((y1 - y0) * k, (x1 - x0) * k)
         deep[box] &= mask[box].astype(bool)
     region = deep if np.count_nonzero(deep) >= max(400, 0.05 * np.count_nonzero(m)) else mask.astype(bool)
-    return _subsample(region, 30_000)
+    return _thinned_nonzero(region, 30_000)
 
 
 def _lowfreq_correlation(ge: np.ndarray, go: np.ndarray, *, floor: float = 0.5) -> float:

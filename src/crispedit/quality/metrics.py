@@ -908,9 +908,9 @@ class _Pyramid:
                     g = cv2.cvtColor(np.ascontiguousarray(img[:, :, :3]), cv2.COLOR_RGB2GRAY)
                 else:
                     g = np.ascontiguousarray(img[:, :, 0])
-                g = g.astype(np.float32)
-                g *= np.float32(100.0 / _scale_of(img))  # in place: the same values as ``g * s``, one copy less
-                lab = cv2.GaussianBlur(g, (0, 0), 1.0, borderType=cv2.BORDER_REFLECT)[:, :, None]
+                gf = g.astype(np.float32)
+                gf *= np.float32(100.0 / _scale_of(img))  # in place: the same values as ``g * s``, one copy less
+                lab = cv2.GaussianBlur(gf, (0, 0), 1.0, borderType=cv2.BORDER_REFLECT)[:, :, None]
                 qx = 1.0
             else:
                 small = self._small(q)

@@ -677,3 +677,82 @@ def test_run3_median_and_nonzero_match_numpy() -> None:
     b = rng.random((400, 500)) < 0.003
     for got, want in zip(M._nonzero(b), np.nonzero(b)):
         assert np.array_equal(got, want) and got.dtype == want.dtype
+
+
+def test_units_label_past_the_sixteen_bit_limit() -> None:
+    from crispedit.quality.verdict import _units
+
+    m = np.zeros((600, 600), bool)
+    m[::2, ::2] = True  # 90 000 single-pixel regions: more than 16-bit labels hold
+    m[98:182, 98:182] = False
+    m[100:180, 100:180] = True  # and one large region (apart from the grid), judged alone
+    units = _units(m)
+    assert [u[0] for u in units][0] == "region 1" and units[0][2].sum() == 80 * 80
+    pool = units[-1][2]
+    assert units[-1][0].endswith("small regions") and np.array_equal(pool | units[0][2], m)
+    assert not (pool & units[0][2]).any()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_inner_from_depth_patches_matches_the_whole_map(seed: int) -> None:
+    from crispedit.quality import metrics as M
+
+    m = _dust_mask(600, 1200, 8, seed)
+    whole = cv2.distanceTransform(np.pad(m, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    patches = M._depth_patches(m)
+    assert len(patches) > 1  # scattered spots: tiles, not the whole map
+    covered = np.zeros_like(m)
+    for y0, x0, d in patches:
+        covered[y0 : y0 + d.shape[0], x0 : x0 + d.shape[1]] = True
+    assert not (m & ~covered).any()
+    dist = M._dist_outside(m)
+    for band in (4, 8, 32):
+        inner, ring = M.inner_and_ring(m, band, band, 24, dist=dist)
+        area = np.count_nonzero(m)
+        ref = m
+        for e in (band, band // 2, band // 4, 2):
+            if np.count_nonzero(whole > e) >= max(400, 0.05 * area):
+                ref = whole > e
+                break
+        assert np.array_equal(inner, ref) and np.array_equal(ring, (dist > band) & (dist <= band + 24))
+
+
+def test_thinned_indices_and_deep_region_match_the_full_size_versions() -> None:
+    from crispedit.quality import metrics as M
+
+    m = _dust_mask(400, 700, 80, 4)
+    m[100:300, 200:500] = True  # one large block: a deep part
+    for max_px in (500, 30_000, 10**6):
+        thin = M._subsample(m, max_px)
+        for got, want in zip(M._thinned_nonzero(m, max_px), np.nonzero(thin)):
+            assert np.array_equal(got, want) and got.dtype == want.dtype
+    ys, xs = M._deep_region(m, 12.0)
+    small = cv2.resize(m.astype(np.uint8) * 255, (700 // 4, 400 // 4), interpolation=cv2.INTER_AREA) >= 255
+    deep_s = cv2.distanceTransform(np.pad(small.astype(np.uint8), 1), cv2.DIST_L2, 3)[1:-1, 1:-1] * 4 > 12.0
+    deep = np.repeat(np.repeat(deep_s, 4, 0), 4, 1) & m
+    assert deep.sum() > 400 and np.array_equal(np.stack([ys, xs]), np.stack(np.nonzero(M._subsample(deep, 30_000))))
+
+
+@pytest.mark.parametrize("q", [1, 2])
+def test_low_pass_on_point_boxes_matches_the_whole_image(q: int) -> None:
+    from crispedit.quality import metrics as M
+
+    rng = np.random.default_rng(6)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (500, 1600, 3)).astype(np.uint8), (0, 0), 1.5)
+    spots = rng.uniform([0, 0], [1600, 500], (12, 2))
+    xy = np.concatenate([c + rng.normal(size=(40, 2)) * 6 for c in spots])
+    xy = np.clip(xy, 0, [1598.9, 498.9]).astype(np.float32)
+    boxes = M._point_boxes(xy, 1600, 500, 26, 48, q)
+    seen = np.concatenate([idx for idx, _ in boxes])
+    assert np.array_equal(np.sort(seen), np.arange(len(xy)))  # every point in one box
+    assert 1 < len(boxes) <= len(np.unique((xy // 48).astype(int), axis=0))  # per spot, no more than the tiles
+    for idx, (x0, y0, x1, y1) in boxes:
+        assert x0 % q == 0 and y0 % q == 0
+        p = xy[idx]
+        assert ((p[:, 0] - x0 >= 26) | (x0 == 0)).all() and ((x1 - p[:, 0] >= 26) | (x1 == 1600)).all()
+        assert ((p[:, 1] - y0 >= 26) | (y0 == 0)).all() and ((y1 - p[:, 1] >= 26) | (y1 == 500)).all()
+    lp = M._lab_lowpass(6.0, q)
+    whole = lp(img)
+    ref = M._sample(whole, xy, float(q))
+    got = M._filtered_at(img, lp, M._halo(6.0), xy, q=q)
+    assert np.allclose(got, ref, rtol=0, atol=1e-4)  # the same values up to float rounding

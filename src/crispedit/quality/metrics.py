@@ -86,9 +86,11 @@ def as_float(arr: np.ndarray) -> np.ndarray:
     (2, 2, 1)
     """
     scale = _scale_of(arr)
-    out = np.asarray(arr, dtype=np.float32)
-    if scale != 1.0:
-        out = out * np.float32(1.0 / scale)
+    if scale != 1.0:  # an integer image: one float32 copy, scaled in place (the same values as ``a * s``)
+        out = arr.astype(np.float32)
+        out *= np.float32(1.0 / scale)
+    else:
+        out = np.asarray(arr, dtype=np.float32)
     if out.ndim == 2:
         out = out[:, :, None]
     return out
@@ -300,33 +302,50 @@ _DEPTH_TILE = 64
 def _depth_inside(mask: np.ndarray) -> np.ndarray:
     """Distance (px, float32) of each True pixel of ``mask`` to the nearest False pixel, the image's edge counting
     as False: ``cv2.distanceTransform(np.pad(mask, 1), DIST_L2, 5)[1:-1, 1:-1]``, computed only on the
-    ``_DEPTH_TILE`` px tiles that hold mask pixels, each with a halo wider than the mask's largest inradius
-    (:func:`_inradius_upper`), so a mask of scattered spots over a large crop costs its spots' tiles (integer
-    thresholds on it are those of the whole map; see :func:`dist_outside_cached`)."""
+    ``_DEPTH_TILE`` px tiles that hold mask pixels (:func:`_depth_patches`; integer thresholds on it are those of
+    the whole map; see :func:`dist_outside_cached`)."""
+    patches = _depth_patches(mask)
+    if len(patches) == 1 and patches[0][2].shape == mask.shape:
+        return patches[0][2]
+    out = np.zeros(mask.shape, np.float32)
+    for y0, x0, d in patches:
+        out[y0 : y0 + d.shape[0], x0 : x0 + d.shape[1]] = d
+    return out
+
+
+def _depth_patches(mask: np.ndarray) -> list[tuple[int, int, np.ndarray]]:
+    """:func:`_depth_inside` as patches (y0, x0, float32 map) that cover every True pixel of ``mask`` (0 elsewhere):
+    one patch per ``_DEPTH_TILE`` px tile that holds mask pixels, each computed with a halo wider than the mask's
+    largest inradius (:func:`_inradius_upper`), so a mask of scattered spots over a large crop costs its spots'
+    tiles; or one patch, the whole map, when the tiles would cost more. Empty for an empty mask."""
     h, w = mask.shape
     bb = mask_bbox(mask)
-    out = np.zeros((h, w), np.float32)
     if bb is None:
-        return out
+        return []
     t = _DEPTH_TILE
     halo = int(math.ceil(1.1 * _inradius_upper(mask, bb))) + 3
     nty, ntx = -(-h // t), -(-w // t)
-    occ = np.zeros((nty * t, ntx * t), bool)
-    occ[:h, :w] = mask
-    occ = occ.reshape(nty, t, ntx, t).any(axis=(1, 3))
-    tiles = np.argwhere(occ)
+    # which tiles hold mask pixels: OR over each band of t rows (a contiguous reduction), then over t columns
+    full = h // t
+    rows = np.zeros((nty, ntx * t), bool)
+    if full:
+        np.logical_or.reduce(mask[: full * t].reshape(full, t, w), axis=1, out=rows[:full, :w])
+    if h > full * t:
+        np.logical_or.reduce(mask[full * t :], axis=0, out=rows[full, :w])
+    tiles = np.argwhere(rows.reshape(nty, ntx, t).any(axis=2))
     if len(tiles) * (t + 2 * halo) ** 2 >= h * w:
-        return cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1]
-    m8 = mask.astype(np.uint8)
+        return [(0, 0, cv2.distanceTransform(np.pad(mask, 1).astype(np.uint8), cv2.DIST_L2, 5)[1:-1, 1:-1])]
+    m8 = mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8)  # bool as 0/1 bytes: no copy
+    out = []
     for r, c in tiles:
-        y0, x0 = r * t, c * t
+        y0, x0 = int(r) * t, int(c) * t
         y1, x1 = min(h, y0 + t), min(w, x0 + t)
         sy0, sx0, sy1, sx1 = max(0, y0 - halo), max(0, x0 - halo), min(h, y1 + halo), min(w, x1 + halo)
         # the image's edge counts as outside (a one-pixel False border), a tile's own edge does not
         py0, px0, py1, px1 = int(sy0 == 0), int(sx0 == 0), int(sy1 == h), int(sx1 == w)
         sub = cv2.copyMakeBorder(m8[sy0:sy1, sx0:sx1], py0, py1, px0, px1, cv2.BORDER_CONSTANT, value=0)
         d = cv2.distanceTransform(sub, cv2.DIST_L2, 5)
-        out[y0:y1, x0:x1] = d[y0 - sy0 + py0 : y1 - sy0 + py0, x0 - sx0 + px0 : x1 - sx0 + px0]
+        out.append((y0, x0, d[y0 - sy0 + py0 : y1 - sy0 + py0, x0 - sx0 + px0 : x1 - sx0 + px0]))
     return out
 
 
@@ -448,7 +467,12 @@ def grey_float(a: np.ndarray) -> np.ndarray:
         g = cv2.cvtColor(np.ascontiguousarray(a[:, :, :3]), cv2.COLOR_RGB2GRAY)
     else:
         g = a if a.ndim == 2 else a[:, :, 0]
-    return np.asarray(g, np.float32) * np.float32(1.0 / _scale_of(a))
+    scale = _scale_of(a)
+    if scale == 1.0:
+        return np.asarray(g, np.float32) * np.float32(1.0)
+    out = g.astype(np.float32)  # an integer image: one float32 copy, scaled in place (the same values as ``g * s``)
+    out *= np.float32(1.0 / scale)
+    return out
 
 
 def inner_and_ring(mask: np.ndarray, band: int, ring_offset: int, ring_width: int, *,
@@ -457,12 +481,13 @@ def inner_and_ring(mask: np.ndarray, band: int, ring_offset: int, ring_width: in
     starting ``ring_offset`` px outside the mask. Both bool, same shape as ``mask`` (give a crop). ``dist``: the
     distance to ``mask`` on this crop when the caller has it (:func:`dist_outside_cached`)."""
     area = int(np.count_nonzero(mask))
-    depth = _depth_inside(mask)
+    patches = _depth_patches(mask)  # the depth map on the tiles that hold the mask (``depth > e`` is 0 elsewhere)
     inner = mask
     for e in (band, band // 2, band // 4, 2):
-        cand = depth > e
-        if np.count_nonzero(cand) >= max(400, 0.05 * area):
-            inner = cand
+        if sum(int(np.count_nonzero(d > e)) for _, _, d in patches) >= max(400, 0.05 * area):
+            inner = np.zeros(mask.shape, bool)
+            for y0, x0, d in patches:
+                np.greater(d, e, out=inner[y0 : y0 + d.shape[0], x0 : x0 + d.shape[1]])
             break
     if dist is None:
         dist = _dist_outside(mask)
@@ -482,6 +507,17 @@ def _nonzero(b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return z, z.copy()
     pts = pts.reshape(-1, 2)
     return pts[:, 1].astype(np.int64), pts[:, 0].astype(np.int64)
+
+
+def _thinned_nonzero(region: np.ndarray, max_px: int = 300_000) -> tuple[np.ndarray, np.ndarray]:
+    """``_nonzero(_subsample(region, max_px))``: the same indices, in the same order, from the thinning grid's
+    pixels only (no full-size copy, no scan of the pixels the grid skips)."""
+    n = int(np.count_nonzero(region))
+    if n <= max_px:
+        return _nonzero(region)
+    k = int(math.ceil(math.sqrt(n / max_px)))
+    ys, xs = _nonzero(np.ascontiguousarray(region[::k, ::k]))
+    return ys * k, xs * k
 
 
 def _subsample(region: np.ndarray, max_px: int = 300_000) -> np.ndarray:
@@ -524,7 +560,7 @@ def detail_noise_consistency(
     nan = float("nan")
     if not inner.any() or not ring.any():
         return {"detail_ratio": nan, "noise_ratio": nan, "detail_ratio_original": nan, "noise_ratio_original": nan}
-    inner_s, ring_s = _nonzero(_subsample(inner)), _nonzero(_subsample(ring))  # indices, gathered once
+    inner_s, ring_s = _thinned_nonzero(inner), _thinned_nonzero(ring)  # indices, gathered once
     # below about half an 8-bit level, grain and detail are invisible: floors keep the ratios of a flat sky
     # (JPEG-smoothed, sigma ~0) from exploding
     floor_d, floor_n = _DETAIL_FLOOR, _NOISE_FLOOR
@@ -548,7 +584,7 @@ def detail_noise_consistency(
         # 0.5 px (invisible at 1:1, as a re-encode) lowers the finest octave only; sigma 1.5 lowers this one too
         h2, w2 = inner.shape[0] // 2, inner.shape[1] // 2
         if h2 >= 3 and w2 >= 3:
-            inner2 = _nonzero(_subsample(inner[: 2 * h2 : 2, : 2 * w2 : 2]))
+            inner2 = _thinned_nonzero(inner[: 2 * h2 : 2, : 2 * w2 : 2])
             if inner2[0].size:
                 def half(g: np.ndarray) -> np.ndarray:
                     return cv2.resize(g[: 2 * h2, : 2 * w2], (w2, h2), interpolation=cv2.INTER_AREA)
@@ -653,26 +689,16 @@ _GRAD_HALO = 16  # > the Gaussian's radius (12 px at sigma 3) + the Sobel's (1 p
 def _mask_gradient_at(m8: np.ndarray, xi: np.ndarray, yi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sobel gradient (x, y) of the mask blurred by a Gaussian of sigma 3 px, at pixels (``xi``, ``yi``).
 
-    The same values as blurring and differentiating the whole crop, computed only on the tiles of
-    ``_GRAD_TILE`` px that hold a point (each with a ``_GRAD_HALO`` px halo, clipped at the crop's edges, where
-    the border rule is the whole crop's): a mask of scattered spots over a large crop costs its spots' tiles."""
+    The same values as blurring and differentiating the whole crop, computed only on boxes around the points
+    (:func:`_point_boxes`: per cluster of points or per ``_GRAD_TILE`` px tile, with a ``_GRAD_HALO`` px halo,
+    clipped at the crop's edges, where the border rule is the whole crop's): a mask of scattered spots over a large
+    crop costs its spots' boxes."""
     h, w = m8.shape
-    ty, tx = yi // _GRAD_TILE, xi // _GRAD_TILE
-    ntx = -(-w // _GRAD_TILE)
-    if len(np.unique(ty * ntx + tx)) * (_GRAD_TILE + 2 * _GRAD_HALO) ** 2 >= h * w:  # dense: the whole crop
-        blur = cv2.GaussianBlur(m8.astype(np.float32), (0, 0), 3.0)
-        return (cv2.Sobel(blur, cv2.CV_32F, 1, 0, ksize=3)[yi, xi], cv2.Sobel(blur, cv2.CV_32F, 0, 1, ksize=3)[yi, xi])
     gx = np.zeros(len(xi), np.float32)
     gy = np.zeros(len(xi), np.float32)
-    key = ty * ntx + tx
-    order = np.argsort(key, kind="stable")
-    uniq, first = np.unique(key[order], return_index=True)
-    bounds = np.append(first, len(order))
-    for k, t in enumerate(uniq):
-        idx = order[bounds[k] : bounds[k + 1]]
-        r, c = divmod(int(t), ntx)
-        y0, x0 = max(0, r * _GRAD_TILE - _GRAD_HALO), max(0, c * _GRAD_TILE - _GRAD_HALO)
-        y1, x1 = min(h, (r + 1) * _GRAD_TILE + _GRAD_HALO), min(w, (c + 1) * _GRAD_TILE + _GRAD_HALO)
+    if len(xi) == 0:
+        return gx, gy
+    for idx, (x0, y0, x1, y1) in _point_boxes(np.stack([xi, yi], 1), w, h, _GRAD_HALO, _GRAD_TILE):
         blur = cv2.GaussianBlur(m8[y0:y1, x0:x1].astype(np.float32), (0, 0), 3.0)
         py, px = yi[idx] - y0, xi[idx] - x0
         gx[idx] = cv2.Sobel(blur, cv2.CV_32F, 1, 0, ksize=3)[py, px]
@@ -706,16 +732,84 @@ def _sample(img: np.ndarray, xy: np.ndarray, q: float) -> np.ndarray:
 
 
 _LP_TILE = 48
+_LP_CELL = 16  # the squares whose 8-connected groups make one cluster of points (:func:`_filtered_at`)
+
+
+def _point_boxes(xy: np.ndarray, w: int, h: int, halo: int, tile: int, q: int = 1
+                 ) -> list[tuple[np.ndarray, tuple[int, int, int, int]]]:
+    """Boxes (x0, y0, x1, y1) on a ``w`` x ``h`` image around the points ``xy`` (N, 2: x, y; float or int) with a
+    ``halo`` px margin, each with the indices of the points it serves: one box around all points when that costs
+    no more than tiling them, else one per cluster of points (the 8-connected groups of ``_LP_CELL`` px squares
+    that hold points: a dust spot's samples) or, where a cluster's box would cost more than its tiles, one per
+    ``tile``-px tile that holds points (tile plus halo). Box corners are at multiples of ``q``. Every point lies at
+    least ``halo`` px inside its box, except where the box meets the image's edge."""
+    n = len(xy)
+    ntx = (w - 1) // tile + 1
+    fx, fy = np.floor(xy[:, 0]).astype(np.int64), np.floor(xy[:, 1]).astype(np.int64)
+    key = np.clip(fy // tile, 0, (h - 1) // tile) * ntx + np.clip(fx // tile, 0, ntx - 1)
+    tile_cost = (tile + 2 * halo + 1) ** 2
+
+    def box_of(idx: np.ndarray | slice) -> tuple[int, int, int, int]:
+        x, y = fx[idx], fy[idx]
+        return (max(0, (int(x.min()) - halo) // q * q), max(0, (int(y.min()) - halo) // q * q),
+                min(w, int(np.ceil(xy[idx, 0].max())) + 2 + halo), min(h, int(np.ceil(xy[idx, 1].max())) + 2 + halo))
+
+    def area(b: tuple[int, int, int, int]) -> int:
+        return (b[2] - b[0]) * (b[3] - b[1])
+
+    # a compact set of points (a large region's contour band): one box costs less than tiles
+    box = box_of(slice(None))
+    n_tiles = len(np.unique(key))
+    if n_tiles * tile_cost >= area(box):
+        return [(np.arange(n), box)]
+    out = []
+    cell = _LP_CELL
+    ncx, ncy = (w - 1) // cell + 1, (h - 1) // cell + 1
+    cx, cy = np.clip(fx // cell, 0, ncx - 1), np.clip(fy // cell, 0, ncy - 1)
+    grid = np.zeros((ncy, ncx), np.uint8)
+    grid[cy, cx] = 1
+    ncl, labels = cv2.connectedComponents(grid, connectivity=8, ltype=cv2.CV_32S)
+    cid = (labels[cy, cx] - 1).astype(np.int64)
+    if ncl - 1 > n_tiles:  # more clusters than tiles (many tiny spots): tiles, several spots a call
+        cid[:] = 0
+    # each cluster's tiles (the cost of tiling it)
+    kmax = int(key.max()) + 1
+    tiles_of = np.bincount(np.unique(cid * kmax + key) // kmax, minlength=max(1, ncl - 1))
+    order = np.argsort(cid, kind="stable")
+    starts = np.r_[0, np.flatnonzero(np.diff(cid[order])) + 1]
+    # every cluster's box at once (as box_of computes it)
+    cx0 = np.maximum(0, (np.minimum.reduceat(fx[order], starts) - halo) // q * q)
+    cy0 = np.maximum(0, (np.minimum.reduceat(fy[order], starts) - halo) // q * q)
+    cx1 = np.minimum(w, np.ceil(np.maximum.reduceat(xy[order, 0], starts)).astype(np.int64) + 2 + halo)
+    cy1 = np.minimum(h, np.ceil(np.maximum.reduceat(xy[order, 1], starts)).astype(np.int64) + 2 + halo)
+    boxed = (cx1 - cx0) * (cy1 - cy0) <= tiles_of[cid[order[starts]]] * tile_cost
+    tiled: list[np.ndarray] = []
+    for k, (a, b) in enumerate(zip(starts, np.r_[starts[1:], n])):
+        if boxed[k]:
+            out.append((order[a:b], (int(cx0[k]), int(cy0[k]), int(cx1[k]), int(cy1[k]))))
+        else:
+            tiled.append(order[a:b])
+    if tiled:
+        rest = np.concatenate(tiled)
+        order = rest[np.argsort(key[rest], kind="stable")]
+        ks = key[order]
+        cuts = np.flatnonzero(np.diff(ks)) + 1
+        for a, b in zip(np.r_[0, cuts], np.r_[cuts, len(order)]):
+            ty, tx = divmod(int(ks[a]), ntx)
+            x0, y0 = max(0, tx * tile - halo), max(0, ty * tile - halo)
+            out.append((order[a:b], (x0, y0, min(w, (tx + 1) * tile + 1 + halo), min(h, (ty + 1) * tile + 1 + halo))))
+    return out
 
 
 def _filtered_at(img: np.ndarray, fn: Any, halo: int, xy: np.ndarray, *, tile: int = _LP_TILE, q: int = 1
                  ) -> np.ndarray:
     """Bilinear samples at full-image positions ``xy`` (N, 2: x, y) of ``fn(img)``, where ``fn`` is a local filter
     (reaching at most ``halo`` px, with reflected borders, returning H x W [x C] float32 -- or, with ``q > 1``, an
-    image ``q`` times smaller: tiles are then cut at multiples of ``q``), computed only on the ``tile``-px tiles
-    that hold points (plus the halo) -- or, when that would cost more, on the points' bounding box plus the halo.
-    The same values as ``fn`` on the whole image, up to float rounding, at a cost that follows the points, not the
-    image: a mask of scattered dust spots no longer costs whole-image filters. Returns (N, C) float32."""
+    image ``q`` times smaller: boxes are then cut at multiples of ``q``), computed only on boxes around the points
+    (:func:`_point_boxes`: their bounding box when compact, else per cluster of points or per ``tile``-px tile).
+    The same values as ``fn`` on the whole image up to float rounding (a local filter's value away from a box's
+    edge does not depend on the box), at a cost that follows the points, not the image: a mask of scattered dust
+    spots no longer costs whole-image filters. Returns (N, C) float32."""
     h, w = img.shape[:2]
     halo = -(-halo // q) * q
     tile = -(-tile // q) * q
@@ -724,33 +818,13 @@ def _filtered_at(img: np.ndarray, fn: Any, halo: int, xy: np.ndarray, *, tile: i
     n = len(xy)
     if n == 0:
         return np.zeros((0, 1), np.float32)
-    ntx = (w - 1) // tile + 1
-    tx = np.clip(np.floor(xy[:, 0]).astype(np.int64) // tile, 0, ntx - 1)
-    ty = np.clip(np.floor(xy[:, 1]).astype(np.int64) // tile, 0, (h - 1) // tile)
-    key = ty * ntx + tx
-    order = np.argsort(key, kind="stable")
-    ks = key[order]
-    cuts = np.flatnonzero(np.diff(ks)) + 1
-    # a compact set of points (a large region's contour band): one filter over their box costs less than tiles
-    bx0 = max(0, (int(np.floor(xy[:, 0].min())) - halo) // q * q)
-    by0 = max(0, (int(np.floor(xy[:, 1].min())) - halo) // q * q)
-    bx1, by1 = min(w, int(np.ceil(xy[:, 0].max())) + 2 + halo), min(h, int(np.ceil(xy[:, 1].max())) + 2 + halo)
-    if (len(cuts) + 1) * (tile + 2 * halo + 1) ** 2 >= (bx1 - bx0) * (by1 - by0):
-        bx1, by1 = bx1 - (bx1 - bx0) % q, by1 - (by1 - by0) % q
-        sub = fn(img[by0:by1, bx0:bx1])
-        return _sample(sub if sub.ndim == 3 else sub[:, :, None], xy - np.array([bx0, by0], np.float32), float(q))
     out: np.ndarray | None = None
-    for a, b in zip(np.r_[0, cuts], np.r_[cuts, n]):
-        idx = order[a:b]
-        cy, cx = divmod(int(ks[a]), ntx)
-        x0, y0 = max(0, cx * tile - halo), max(0, cy * tile - halo)
-        x1, y1 = min(w, (cx + 1) * tile + 1 + halo), min(h, (cy + 1) * tile + 1 + halo)
-        if q > 1:
-            x1, y1 = x1 - (x1 - x0) % q, y1 - (y1 - y0) % q
+    for idx, (x0, y0, x1, y1) in _point_boxes(xy, w, h, halo, tile, q):
+        x1, y1 = x1 - (x1 - x0) % q, y1 - (y1 - y0) % q  # whole q x q blocks
         sub = fn(img[y0:y1, x0:x1])
-        if sub.ndim == 2:
-            sub = sub[:, :, None]
-        v = _sample(sub, xy[idx] - np.array([x0, y0], np.float32), float(q))
+        v = _sample(sub if sub.ndim == 3 else sub[:, :, None], xy[idx] - np.array([x0, y0], np.float32), float(q))
+        if len(idx) == n:
+            return v
         if out is None:
             out = np.empty((n, v.shape[1]), np.float32)
         out[idx] = v
@@ -834,8 +908,9 @@ class _Pyramid:
                     g = cv2.cvtColor(np.ascontiguousarray(img[:, :, :3]), cv2.COLOR_RGB2GRAY)
                 else:
                     g = np.ascontiguousarray(img[:, :, 0])
-                g = g.astype(np.float32) * np.float32(100.0 / _scale_of(img))
-                lab = cv2.GaussianBlur(g, (0, 0), 1.0, borderType=cv2.BORDER_REFLECT)[:, :, None]
+                gf = g.astype(np.float32)
+                gf *= np.float32(100.0 / _scale_of(img))  # in place: the same values as ``g * s``, one copy less
+                lab = cv2.GaussianBlur(gf, (0, 0), 1.0, borderType=cv2.BORDER_REFLECT)[:, :, None]
                 qx = 1.0
             else:
                 small = self._small(q)
@@ -1324,9 +1399,8 @@ def tone_step(
     lumas: list[tuple[np.ndarray, np.ndarray]] = []
     # the inside pixels (thinned) where kept-or-replaced is decided, and how deep each lies
     msk = mask[y0:y1, x0:x1]
-    deep = _deep_region(msk, 12.0)
-    iys, ixs = _nonzero(_subsample(msk, 30_000))
-    dys, dxs = _nonzero(deep)
+    dys, dxs = _deep_region(msk, 12.0)
+    iys, ixs = _thinned_nonzero(msk, 30_000)
     n_in = len(iys)
     px = np.concatenate([np.stack([ixs, iys], 1), np.stack([dxs, dys], 1)]).astype(np.float32) + np.array([x0, y0],
                                                                                                         np.float32)
@@ -1413,19 +1487,29 @@ def _run3_median(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _deep_region(mask: np.ndarray, depth: float) -> np.ndarray:
-    """``mask`` eroded by ``depth`` px (distance on a 4x smaller copy, where a block counts when wholly inside),
-    thinned to about 30 000 px; the whole mask (thinned) when that leaves under 5% of it or 400 px."""
-    m = mask.astype(np.uint8)
+def _deep_region(mask: np.ndarray, depth: float) -> tuple[np.ndarray, np.ndarray]:
+    """The pixels (rows, columns: :func:`_nonzero`) of ``mask`` eroded by ``depth`` px (distance on a 4x smaller
+    copy, where a block counts when wholly inside), thinned to about 30 000 px; the whole mask (thinned) when that
+    leaves under 5% of it or 400 px."""
+    m = mask.view(np.uint8) if mask.dtype == bool else mask.astype(np.uint8)
     k = 4 if min(m.shape) >= 64 else 1
     small = m if k == 1 else cv2.resize(m * 255, (m.shape[1] // k, m.shape[0] // k), interpolation=cv2.INTER_AREA)
     dsmall = cv2.distanceTransform(np.pad((small >= (255 if k > 1 else 1)).astype(np.uint8), 1), cv2.DIST_L2, 3)
     deep_s = dsmall[1:-1, 1:-1] * k > depth
     deep = np.zeros(m.shape, bool)
-    deep[: deep_s.shape[0] * k, : deep_s.shape[1] * k] = np.repeat(np.repeat(deep_s, k, 0), k, 1)
-    deep &= mask.astype(bool)
+    ys, xs = np.nonzero(deep_s)
+    y0, y1, x0, x1 = (int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1) if ys.size else (0,) * 4
+    if ys.size * 4 < (y1 - y0) * (x1 - x0):  # scattered deep blocks: each back to k x k px, at its own pixels
+        oy, ox = np.divmod(np.arange(k * k), k)
+        py, px = (ys[:, None] * k + oy).ravel(), (xs[:, None] * k + ox).ravel()
+        deep[py, px] = mask[py, px]
+    elif ys.size:  # on the deep blocks' bounding box
+        blocks = np.broadcast_to(deep_s[y0:y1, None, x0:x1, None], (y1 - y0, k, x1 - x0, k))
+        box = (slice(y0 * k, y1 * k), slice(x0 * k, x1 * k))
+        deep[box] = blocks.reshape((y1 - y0) * k, (x1 - x0) * k)
+        deep[box] &= mask[box].astype(bool)
     region = deep if np.count_nonzero(deep) >= max(400, 0.05 * np.count_nonzero(m)) else mask.astype(bool)
-    return _subsample(region, 30_000)
+    return _thinned_nonzero(region, 30_000)
 
 
 def _lowfreq_correlation(ge: np.ndarray, go: np.ndarray, *, floor: float = 0.5) -> float:

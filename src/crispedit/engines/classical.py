@@ -254,8 +254,8 @@ class ClassicalEngine:
         if scale < 1.0 and self.texture != "patch" and self.band_gain > 1.0:
             up, gain = _restore_top_band(win, up, whole, scale, self.band_gain)
         mid: list[float] = []
-        if self.mid_gain > 1.0:
-            up, mid = _restore_mid_bands(win, up, whole, MID_SIGMAS, self.mid_gain)
+        if self.options.mid_gain > 1.0:
+            up, mid = _restore_mid_bands(win, up, whole, MID_SIGMAS, self.options.mid_gain)
         if self.tone_lock > 0:
             up = _lock_tone(win, up, whole, max(4.0, self.tone_lock * max(hy1 - hy0, hx1 - hx0)),
                             self.tone_tolerance)
@@ -283,7 +283,7 @@ class ClassicalEngine:
             pm = _patchmatch()
             pm.set_random_seed(seed)
             direction = dominant_direction(rgb, hole, self.direction_consensus,
-                                           layering=self.direction_layering) if self.direction_guide > 0 else None
+                                           layering=self.options.direction_layering) if self.direction_guide > 0 else None
             self._direction = direction
             if direction is None:
                 return pm.inpaint(rgb, hole.astype(np.uint8), patch_size=self.patch_size)

@@ -28,7 +28,9 @@ A hole is filled with patches copied from its surroundings, never invented and n
 - **Direction prior**: where the surroundings run one way throughout (grass, hair, wood grain;
   :func:`dominant_direction`), PatchMatch's patch distance gets PyPatchMatch's regularity term on the pixel
   column (or row), weight ``direction_guide``: sources in line with the structure are preferred, and stems run
-  through the fill instead of being cut into horizontal streaks (the demo's larger dandelion).
+  through the fill instead of being cut into horizontal streaks (the demo's larger dandelion). Not where the
+  surroundings are layered across that direction (sky, a sloped ridge, ground: ``direction_layering``), where
+  the same row holds other content than the hole needs.
 - **Thin strokes and dust** (no hole pixel farther than ``thin_width`` px from the context): Telea's fast
   marching method (Telea 2004, OpenCV ``cv2.inpaint``), exact enough at that width and much cheaper.
 - **Honest limits**: a crop masked above ``max_masked_fraction`` (almost no context), or a hole larger than

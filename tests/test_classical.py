@@ -288,3 +288,68 @@ def test_direction_guided_fill_is_complete_and_repeatable():
     off = ClassicalEngine(direction_guide=0.0)
     _fill(off, img, hole)
     assert off.calls[-1]["direction"] is None
+
+
+def _landscape(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Sky over a sloped dark ridge over ground, each with fine horizontal streaks (a layered scene)."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    ridge = 0.45 * h - 0.25 * (xx - w / 2)
+    ground = 0.75 * h + 0.0 * xx
+    lum = np.where(yy < ridge, 200 - 0.2 * yy, np.where(yy < ground, 70, 120)).astype(np.float32)
+    streaks = cv2.GaussianBlur(rng.normal(0, 12, (h, w)).astype(np.float32), (0, 0), sigmaX=12, sigmaY=1.0)
+    lum = lum + 3 * streaks + rng.normal(0, 1.5, (h, w))
+    return np.clip(np.stack([lum, 0.9 * lum, 0.8 * lum], -1), 0, 255).astype(np.uint8)
+
+
+def test_direction_prior_is_not_used_on_a_layered_scene():
+    # sunset r=420 of the benchmark: sky, a sloped ridge and ground all run horizontally, and the row prior
+    # copied the dark ridge beside the hole at each height into the sky: a flat plateau with the mask's
+    # outline (-4.5 dB). Layers are not a texture; grass still is.
+    from crispedit.engines.classical import dominant_direction
+
+    h, w = 240, 300
+    yy, xx = np.mgrid[0:h, 0:w]
+    hole = (yy - 110) ** 2 + (xx - 150) ** 2 < 60 ** 2
+    scene = _landscape(h, w)
+    assert dominant_direction(scene, hole, layering=1e9) == "horizontal"  # the structure tensor alone fires
+    assert dominant_direction(scene, hole) is None
+    for seed in range(3):
+        assert dominant_direction(_grass(200, 240, seed), hole[:200, :240]) == "vertical"
+    eng = ClassicalEngine()
+    out = _fill(eng, scene, hole)
+    assert eng.calls[-1]["direction"] is None
+    assert np.array_equal(out[~hole], scene[~hole])
+
+
+def test_flat_fill_gets_the_mid_band_contrast_of_its_surroundings():
+    # PatchMatch's voting and its taste for smooth sources left large fills flatter than their surroundings
+    # at 2-16 px (seeding r=420: detail 0.71); the octaves are brought to the ring's contrast, never beyond
+    import cv2
+
+    from crispedit.engines.classical import MID_SIGMAS, _restore_mid_bands
+
+    h = w = 320
+    rng = np.random.default_rng(7)
+    tex = cv2.GaussianBlur(rng.normal(0, 30, (h, w)).astype(np.float32), (0, 0), 3.0)
+    img = np.clip(128 + tex[..., None].repeat(3, axis=2), 0, 255).astype(np.uint8)
+    yy, xx = np.mgrid[0:h, 0:w]
+    hole = (yy - 160) ** 2 + (xx - 160) ** 2 < 90 ** 2
+    flat = img.astype(np.float32)
+    flat[hole] = 128 + 0.4 * (flat[hole] - 128)  # the fill: the right structure at 40 % of its contrast
+    flat = flat.astype(np.uint8)
+    out, gains = _restore_mid_bands(img, flat, hole, MID_SIGMAS, max_gain=3.0)
+    inner = cv2.erode(hole.astype(np.uint8), np.ones((61, 61), np.uint8)) > 0
+    band = lambda a: (cv2.GaussianBlur(a.astype(np.float32).mean(axis=2), (0, 0), 2.0)  # noqa: E731
+                      - cv2.GaussianBlur(a.astype(np.float32).mean(axis=2), (0, 0), 8.0))[inner].std()
+    assert band(flat) < 0.5 * band(img)
+    assert 0.8 * band(img) < band(out) < 1.2 * band(img), (band(flat), band(out), band(img), gains)
+    assert np.array_equal(out[~hole], flat[~hole])
+    # a smooth fill beside one strong edge is left alone: an edge is not a texture
+    smooth = np.full((h, w, 3), 100, np.uint8)
+    smooth[:, :40] = 220
+    s_out, s_gains = _restore_mid_bands(smooth, smooth.copy(), hole, MID_SIGMAS, max_gain=3.0)
+    assert all(g == 1.0 for g in s_gains), s_gains
+    assert np.array_equal(s_out, smooth)

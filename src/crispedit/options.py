@@ -181,9 +181,11 @@ class ClassicalOptions(EngineOptions):
     native_above: float = Field(0.7, ge=0.0)
     tone_lock: float = Field(0.05, ge=0.0)
     band_gain: float = Field(3.0, ge=1.0)
+    mid_gain: float = Field(1.0, ge=1.0)
     tone_tolerance: float = Field(8.0, ge=0.0)
     direction_guide: float = Field(0.3, ge=0.0)
     direction_consensus: float = Field(0.55, gt=0.0, le=1.0)
+    direction_layering: float = Field(4.0, gt=0.0)
 
     @field_validator("method", mode="before")
     @classmethod

@@ -558,6 +558,7 @@ def detail_noise_consistency(
         out["detail_ratio_original"] = (d_in + floor_d) / (d0 + floor_d)
         out["noise_ratio_original"] = (n_in + floor_n) / (n0 + floor_n)
         out["detail_ratio_reference"] = (hfr.detail(inner_s) + floor_d) / (d0 + floor_d)
+        out["detail_original"] = d0
         # the next octave: the 3x3 Laplacian on the luminance shrunk by 2 (area averaging). A blur of sigma
         # 0.5 px (invisible at 1:1, as a re-encode) lowers the finest octave only; sigma 1.5 lowers this one too
         h2, w2 = inner.shape[0] // 2, inner.shape[1] // 2

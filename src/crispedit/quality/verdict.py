@@ -540,8 +540,9 @@ class _UnitJudge:
             klo = _lower(klo, m.get("detail_ratio_reference"))
             coarse_min = _lower(coarse_min, m.get("detail_ratio_coarse_reference"))
         coarse_lost = _finite(coarse) and coarse < coarse_min
-        self.checks[key] = "pass" if klo <= alt <= khi and not coarse_lost else "fail"
-        if klo <= alt <= khi:
+        fine_ok = klo <= alt <= khi
+        self.checks[key] = "pass" if fine_ok and not coarse_lost else "fail"
+        if fine_ok:
             if coarse_lost:  # the finest octave kept, the next one lost: a blur of more than half a px
                 self.add(low[0], "detail_ratio_coarse_original", coarse, coarse_min,
                          f"the edit is blurrier than what was there: detail_ratio_coarse_original {coarse:.2f} < "

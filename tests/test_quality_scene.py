@@ -1,6 +1,6 @@
 """The gate compares with what the scene itself does: the scene's own worst stretch along copies of the contour,
-the detail a 1-px blur would leave of the same content; and the scene's tone/colour null shares the contour of
-the tone and colour checks."""
+the detail a 1-px blur would leave of the same content, added texture too faint to see; and the scene's
+tone/colour null shares the contour of the tone and colour checks."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 
 from crispedit.quality import defects as D
 from crispedit.quality import metrics as M
-from crispedit.quality.verdict import DEFAULT_THRESHOLDS, _judge_unit, assess
+from crispedit.quality.verdict import DEFAULT_THRESHOLDS, Thresholds, _judge_unit, assess
 
 H, W = 384, 448
 
@@ -55,6 +55,44 @@ def test_reference_blur_keeps_the_dtype_and_rounds():
     assert np.array_equal(ref, M._reference_blur(img))
     grey16 = (img[:, :, 0].astype(np.uint16) * 257)
     assert M._reference_blur(grey16).dtype == np.uint16
+
+
+def _flat_scene() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A flat gradient (no texture: the ring's detail is a few hundredths of a level, as a flat graphic's) with a
+    soft object pasted in the mask; returns (base as float, pasted original, mask)."""
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float32)
+    base = np.stack([90 + 6 * xx / W, 110 + 4 * yy / H, 70 + 0 * xx], 2)
+    base_u = np.round(base).astype(np.uint8)
+    mask = D.ellipse_mask(H, W, 224, 192, 100, 80, 15)
+    pasted = base_u.copy()
+    pasted[mask] = (140, 90, 60)
+    pasted = cv2.GaussianBlur(pasted, (0, 0), 3.0)
+    far = ~cv2.dilate(mask.astype(np.uint8), np.ones((15, 15), np.uint8)).astype(bool)
+    pasted[far] = base_u[far]
+    return base, pasted, mask
+
+
+def test_added_texture_too_faint_to_see_is_no_defect():
+    base, pasted, mask = _flat_scene()
+    rng = np.random.default_rng(3)
+
+    def fill(p: float, amp: float) -> np.ndarray:
+        flips = (rng.random((H, W)) < p) * np.sign(rng.normal(size=(H, W))) * amp
+        f = np.clip(np.round(base + flips[:, :, None]), 0, 255).astype(np.uint8)
+        out = pasted.copy()
+        out[mask] = f[mask]
+        return out
+
+    faint, grainy = fill(0.06, 1.0), fill(1.0, 3.0)  # one level on 6% of the pixels; grain of 3 levels
+    rep = assess(pasted, faint, mask)
+    m = rep.regions[0]["metrics"]
+    assert m["detail_ratio"] > DEFAULT_THRESHOLDS.detail_max  # a large ratio of two faint textures ...
+    assert (m["detail_inside"] - m["detail_ring"]) * 255 < DEFAULT_THRESHOLDS.detail_added_visible
+    assert rep.verdict == "pass", rep.reasons  # ... that nobody sees at 1:1
+    strict = assess(pasted, faint, mask, thresholds=Thresholds(detail_added_visible=0.0))
+    assert strict.verdict == "fail" and strict.defects[0].key == "detail_ratio"
+    bad = assess(pasted, grainy, mask)
+    assert bad.verdict == "fail" and {d.kind for d in bad.defects} >= {"too_sharp", "too_noisy"}
 
 
 def _local_metrics(local_max: float, local_null: float) -> dict:

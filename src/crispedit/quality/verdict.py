@@ -62,6 +62,9 @@ class Thresholds:
     #: noise ratio (inside / ring) allowed range
     noise_min: float = 0.70
     noise_max: float = 1.60
+    #: detail added inside (mean |3x3 Laplacian| above the reference's, 8-bit levels) under this is invisible,
+    #: whatever the ratio: the Laplacian of grain of 0.4 levels, the noise floor (0.4 x sqrt(20) x sqrt(2 / pi))
+    detail_added_visible: float = 1.4
     #: where the edit kept the content (a retouch, a regrain: ``tone_structure_kept >= kept_structure_min``),
     #: detail and noise are compared with what was there only, in these ranges
     kept_structure_min: float = 0.7
@@ -540,7 +543,7 @@ class _UnitJudge:
             klo = _lower(klo, m.get("detail_ratio_reference"))
             coarse_min = _lower(coarse_min, m.get("detail_ratio_coarse_reference"))
         coarse_lost = _finite(coarse) and coarse < coarse_min
-        fine_ok = klo <= alt <= khi
+        fine_ok = klo <= alt <= khi or (key == "detail_ratio" and alt > khi and self._added_unseen("detail_original"))
         self.checks[key] = "pass" if fine_ok and not coarse_lost else "fail"
         if fine_ok:
             if coarse_lost:  # the finest octave kept, the next one lost: a blur of more than half a px
@@ -553,11 +556,19 @@ class _UnitJudge:
         self.add(kind, key + "_original", alt, limit,
                  f"the edit is {what}: {key}_original {alt:.2f} {cmp} {limit:.3g}", m.get("inner_centre"))
 
+    def _added_unseen(self, ref_key: str) -> bool:
+        """The inside has more detail than ``ref_key`` by less than a viewer sees (``detail_added_visible``): a
+        sharper-looking ratio of two faint textures (a flat graphic, bokeh) that nobody sees at 1:1."""
+        a, b = self.metrics.get("detail_inside"), self.metrics.get(ref_key)
+        return _finite(a) and _finite(b) and (a - b) * 255.0 < self.th.detail_added_visible
+
     def _texture_ring(self, key: str, v: float, lo: float, hi: float, low: tuple[str, str],
                       high: tuple[str, str]) -> None:
         alt = self.metrics.get(key + "_original")
-        lo_ring = _lower(lo, self.metrics.get("detail_ratio_ring_reference")) if key == "detail_ratio" else lo
-        ok = lo_ring <= v <= hi or (_finite(alt) and lo <= alt <= hi)
+        detail = key == "detail_ratio"
+        lo_ring = _lower(lo, self.metrics.get("detail_ratio_ring_reference")) if detail else lo
+        ok = (lo_ring <= v <= hi or (detail and v > hi and self._added_unseen("detail_ring"))
+              or (_finite(alt) and (lo <= alt <= hi or (detail and alt > hi and self._added_unseen("detail_original")))))
         self.checks[key] = "pass" if ok else "fail"
         if ok:
             return

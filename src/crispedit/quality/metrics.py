@@ -520,8 +520,7 @@ def detail_noise_consistency(
 
     The same content's own sensitivity to blur gives the references: ``detail_ratio_ring_reference`` is the ring's
     detail after a Gaussian blur of :data:`REFERENCE_BLUR_SIGMA` px (rounded to the image's depth, as a delivered
-    image is) over the ring's own; ``detail_ratio_reference`` and ``detail_ratio_coarse_reference`` the same for
-    the original's inside, at both octaves. How much of its detail a blur removes depends on the content (a
+    image is) over the ring's own; ``detail_ratio_reference`` the same for the original's inside. How much of its detail a blur removes depends on the content (a
     tack-sharp photo loses a third of its finest octave to a sigma 0.5 px blur, bokeh nothing to sigma 1.5): an
     edit that kept more detail than that blur would leave is no blurrier than a 1-px blur of it.
     """
@@ -570,7 +569,6 @@ def detail_noise_consistency(
 
                 c_in, c0 = _HF(half(hf.g)).detail(inner2), _HF(half(hf0.g)).detail(inner2)
                 out["detail_ratio_coarse_original"] = (c_in + floor_d) / (c0 + floor_d)
-                out["detail_ratio_coarse_reference"] = (_HF(half(hfr.g)).detail(inner2) + floor_d) / (c0 + floor_d)
     return out
 
 
@@ -820,6 +818,9 @@ class SeamResult:
     #: the highest segment score on the null placements (each standardised as the contour's): the worst stretch
     #: the scene itself shows along copies of this contour; nan without placements
     local_null: float = float("nan")
+    #: with the original: the largest increase of a segment's score over the original's on the same segment
+    #: (what the edit added to the worst stretch); nan without the original
+    local_added: float = float("nan")
 
 
 class _Pyramid:
@@ -968,19 +969,23 @@ def _choose_placements(
     return chosen
 
 
-def _scale_z(pyr: _Pyramid, contour: Contour, placements_by_scale: dict[int, list], used: tuple[int, ...]
-             ) -> tuple[dict[str, float], dict[str, float], np.ndarray, np.ndarray, np.ndarray]:
+def _scale_z(pyr: _Pyramid, contour: Contour, placements_by_scale: dict[int, list], used: tuple[int, ...],
+             pyr0: _Pyramid | None = None
+             ) -> tuple[dict[str, float], dict[str, float], np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Per seam scale, the two statistics on the contour standardised against its null placements: the z-scores
     (``|z|`` for the ratio), the raw statistics and signed z's, the null placements' own z-scores (rows:
     placements), the per-segment z-scores (rows: statistics) and each null placement's own worst segment score
-    (the same standardisation; row j mixes the j-th placement of each scale, as the z-scores do); fixed spreads
-    when a scale has no placement."""
+    (the same standardisation; row j mixes the j-th placement of each scale, as the z-scores do) and, with
+    ``pyr0`` (the original's pyramid), the per-segment z-scores of the original on the same contour, standardised
+    the same way (the placements lie on untouched pixels, the same in both); fixed spreads when a scale has no
+    placement."""
     zs: dict[str, float] = {}
     stats: dict[str, float] = {}
     n_stat = 2 * len(used)
     n_pl = max(len(v) for v in placements_by_scale.values())
     null_z = np.full((n_pl, n_stat), np.nan)
     seg_z = np.full((n_stat, contour.n_segments), np.nan)
+    seg_z0 = np.full((n_stat, contour.n_segments), np.nan) if pyr0 is not None else None
     null_seg_max = np.full(n_pl, -np.inf)
     floors = (_NULL_STD_FLOOR, _COH_STD_FLOOR)
     seg_floors = (_SEG_STD_FLOOR, _SEG_COH_STD_FLOOR)
@@ -989,6 +994,10 @@ def _scale_z(pyr: _Pyramid, contour: Contour, placements_by_scale: dict[int, lis
         lab, q = pyr.level(d)
         g, per = _contrast_stats(lab, q, contour.points, contour.normals, float(d), contour.segments,
                                  contour.n_segments)
+        if pyr0 is not None:
+            lab0, q0 = pyr0.level(d)
+            per0 = _contrast_stats(lab0, q0, contour.points, contour.normals, float(d), contour.segments,
+                                   contour.n_segments)[1]
         null_g = np.full((len(placements), 2), np.nan)
         null_per = []
         for j, (o, v) in enumerate(placements):
@@ -1018,6 +1027,9 @@ def _scale_z(pyr: _Pyramid, contour: Contour, placements_by_scale: dict[int, lis
             zs[key] = abs(z) if name == "ratio" else z
             sz = (per[i] - smed) / ssd
             seg_z[2 * k + i] = np.abs(sz) if name == "ratio" else sz
+            if seg_z0 is not None:
+                sz0 = (per0[i] - smed) / ssd
+                seg_z0[2 * k + i] = np.abs(sz0) if name == "ratio" else sz0
             stats[f"{key}_signed_z"] = z
             for j, pn in enumerate(null_per):  # each copy's own worst stretch, scored the same way
                 nz = (pn[i] - smed) / ssd
@@ -1025,7 +1037,7 @@ def _scale_z(pyr: _Pyramid, contour: Contour, placements_by_scale: dict[int, lis
                 if np.isfinite(nz).any():
                     null_seg_max[j] = max(null_seg_max[j], float(np.nanmax(nz)))
     null_seg_max[~np.isfinite(null_seg_max)] = np.nan
-    return zs, stats, null_z, seg_z, null_seg_max
+    return zs, stats, null_z, seg_z, null_seg_max, seg_z0
 
 
 def _worst_places(contour: Contour, seg_scores: np.ndarray, segment_px: int, n_worst: int
@@ -1061,6 +1073,7 @@ def seam_visibility(
     n_worst: int = 6,
     cache: dict[str, Any] | None = None,
     max_points: int = 40_000,
+    original: np.ndarray | None = None,
 ) -> SeamResult:
     """Seam visibility of the mask contour on ``edited`` (the full edited image, as loaded).
 
@@ -1078,7 +1091,10 @@ def seam_visibility(
     ``cache`` (a dict kept by the caller) shares the low-passed pyramid and the distance map from ``forbidden``
     between calls on the same image (one call per region); pass the same ``forbidden`` to every call that shares
     it. Contours longer than ``2 max_points`` px are sampled more sparsely (at most ``max_points`` points), so
-    masks with millions of contour pixels cost about as much as a large ellipse.
+    masks with millions of contour pixels cost about as much as a large ellipse. With ``original`` (the image
+    before the edit, as loaded), each segment is also scored on the original, standardised the same way, and
+    ``local_added`` is the largest increase the edit made to a segment's score (an edge of the scene that runs
+    along the outline scores as high before as after).
     """
     h, w = mask.shape
     scales = tuple(d for d in scales if d <= max(2, band)) or (2,)
@@ -1131,7 +1147,10 @@ def seam_visibility(
         pyr = cache.setdefault("pyramid", _Pyramid(edited))
     else:
         pyr = _Pyramid(edited)
-    zs, stats, null_z, seg_z, null_seg_max = _scale_z(pyr, contour, placements_by_scale, used)
+    pyr0 = None
+    if original is not None:
+        pyr0 = cache.setdefault("pyramid_original", _Pyramid(original)) if cache is not None else _Pyramid(original)
+    zs, stats, null_z, seg_z, null_seg_max, seg_z0 = _scale_z(pyr, contour, placements_by_scale, used, pyr0)
     n_min = min(len(v) for v in placements_by_scale.values())
     if 0 < n_min < 8:
         notes.append(f"only {n_min} null placements on untouched pixels; seam score is approximate")
@@ -1147,9 +1166,17 @@ def seam_visibility(
     # the scene's own worst stretch along copies of this contour (an edge of the scene crossing the contour at a
     # slant scores high on a flat graphic, where such crossings are rare among the segments)
     local_null = float(np.nanmax(null_seg_max)) if np.isfinite(null_seg_max).any() else float("nan")
+    local_added = float("nan")
+    if seg_z0 is not None:
+        # what the edit added to each stretch: its score minus the original's on the same stretch
+        seg0 = np.nanmax(np.where(np.isfinite(seg_z0), seg_z0, -np.inf), axis=0)
+        added = seg_scores - seg0
+        if np.isfinite(added).any():
+            local_added = float(np.nanmax(np.where(np.isfinite(added), added, -np.inf)))
     return SeamResult(
         seam_score=seam_score,
         local_null=local_null,
+        local_added=local_added,
         scale_z=zs,
         scale_stat=stats,
         null_placements=len(placements),

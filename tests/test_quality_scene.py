@@ -148,3 +148,27 @@ def test_scene_steps_share_the_contour_of_the_tone_and_colour_checks():
     assert np.allclose(np.hypot(*sides.normals.T), 1.0, atol=1e-4)
     out = np.round(sides.points + 3 * sides.normals).astype(int)
     assert not mask[out[:, 1], out[:, 0]].mean() > 0.05
+
+
+def test_a_kept_regions_stretch_counts_only_what_the_edit_added():
+    th = DEFAULT_THRESHOLDS
+    worst = [(10, 20, 12.0)]
+    kept = dict(_local_metrics(12.0, 6.0), seam_local_added=0.5)  # an edge of the scene along the outline
+    checks, defects, _ = _judge_unit(kept, worst, th, 1, "region 1", th.min_region_px)
+    assert checks["seam_local_max"] == "pass" and not defects
+    added = dict(kept, seam_local_added=11.0)
+    _, defects, _ = _judge_unit(added, worst, th, 1, "region 1", th.min_region_px)
+    assert defects[0].key == "seam_local_added" and defects[0].value == 11.0
+    replaced = dict(kept, content_kept=0.1, tone_structure_kept=0.1)  # a fill: the original is the removed object
+    _, defects, _ = _judge_unit(replaced, worst, th, 1, "region 1", th.min_region_px)
+    assert any(d.key == "seam_local_max" for d in defects)
+
+
+def test_seam_local_added_is_zero_unedited_and_rises_with_a_step():
+    img = D.photo_like(H, W, seed=8)
+    mask = D.ellipse_mask(H, W, 224, 192, 100, 80, 15)
+    clean = assess(img, img, mask).regions[0]["metrics"]
+    assert clean["seam_local_added"] == 0.0
+    added = [assess(img, D.tone_step(img, mask, s), mask).regions[0]["metrics"]["seam_local_added"]
+             for s in (4.0, 8.0, 24.0)]
+    assert 0.0 < added[0] < added[1] < added[2]

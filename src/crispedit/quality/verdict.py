@@ -403,6 +403,11 @@ def _measure_unit(original: np.ndarray, edited: np.ndarray, m: np.ndarray, band:
     return metrics, seam.worst_places, seam.notes
 
 
+def _fl(x: Any) -> float:
+    """A metric as a float (nan when missing or not a number)."""
+    return float(x) if _finite(x) else float("nan")
+
+
 def _lower(limit: float, reference: Any) -> float:
     """A lower limit on a detail ratio, lowered to what the reference blur leaves of the same content (when
     measured): the edit fails only when it is softer than both."""
@@ -471,14 +476,14 @@ class _UnitJudge:
                 self.add(kind, "seam_score", v, seam_max, f"{what}: seam_score {v:.1f} > {seam_max:g}")
         else:
             self.checks["seam_score"] = "n/a"
-        v = m.get("seam_local_max")
+        v = _fl(m.get("seam_local_max"))
         if _finite(v):
             # a stretch is a seam when it stands out more than the limit and more than the scene's own worst
             # stretch along copies of this contour (an edge of the scene crossing the outline at a slant) ... and,
             # where the content was kept, only by what the edit added to it (the original's own score there)
-            nl = m.get("seam_local_null")
+            nl = _fl(m.get("seam_local_null"))
             lim = max(th.seam_local_max, nl) if _finite(nl) else th.seam_local_max
-            key, added = "seam_local_max", m.get("seam_local_added")
+            key, added = "seam_local_max", _fl(m.get("seam_local_added"))
             if not self.replaced and _finite(added) and added < v:
                 key, v = "seam_local_added", added
             self.checks["seam_local_max"] = "pass" if v <= lim else "fail"
@@ -565,12 +570,12 @@ class _UnitJudge:
     def _added_unseen(self, ref_key: str) -> bool:
         """The inside has more detail than ``ref_key`` by less than a viewer sees (``detail_added_visible``): a
         sharper-looking ratio of two faint textures (a flat graphic, bokeh) that nobody sees at 1:1."""
-        a, b = self.metrics.get("detail_inside"), self.metrics.get(ref_key)
+        a, b = _fl(self.metrics.get("detail_inside")), _fl(self.metrics.get(ref_key))
         return _finite(a) and _finite(b) and (a - b) * 255.0 < self.th.detail_added_visible
 
     def _texture_ring(self, key: str, v: float, lo: float, hi: float, low: tuple[str, str],
                       high: tuple[str, str]) -> None:
-        alt = self.metrics.get(key + "_original")
+        alt = _fl(self.metrics.get(key + "_original"))
         detail = key == "detail_ratio"
         lo_ring = _lower(lo, self.metrics.get("detail_ratio_ring_reference")) if detail else lo
         ok = (lo_ring <= v <= hi or (detail and v > hi and self._added_unseen("detail_ring"))

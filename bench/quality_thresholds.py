@@ -206,6 +206,11 @@ def rejudge(rec: dict, th: Thresholds) -> tuple[str, list[str]]:
         m = {k: (tuple(v) if isinstance(v, list) else (float("nan") if v is None else v))
              for k, v in reg["metrics"].items()}
         m["seam_z"] = {}
+        if "detail_original" not in m and all(isinstance(m.get(k), float) for k in ("detail_inside",
+                                                                                    "detail_ratio_original")):
+            # records measured before the key was stored: the original's inside detail from the ratio's definition
+            f = 0.25 / 255.0
+            m["detail_original"] = (m["detail_inside"] + f) / m["detail_ratio_original"] - f
         _, defects, unm = _judge_unit(m, [tuple(p) for p in reg.get("worst_places", [])], th, reg["index"],
                                       reg["name"], th.min_region_px)
         kinds += [f"{d.kind}:{d.key}" for d in defects]

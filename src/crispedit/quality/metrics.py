@@ -62,6 +62,9 @@ _FALLBACK_NULL = ((0.0, 0.08), (0.05, 0.04))
 _DETAIL_FLOOR = 0.25 / 255.0  # mean |Laplacian| added to both sides of the detail ratio
 _NOISE_FLOOR = 0.4 / 255.0  # noise sigma added to both sides of the noise ratio
 _NULL_MIN = 4  # fewer null placements than this at a scale: the scale is not used
+# the reference blur of the detail checks (px): what a Gaussian blur of this sigma would leave of the same content's
+# detail (between the sigma 0.5 of an invisible retouch and the sigma 1.5 that is clearly visible at 1:1)
+REFERENCE_BLUR_SIGMA = 1.0
 _FALLBACK_SEG = ((0.0, 0.2), (0.2, 0.12))
 _EPS_LAB = 0.25  # Lab units added to contrasts: below the noise of an 8-bit image after the low-pass
 
@@ -550,6 +553,12 @@ def detail_noise_consistency(
     the original's inside (what was there before). ``exclude`` (bool, same crop): other edited pixels, kept
     ``band`` px out of the ring. ``mask_dist`` (float32, same crop): the distance to ``mask`` when the caller has
     it (:func:`dist_outside_cached`), else computed here.
+
+    The same content's own sensitivity to blur gives the references: ``detail_ratio_ring_reference`` is the ring's
+    detail after a Gaussian blur of :data:`REFERENCE_BLUR_SIGMA` px (rounded to the image's depth, as a delivered
+    image is) over the ring's own; ``detail_ratio_reference`` the same for the original's inside. How much of its detail a blur removes depends on the content (a
+    tack-sharp photo loses a third of its finest octave to a sigma 0.5 px blur, bokeh nothing to sigma 1.5): an
+    edit that kept more detail than that blur would leave is no blurrier than a 1-px blur of it.
     """
     if ring_offset is None:
         ring_offset = band
@@ -574,12 +583,17 @@ def detail_noise_consistency(
         "detail_ring": d_out,
         "noise_sigma_inside": n_in,
         "noise_sigma_ring": n_out,
+        "detail_ratio_ring_reference": (_HF(grey_float(_reference_blur(edited))).detail(ring_s) + floor_d)
+        / (d_out + floor_d),
     }
     if original is not None:
         hf0 = _HF(grey_float(original))
         d0, n0 = hf0.detail(inner_s), hf0.noise(inner_s)
+        hfr = _HF(grey_float(_reference_blur(original)))
         out["detail_ratio_original"] = (d_in + floor_d) / (d0 + floor_d)
         out["noise_ratio_original"] = (n_in + floor_n) / (n0 + floor_n)
+        out["detail_ratio_reference"] = (hfr.detail(inner_s) + floor_d) / (d0 + floor_d)
+        out["detail_original"] = d0
         # the next octave: the 3x3 Laplacian on the luminance shrunk by 2 (area averaging). A blur of sigma
         # 0.5 px (invisible at 1:1, as a re-encode) lowers the finest octave only; sigma 1.5 lowers this one too
         h2, w2 = inner.shape[0] // 2, inner.shape[1] // 2
@@ -592,6 +606,13 @@ def detail_noise_consistency(
                 c_in, c0 = _HF(half(hf.g)).detail(inner2), _HF(half(hf0.g)).detail(inner2)
                 out["detail_ratio_coarse_original"] = (c_in + floor_d) / (c0 + floor_d)
     return out
+
+
+def _reference_blur(a: np.ndarray, sigma: float = REFERENCE_BLUR_SIGMA) -> np.ndarray:
+    """``a`` (a crop as loaded) blurred by a Gaussian of ``sigma`` px and rounded back to its dtype (OpenCV does
+    both for integer images), so the reference carries the same quantisation as a delivered edit."""
+    a = np.ascontiguousarray(a if a.ndim == 2 else a[:, :, : min(3, a.shape[2])])
+    return cv2.GaussianBlur(a, (0, 0), sigma, borderType=cv2.BORDER_REFLECT)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -868,6 +889,12 @@ class SeamResult:
     segment_scores: np.ndarray = field(repr=False)
     contour_points: int = 0
     notes: list[str] = field(default_factory=list)
+    #: the highest segment score on the null placements (each standardised as the contour's): the worst stretch
+    #: the scene itself shows along copies of this contour; nan without placements
+    local_null: float = float("nan")
+    #: with the original: the largest increase of a segment's score over the original's on the same segment
+    #: (what the edit added to the worst stretch); nan without the original
+    local_added: float = float("nan")
 
 
 class _Pyramid:
@@ -1017,17 +1044,24 @@ def _choose_placements(
     return chosen
 
 
-def _scale_z(pyr: _Pyramid, contour: Contour, placements_by_scale: dict[int, list], used: tuple[int, ...]
-             ) -> tuple[dict[str, float], dict[str, float], np.ndarray, np.ndarray]:
+def _scale_z(pyr: _Pyramid, contour: Contour, placements_by_scale: dict[int, list], used: tuple[int, ...],
+             pyr0: _Pyramid | None = None
+             ) -> tuple[dict[str, float], dict[str, float], np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
     """Per seam scale, the two statistics on the contour standardised against its null placements: the z-scores
     (``|z|`` for the ratio), the raw statistics and signed z's, the null placements' own z-scores (rows:
-    placements) and the per-segment z-scores (rows: statistics); fixed spreads when a scale has no placement."""
+    placements), the per-segment z-scores (rows: statistics) and each null placement's own worst segment score
+    (the same standardisation; row j mixes the j-th placement of each scale, as the z-scores do) and, with
+    ``pyr0`` (the original's pyramid), the per-segment z-scores of the original on the same contour, standardised
+    the same way (the placements lie on untouched pixels, the same in both); fixed spreads when a scale has no
+    placement."""
     zs: dict[str, float] = {}
     stats: dict[str, float] = {}
     n_stat = 2 * len(used)
     n_pl = max(len(v) for v in placements_by_scale.values())
     null_z = np.full((n_pl, n_stat), np.nan)
     seg_z = np.full((n_stat, contour.n_segments), np.nan)
+    seg_z0 = np.full((n_stat, contour.n_segments), np.nan) if pyr0 is not None else None
+    null_seg_max = np.full(n_pl, -np.inf)
     floors = (_NULL_STD_FLOOR, _COH_STD_FLOOR)
     seg_floors = (_SEG_STD_FLOOR, _SEG_COH_STD_FLOOR)
     for k, d in enumerate(used):
@@ -1035,6 +1069,10 @@ def _scale_z(pyr: _Pyramid, contour: Contour, placements_by_scale: dict[int, lis
         lab, q = pyr.level(d)
         g, per = _contrast_stats(lab, q, contour.points, contour.normals, float(d), contour.segments,
                                  contour.n_segments)
+        if pyr0 is not None:
+            lab0, q0 = pyr0.level(d)
+            per0 = _contrast_stats(lab0, q0, contour.points, contour.normals, float(d), contour.segments,
+                                   contour.n_segments)[1]
         null_g = np.full((len(placements), 2), np.nan)
         null_per = []
         for j, (o, v) in enumerate(placements):
@@ -1064,8 +1102,17 @@ def _scale_z(pyr: _Pyramid, contour: Contour, placements_by_scale: dict[int, lis
             zs[key] = abs(z) if name == "ratio" else z
             sz = (per[i] - smed) / ssd
             seg_z[2 * k + i] = np.abs(sz) if name == "ratio" else sz
+            if seg_z0 is not None:
+                sz0 = (per0[i] - smed) / ssd
+                seg_z0[2 * k + i] = np.abs(sz0) if name == "ratio" else sz0
             stats[f"{key}_signed_z"] = z
-    return zs, stats, null_z, seg_z
+            for j, pn in enumerate(null_per):  # each copy's own worst stretch, scored the same way
+                nz = (pn[i] - smed) / ssd
+                nz = np.abs(nz) if name == "ratio" else nz
+                if np.isfinite(nz).any():
+                    null_seg_max[j] = max(null_seg_max[j], float(np.nanmax(nz)))
+    null_seg_max[~np.isfinite(null_seg_max)] = np.nan
+    return zs, stats, null_z, seg_z, null_seg_max, seg_z0
 
 
 def _worst_places(contour: Contour, seg_scores: np.ndarray, segment_px: int, n_worst: int
@@ -1101,6 +1148,7 @@ def seam_visibility(
     n_worst: int = 6,
     cache: dict[str, Any] | None = None,
     max_points: int = 40_000,
+    original: np.ndarray | None = None,
 ) -> SeamResult:
     """Seam visibility of the mask contour on ``edited`` (the full edited image, as loaded).
 
@@ -1118,7 +1166,10 @@ def seam_visibility(
     ``cache`` (a dict kept by the caller) shares the low-passed pyramid and the distance map from ``forbidden``
     between calls on the same image (one call per region); pass the same ``forbidden`` to every call that shares
     it. Contours longer than ``2 max_points`` px are sampled more sparsely (at most ``max_points`` points), so
-    masks with millions of contour pixels cost about as much as a large ellipse.
+    masks with millions of contour pixels cost about as much as a large ellipse. With ``original`` (the image
+    before the edit, as loaded), each segment is also scored on the original, standardised the same way, and
+    ``local_added`` is the largest increase the edit made to a segment's score (an edge of the scene that runs
+    along the outline scores as high before as after).
     """
     h, w = mask.shape
     scales = tuple(d for d in scales if d <= max(2, band)) or (2,)
@@ -1171,7 +1222,10 @@ def seam_visibility(
         pyr = cache.setdefault("pyramid", _Pyramid(edited))
     else:
         pyr = _Pyramid(edited)
-    zs, stats, null_z, seg_z = _scale_z(pyr, contour, placements_by_scale, used)
+    pyr0 = None
+    if original is not None:
+        pyr0 = cache.setdefault("pyramid_original", _Pyramid(original)) if cache is not None else _Pyramid(original)
+    zs, stats, null_z, seg_z, null_seg_max, seg_z0 = _scale_z(pyr, contour, placements_by_scale, used, pyr0)
     n_min = min(len(v) for v in placements_by_scale.values())
     if 0 < n_min < 8:
         notes.append(f"only {n_min} null placements on untouched pixels; seam score is approximate")
@@ -1184,8 +1238,20 @@ def seam_visibility(
     seg_scores[~np.isfinite(seg_scores)] = np.nan
     # worst places: highest segment scores, centres at least one segment apart
     worst = _worst_places(contour, seg_scores, segment_px, n_worst)
+    # the scene's own worst stretch along copies of this contour (an edge of the scene crossing the contour at a
+    # slant scores high on a flat graphic, where such crossings are rare among the segments)
+    local_null = float(np.nanmax(null_seg_max)) if np.isfinite(null_seg_max).any() else float("nan")
+    local_added = float("nan")
+    if seg_z0 is not None:
+        # what the edit added to each stretch: its score minus the original's on the same stretch
+        seg0 = np.nanmax(np.where(np.isfinite(seg_z0), seg_z0, -np.inf), axis=0)
+        added = seg_scores - seg0
+        if np.isfinite(added).any():
+            local_added = float(np.nanmax(np.where(np.isfinite(added), added, -np.inf)))
     return SeamResult(
         seam_score=seam_score,
+        local_null=local_null,
+        local_added=local_added,
         scale_z=zs,
         scale_stat=stats,
         null_placements=len(placements),
@@ -1228,11 +1294,13 @@ def _inradius_upper(mask: np.ndarray, bb: tuple[int, int, int, int], k: int = 4)
 
 @dataclass
 class _Sides:
-    """Where :func:`tone_step` and :func:`colour_consistency` sample: contour points (full-image x, y) with both
-    sides inside the image, the inner and outer sample positions ``D`` px along the normal (full-image), the
-    points' segment ids and the crop box (x0, y0, x1, y1) around the mask."""
+    """Where :func:`tone_step`, :func:`colour_consistency` and :func:`scene_steps` sample: contour points
+    (full-image x, y) with both sides inside the image, their outward unit normals, the inner and outer sample
+    positions ``D`` px along the normal (full-image), the points' segment ids and the crop box (x0, y0, x1, y1)
+    around the mask."""
 
     points: np.ndarray
+    normals: np.ndarray
     inner: np.ndarray
     outer: np.ndarray
     segments: np.ndarray
@@ -1278,7 +1346,8 @@ def _contour_sides(mask: np.ndarray, band: int, segment_px: int | None, reach: f
     ok = inside(pin) & inside(pout) & (p[:, 0] > 1) & (p[:, 0] < w - 2) & (p[:, 1] > 1) & (p[:, 1] < h - 2)
     if ok.sum() < 4:
         return None
-    return _Sides(p[ok], pin[ok], pout[ok], contour.segments[ok], contour.n_segments, D, (x0, y0, x1, y1))
+    return _Sides(p[ok], contour.normals[ok], pin[ok], pout[ok], contour.segments[ok], contour.n_segments, D,
+                  (x0, y0, x1, y1))
 
 
 def colour_consistency(
@@ -1537,6 +1606,7 @@ def scene_steps(
     cache: dict[str, Any] | None = None,
     n_null: int = 24,
     segment_px: int | None = None,
+    contour_cache: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """How unusual the tone and colour difference across the contour is for this photo: the edit's inner vs outer
     side against the same statistics on copies of the contour translated onto untouched parts of the image.
@@ -1547,8 +1617,9 @@ def scene_steps(
     CIE Lab, Gaussian sigma 1 px there) is sampled ``D`` px inside and outside the contour (``D`` as in
     :func:`tone_step`) and averaged per segment; per contour: ``L`` = median over segments of the L* step
     (inside - outside), ``L_worst`` = the largest ``|median|`` over runs of three segments, ``E`` = CIEDE2000 of
-    the mean inner and mean outer colour. The same on up to ``n_null`` placements (chosen as the seam check's:
-    seeded offsets, every sample ``D + 8`` px clear of ``forbidden`` and of the mask). Returns ``scene_tone_z``
+    the mean inner and mean outer colour (the contour, its normals and ``D`` are those of :func:`tone_step`;
+    ``contour_cache``, a dict for this mask, shares them). The same on up to ``n_null`` placements (chosen as the
+    seam check's: seeded offsets, every sample ``D + 8`` px clear of ``forbidden`` and of the mask). Returns ``scene_tone_z``
     (``|L - median| / spread`` of the placements' ``L``), ``scene_tone_worst_z``, ``scene_colour_z`` (one-sided),
     with the spread ``max(1.4826 MAD, floor)`` (floors 0.4 L*, 0.4 ΔE); the raw values (``scene_tone_lstar``,
     ``scene_colour_delta_e``, their null medians) and ``scene_null_placements``. nan when fewer than
@@ -1558,21 +1629,12 @@ def scene_steps(
     out: dict[str, Any] = {"scene_tone_z": nan, "scene_tone_worst_z": nan, "scene_colour_z": nan,
                            "scene_null_placements": 0}
     h, w = mask.shape
-    bb = mask_bbox(mask)
-    if bb is None:
+    # the contour, its normals, segments and sample depth D: those of tone_step and colour_consistency
+    sides = _contour_sides_cached(contour_cache, mask, band, segment_px, 12.0)
+    if sides is None or len(sides.points) < 8:
         return out
-    if segment_px is None:
-        segment_px = max(48, 2 * band)
-    D = float(max(3.0, min(max(8, band), 0.6 * _max_inradius(mask, bb))))
-    x0, y0, x1, y1 = _crop_box(mask.shape, bb, 4)
-    contour = sample_contour(mask[y0:y1, x0:x1], (x0, y0), step=3.0, segment_px=segment_px)
-    p = contour.points
-    keep = (p[:, 0] - D >= 0) & (p[:, 0] + D < w) & (p[:, 1] - D >= 0) & (p[:, 1] + D < h)
-    if keep.sum() < 8:
-        return out
-    pts, nrm = p[keep], contour.normals[keep]
-    uniq, seg = np.unique(contour.segments[keep], return_inverse=True)
-    nseg = len(uniq)
+    D = sides.depth
+    pts, nrm, seg, nseg = sides.points, sides.normals, sides.segments, sides.n_segments
     if cache is not None and "dist" in cache:
         dist, f = cache["dist"]
     else:
@@ -1597,8 +1659,8 @@ def scene_steps(
         mo /= cnt[good, None]
         dl = mi[:, 0] - mo[:, 0]
         worst = abs(float(np.median(dl)))
-        for i in range(len(dl)):
-            worst = max(worst, abs(float(np.median(dl[max(0, i - 1) : i + 2]))))
+        if len(dl) >= 3:  # (one or two segments: their runs' medians are the median)
+            worst = max(worst, float(np.max(np.abs(_run3_median(dl)))))
         wseg = cnt[good].astype(np.float64)
         if mi.shape[1] >= 3:
             de = float(ciede2000(np.average(mi, 0, wseg), np.average(mo, 0, wseg)))

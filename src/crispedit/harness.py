@@ -349,14 +349,17 @@ def _finish_region(data: ImageData, out: np.ndarray, plan: MaskPlan, user_w: np.
         gen = compositing.tone_match(gen, orig, ring, target, scale=float(band))
     if hopts.get("seam", True):
         gen = seam_correct(gen, orig, em_p, rim=max(4, band // 4), sigma=max(4.0, band / 4))
+    content = None
     if hopts.get("sharpness", True) and ring.any():
+        # the content's own level of fine detail, measured through the engine's decode (before anything is added)
+        content = compositing.detail_content(gen, orig, em_p, ring & (dist > 6))["content"]
         gen = compositing.cap_detail(gen, orig, em_p, ring, limit=1.15)  # never much noisier than the photo around
     if hopts.get("grain", True) and ring.any():
         gen = compositing.match_grain(gen, orig, em_p, ring, seed=seed)
     if hopts.get("sharpness", True) and ring.any():
         # the finest octaves a soft decode lost below the quantisation: made anew at the photo's level
         quantum = 1.0 / float(np.iinfo(crop.dtype).max) if crop.dtype.kind == "u" else 0.0
-        gen = compositing.synthesise_detail(gen, orig, em_p, ring, quantum=quantum)
+        gen = compositing.synthesise_detail(gen, orig, em_p, ring, quantum=quantum, content=content)
     if hopts.get("sharpness", True):
         # the blend band keeps the photo's own fine structure: an edge crossing the contour stays as sharp as it was
         gen = compositing.transfer_detail(gen, orig, cm_p, width=1.0, sigma=6.0)

@@ -633,13 +633,14 @@ def _filter_pad(sigmas: tuple[float, ...]) -> int:
 
 def _band_values(img: np.ndarray | tuple[np.ndarray, ...], region: np.ndarray,
                  sigmas: tuple[float, ...], *, budget: int = 300_000, block: int = 128,
-                 ) -> np.ndarray:
+                 lattice: bool = False) -> np.ndarray:
     """Band values ``(N, C * len(sigmas))`` of ``img`` at ``region`` pixels.
 
     ``img`` may be a tuple of HxWxC_i arrays, read as their concatenation along channels.  When the
     region's bounding box is larger than ``budget`` pixels, only a fixed pseudo-random subset of
     ``block`` x ``block`` tiles that touch the region is filtered (statistics do not need every
-    pixel, and the cost stays bounded for 3000 px masks).
+    pixel, and the cost stays bounded for 3000 px masks); ``lattice``: a regular lattice of them
+    (:func:`_lattice_blocks`) instead.
     """
     imgs = img if isinstance(img, tuple) else (img,)
     h, w = imgs[0].shape[:2]
@@ -651,6 +652,8 @@ def _band_values(img: np.ndarray | tuple[np.ndarray, ...], region: np.ndarray,
     pad = _filter_pad(sigmas)
     if (y1 - y0) * (x1 - x0) <= budget:
         blocks = [(y0, y1, x0, x1)]
+    elif lattice:
+        blocks = _lattice_blocks(region, budget, block)
     else:
         blocks = [(by, min(by + block, y1), bx, min(bx + block, x1))
                   for by in range(y0, y1, block) for bx in range(x0, x1, block)]
@@ -1139,28 +1142,39 @@ def match_sharpness(edited: np.ndarray, original: np.ndarray, ring: np.ndarray, 
 CONTENT_SIGMAS = (0.5, 1.0, 2.0, 4.0)
 
 
+def _lattice_blocks(region: np.ndarray, budget: int, block: int) -> list[tuple[int, int, int, int]]:
+    """``block`` px tiles ``(y0, y1, x0, x1)`` of ``region``'s box that touch it; when they hold more than ``budget``
+    pixels, every k-th in both directions (a regular lattice over the whole region: far less sampling variance
+    on a heterogeneous region than as many tiles drawn at random)."""
+    box = mask_bbox(region)
+    if box is None:
+        return []
+    x0, y0, x1, y1 = box
+    ny, nx = -(-(y1 - y0) // block), -(-(x1 - x0) // block)
+    step = 1
+    while True:
+        blocks = [(y0 + j * block, min(y0 + (j + 1) * block, y1), x0 + i * block, min(x0 + (i + 1) * block, x1))
+                  for j in range(step // 2, ny, step) for i in range(step // 2, nx, step)]
+        blocks = [b for b in blocks if region[b[0]:b[1], b[2]:b[3]].any()]
+        if len(blocks) * block * block <= budget or len(blocks) <= 4:
+            return blocks
+        step += 1
+
+
 def _window_powers(imgs: tuple[np.ndarray, ...], region: np.ndarray, sigmas: tuple[float, ...], *, win: int = 16,
-                   budget: int = 400_000, block: int = 128) -> tuple[np.ndarray, np.ndarray]:
+                   budget: int = 1_000_000, block: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Band powers of each of ``imgs`` (HxWx1 float32) on ``win`` x ``win`` windows of ``region``.
 
     Returns ``(count, power)``: ``count`` (N,) the region pixels of each window with any, ``power``
-    (N, len(imgs), len(sigmas)) their mean squared band values (:func:`_band_stack`). Like :func:`_band_values`, a
-    region whose box exceeds ``budget`` pixels is read on a fixed pseudo-random subset of ``block`` px tiles.
+    (N, len(imgs), len(sigmas)) their mean squared band values (:func:`_band_stack`). A region whose tiles hold
+    more than ``budget`` pixels is read on a regular lattice of ``block`` px tiles (:func:`_lattice_blocks`).
     """
     h, w = region.shape
     nb = len(sigmas)
-    box = mask_bbox(region)
-    if box is None:
-        return np.zeros(0), np.zeros((0, len(imgs), nb))
-    x0, y0, x1, y1 = box
     pad = _filter_pad(sigmas)
-    blocks = [(by, min(by + block, y1), bx, min(bx + block, x1))
-              for by in range(y0, y1, block) for bx in range(x0, x1, block)]
-    blocks = [b for b in blocks if region[b[0]:b[1], b[2]:b[3]].any()]
-    keep = max(1, budget // (block * block))
-    if len(blocks) > keep:
-        pick = np.random.default_rng(0x5EED).choice(len(blocks), size=keep, replace=False)
-        blocks = [blocks[i] for i in np.sort(pick)]
+    blocks = _lattice_blocks(region, budget, block)
+    if not blocks:
+        return np.zeros(0), np.zeros((0, len(imgs), nb))
     counts, powers = [], []
     for by0, by1, bx0, bx1 in blocks:
         py0, py1, px0, px1 = max(0, by0 - pad), min(h, by1 + pad), max(0, bx0 - pad), min(w, bx1 + pad)
@@ -1186,24 +1200,24 @@ def _window_powers(imgs: tuple[np.ndarray, ...], region: np.ndarray, sigmas: tup
 
 def detail_content(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring: np.ndarray, *,
                    sigmas: tuple[float, ...] = CONTENT_SIGMAS, sample: np.ndarray | None = None,
-                   min_snr: float = 1.0, min_transfer: float = 0.02) -> dict[str, np.ndarray]:
+                   min_snr: float = 1.0, radius: int = 3) -> dict[str, np.ndarray]:
     """How much fine detail an edit's content has, band by band, relative to the photo around it.
 
     The edit is an engine's rendering: on ``ring`` (outside the mask) of the original, inside the mask of new
-    content, both through the same decode (blur, grain, rounding). Per band ``k`` (luma, :func:`_band_stack` of
-    ``sigmas``), the decode is fitted on ``ring`` as a power transfer plus additive noise, by least squares over
-    16 px windows: ``P_edit(w) = t_k P_orig(w) + N_k`` (``N_k >= 0``), which separates the engine's own grain and
-    rounding (signal-independent) from its softness (proportional). The content's band power relative to the
-    ring's is then ``c_k = (P_in - N_k) / (P_ring - N_k)`` with ``P_in``, ``P_ring`` the edit's mean band power
-    inside (``sample``, default ``mask`` eroded by 8 px) and on the ring: the same decode on both sides cancels.
-    A band is measured when ``t_k >= min_transfer`` and its signal inside and on the ring is at least
-    ``min_snr`` x ``N_k``.
+    content, both through the same decode (blur, sharpening, grain, rounding). The decode is fitted on
+    ``ring`` (luma) as a linear filter of the original, a ``2 radius + 1`` square kernel plus an offset, by
+    least squares (a Wiener-Hopf fit of the engine's point-spread function); what it leaves is the engine's own
+    noise. Per band ``k`` (:func:`_band_stack` of ``sigmas``), with ``S_k`` the band power of the filtered
+    original on the ring, ``N_k`` that of the residual and ``P_k`` that of the edit inside (``sample``), the
+    content's band power relative to the ring's is ``c_k = (P_k - N_k) / S_k``: the same decode on both sides
+    cancels. A band is measured when ``S_k`` and ``P_k - N_k`` both exceed ``min_snr`` x ``N_k``.
 
-    A band a soft decode took below its noise is predicted from the finest measured band ``m`` and the one above
-    it: ``c_k = c_m (c_m / c_{m+1})^(0.5 (m - k))`` (the log-ratio extrapolated at half its slope per octave,
-    clamped to a factor 2). On real photos (the benchmark's tuning split, the originals as the edit) the
-    Laplacian energy inside a mask predicted from the ring this way from the 0.5-1 and 1-2 px bands is within
-    0.8-1.25 of the truth in 16 of 16 masks (log-std 0.08), against 10 of 16 (0.46) from the 2-8 px bands.
+    A band a soft or noisy decode took below its noise is predicted from the finest measured band ``m`` and the
+    one above it: ``c_k = c_m (c_m / c_{m+1})^(0.5 (m - k))`` (the log-ratio extrapolated at half its slope per
+    octave, the factor clamped to [0.5, 2]). On real photos (the benchmark's tuning split, originals as the
+    edit) the 3x3 Laplacian energy inside a mask predicted from the ring this way from the 0.5-1 and 1-2 px
+    bands is within 0.8-1.25 of the truth in 16 of 16 masks (log-std 0.08), against 10 of 16 (0.46) from the
+    2-8 px bands.
 
     Parameters
     ----------
@@ -1216,14 +1230,16 @@ def detail_content(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, r
         Band edges (px), finest first.
     sample : ndarray of bool, shape (H, W), optional
         Pixels inside the mask to measure (default: ``mask`` eroded by 8 px, or the mask when that is empty).
-    min_snr, min_transfer : float
+    min_snr : float
         When a band counts as measured (see above).
+    radius : int
+        Half size of the fitted kernel (px).
 
     Returns
     -------
     dict of float64 arrays of shape (len(sigmas),): ``content`` (c_k, measured or predicted; NaN for a band
-    that can be neither), ``measured`` (bool), ``transfer`` (t_k), ``noise`` (N_k, in squared [0, 1] units of
-    luma). All NaN / False when the mask or the ring has fewer than 256 pixels.
+    that can be neither), ``measured`` (bool), ``signal`` (S_k) and ``noise`` (N_k), in squared [0, 1] units of
+    luma. All NaN / False when the mask or the ring has fewer than 256 pixels.
     """
     edit, orig, _ = _as_pair(edited, original)
     h, w, c = edit.shape
@@ -1231,7 +1247,7 @@ def detail_content(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, r
     rg = _as_mask(ring, (h, w), "ring") & ~m
     nb = len(sigmas)
     nan = np.full(nb, np.nan)
-    res = {"content": nan.copy(), "measured": np.zeros(nb, bool), "transfer": nan.copy(), "noise": nan.copy()}
+    res = {"content": nan.copy(), "measured": np.zeros(nb, bool), "signal": nan.copy(), "noise": nan.copy()}
     inner = (_erode(m, 8) if sample is None else _as_mask(sample, (h, w), "sample") & m)
     if np.count_nonzero(inner) < 256:
         inner = m
@@ -1239,33 +1255,41 @@ def detail_content(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, r
         return res
     luma = np.array([0.299, 0.587, 0.114], np.float32) if c == 3 else np.full(c, 1.0 / c, np.float32)
     sig = tuple(float(s) for s in sigmas)
-    box = mask_bbox(inner | rg, pad=_filter_pad(sig))
-    x0, y0, x1, y1 = box  # type: ignore[misc]
-    ey = (edit[y0:y1, x0:x1] @ luma)[:, :, None]
-    oy = (orig[y0:y1, x0:x1] @ luma)[:, :, None]
-    cnt, pw = _window_powers((ey, oy), rg[y0:y1, x0:x1], sig)
-    icnt, ipw = _window_powers((ey,), inner[y0:y1, x0:x1], sig)
-    full = cnt >= 0.5 * cnt.max()
-    if np.count_nonzero(full) < 4:
+    r = int(radius)
+    x0, y0, x1, y1 = mask_bbox(inner | rg, pad=_filter_pad(sig) + r)  # type: ignore[misc]
+    ey = np.ascontiguousarray(edit[y0:y1, x0:x1] @ luma)
+    oy = np.ascontiguousarray(orig[y0:y1, x0:x1] @ luma)
+    bh, bw = ey.shape
+    # the decode's kernel: least squares on a sample of ring pixels at least ``r`` inside the box
+    sel = rg[y0:y1, x0:x1].copy()
+    sel[:r], sel[bh - r:], sel[:, :r], sel[:, bw - r:] = False, False, False, False
+    idx = _subsample(np.flatnonzero(sel), 40_000)
+    offs = [dy * bw + dx for dy in range(-r, r + 1) for dx in range(-r, r + 1)]
+    design = np.empty((idx.size, len(offs) + 1), np.float64)
+    of = oy.reshape(-1)
+    for j, off in enumerate(offs):
+        design[:, j] = of[idx + off]
+    design[:, -1] = 1.0
+    coef = np.linalg.lstsq(design, ey.reshape(-1)[idx].astype(np.float64), rcond=None)[0]
+    kernel = coef[:-1].reshape(2 * r + 1, 2 * r + 1).astype(np.float32)
+    fitted = cv2.filter2D(oy, cv2.CV_32F, kernel, borderType=cv2.BORDER_REFLECT) + np.float32(coef[-1])
+    resid = ey - fitted
+    cnt, pw = _window_powers((fitted[:, :, None], resid[:, :, None]), rg[y0:y1, x0:x1], sig)
+    icnt, ipw = _window_powers((ey[:, :, None],), inner[y0:y1, x0:x1], sig)
+    if cnt.size == 0 or icnt.size == 0:
         return res
-    wt = np.sqrt(cnt[full])
-    p_ring = (pw[:, 0, :] * cnt[:, None]).sum(axis=0) / cnt.sum()
+    s_ring = (pw[:, 0, :] * cnt[:, None]).sum(axis=0) / cnt.sum()
+    n_ring = (pw[:, 1, :] * cnt[:, None]).sum(axis=0) / cnt.sum()
     p_in = (ipw[:, 0, :] * icnt[:, None]).sum(axis=0) / icnt.sum()
+    res["signal"], res["noise"] = s_ring, n_ring
     cont = nan.copy()
     for k in range(nb):
-        pe, po = pw[full, 0, k], pw[full, 1, k]
-        a = np.stack([po, np.ones_like(po)], axis=1) * wt[:, None]
-        t, n0 = np.linalg.lstsq(a, pe * wt, rcond=None)[0]
-        if n0 < 0:  # no measurable additive noise: a pure transfer
-            n0 = 0.0
-            t = float((pe * po * wt * wt).sum() / max((po * po * wt * wt).sum(), 1e-30))
-        res["transfer"][k], res["noise"][k] = t, n0
-        s_in, s_ring = p_in[k] - n0, p_ring[k] - n0
-        if t >= min_transfer and s_in > min_snr * n0 and s_ring > min_snr * n0 and s_ring > 0:
+        s_in = p_in[k] - n_ring[k]
+        if s_ring[k] > min_snr * n_ring[k] and s_in > min_snr * n_ring[k] and s_ring[k] > 0:
             res["measured"][k] = True
-            cont[k] = s_in / s_ring
-    meas = np.flatnonzero(res["measured"])
+            cont[k] = s_in / s_ring[k]
     res["content"] = cont
+    meas = np.flatnonzero(res["measured"])
     if meas.size:
         mk = int(meas[0])
         slope = 1.0
@@ -1482,13 +1506,19 @@ def _laplacian(img: np.ndarray) -> np.ndarray:
     return cv2.Laplacian(np.ascontiguousarray(img[:, :, 0]), cv2.CV_32F, ksize=1, borderType=cv2.BORDER_REFLECT)
 
 
+#: Rec. 601 RGB -> Y, Cb, Cr (linear, no offsets): luma and two colour differences.
+_YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], np.float32)
+
+
 def cap_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring: np.ndarray, *,
-               sigmas: tuple[float, ...] = SHARPNESS_SIGMAS[:2], limit: float = 1.2) -> np.ndarray:
+               sigmas: tuple[float, ...] = SHARPNESS_SIGMAS[:2], limit: float = 1.2,
+               content: np.ndarray | None = None) -> np.ndarray:
     """Keep an edit from being noisier than its surroundings: cap its fine-band power at the ring's.
 
     Per band (``img - G_s0``, ``G_s0 - G_s1``), the mean power of the edit inside ``mask`` (eroded by
     the filter reach) is compared with the original's on ``ring``; a band more than ``limit`` times
-    stronger is scaled down inside the mask to ``limit`` times the ring's power. An engine's own grain
+    stronger is scaled down inside the mask to ``limit`` times the ring's power. Colour images are capped
+    on luma and on chroma (Rec. 601 YCbCr) separately. An engine's own grain
     (or noise amplified by sharpening) is what this removes; a band at or below the ring's level is
     left alone.
 
@@ -1503,6 +1533,10 @@ def cap_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring:
         Band edges in px.
     limit : float
         Largest allowed power ratio (edit inside / original on the ring) per band.
+    content : ndarray of float, shape (len(sigmas),), optional
+        The content's own detail per band relative to the ring's (e.g. from :func:`detail_content`): the cap is
+        ``limit`` x the ring's power x ``content`` (a mask over a more detailed part of the photo than its
+        surroundings keeps that detail); NaN or omitted: 1.
 
     Returns
     -------
@@ -1529,20 +1563,39 @@ def cap_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring:
     if np.count_nonzero(inner) < 64 or np.count_nonzero(rg) < 64:
         return _restore_shape(out, was_2d)
     nb = len(sigmas)
-    e_vals = _band_values(edit, inner, sigmas).reshape(-1, nb, c)
-    o_vals = _band_values(orig, rg, sigmas).reshape(-1, nb, c)
-    p_in = (e_vals.astype(np.float64) ** 2).mean(axis=(0, 2))
-    p_ring = (o_vals.astype(np.float64) ** 2).mean(axis=(0, 2))
-    scale = np.sqrt(np.minimum(1.0, limit * p_ring / np.maximum(p_in, 1e-20)))
-    if np.all(scale > 0.99):
+    # colour images: luma and chroma (Rec. 601 YCbCr, linear) capped separately: an engine's colour noise is
+    # taken down without taking the content's luma detail with it, and the reverse
+    if c == 3:
+        to_ycc = _YCC
+        groups = [np.array([0]), np.array([1, 2])]
+    else:
+        to_ycc = np.eye(c, dtype=np.float32)
+        groups = [np.arange(c)]
+    # statistics on a regular lattice of tiles (about 1 MP at most): a few random tiles of a heterogeneous
+    # region (a dragonfly's edges in one, bokeh in the next) misjudge its level by 2x
+    e_vals = _band_values(edit @ to_ycc.T, inner, sigmas, budget=1_000_000, block=64, lattice=True)
+    o_vals = _band_values(orig @ to_ycc.T, rg, sigmas, budget=1_000_000, block=64, lattice=True)
+    e_vals = e_vals.reshape(-1, nb, c).astype(np.float64) ** 2
+    o_vals = o_vals.reshape(-1, nb, c).astype(np.float64) ** 2
+    factor = np.ones(nb)
+    if content is not None:
+        given = np.asarray(content, np.float64)
+        factor = np.where(np.isfinite(given), np.clip(given, 0.01, 100.0), 1.0)
+    gains = np.ones((nb, c), np.float32)
+    for g in groups:
+        p_in = e_vals[:, :, g].mean(axis=(0, 2))
+        p_ring = o_vals[:, :, g].mean(axis=(0, 2)) * factor
+        gains[:, g] = np.sqrt(np.minimum(1.0, limit * p_ring / np.maximum(p_in, 1e-20)))[:, None]
+    if np.all(gains > 0.99):
         return _restore_shape(out, was_2d)
     x0, y0, x1, y1 = mask_bbox(m, pad=pad)  # type: ignore[misc]
     sub = edit[y0:y1, x0:x1]
     corr = np.zeros_like(sub)
-    for g, layer in zip(scale, _band_stack(sub, tuple(sigmas))):
-        if g < 0.999:
-            corr += np.float32(g - 1.0) * layer
-    new = np.clip(sub + corr, 0.0, 1.0)
+    for g, layer in zip(gains, _band_stack(sub @ to_ycc.T, tuple(sigmas))):
+        if g.min() < 0.999:
+            corr += (g - np.float32(1.0)) * layer
+    new = sub + corr @ np.linalg.inv(to_ycc).T.astype(np.float32)
+    np.clip(new, 0.0, 1.0, out=new)
     np.copyto(out[y0:y1, x0:x1], new, where=m[y0:y1, x0:x1, None])
     return _restore_shape(out, was_2d)
 

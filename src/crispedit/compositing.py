@@ -1256,7 +1256,9 @@ def _spectral_content(ey: np.ndarray, oy: np.ndarray, resid: np.ndarray, inner: 
         total, part = float(wk.sum()), float(wk[ok].sum())
         signal[k] = float((sig_ring * resp[k] ** 2)[np.isfinite(f2)].sum()) / size ** 2
         nz[k] = float((noise * resp[k] ** 2)[np.isfinite(f2)].sum()) / size ** 2
-        if total > 0 and part >= 0.3 * total:
+        # the content's own signal inside must stand above the noise too, or the ratio is the noise's estimate
+        inside = float((np.maximum(p_in - noise, 0.0) * resp[k] ** 2)[ok].sum())
+        if total > 0 and part >= 0.3 * total and inside >= min_snr * float((noise * resp[k] ** 2)[ok].sum()):
             measured[k] = True
             cont[k] = float((ratio * wk)[ok].sum()) / part
     return cont, measured, signal, nz
@@ -1276,9 +1278,9 @@ def detail_content(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, r
     content's band power relative to the ring's is ``c_k = (P_k - N_k) / S_k``: the same decode on both sides
     cancels. A band is measured when ``S_k`` and ``P_k - N_k`` both exceed ``min_snr`` x ``N_k``.
 
-    A band a soft or noisy decode took below its noise is predicted from the finest measured band ``m`` and the
-    one above it: ``c_k = c_m (c_m / c_{m+1})^(0.5 (m - k))`` (the log-ratio extrapolated at half its slope per
-    octave, the factor clamped to [0.5, 2]). On real photos (the benchmark's tuning split, originals as the
+    The finest band, when a soft or noisy decode took it below its noise, is predicted from the next two:
+    ``c_0 = c_1 (c_1 / c_2)^0.5`` (the log-ratio extrapolated at half its slope, the factor clamped to
+    [0.5, 2]); coarser gaps are left NaN. On real photos (the benchmark's tuning split, originals as the
     edit) the 3x3 Laplacian energy inside a mask predicted from the ring this way from the 0.5-1 and 1-2 px
     bands is within 0.8-1.25 of the truth in 16 of 16 masks (log-std 0.08), against 10 of 16 (0.46) from the
     2-8 px bands.
@@ -1373,14 +1375,10 @@ def detail_content(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, r
                 res["measured"][k] = True
                 cont[k] = s_in / s_ring[k]
     res["content"] = cont
-    meas = np.flatnonzero(res["measured"])
-    if meas.size:
-        mk = int(meas[0])
-        slope = 1.0
-        if mk + 1 < nb and res["measured"][mk + 1] and cont[mk + 1] > 0:
-            slope = max(cont[mk], 1e-12) / cont[mk + 1]
-        for k in range(mk):
-            res["content"][k] = cont[mk] * float(np.clip(slope ** (0.5 * (mk - k)), 0.5, 2.0))
+    # one octave of extrapolation only (from the 0.5-1 px band to the finest): from coarser bands the prediction
+    # is no better than the ring's own (log-std 0.43 on the tuning photos), and the bands are left NaN
+    if not res["measured"][0] and nb > 2 and res["measured"][1] and res["measured"][2] and cont[2] > 0:
+        res["content"][0] = cont[1] * float(np.clip((max(cont[1], 1e-12) / cont[2]) ** 0.5, 0.5, 2.0))
     return res
 
 
@@ -1497,20 +1495,24 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
     o_lap = float((_laplacian(o_y).reshape(-1)[ridx].astype(np.float64) ** 2).mean())
     per_band = np.full(bands, coarse_ratio)
     aims = np.full(bands, aim)
+    measured = np.zeros(bands, bool)
     if content is not None:
         given = np.asarray(content, np.float64)[:bands]
-        ok = np.isfinite(given)
-        per_band[ok] = np.clip(given[ok], 0.01, 100.0)
-        aims[ok] = 1.0  # measured through the engine's decode: no margin for an uncertain prediction
+        measured = np.isfinite(given)
+        per_band[measured] = np.clip(given[measured], 0.01, 100.0)
+        aims[measured] = 1.0  # measured through the engine's decode: no margin for an uncertain prediction
     target = o_pow.copy()
     target[:bands] *= per_band
     target[0] = o_lap * per_band[0]
     # the output is rounded to ``quantum`` afterwards, which adds fine energy of its own (up to sum(luma^2) x 20 x
     # q^2 / 12 for white rounding noise, far less where the edit keeps the engine's own 8-bit values): the finest
     # band is measured as it will be written, the edit with the correction rounded, at the sample pixels and their
-    # four neighbours (the 3x3 Laplacian's stencil; the sample lies at least the filter reach inside the box)
+    # four neighbours (the 3x3 Laplacian's stencil; at the box's edge reflected as :func:`_laplacian` does)
     bh, bw = sub_y.shape[:2]
-    stencil = np.stack([idx, idx - 1, idx + 1, idx - bw, idx + bw])
+    row, col = np.divmod(idx, bw)
+    up, down = np.maximum(row - 1, 0), np.minimum(row + 1, bh - 1)
+    left, right = np.maximum(col - 1, 0), np.minimum(col + 1, bw - 1)
+    stencil = np.stack([idx, row * bw + left, row * bw + right, up * bw + col, down * bw + col])
     lap_w = np.array([-4.0, 1.0, 1.0, 1.0, 1.0])
     edit_st = edit[y0:y1, x0:x1].reshape(-1, c)[stencil].astype(np.float64) if quantum > 0 else None
 
@@ -1534,7 +1536,9 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
             # (the finest: the band as it is now, with what the coarser steps added)
             x = layers[k] if k else (sub_y + corr) - _gauss(sub_y + corr, sig[0])
             want = excess_limit * target[k]
-            floor = -0.3  # at most to 0.7 of its amplitude: the prediction is uncertain, a soft patch is worse
+            # at most to 0.7 of its amplitude when the level is predicted from coarse bands (uncertain: a soft
+            # patch is worse); to 0.3 when it was read through the engine's decode (a noisy engine's grain)
+            floor = -0.7 if measured[k] else -0.3
         elif judged < (aims[k] - 0.05) * target[k]:
             # synthesised up to ``aim`` x the predicted level only: the prediction from the ring is uncertain,
             # and a patch a little short of the photo is less visible than an over-sharpened one

@@ -357,8 +357,9 @@ def _finish_region(data: ImageData, out: np.ndarray, plan: MaskPlan, user_w: np.
     dring = ring if content is None else ring & (dist > max(8, band // 4 + 4))
     if hopts.get("sharpness", True) and dring.any():
         # never much noisier than the photo around, given the content's own level (cap bands 0.7 / 1.4 px lie
-        # between the content bands 0.5 / 1 / 2 px)
-        cap = None if content is None else np.sqrt(content[:2] * content[1:3])
+        # between the content bands 0.5 / 1 / 2 px); the content's level only ever raises the cap (a detailed
+        # part of the photo keeps its detail), taking a band down below the ring's is the synthesis' call
+        cap = None if content is None else np.fmax(1.0, np.sqrt(content[:2] * content[1:3]))
         gen = compositing.cap_detail(gen, orig, em_p, dring, limit=1.15, content=cap)
     if hopts.get("grain", True) and ring.any():
         gen = compositing.match_grain(gen, orig, em_p, ring, seed=seed)

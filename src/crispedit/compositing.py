@@ -1223,7 +1223,7 @@ def _welch(img: np.ndarray, region: np.ndarray, size: int, limit: int = 600) -> 
 
 def _spectral_content(ey: np.ndarray, oy: np.ndarray, resid: np.ndarray, inner: np.ndarray, ring: np.ndarray,
                       sigmas: tuple[float, ...], min_snr: float, size: int = 32,
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float, float] | None:
     """:func:`detail_content`'s ratios frequency by frequency (None when fewer than 6 squares fit a side).
 
     With ``P_in`` the edit's power spectrum inside, ``P_ring`` the edit's and ``N`` the decode residual's on the
@@ -1249,11 +1249,25 @@ def _spectral_content(ey: np.ndarray, oy: np.ndarray, resid: np.ndarray, inner: 
     ratio = np.where(ok, np.maximum(p_in - noise, 0.0) / np.where(ok, sig_ring, 1.0), 0.0)
     nb = len(sigmas)
     cont, measured = np.full(nb, np.nan), np.zeros(nb, bool)
-    signal, nz = np.zeros(nb), np.zeros(nb)
-    for k in range(nb):
-        wk = p_orig * resp[k] ** 2
+    signal, nz, orig_pow = np.zeros(nb), np.zeros(nb), np.zeros(nb)
+    # the 3x3 Laplacian's response (the finest level one sees at 100 %), read like a band
+    lap2 = (2.0 * np.cos(2 * math.pi * f)[:, None] + 2.0 * np.cos(2 * math.pi * f)[None, :] - 4.0) ** 2
+    resp_sq = [r ** 2 for r in resp] + [lap2]
+    lap_c, lap_pow = np.nan, 0.0
+    for k in range(nb + 1):
+        if k == nb:  # the Laplacian: its ratio where the decode kept enough of it, else the finest band's
+            wk = p_orig * lap2
+            wk[~np.isfinite(f2)] = 0.0
+            lap_pow = float(wk.sum()) / size ** 2
+            part = float(wk[ok].sum())
+            inside = float((np.maximum(p_in - noise, 0.0) * lap2)[ok].sum())
+            if part >= 0.3 * float(wk.sum()) > 0 and inside >= min_snr * float((noise * lap2)[ok].sum()):
+                lap_c = float((ratio * wk)[ok].sum()) / part
+            break
+        wk = p_orig * resp_sq[k]
         wk[~np.isfinite(f2)] = 0.0
         total, part = float(wk.sum()), float(wk[ok].sum())
+        orig_pow[k] = total / size ** 2
         signal[k] = float((sig_ring * resp[k] ** 2)[np.isfinite(f2)].sum()) / size ** 2
         nz[k] = float((noise * resp[k] ** 2)[np.isfinite(f2)].sum()) / size ** 2
         # the content's own signal inside must stand above the noise too, or the ratio is the noise's estimate
@@ -1261,7 +1275,7 @@ def _spectral_content(ey: np.ndarray, oy: np.ndarray, resid: np.ndarray, inner: 
         if total > 0 and part >= 0.3 * total and inside >= min_snr * float((noise * resp[k] ** 2)[ok].sum()):
             measured[k] = True
             cont[k] = float((ratio * wk)[ok].sum()) / part
-    return cont, measured, signal, nz
+    return cont, measured, signal, nz, orig_pow, lap_c, lap_pow
 
 
 def detail_content(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring: np.ndarray, *,
@@ -1309,7 +1323,11 @@ def detail_content(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, r
     -------
     dict of float64 arrays of shape (len(sigmas),): ``content`` (c_k, measured or predicted; NaN for a band
     that can be neither), ``measured`` (bool), ``signal`` (S_k) and ``noise`` (N_k), in squared [0, 1] units of
-    luma. All NaN / False when the mask or the ring has fewer than 256 pixels.
+    luma; ``level``: the predicted band powers inside (``c_k`` x the original's on the same ring squares) and
+    ``laplacian`` (shape (1,)): the predicted mean squared 3x3 Laplacian of luma inside (its own ratio where
+    the decode kept enough of it, else ``c_0``); both NaN where the ratios came from band powers (too few
+    32 px squares fit the mask or the ring). All NaN / False when the mask or the ring has fewer than 256
+    pixels.
     """
     edit, orig, _ = _as_pair(edited, original)
     h, w, c = edit.shape
@@ -1317,7 +1335,8 @@ def detail_content(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, r
     rg = _as_mask(ring, (h, w), "ring") & ~m
     nb = len(sigmas)
     nan = np.full(nb, np.nan)
-    res = {"content": nan.copy(), "measured": np.zeros(nb, bool), "signal": nan.copy(), "noise": nan.copy()}
+    res = {"content": nan.copy(), "measured": np.zeros(nb, bool), "signal": nan.copy(), "noise": nan.copy(),
+           "level": nan.copy(), "laplacian": np.full(1, np.nan)}
     inner = (_erode(m, 8) if sample is None else _as_mask(sample, (h, w), "sample") & m)
     if np.count_nonzero(inner) < 256:
         inner = m
@@ -1359,7 +1378,7 @@ def detail_content(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, r
     cont = nan.copy()
     spec = _spectral_content(ey, oy, resid, inner[y0:y1, x0:x1], rg[y0:y1, x0:x1], sig, min_snr)
     if spec is not None:
-        cont, res["measured"], res["signal"], res["noise"] = spec
+        cont, res["measured"], res["signal"], res["noise"], orig_pow, lap_c, lap_pow = spec
     else:
         cnt, pw = _window_powers((fitted[:, :, None], resid[:, :, None]), rg[y0:y1, x0:x1], sig)
         icnt, ipw = _window_powers((ey[:, :, None],), inner[y0:y1, x0:x1], sig)
@@ -1379,6 +1398,11 @@ def detail_content(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, r
     # is no better than the ring's own (log-std 0.43 on the tuning photos), and the bands are left NaN
     if not res["measured"][0] and nb > 2 and res["measured"][1] and res["measured"][2] and cont[2] > 0:
         res["content"][0] = cont[1] * float(np.clip((max(cont[1], 1e-12) / cont[2]) ** 0.5, 0.5, 2.0))
+    if spec is not None:
+        # the predicted levels inside, in the units of the original (same squares as the ratios: consistent)
+        res["level"] = res["content"] * orig_pow
+        lap = lap_c if np.isfinite(lap_c) else res["content"][0]
+        res["laplacian"] = np.array([lap * lap_pow])
     return res
 
 
@@ -1386,7 +1410,8 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
                       sigmas: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0), bands: int = 3, clip: float = 0.5,
                       max_scale: float = 256.0, excess_limit: float = 1.1, aim: float = 0.85,
                       quantum: float = 0.0,
-                      sample: np.ndarray | None = None, content: np.ndarray | None = None) -> np.ndarray:
+                      sample: np.ndarray | None = None, content: np.ndarray | None = None,
+                      level: np.ndarray | None = None) -> np.ndarray:
     """Synthesise the finest octaves an engine's decode lost beyond recovery, at the photo's own level.
 
     A VAE decode at 0.8-1.2 px softness leaves the top octave below the 8-bit quantisation: no gain can
@@ -1431,8 +1456,13 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
         Pixels where the edit's band power is measured (default: ``mask`` eroded by the filter reach).
     content : ndarray of float, shape (>= bands,), optional
         The content's detail per synthesised band relative to the ring's (:func:`detail_content` ``["content"]``,
-        measured through the engine's own decode): where finite, it replaces the coarse-band ratio above, and a
-        short band is brought to the full predicted level (not ``aim`` of it).
+        measured through the engine's own decode): where finite, it replaces the coarse-band ratio above, a
+        short band is brought to the full predicted level (not ``aim`` of it) and a band in excess may be taken
+        down to 0.3 of its amplitude (not 0.7).
+    level : ndarray of float, shape (>= bands + 1,), optional
+        Absolute targets (:func:`detail_content`: its ``level`` and, last, its ``laplacian``): the predicted band
+        powers and 3x3 Laplacian power of luma inside, in [0, 1] units; where finite (and ``content`` finite)
+        they replace ``content`` x the ring's level (read on the same pixels as the ratio: no second sample).
 
     Returns
     -------
@@ -1504,6 +1534,11 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
     target = o_pow.copy()
     target[:bands] *= per_band
     target[0] = o_lap * per_band[0]
+    if level is not None:
+        lv = np.asarray(level, np.float64)
+        absolute = np.concatenate([[lv[-1]], lv[1:bands]])  # the Laplacian stands for the finest band
+        use = np.isfinite(absolute) & measured
+        target[:bands][use] = np.maximum(absolute[use], 0.0)
     # the output is rounded to ``quantum`` afterwards, which adds fine energy of its own (up to sum(luma^2) x 20 x
     # q^2 / 12 for white rounding noise, far less where the edit keeps the engine's own 8-bit values): the finest
     # band is measured as it will be written, the edit with the correction rounded, at the sample pixels and their

@@ -1161,6 +1161,15 @@ def _lattice_blocks(region: np.ndarray, budget: int, block: int) -> list[tuple[i
         step += 1
 
 
+def _window_sums(a: np.ndarray, win: int) -> np.ndarray:
+    """Sums of ``a`` (HxW) over ``win`` x ``win`` windows (edges zero-padded), flattened row-major."""
+    bh, bw = a.shape
+    nh, nw = -(-bh // win), -(-bw // win)
+    p = np.zeros((nh * win, nw * win), np.float64)
+    p[:bh, :bw] = a
+    return p.reshape(nh, win, nw, win).sum(axis=(1, 3)).reshape(-1)
+
+
 def _window_powers(imgs: tuple[np.ndarray, ...], region: np.ndarray, sigmas: tuple[float, ...], *, win: int = 16,
                    budget: int = 1_000_000, block: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """Band powers of each of ``imgs`` (HxWx1 float32) on ``win`` x ``win`` windows of ``region``.
@@ -1180,18 +1189,12 @@ def _window_powers(imgs: tuple[np.ndarray, ...], region: np.ndarray, sigmas: tup
         py0, py1, px0, px1 = max(0, by0 - pad), min(h, by1 + pad), max(0, bx0 - pad), min(w, bx1 + pad)
         sel = region[by0:by1, bx0:bx1].astype(np.float32)
         bh, bw = sel.shape
-        nh, nw = -(-bh // win), -(-bw // win)
-
-        def wsum(a: np.ndarray) -> np.ndarray:  # sums over win x win windows (edges zero-padded)
-            p = np.zeros((nh * win, nw * win), np.float64)
-            p[:bh, :bw] = a
-            return p.reshape(nh, win, nw, win).sum(axis=(1, 3)).reshape(-1)
-
-        cnt = wsum(sel)
+        cnt = _window_sums(sel, win)
         per_img = []
         for img in imgs:
             layers = _band_stack(img[py0:py1, px0:px1], sigmas)
-            per_img.append([wsum(layer[by0 - py0:by1 - py0, bx0 - px0:bx1 - px0, 0] ** 2 * sel) for layer in layers])
+            per_img.append([_window_sums(layer[by0 - py0:by1 - py0, bx0 - px0:bx1 - px0, 0] ** 2 * sel, win)
+                            for layer in layers])
         ok = cnt > 0
         counts.append(cnt[ok])
         powers.append(np.asarray(per_img).transpose(2, 0, 1)[ok] / cnt[ok, None, None])
@@ -1411,7 +1414,7 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
                       max_scale: float = 256.0, excess_limit: float = 1.1, aim: float = 0.85,
                       quantum: float = 0.0,
                       sample: np.ndarray | None = None, content: np.ndarray | None = None,
-                      level: np.ndarray | None = None) -> np.ndarray:
+                      level: np.ndarray | None = None, deep: np.ndarray | None = None) -> np.ndarray:
     """Synthesise the finest octaves an engine's decode lost beyond recovery, at the photo's own level.
 
     A VAE decode at 0.8-1.2 px softness leaves the top octave below the 8-bit quantisation: no gain can
@@ -1463,6 +1466,9 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
         Absolute targets (:func:`detail_content`: its ``level`` and, last, its ``laplacian``): the predicted band
         powers and 3x3 Laplacian power of luma inside, in [0, 1] units; where finite (and ``content`` finite)
         they replace ``content`` x the ring's level (read on the same pixels as the ratio: no second sample).
+    deep : ndarray of bool, shape (>= bands,), optional
+        Bands that may be taken down to 0.3 of their amplitude even without a measured level: bands an
+        engine's own grain drowned (its excess over the photo is that grain, not content).
 
     Returns
     -------
@@ -1531,6 +1537,9 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
         measured = np.isfinite(given)
         per_band[measured] = np.clip(given[measured], 0.01, 100.0)
         aims[measured] = 1.0  # measured through the engine's decode: no margin for an uncertain prediction
+    deep_k = measured.copy()
+    if deep is not None:
+        deep_k |= np.asarray(deep, bool)[:bands]
     target = o_pow.copy()
     target[:bands] *= per_band
     target[0] = o_lap * per_band[0]
@@ -1565,7 +1574,7 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
         have = float((ev * ev).mean())
         round_k = k == 0 and edit_st is not None
         corr_st = corr.reshape(-1)[stencil].astype(np.float64) if round_k else None
-        judged = rounded_power(corr_st) if round_k else have
+        judged = rounded_power(corr_st) if corr_st is not None else have
         if judged > excess_limit * target[k]:
             # an engine's own grain (or amplified noise) above the photo's level: the band scaled down to it
             # (the finest: the band as it is now, with what the coarser steps added)
@@ -1573,7 +1582,7 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
             want = excess_limit * target[k]
             # at most to 0.7 of its amplitude when the level is predicted from coarse bands (uncertain: a soft
             # patch is worse); to 0.3 when it was read through the engine's decode (a noisy engine's grain)
-            floor = -0.7 if measured[k] else -0.3
+            floor = -0.7 if deep_k[k] else -0.3
         elif judged < (aims[k] - 0.05) * target[k]:
             # synthesised up to ``aim`` x the predicted level only: the prediction from the ring is uncertain,
             # and a patch a little short of the photo is less visible than an over-sharpened one
@@ -1596,14 +1605,8 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
         if x_pow <= 1e-20:
             continue
 
-        def solve(level: float) -> float:
-            """The scale s nearest 0 with have + 2 s cross + s^2 x_pow = level (the float model), clipped."""
-            disc = cross * cross + x_pow * (level - have)
-            sc = (-cross + math.sqrt(disc)) / x_pow if disc > 0 else -cross / x_pow
-            return float(np.clip(sc, floor, max_scale))
-
-        scale = solve(want)
-        if round_k:
+        scale = _solve_scale(want, have, cross, x_pow, floor, max_scale)
+        if corr_st is not None:
             # the rounding's own energy, measured at the current scale, taken off the float model's aim (a few
             # fixed-point steps: it changes slowly with the scale)
             x_st = x.reshape(-1)[stencil].astype(np.float64)
@@ -1612,7 +1615,7 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
                 if abs(got - want) <= 0.02 * want:
                     break
                 model = have + 2.0 * scale * cross + scale * scale * x_pow
-                scale = solve(want - (got - model))
+                scale = _solve_scale(want - (got - model), have, cross, x_pow, floor, max_scale)
         corr += np.float32(scale) * x
     if not corr.any():
         return _restore_shape(out, was_2d)
@@ -1622,6 +1625,14 @@ def synthesise_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray
     np.clip(new, 0.0, 1.0, out=new)
     np.copyto(out[my0:my1, mx0:mx1], new, where=m[my0:my1, mx0:mx1, None])
     return _restore_shape(out, was_2d)
+
+
+def _solve_scale(level: float, have: float, cross: float, x_pow: float, floor: float, top: float) -> float:
+    """The scale s nearest 0 with ``have + 2 s cross + s^2 x_pow = level`` (a band's power with s x added),
+    clipped to [floor, top]."""
+    disc = cross * cross + x_pow * (level - have)
+    sc = (-cross + math.sqrt(disc)) / x_pow if disc > 0 else -cross / x_pow
+    return float(np.clip(sc, floor, top))
 
 
 def _laplacian(img: np.ndarray) -> np.ndarray:

@@ -323,7 +323,7 @@ def _edit_region(data: ImageData, out: np.ndarray, plan: MaskPlan, user_w: np.nd
         em_c, cm_c = _restrict(em, cbox), _restrict(cm, cbox)
         if em_c.any():
             _finish_region(data, out, plan, user_w, region, crop, gen, em_c, cm_c, band, grain_seed, hopts, timer,
-                           probe.get("content"), probe.get("level"))
+                           probe.get("content"), probe.get("deep"))
 
 
 def _restrict(mask: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -335,11 +335,13 @@ def _restrict(mask: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
 def _finish_region(data: ImageData, out: np.ndarray, plan: MaskPlan, user_w: np.ndarray | None, region: Region,
                    crop: np.ndarray, gen: np.ndarray, em: np.ndarray, cm: np.ndarray, band: int, seed: int | None,
                    hopts: dict, timer: _Timer, content: np.ndarray | None = None,
-                   level: np.ndarray | None = None) -> None:
+                   deep: np.ndarray | None = None) -> None:
     """Tone, seam, grain and blend of one cluster of a region's parts (``em``/``cm``: its engine / own mask;
     ``seed``: the region's grain seed; ``content``: the content's fine detail relative to the photo's, per band
-    of :data:`compositing.CONTENT_SIGMAS`, from the last full-scale engine output, or None; ``level``: the
-    predicted levels inside, :func:`compositing.detail_content` ``level`` then ``laplacian``)."""
+    of :data:`compositing.CONTENT_SIGMAS`, from the last full-scale engine output, or None; ``deep``: bands
+    the engine's grain drowned, which the synthesis may take far down). The ratios, not the absolute levels
+    :func:`compositing.detail_content` also predicts: those are read on whole 32 px squares of the ring and
+    the mask, a second sample that missed the painting photo's level by 1.3-1.7x in bench/zoom.py."""
     x0, y0 = region.box[:2]
     t = time.perf_counter()
     # Everything after the engine works on the box that holds the engine mask, its ring and the blend band.
@@ -368,7 +370,7 @@ def _finish_region(data: ImageData, out: np.ndarray, plan: MaskPlan, user_w: np.
     if hopts.get("sharpness", True) and dring.any():
         # the finest octaves a soft decode lost below the quantisation: made anew at the photo's level
         quantum = 1.0 / float(np.iinfo(crop.dtype).max) if crop.dtype.kind == "u" else 0.0
-        gen = compositing.synthesise_detail(gen, orig, em_p, dring, quantum=quantum, content=content, level=level)
+        gen = compositing.synthesise_detail(gen, orig, em_p, dring, quantum=quantum, content=content, deep=deep)
     if hopts.get("sharpness", True):
         # the blend band keeps the photo's own fine structure: an edge crossing the contour stays as sharp as it was
         gen = compositing.transfer_detail(gen, orig, cm_p, width=1.0, sigma=6.0)
@@ -425,8 +427,7 @@ def _sharpen_pass(gen: np.ndarray, base8: np.ndarray, em: np.ndarray, valid: np.
     ``gen`` is corrected in place (and returned). With ``probe`` (a full-scale pass), the content's fine detail
     relative to the photo's is measured on the engine's output as it came (one linear decode on both sides of
     the mask: :func:`crispedit.compositing.detail_content`), on the ring beyond the stage blend's soft edge
-    (band / 4), and stored in ``probe`` (``content``; ``level``: the predicted band levels, then the
-    Laplacian's).
+    (band / 4), and stored in ``probe`` (``content``; ``deep``: the bands its own grain drowned).
     """
     if not hopts.get("sharpness", True) or not em.any():
         return gen
@@ -445,7 +446,7 @@ def _sharpen_pass(gen: np.ndarray, base8: np.ndarray, em: np.ndarray, valid: np.
     if probe is not None:
         measured = compositing.detail_content(gen_s, orig, em_s, ring & (dist > b // 4 + 4))
         probe["content"] = measured["content"]
-        probe["level"] = np.concatenate([measured["level"], measured["laplacian"]])
+        probe["deep"] = measured["noise"] > measured["signal"]  # bands the engine's own grain drowned
     fit = compositing.sharpness_gains(gen_s, orig, ring)
     info.setdefault("sharpness", []).append(
         {"size": [int(gen.shape[1]), int(gen.shape[0])], "transfer": [round(float(v), 3) for v in fit["transfer"]],

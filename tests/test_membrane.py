@@ -124,3 +124,29 @@ def test_seam_correct_fade_keeps_the_correction_near_the_border():
     assert abs(float((plain - orig)[centre].mean())) < 0.01  # the plain membrane carries the step inwards
     assert abs(float((faded - edited)[centre].mean())) < 0.005  # the faded one leaves the centre alone
     assert abs(float((faded - orig)[region & (d > 74)].mean())) < 0.03  # and still closes the step at the border
+
+
+def test_seam_correct_leaves_a_smooth_gradient_across_the_border_alone():
+    # a ramp crossing the border (a bokeh edge, a sky darkening): the edit is the original there, so there is
+    # no step to correct; rim means on both sides differ by about the slope times the rim, which a plain
+    # difference of means (order=0) "corrects" into a visible band
+    h, w = 200, 200
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    orig = np.repeat((0.2 + 0.004 * xx)[..., None], 3, axis=2).astype(np.float32)
+    region = np.hypot(yy - 100, xx - 100) < 50
+    out = seam_correct(orig.copy(), orig, region, rim=8, sigma=8.0)
+    old = seam_correct(orig.copy(), orig, region, rim=8, sigma=8.0, order=0)
+    assert np.abs(out - orig).max() < 0.004
+    assert np.abs(old - orig).max() > 0.01
+
+
+def test_seam_correct_still_closes_a_step_on_a_gradient():
+    h, w = 200, 200
+    yy, xx = np.mgrid[:h, :w].astype(np.float32)
+    orig = np.repeat((0.2 + 0.003 * xx)[..., None], 3, axis=2).astype(np.float32)
+    region = np.hypot(yy - 100, xx - 100) < 50
+    edited = orig.copy()
+    edited[region] += 0.08
+    out = seam_correct(edited, orig, region, rim=8, sigma=8.0)
+    border = region & (np.hypot(yy - 100, xx - 100) >= 46)
+    assert abs(float((out - orig)[border].mean())) < 0.02

@@ -297,6 +297,9 @@ def _edit_region(data: ImageData, out: np.ndarray, plan: MaskPlan, user_w: np.nd
     ws = eng.working_size
     t = timer.add("composite", t)
 
+    # the content's own fine detail, measured on the last full-scale engine output (see _sharpen_pass); off by
+    # default (CONTENT_PROBE)
+    probe: dict[str, Any] | None = {} if CONTENT_PROBE else None
     if ws is None:
         gen = _call(eng, rgb8, em, prompt, comp_seed, 1.0, region.box, info, timer)
         gen = _sharpen_pass(gen, rgb8, em, None, band, hopts, info)
@@ -305,7 +308,7 @@ def _edit_region(data: ImageData, out: np.ndarray, plan: MaskPlan, user_w: np.nd
             # Small enough to compose at native scale; "native" detail still refines once, at low strength,
             # to restore what the engine's own decoder softened.
             gen = _call(eng, rgb8, em, prompt, comp_seed, 1.0, region.box, info, timer)
-            gen = _sharpen_pass(gen, rgb8, em, None, band, hopts, info)
+            gen = _sharpen_pass(gen, rgb8, em, None, band, hopts, info, probe)
             gen = _undrift(gen, rgb8, em, band, hopts)
             scales = [1.0] if detail == "native" else []
         else:
@@ -333,14 +336,15 @@ def _edit_region(data: ImageData, out: np.ndarray, plan: MaskPlan, user_w: np.nd
             if detail == "native":
                 gen, covered = _refine_tiles(eng, gen, em_f, prompt, refine_ss.spawn(1)[0], region, f, hopts,
                                              info, timer, progress)
-                gen = _sharpen_pass(gen, base, em_f, covered, band * f, hopts, info)
+                gen = _sharpen_pass(gen, base, em_f, covered, band * f, hopts, info, probe if f == 1.0 else None)
                 if f < 1.0:
                     gen = _undrift(gen, base, em_f, band * f, hopts)
     # one pass per cluster of parts: the crop's parts whose boxes (with ring and band) overlap, not their union
     for cbox in part_clusters(region, eg + 2 * band + 8):
         em_c, cm_c = _restrict(em, cbox), _restrict(cm, cbox)
         if em_c.any():
-            _finish_region(data, out, plan, user_w, region, crop, gen, em_c, cm_c, band, grain_seed, hopts, timer)
+            _finish_region(data, out, plan, user_w, region, crop, gen, em_c, cm_c, band, grain_seed, hopts, timer,
+                           *((probe.get("content"), probe.get("deep")) if probe else (None, None)))
 
 
 def _restrict(mask: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -351,9 +355,14 @@ def _restrict(mask: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
 
 def _finish_region(data: ImageData, out: np.ndarray, plan: MaskPlan, user_w: np.ndarray | None, region: Region,
                    crop: np.ndarray, gen: np.ndarray, em: np.ndarray, cm: np.ndarray, band: int, seed: int | None,
-                   hopts: dict, timer: _Timer) -> None:
+                   hopts: dict, timer: _Timer, content: np.ndarray | None = None,
+                   deep: np.ndarray | None = None) -> None:
     """Tone, seam, grain and blend of one cluster of a region's parts (``em``/``cm``: its engine / own mask;
-    ``seed``: the region's grain seed)."""
+    ``seed``: the region's grain seed; ``content``: the content's fine detail relative to the photo's, per band
+    of :data:`compositing.CONTENT_SIGMAS`, from the last full-scale engine output, or None; ``deep``: bands
+    the engine's grain drowned, which the synthesis may take far down). The ratios, not the absolute levels
+    :func:`compositing.detail_content` also predicts: those are read on whole 32 px squares of the ring and
+    the mask, a second sample that missed the painting photo's level by 1.3-1.7x in bench/zoom.py."""
     x0, y0 = region.box[:2]
     t = time.perf_counter()
     # Everything after the engine works on the box that holds the engine mask, its ring and the blend band.
@@ -369,14 +378,20 @@ def _finish_region(data: ImageData, out: np.ndarray, plan: MaskPlan, user_w: np.
         gen = compositing.tone_match(gen, orig, ring, target, scale=float(band))
     if hopts.get("seam", True):
         gen = seam_correct(gen, orig, em_p, rim=max(4, band // 4), sigma=max(4.0, band / 4))
-    if hopts.get("sharpness", True) and ring.any():
-        gen = compositing.cap_detail(gen, orig, em_p, ring, limit=1.15)  # never much noisier than the photo around
+    # with the content's measured level, the detail steps read the photo on the ring it was measured against
+    dring = ring if content is None else ring & (dist > max(8, band // 4 + 4))
+    if hopts.get("sharpness", True) and dring.any():
+        # never much noisier than the photo around, given the content's own level (cap bands 0.7 / 1.4 px lie
+        # between the content bands 0.5 / 1 / 2 px); the content's level only ever raises the cap (a detailed
+        # part of the photo keeps its detail), taking a band down below the ring's is the synthesis' call
+        cap = None if content is None else np.fmax(1.0, np.sqrt(content[:2] * content[1:3]))
+        gen = compositing.cap_detail(gen, orig, em_p, dring, limit=1.15, content=cap)
     if hopts.get("grain", True) and ring.any():
         gen = compositing.match_grain(gen, orig, em_p, ring, seed=seed)
-    if hopts.get("sharpness", True) and ring.any():
+    if hopts.get("sharpness", True) and dring.any():
         # the finest octaves a soft decode lost below the quantisation: made anew at the photo's level
         quantum = 1.0 / float(np.iinfo(crop.dtype).max) if crop.dtype.kind == "u" else 0.0
-        gen = compositing.synthesise_detail(gen, orig, em_p, ring, quantum=quantum)
+        gen = compositing.synthesise_detail(gen, orig, em_p, dring, quantum=quantum, content=content, deep=deep)
     if hopts.get("sharpness", True):
         # the blend band keeps the photo's own fine structure: an edge crossing the contour stays as sharp as it was
         gen = compositing.transfer_detail(gen, orig, cm_p, width=1.0, sigma=6.0)
@@ -424,13 +439,16 @@ def _pad_box(mask: np.ndarray, pad: int) -> Box:
 
 
 def _sharpen_pass(gen: np.ndarray, base8: np.ndarray, em: np.ndarray, valid: np.ndarray | None, band: float,
-                  hopts: dict, info: dict) -> np.ndarray:
+                  hopts: dict, info: dict, probe: dict | None = None) -> np.ndarray:
     """Undo one engine pass's softness (and grain) before the next pass or the blend builds on it.
 
     The engine's transfer per band is measured on the ring around ``em`` where ``gen`` is the engine's rendering
     of ``base8`` (``valid``: pixels of this pass's output; None = all), clear of its mask's soft edge, and
     undone inside (:func:`crispedit.compositing.match_sharpness`). The fit goes to ``info["sharpness"]``.
-    ``gen`` is corrected in place (and returned).
+    ``gen`` is corrected in place (and returned). With ``probe`` (a full-scale pass), the content's fine detail
+    relative to the photo's is measured on the engine's output as it came (one linear decode on both sides of
+    the mask: :func:`crispedit.compositing.detail_content`), on the ring beyond the stage blend's soft edge
+    (band / 4), and stored in ``probe`` (``content``; ``deep``: the bands its own grain drowned).
     """
     if not hopts.get("sharpness", True) or not em.any():
         return gen
@@ -446,6 +464,10 @@ def _sharpen_pass(gen: np.ndarray, base8: np.ndarray, em: np.ndarray, valid: np.
     if valid is not None:
         ring &= valid[sub]
     orig = base8[sub].astype(np.float32) / 255.0
+    if probe is not None:
+        measured = compositing.detail_content(gen_s, orig, em_s, ring & (dist > b // 4 + 4))
+        probe["content"] = measured["content"]
+        probe["deep"] = measured["noise"] > measured["signal"]  # bands the engine's own grain drowned
     fit = compositing.sharpness_gains(gen_s, orig, ring)
     info.setdefault("sharpness", []).append(
         {"size": [int(gen.shape[1]), int(gen.shape[0])], "transfer": [round(float(v), 3) for v in fit["transfer"]],
@@ -467,6 +489,13 @@ def _undrift(gen: np.ndarray, base8: np.ndarray, em: np.ndarray, band: float, ho
         return gen
     return compositing.tone_match(gen, base8.astype(np.float32) / 255.0, ring, grow(em, b), scale=float(b))
 
+
+#: Whether the detail steps read the content's own level of fine detail from the last full-scale engine output
+#: (:func:`compositing.detail_content`) instead of predicting it from the ring's coarse bands. Off: on the zoom
+#: benchmark's 60 tuning cases (docs/benchmarks.md, "detail" section) it fixed the soft interiors of dragonfly
+#: r=150/500 but over-sharpened painting and fossa and the r=800 masks (detail misses 33 against 29 without it,
+#: boundary misses 11 against 5).
+CONTENT_PROBE = False
 
 #: Gaussian sigma (px at the stage's scale) below which a refinement tile's output is trusted.
 LOCK_SIGMA = 4.0

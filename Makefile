@@ -29,7 +29,7 @@ test-fast: $(STAMP)  # everything but the tests marked slow (CI runs them all th
 # ruff over the whole tree; mypy over the typed core (the rest is typed but not yet clean under mypy: issue 12)
 MYPY_CORE := src/crispedit/errors.py src/crispedit/options.py src/crispedit/mask.py src/crispedit/regions.py src/crispedit/engines/base.py \
              src/crispedit/server/security.py src/crispedit/io src/crispedit/jpeg_lossless.py src/crispedit/workflow \
-             src/crispedit/batch src/crispedit/geometry.py src/crispedit/tiling.py src/crispedit/membrane.py
+             src/crispedit/batch src/crispedit/geometry.py src/crispedit/tiling.py src/crispedit/membrane.py src/crispedit/arrays.py
 # lint-imports: the layering of the rooms ([tool.importlinter] in pyproject.toml, docs/architecture.md)
 lint: $(STAMP)
 	$(PY) -m ruff check src tests bench examples

@@ -10,6 +10,8 @@ of the cost. Every helper falls back to NumPy for layouts OpenCV cannot take (a 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import cv2
 import numpy as np
 
@@ -119,6 +121,13 @@ def _merged(weight: np.ndarray, c: int) -> np.ndarray:
     return cv2.merge([np.ascontiguousarray(w)] * c)
 
 
+def _broadcast(cv_op: Callable[..., np.ndarray], np_op: np.ufunc, arr: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """``np_op(arr, other[..., None])`` as a new array, through OpenCV's ``cv_op`` where it takes the layout."""
+    if arr.size and arr.shape[2] > 1 and arr.dtype == np.float32 and other.dtype == np.float32 and _cv_ok(arr):
+        return cv_op(arr, _merged(other, arr.shape[2])).reshape(arr.shape)
+    return np_op(arr, other if other.ndim == 3 else other[:, :, None])
+
+
 def times_pixels(arr: np.ndarray, weight: np.ndarray) -> np.ndarray:
     """``arr * weight[..., None]`` as a new array (``arr`` is left alone); see :func:`scale_pixels`.
 
@@ -131,9 +140,7 @@ def times_pixels(arr: np.ndarray, weight: np.ndarray) -> np.ndarray:
     -------
     ndarray of float32, shape (H, W, C)
     """
-    if arr.size and arr.shape[2] > 1 and arr.dtype == np.float32 and weight.dtype == np.float32 and _cv_ok(arr):
-        return cv2.multiply(arr, _merged(weight, arr.shape[2])).reshape(arr.shape)
-    return arr * (weight if weight.ndim == 3 else weight[:, :, None])
+    return _broadcast(cv2.multiply, np.multiply, arr, weight)
 
 
 def divide_pixels(arr: np.ndarray, divisor: np.ndarray) -> np.ndarray:
@@ -170,6 +177,4 @@ def plus_pixels(arr: np.ndarray, addend: np.ndarray) -> np.ndarray:
     -------
     ndarray of float32, shape (H, W, C) (the same IEEE sums as NumPy's broadcast add)
     """
-    if arr.size and arr.shape[2] > 1 and arr.dtype == np.float32 and addend.dtype == np.float32 and _cv_ok(arr):
-        return cv2.add(arr, _merged(addend, arr.shape[2])).reshape(arr.shape)
-    return arr + (addend if addend.ndim == 3 else addend[:, :, None])
+    return _broadcast(cv2.add, np.add, arr, addend)

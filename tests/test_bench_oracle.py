@@ -241,13 +241,13 @@ def _bokeh_photo(h: int = 640, w: int = 800, seed: int = 3) -> np.ndarray:
     return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
 
 
-def _soft_engine_case(variant: str) -> dict:
+def _soft_engine_case(variant: str, **options) -> dict:
     import crispedit
 
     img = _bokeh_photo()
     mask = np.zeros(img.shape[:2], bool)
     cv2.circle(mask.view(np.uint8), (400, 320), 110, 1, -1)
-    res = crispedit.edit(img, mask, engine=OracleEngine.variant(variant, img), seed=0)
+    res = crispedit.edit(img, mask, engine=OracleEngine.variant(variant, img), seed=0, **options)
     return zoom.metrics(img, res.array, mask, zoom.band_from_info(res.info, mask))
 
 
@@ -263,13 +263,10 @@ def test_harness_with_a_soft_engine_reads_no_seam_in_a_soft_edge_along_the_conto
     assert 0.85 <= m["boundary"] <= 1.3, m
 
 
-def test_harness_content_probe_keeps_the_detail_of_a_soft_engine(monkeypatch):
-    # with the content probe on (harness.CONTENT_PROBE, off by default), the detail steps read the content's own
+def test_harness_content_probe_keeps_the_detail_of_a_soft_engine():
+    # with the content probe on (content_probe=True, off by default), the detail steps read the content's own
     # level through the engine's decode: 1.00 here, against 1.42 from the ring's prediction and 1.57 at de434f2
-    from crispedit import harness
-
-    monkeypatch.setattr(harness, "CONTENT_PROBE", True)
-    m = _soft_engine_case("soft0.8")
+    m = _soft_engine_case("soft0.8", content_probe=True)
     assert m["outside"] == 0
     assert 0.8 <= m["detail"] <= 1.25, m
     assert 0.85 <= m["boundary"] <= 1.2, m

@@ -298,8 +298,8 @@ def _edit_region(data: ImageData, out: np.ndarray, plan: MaskPlan, user_w: np.nd
     t = timer.add("composite", t)
 
     # the content's own fine detail, measured on the last full-scale engine output (see _sharpen_pass); off by
-    # default (CONTENT_PROBE)
-    probe: dict[str, Any] | None = {} if CONTENT_PROBE else None
+    # default (HarnessOptions.content_probe)
+    probe: dict[str, Any] | None = {} if hopts.get("content_probe") else None
     if ws is None:
         gen = _call(eng, rgb8, em, prompt, comp_seed, 1.0, region.box, info, timer)
         gen = _sharpen_pass(gen, rgb8, em, None, band, hopts, info)
@@ -489,13 +489,6 @@ def _undrift(gen: np.ndarray, base8: np.ndarray, em: np.ndarray, band: float, ho
         return gen
     return compositing.tone_match(gen, base8.astype(np.float32) / 255.0, ring, grow(em, b), scale=float(b))
 
-
-#: Whether the detail steps read the content's own level of fine detail from the last full-scale engine output
-#: (:func:`compositing.detail_content`) instead of predicting it from the ring's coarse bands. Off: on the zoom
-#: benchmark's 60 tuning cases (docs/benchmarks.md, "detail" section) it fixed the soft interiors of dragonfly
-#: r=150/500 but over-sharpened painting and fossa and the r=800 masks (detail misses 33 against 29 without it,
-#: boundary misses 11 against 5).
-CONTENT_PROBE = False
 
 #: Gaussian sigma (px at the stage's scale) below which a refinement tile's output is trusted.
 LOCK_SIGMA = 4.0

@@ -87,6 +87,9 @@ class HarnessOptions(_Frozen):
     grain: Optional[bool] = None
     seam: Optional[bool] = None
     sharpness: Optional[bool] = None
+    content_probe: Optional[bool] = Field(None, description=(
+        "detail steps read the engine content's own fine-detail level (compositing.detail_content) instead of "
+        "predicting it from the ring; off by default: worse on the zoom benchmark's tuning split"))
     engine_grow: Optional[int] = Field(None, ge=0)
     min_margin: Optional[int] = Field(None, ge=0)
     max_pixels: Optional[int] = Field(None, gt=0)

@@ -689,13 +689,27 @@ def _band_values(img: np.ndarray | tuple[np.ndarray, ...], region: np.ndarray,
         if len(blocks) > keep:
             pick = np.random.default_rng(0x5EED).choice(len(blocks), size=keep, replace=False)
             blocks = [blocks[i] for i in np.sort(pick)]
+    # the band values are gathered at the region's pixels only (flat indices and ``take``: the same values as
+    # ``_bands(concatenated crop)[sel]`` without the full-size band stack, its strided writes and NumPy's slow
+    # boolean gather); each image is filtered on its own (OpenCV filters channels independently)
+    nb = len(sigmas)
+    offs = np.cumsum([0] + [a.shape[2] for a in imgs])
+    dtype = np.result_type(*(a.dtype for a in imgs), np.float32)
     out = []
     for by0, by1, bx0, bx1 in blocks:
         py0, py1, px0, px1 = max(0, by0 - pad), min(h, by1 + pad), max(0, bx0 - pad), min(w, bx1 + pad)
-        crop = np.concatenate([a[py0:py1, px0:px1] for a in imgs], axis=2)
-        bands = _bands(crop, sigmas)[by0 - py0:by1 - py0, bx0 - px0:bx1 - px0]
-        sel = region[by0:by1, bx0:bx1]
-        out.append(bands[sel])
+        rows, cols = np.divmod(np.flatnonzero(region[by0:by1, bx0:bx1]), bx1 - bx0)
+        pidx = (rows + (by0 - py0)) * (px1 - px0) + (cols + (bx0 - px0))
+        vals = np.empty((pidx.size, c * nb), dtype)
+        for j, a in enumerate(imgs):
+            crop = np.ascontiguousarray(a[py0:py1, px0:px1])
+            ca = a.shape[2]
+            prev = crop.reshape(-1, ca).take(pidx, axis=0)
+            for i, s in enumerate(sigmas):
+                cur = _gauss(crop, s).reshape(-1, ca).take(pidx, axis=0)
+                np.subtract(prev, cur, out=vals[:, i * c + offs[j]:i * c + offs[j] + ca])
+                prev = cur
+        out.append(vals)
     return np.concatenate(out, axis=0)
 
 
@@ -1675,6 +1689,21 @@ def _laplacian(img: np.ndarray) -> np.ndarray:
     return cv2.Laplacian(np.ascontiguousarray(img[:, :, 0]), cv2.CV_32F, ksize=1, borderType=cv2.BORDER_REFLECT)
 
 
+def _mix_channels(img: np.ndarray, mat: np.ndarray) -> np.ndarray:
+    """``img @ mat.T`` for an HxWxC float32 image and a CxC matrix: ``cv2.transform`` for 3 or 4 channels (a fifth
+    of NumPy's cost; the same sums to float32 rounding), ``img`` itself for the identity."""
+    if np.array_equal(mat, np.eye(mat.shape[0], dtype=mat.dtype)):
+        return img
+    if img.dtype == np.float32 and img.shape[2] in (3, 4):
+        return cv2.transform(np.ascontiguousarray(img), mat.astype(np.float32)).reshape(img.shape)
+    return img @ mat.T
+
+
+def _column_power(vals: np.ndarray) -> np.ndarray:
+    """Mean square of each column of an ``(N, K)`` array, in float64 (one ``einsum``, no float64 copy)."""
+    return np.einsum("ij,ij->j", vals, vals, dtype=np.float64) / max(1, vals.shape[0])
+
+
 #: Rec. 601 RGB -> Y, Cb, Cr (linear, no offsets): luma and two colour differences.
 _YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], np.float32)
 
@@ -1742,30 +1771,31 @@ def cap_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, ring:
         groups = [np.arange(c)]
     # statistics on a regular lattice of tiles (about 1 MP at most): a few random tiles of a heterogeneous
     # region (a dragonfly's edges in one, bokeh in the next) misjudge its level by 2x
-    e_vals = _band_values(edit @ to_ycc.T, inner, sigmas, budget=1_000_000, block=64, lattice=True)
-    o_vals = _band_values(orig @ to_ycc.T, rg, sigmas, budget=1_000_000, block=64, lattice=True)
-    e_vals = e_vals.reshape(-1, nb, c).astype(np.float64) ** 2
-    o_vals = o_vals.reshape(-1, nb, c).astype(np.float64) ** 2
+    edit_y = _mix_channels(edit, to_ycc)
+    e_pow = _column_power(_band_values(edit_y, inner, sigmas, budget=1_000_000, block=64, lattice=True))
+    o_pow = _column_power(_band_values(_mix_channels(orig, to_ycc), rg, sigmas, budget=1_000_000, block=64,
+                                       lattice=True))
+    e_pow, o_pow = e_pow.reshape(nb, c), o_pow.reshape(nb, c)
     factor = np.ones(nb)
     if content is not None:
         given = np.asarray(content, np.float64)
         factor = np.where(np.isfinite(given), np.clip(given, 0.01, 100.0), 1.0)
     gains = np.ones((nb, c), np.float32)
     for g in groups:
-        p_in = e_vals[:, :, g].mean(axis=(0, 2))
-        p_ring = o_vals[:, :, g].mean(axis=(0, 2)) * factor
+        p_in = e_pow[:, g].mean(axis=1)
+        p_ring = o_pow[:, g].mean(axis=1) * factor
         gains[:, g] = np.sqrt(np.minimum(1.0, limit * p_ring / np.maximum(p_in, 1e-20)))[:, None]
     if np.all(gains > 0.99):
         return _restore_shape(out, was_2d)
     x0, y0, x1, y1 = mask_bbox(m, pad=pad)  # type: ignore[misc]
     sub = edit[y0:y1, x0:x1]
     corr = np.zeros_like(sub)
-    for g, layer in zip(gains, _band_stack(sub @ to_ycc.T, tuple(sigmas))):
+    for g, layer in zip(gains, _band_stack(edit_y[y0:y1, x0:x1], tuple(sigmas))):
         if g.min() < 0.999:
             corr += (g - np.float32(1.0)) * layer
-    new = sub + corr @ np.linalg.inv(to_ycc).T.astype(np.float32)
+    new = sub + _mix_channels(corr, np.linalg.inv(to_ycc).astype(np.float32))
     np.clip(new, 0.0, 1.0, out=new)
-    np.copyto(out[y0:y1, x0:x1], new, where=m[y0:y1, x0:x1, None])
+    copy_where(out[y0:y1, x0:x1], new, m[y0:y1, x0:x1])
     return _restore_shape(out, was_2d)
 
 

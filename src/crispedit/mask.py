@@ -106,6 +106,20 @@ def _pil_array(im: Image.Image) -> np.ndarray:
 _U8_UNIT = np.arange(256, dtype=np.float32) / np.float32(255.0)
 
 
+#: ``level / 255 >= 0.5`` (the binary cut of :func:`_weights`) as float32 for every 8-bit level.
+_U8_HALF = (_U8_UNIT >= 0.5).astype(np.float32)
+#: Whether each 8-bit level is intermediate for :func:`soft_fraction` (strictly inside ``MID``).
+_U8_MID = (_U8_UNIT > MID[0]) & (_U8_UNIT < MID[1])
+
+
+def _plain_binary_u8(a: np.ndarray) -> bool:
+    """Whether a 2-D uint8 mask has no intermediate level (then :func:`soft_fraction` is 0 without a float pass)."""
+    if a.dtype != np.uint8 or a.ndim != 2 or not a.size:
+        return False
+    hist = cv2.calcHist([np.ascontiguousarray(a)], [0], None, [256], [0, 256]).reshape(-1)
+    return not bool(hist[_U8_MID].any())
+
+
 def _unit(a: np.ndarray) -> np.ndarray:
     """Levels of any dtype as float32 in [0, 1] (uint8 / 255, uint16 / 65535, 32-bit ints by their peak)."""
     if a.dtype == bool:
@@ -231,6 +245,11 @@ def _weights(a: np.ndarray, *, from_image: bool) -> tuple[np.ndarray, MaskReadin
             v, source = cu * au, f"{colour_name}*alpha"
     else:
         label = _is_label_image(colour)
+        if not label and _plain_binary_u8(colour):
+            # an 8-bit mask with no intermediate level (plain black and white): soft_fraction is 0, so the weights
+            # are the 50 % cut, read through a table of levels (the same float32 values, no float pass)
+            w = cv2.LUT(np.ascontiguousarray(colour), _U8_HALF)
+            return w, MaskReading(source=source, kind="binary", soft_fraction=0.0, pixels=int(np.count_nonzero(w)))
         v = _unit(colour)
     frac = 0.0 if (label or source == "bool") else soft_fraction(v)
     if frac >= SOFT_FRACTION:

@@ -1835,13 +1835,12 @@ def transfer_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, 
     """
     edit, orig, was_2d = _as_pair(edited, original)
     m = _as_mask(mask, edit.shape[:2])
-    out = edit.copy()
     if not m.any() or m.all():
-        return _restore_shape(out, was_2d)
+        return _restore_shape(edit.copy(), was_2d)
     outside = (~m).astype(np.float32)
     # the distances are 0 on the mask and at least 1 px off it, so a ramp of width <= 1 px is the outside
-    # itself (smoothstep(1) = 1): no distance transform is needed
-    ramp = (outside if width <= 1.0 else _smoothstep(distance_from(m) / np.float32(max(1e-3, width))))[:, :, None]
+    # itself (smoothstep(1) = 1): no distance transform and no multiply by the ramp are needed
+    ramp = None if width <= 1.0 else _smoothstep(distance_from(m) / np.float32(max(1e-3, width)))[:, :, None]
     diff = cv2.subtract(orig, edit)  # highpass is linear: highpass(o) - highpass(e) = highpass(o - e)
     if diff.ndim == 2:
         diff = diff[:, :, None]
@@ -1851,9 +1850,12 @@ def transfer_detail(edited: np.ndarray, original: np.ndarray, mask: np.ndarray, 
     den = _gauss_coarse(outside[:, :, None], sigma)
     low = _gauss_coarse(diff, sigma)
     divide_pixels(low, np.maximum(den, np.float32(1e-6)))
-    new = diff - low
-    scale_pixels(new, ramp)
+    new = np.subtract(diff, low, out=low)
+    if ramp is not None:
+        scale_pixels(new, ramp)
     new += edit
+    if ramp is None:
+        copy_where(new, edit, m)  # a ramp of 0 on the mask: edit + 0 x (diff - low) is the edit
     np.clip(new, 0.0, 1.0, out=new)
     return _restore_shape(new, was_2d)
 

@@ -463,7 +463,7 @@ def _sharpen_pass(gen: np.ndarray, base8: np.ndarray, em: np.ndarray, valid: np.
     ring = near & (dist > 8)
     if valid is not None:
         ring &= valid[sub]
-    orig = base8[sub].astype(np.float32) / 255.0
+    orig = to_float(base8[sub])
     if probe is not None:
         measured = compositing.detail_content(gen_s, orig, em_s, ring & (dist > b // 4 + 4))
         probe["content"] = measured["content"]
@@ -487,7 +487,7 @@ def _undrift(gen: np.ndarray, base8: np.ndarray, em: np.ndarray, band: float, ho
     ring = grow(em, 2 * b) & ~grow(em, 2)
     if not ring.any():
         return gen
-    return compositing.tone_match(gen, base8.astype(np.float32) / 255.0, ring, grow(em, b), scale=float(b))
+    return compositing.tone_match(gen, to_float(base8), ring, grow(em, b), scale=float(b))
 
 
 #: Gaussian sigma (px at the stage's scale) below which a refinement tile's output is trusted.

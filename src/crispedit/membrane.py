@@ -17,7 +17,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.linalg as spla
 
-from crispedit.arrays import add_where, times_pixels
+from crispedit.arrays import add_where
 from crispedit.geometry import mask_bbox
 
 __all__ = ["membrane_solve", "neumann_laplacian", "seam_correct"]
@@ -138,6 +138,40 @@ def membrane_solve(values: np.ndarray, weight: np.ndarray, *, stiffness: float |
     return res[:, :, 0] if was_2d else res
 
 
+class _AreaReduction:
+    """``cv2.resize(a, (lw, lh), interpolation=cv2.INTER_AREA)`` of an ``h`` x ``w`` image that is zero except at a
+    few pixels, from those pixels' values alone: each source pixel adds its overlap with every reduced cell (at
+    most 2 x 2 of them), in float64 (OpenCV sums in float32: the same sums to float32 rounding)."""
+
+    def __init__(self, h: int, w: int, lh: int, lw: int) -> None:
+        self.w, self.lw, self.cells = w, lw, lh * lw
+        self.y = self._axis(h, lh)
+        self.x = self._axis(w, lw)
+
+    @staticmethod
+    def _axis(n: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Per source pixel along an axis of ``n`` px reduced to ``m`` cells: (first cell, its weight, next cell,
+        its weight); the weights are the overlaps divided by the cell size ``n / m``."""
+        scale = n / m
+        x = np.arange(n, dtype=np.float64)
+        c0 = np.minimum(np.floor(x / scale).astype(np.int64), m - 1)
+        w0 = np.minimum((c0 + 1) * scale, x + 1.0) - x
+        c1 = np.minimum(c0 + 1, m - 1)
+        return c0, w0 / scale, c1, (1.0 - w0) / scale
+
+    def sums(self, idx: np.ndarray, vals: np.ndarray) -> np.ndarray:
+        """The reduced ``(lh, lw, K)`` float32 image of the pixels at flat indices ``idx`` holding ``vals`` (N, K)."""
+        yy, xx = np.divmod(idx, self.w)
+        y0, wy0, y1, wy1 = (a[yy] for a in self.y)
+        x0, wx0, x1, wx1 = (a[xx] for a in self.x)
+        rows = np.concatenate([y0 * self.lw + x0, y0 * self.lw + x1, y1 * self.lw + x0, y1 * self.lw + x1])
+        data = np.concatenate([wy0 * wx0, wy0 * wx1, wy1 * wx0, wy1 * wx1])
+        out = np.empty((self.cells, vals.shape[1]), np.float32)
+        for j in range(vals.shape[1]):
+            out[:, j] = np.bincount(rows, weights=data * np.tile(vals[:, j], 4), minlength=self.cells)
+        return out.reshape(self.cells // self.lw, self.lw, -1)
+
+
 def seam_correct(edited: np.ndarray, original: np.ndarray, region: np.ndarray, *, rim: int = 3,
                  sigma: float = 4.0, fade: float | None = None, order: int = 1) -> np.ndarray:
     """Remove the low-frequency step between ``edited`` inside ``region`` and ``original`` outside it.
@@ -161,7 +195,7 @@ def seam_correct(edited: np.ndarray, original: np.ndarray, region: np.ndarray, *
     if bb is None:
         return edited
     box = bb.slices
-    e, o, r = edited[box], original[box], region[box].astype(np.uint8)
+    r = region[box].astype(np.uint8)
     h, w = r.shape
     k = max(1, int(sigma // 2))
     lw, lh = max(1, round(w / k)), max(1, round(h / k))
@@ -173,25 +207,35 @@ def seam_correct(edited: np.ndarray, original: np.ndarray, region: np.ndarray, *
     kern = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rim + 1, 2 * rim + 1))
     eroded: np.ndarray = cv2.erode(inside, kern)
     dilated: np.ndarray = cv2.dilate(inside, kern)
-    inner = (inside & ~eroded).astype(np.float32)
-    outer = (dilated & ~inside).astype(np.float32)
-    if not inner.any() or not outer.any():
+    inner = inside & ~eroded
+    inner_idx = np.flatnonzero(inner)
+    outer_idx = np.flatnonzero(dilated & ~inside)
+    if not inner_idx.size or not outer_idx.size:
         return edited
     s_low = max(0.5, sigma / k)
+    # the rims are thin: their sums on the reduced grid (cv2.resize's INTER_AREA weights, applied to the rim
+    # pixels only, in float64) instead of full-size products that are zero off the rims
+    area = _AreaReduction(h, w, lh, lw)
 
-    def blur(a: np.ndarray) -> np.ndarray:
-        return cv2.GaussianBlur(down(a), (0, 0), s_low).reshape(lh, lw, -1)
+    y_off, x_off = bb[1], bb[0]
 
-    def local_mean(img: np.ndarray, sel: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The side's value at the border: its local mean and its local linear fit in ``dist`` taken at 0."""
-        s0 = blur(sel)
-        v0 = blur(times_pixels(img, sel))
+    def local_mean(img: np.ndarray, idx: np.ndarray, dist: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The side's value at the border: its local mean and its local linear fit in ``dist`` taken at 0
+        (``img``: the whole image; ``idx``, ``dist``: flat indices and distances in the box)."""
+        full = np.ascontiguousarray(img if img.ndim == 3 else img[:, :, None])
+        nc = full.shape[2]
+        yy, xx = np.divmod(idx, w)
+        vals = full.reshape(-1, nc).take((yy + y_off) * full.shape[1] + (xx + x_off), axis=0).astype(np.float64)
+        dd = dist.reshape(-1).take(idx).astype(np.float64)
+        cols = [np.ones_like(dd), dd, dd * dd, vals, vals * dd[:, None]] if order >= 1 else [np.ones_like(dd), vals]
+        reduced = area.sums(idx, np.column_stack(cols))
+        sums = cv2.GaussianBlur(reduced, (0, 0), s_low).reshape(lh, lw, -1)
+        s0 = sums[..., :1]
+        v0 = sums[..., -2 * nc:-nc] if order >= 1 else sums[..., 1:]
         mean = v0 / np.maximum(s0, 1e-6)
         if order < 1:
             return mean, mean
-        sd = sel * dist
-        s1, s2 = blur(sd), blur(sd * dist)
-        v1 = blur(times_pixels(img, sd))
+        s1, s2, v1 = sums[..., 1:2], sums[..., 2:3], sums[..., -nc:]
         det = s0 * s2 - s1 * s1
         # where the rim's distances barely vary (a corner of one pixel), the plain mean
         ok = det > 1e-3 * np.maximum(s0 * s0, 1e-12) * max(1.0, rim) ** 2
@@ -201,13 +245,13 @@ def seam_correct(edited: np.ndarray, original: np.ndarray, region: np.ndarray, *
     # distance of each rim pixel from the border (pixel centres half a pixel off it)
     d_out = cv2.distanceTransform(1 - inside, cv2.DIST_L2, 5) - 0.5
     d_in = cv2.distanceTransform(inside, cv2.DIST_L2, 5) - 0.5
-    mo0, mo1 = local_mean(o, outer, d_out)
-    me0, me1 = local_mean(e, inner, d_in)
+    mo0, mo1 = local_mean(original, outer_idx, d_out)
+    me0, me1 = local_mean(edited, inner_idx, d_in)
     step0, step1 = mo0 - me0, mo1 - me1
     # minmod of the two readings (the smaller where they agree in sign, else none): a real step (an engine's
     # offset) reads the same both ways; a ramp reads only in the means, an edge in the rim mostly in the fit
     step = np.where(step0 * step1 > 0, np.where(np.abs(step0) < np.abs(step1), step0, step1), 0.0)
-    inner_d = down(inner)[..., 0]
+    inner_d = down(inner.astype(np.float32))[..., 0]
     region_d = down(inside.astype(np.float32))[..., 0]
     rim_d = inner_d > 0.25
     values = np.where(rim_d[..., None], step, 0.0).astype(np.float32)
@@ -216,5 +260,5 @@ def seam_correct(edited: np.ndarray, original: np.ndarray, region: np.ndarray, *
     corr = membrane_solve(values, rim_d | (region_d < 0.5), screening=screening)
     corr = cv2.resize(corr, (w, h), interpolation=cv2.INTER_LINEAR).reshape(h, w, -1)
     out = edited.copy()
-    add_where(out[box], corr.astype(out.dtype, copy=False), r.astype(bool))  # out[box] is e
+    add_where(out[box], corr.astype(out.dtype, copy=False), r.astype(bool))
     return out

@@ -35,7 +35,7 @@ def test_neumann_laplacian_entries(gh, gw):
     np.testing.assert_array_equal(lap, want)
 
 
-def test_to_float_table_equals_division():
+def test_to_float_equals_division():
     a = np.arange(256, dtype=np.uint8).reshape(16, 16)
     for arr in (a, np.dstack([a, a[::-1], a.T]), np.dstack([a] * 4)[:, ::2]):
         want = arr.astype(np.float32) / np.float32(255.0)

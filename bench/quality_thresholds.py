@@ -293,7 +293,7 @@ def table(args: argparse.Namespace) -> int:
               f"{len(kept_missed)}/{n_kept}" + (f" ({', '.join(kept_missed)})" if kept_missed else "")
               + f"; must-fail defects in a removal missed: {len(fill_missed)}/{n_fill}")
         if below:
-            print(f"must-fail softenings that changed nothing measurable (detail lost < {D.CHANGE_FLOOR_DETAIL} and "
+            print(f"must-fail softenings that removed less than the floors (detail lost < {D.CHANGE_FLOOR_DETAIL} and "
                   f"grain lost < {D.CHANGE_FLOOR_NOISE} levels), not counted as must-fail: {len(below)} ("
                   + "; ".join(below) + ")")
         secs = [r["seconds"] for r in recs]

@@ -558,7 +558,8 @@ def detail_noise_consistency(
     detail after a Gaussian blur of :data:`REFERENCE_BLUR_SIGMA` px (rounded to the image's depth, as a delivered
     image is) over the ring's own; ``detail_ratio_reference`` the same for the original's inside. How much of its
     detail a blur removes depends on the content (a tack-sharp photo loses a third of its finest octave to a sigma
-    0.5 px blur, bokeh nothing to sigma 1.5): an edit that kept more detail than that blur would leave is no blurrier than a 1-px blur of it.
+    0.5 px blur, bokeh nothing to sigma 1.5): an edit that kept more detail than that blur would leave is no blurrier
+    than a 1-px blur of it. ``noise_original`` is the original's own grain inside (image units).
     """
     if ring_offset is None:
         ring_offset = band

@@ -556,9 +556,10 @@ def detail_noise_consistency(
 
     The same content's own sensitivity to blur gives the references: ``detail_ratio_ring_reference`` is the ring's
     detail after a Gaussian blur of :data:`REFERENCE_BLUR_SIGMA` px (rounded to the image's depth, as a delivered
-    image is) over the ring's own; ``detail_ratio_reference`` the same for the original's inside. How much of its detail a blur removes depends on the content (a
-    tack-sharp photo loses a third of its finest octave to a sigma 0.5 px blur, bokeh nothing to sigma 1.5): an
-    edit that kept more detail than that blur would leave is no blurrier than a 1-px blur of it.
+    image is) over the ring's own; ``detail_ratio_reference`` the same for the original's inside. How much of its
+    detail a blur removes depends on the content (a tack-sharp photo loses a third of its finest octave to a sigma
+    0.5 px blur, bokeh nothing to sigma 1.5): an edit that kept more detail than that blur would leave is no blurrier
+    than a 1-px blur of it. ``noise_original`` is the original's own grain inside (image units).
     """
     if ring_offset is None:
         ring_offset = band
@@ -594,6 +595,7 @@ def detail_noise_consistency(
         out["noise_ratio_original"] = (n_in + floor_n) / (n0 + floor_n)
         out["detail_ratio_reference"] = (hfr.detail(inner_s) + floor_d) / (d0 + floor_d)
         out["detail_original"] = d0
+        out["noise_original"] = n0
         # the next octave: the 3x3 Laplacian on the luminance shrunk by 2 (area averaging). A blur of sigma
         # 0.5 px (invisible at 1:1, as a re-encode) lowers the finest octave only; sigma 1.5 lowers this one too
         h2, w2 = inner.shape[0] // 2, inner.shape[1] // 2

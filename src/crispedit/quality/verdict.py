@@ -65,6 +65,9 @@ class Thresholds:
     #: detail added inside (mean |3x3 Laplacian| above the reference's, 8-bit levels) under this is invisible,
     #: whatever the ratio: the Laplacian of grain of 0.4 levels, the noise floor (0.4 x sqrt(20) x sqrt(2 / pi))
     detail_added_visible: float = 1.4
+    #: grain added inside (noise sigma above the reference's, 8-bit levels) under this is invisible, whatever the
+    #: ratio: the noise floor of the ratios (half a level of grain is not seen at 1:1)
+    noise_added_visible: float = 0.4
     #: where the edit kept the content (a retouch, a regrain: ``tone_structure_kept >= kept_structure_min``),
     #: detail and noise are compared with what was there only, in these ranges
     kept_structure_min: float = 0.7
@@ -557,7 +560,7 @@ class _UnitJudge:
             # that smooths like a 1-px blur shows there: dragonfly's measured 0.62, its 1-px reference 0.60)
             klo = _lower(klo, m.get("detail_ratio_reference"))
         coarse_lost = _finite(coarse) and coarse < coarse_min
-        fine_ok = klo <= alt <= khi or (key == "detail_ratio" and alt > khi and self._added_unseen("detail_original"))
+        fine_ok = klo <= alt <= khi or (alt > khi and self._added_unseen(key, "original"))
         self.checks[key] = "pass" if fine_ok and not coarse_lost else "fail"
         if fine_ok:
             if coarse_lost:  # the finest octave kept, the next one lost: a blur of more than half a px
@@ -570,19 +573,30 @@ class _UnitJudge:
         self.add(kind, key + "_original", alt, limit,
                  f"the edit is {what}: {key}_original {alt:.2f} {cmp} {limit:.3g}", m.get("inner_centre"))
 
-    def _added_unseen(self, ref_key: str) -> bool:
-        """The inside has more detail than ``ref_key`` by less than a viewer sees (``detail_added_visible``): a
-        sharper-looking ratio of two faint textures (a flat graphic, bokeh) that nobody sees at 1:1."""
-        a, b = _fl(self.metrics.get("detail_inside")), _fl(self.metrics.get(ref_key))
-        return _finite(a) and _finite(b) and (a - b) * 255.0 < self.th.detail_added_visible
+    def _added_unseen(self, key: str, ref: str) -> bool:
+        """The inside has more detail (``key`` ``detail_ratio``) or grain (``noise_ratio``) than the ``ref``
+        (``original`` or ``ring``) by less than a viewer sees (``detail_added_visible``, ``noise_added_visible``): a
+        sharper- or noisier-looking ratio of two faint textures (a flat graphic, bokeh, a JPEG-smoothed sky) that
+        nobody sees at 1:1."""
+        m = self.metrics
+        if key == "detail_ratio":
+            a, b, limit = _fl(m.get("detail_inside")), _fl(m.get(f"detail_{ref}")), self.th.detail_added_visible
+        else:
+            a, limit = _fl(m.get("noise_sigma_inside")), self.th.noise_added_visible
+            b = _fl(m.get("noise_sigma_ring" if ref == "ring" else "noise_original"))
+            r = _fl(m.get("noise_ratio_original"))
+            if ref == "original" and not _finite(b) and _finite(a) and _finite(r) and r > 0:
+                f = 0.4 / 255.0  # records stored before ``noise_original``: from the ratio's definition (its floor)
+                b = (a + f) / r - f
+        return _finite(a) and _finite(b) and (a - b) * 255.0 < limit
 
     def _texture_ring(self, key: str, v: float, lo: float, hi: float, low: tuple[str, str],
                       high: tuple[str, str]) -> None:
         alt = _fl(self.metrics.get(key + "_original"))
         detail = key == "detail_ratio"
         lo_ring = _lower(lo, self.metrics.get("detail_ratio_ring_reference")) if detail else lo
-        ok = (lo_ring <= v <= hi or (detail and v > hi and self._added_unseen("detail_ring"))
-              or (_finite(alt) and (lo <= alt <= hi or (detail and alt > hi and self._added_unseen("detail_original")))))
+        ok = (lo_ring <= v <= hi or (v > hi and self._added_unseen(key, "ring"))
+              or (_finite(alt) and (lo <= alt <= hi or (alt > hi and self._added_unseen(key, "original")))))
         self.checks[key] = "pass" if ok else "fail"
         if ok:
             return

@@ -586,7 +586,7 @@ class _UnitJudge:
             b = _fl(m.get("noise_sigma_ring" if ref == "ring" else "noise_original"))
             r = _fl(m.get("noise_ratio_original"))
             if ref == "original" and not _finite(b) and _finite(a) and _finite(r) and r > 0:
-                f = 0.4 / 255.0  # records stored before ``noise_original``: from the ratio's definition (its floor)
+                f = M._NOISE_FLOOR  # records stored before ``noise_original``: from the ratio's definition
                 b = (a + f) / r - f
         return _finite(a) and _finite(b) and (a - b) * 255.0 < limit
 
